@@ -1,0 +1,63 @@
+//! The admin listener: liveness, readiness, metrics, and the facts generation.
+//!
+//! Invariants:
+//! - It binds its own address (loopback by default) and never proxies anything.
+//! - `/readyz` is 200 only while the route table is loaded and InvokeAI's database is readable.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::decision::{self, Body};
+use crate::state::AppState;
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut res = Response::new(decision::full(body));
+    *res.status_mut() = status;
+    res
+}
+
+fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            let rules = state.routes.load().rules().len();
+            if rules > 0 && state.facts.is_available() {
+                text(StatusCode::OK, format!("ready: {rules} rules\n"))
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {rules} rules, database available: {}\n", state.facts.is_available()))
+            }
+        }
+        "/metrics" => text(StatusCode::OK, crate::metrics::render()),
+        "/facts/generation" => text(StatusCode::OK, format!("{}\n", state.facts.generation())),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Serve the admin endpoints until `shutdown` resolves.
+pub async fn run<F: Future<Output = ()>>(listener: TcpListener, state: Arc<AppState>, shutdown: F) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+            () = &mut shutdown => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

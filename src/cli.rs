@@ -1,0 +1,221 @@
+//! The command line: `invoke-guard serve` and `invoke-guard check`.
+//!
+//! Invariant: `serve` refuses to start on any problem `check` would report (same loading code).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Overrides, Settings};
+use crate::facts::{db, Schema};
+use crate::routes::RouteTable;
+use crate::state::AppState;
+
+/// An authorization sidecar for a multiuser InvokeAI server.
+#[derive(Debug, Parser)]
+#[command(name = "invoke-guard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(Common),
+    /// Validate config, routes and database, then exit (non-zero on any problem).
+    Check(Common),
+}
+
+/// Options shared by `serve` and `check`; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Config file (default: config/invoke-guard.toml when present).
+    #[arg(long, env = "INVOKE_GUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9091].
+    #[arg(long, env = "INVOKE_GUARD_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin address for /healthz, /readyz, /metrics ("off" disables) [default: 127.0.0.1:9092].
+    #[arg(long, env = "INVOKE_GUARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// InvokeAI base URL [default: http://127.0.0.1:9090].
+    #[arg(long, env = "INVOKE_GUARD_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// InvokeAI database [default: $INVOKEAI_ROOT/databases/invokeai.db, else ~/invokeai/databases/invokeai.db].
+    #[arg(long, env = "INVOKE_GUARD_DB")]
+    pub db: Option<PathBuf>,
+    /// Route table [default: routes.toml].
+    #[arg(long, env = "INVOKE_GUARD_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// The guard's own ledger database [default: $XDG_STATE_HOME/invoke-guard/ledger.db].
+    #[arg(long, env = "INVOKE_GUARD_LEDGER")]
+    pub ledger: Option<PathBuf>,
+    /// TLS certificate chain (PEM); serve HTTPS (HTTP/2 + HTTP/1.1).
+    #[arg(long, env = "INVOKE_GUARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "INVOKE_GUARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Common {
+    fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = Path::new("config/invoke-guard.toml");
+            default.is_file().then(|| default.to_owned())
+        })
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+            upstream: self.upstream.clone(),
+            db: self.db.clone(),
+            routes: self.routes.clone(),
+            ledger: self.ledger.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
+
+    /// Load and validate settings.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let raw = config::read_file(self.config_path().as_deref())?;
+        Ok(config::settings(raw, self.overrides())?)
+    }
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(common) => match check(&common) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("invoke-guard check: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(common) => match serve(&common) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("invoke-guard serve: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Validate everything `serve` would load; a one-line summary on success.
+pub fn check(common: &Common) -> anyhow::Result<String> {
+    let settings = common.settings()?;
+    let table = RouteTable::load(&settings.routes)?;
+    let schema = probe_db(&settings)?;
+    if let Some((cert, key)) = &settings.tls {
+        crate::server::tls_acceptor(cert, key)?;
+    }
+    Ok(format!(
+        "ok: {} rules in {}; database {} schema {} (migration {})",
+        table.rules().len(),
+        settings.routes.display(),
+        settings.db.display(),
+        schema.label(),
+        schema.migration_version
+    ))
+}
+
+fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {
+    let conn = db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+    let schema = Schema::detect(&conn)?;
+    if !schema.has_users {
+        anyhow::bail!("{}: {}", settings.db.display(), schema.label());
+    }
+    if db::jwt_secret(&conn)?.is_none() {
+        anyhow::bail!("{}: no jwt_secret in app_settings", settings.db.display());
+    }
+    Ok(schema)
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INVOKE_GUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.log_json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+fn serve(common: &Common) -> anyhow::Result<()> {
+    let settings = common.settings()?;
+    init_tracing(&settings);
+    probe_db(&settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let state = AppState::from_settings(&settings)?;
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(addr) = settings.admin_listen {
+            let admin = tokio::net::TcpListener::bind(addr).await?;
+            let mut rx = stop_rx.clone();
+            tokio::spawn(crate::admin::run(admin, state.clone(), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+        }
+        state.spawn_routes_watcher(std::time::Duration::from_secs(2));
+        spawn_signal_handlers(state.clone(), stop_tx);
+        tracing::info!(
+            listen = %crate::server::local_addr(&listener),
+            tls = tls.is_some(),
+            upstream = %settings.upstream,
+            db = %settings.db.display(),
+            schema = state.facts.schema().label(),
+            rules = state.routes.load().rules().len(),
+            admin = ?settings.admin_listen,
+            "invoke-guard started"
+        );
+        let mut rx = stop_rx;
+        let facts = state.facts.clone();
+        crate::server::run(listener, state, tls, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await?;
+        facts.shutdown();
+        tracing::info!("invoke-guard stopped");
+        Ok(())
+    })
+}
+
+fn spawn_signal_handlers(state: Arc<AppState>, stop: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("could not install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => { let _ = state.reload_routes(); }
+            }
+        }
+        let _ = stop.send(true);
+    });
+}

@@ -1,0 +1,283 @@
+//! Configuration: the TOML file (raw serde structs) plus CLI/env overrides, validated into
+//! [`Settings`].
+//!
+//! Invariants:
+//! - Unknown keys are errors (`deny_unknown_fields`), so a typo never silently means a default.
+//! - Precedence: command line / environment > config file > built-in default.
+//! - A `Settings` value is fully validated: addresses parse, the upstream is an `http://` URL
+//!   with a host, TLS cert and key come together, limits are non-zero.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration problem.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid setting '{key}': {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+    pub db: Option<PathBuf>,
+    pub routes: Option<PathBuf>,
+    pub ledger: Option<PathBuf>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub facts: RawFacts,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub upstream_connect_timeout_ms: Option<u64>,
+    pub upstream_response_timeout_ms: Option<u64>,
+    pub upstream_idle_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFacts {
+    pub pool_size: Option<usize>,
+    pub cache_entries: Option<u64>,
+    pub cache_ttl_ms: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
+    pub busy_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+/// Command-line / environment overrides (each `None` when not given).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+    pub db: Option<PathBuf>,
+    pub routes: Option<PathBuf>,
+    pub ledger: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Timeouts and sizes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_response_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: http::Uri,
+    pub db: PathBuf,
+    pub routes: PathBuf,
+    pub ledger: PathBuf,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub limits: Limits,
+    pub facts: crate::facts::FactsConfig,
+    pub log_json: bool,
+    pub log_level: String,
+}
+
+/// The default InvokeAI database path: `$INVOKEAI_ROOT/databases/invokeai.db`, else
+/// `~/invokeai/databases/invokeai.db`.
+pub fn default_db_path() -> PathBuf {
+    let root = std::env::var_os("INVOKEAI_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join("invokeai")))
+        .unwrap_or_else(|| PathBuf::from("invokeai"));
+    root.join("databases").join("invokeai.db")
+}
+
+fn default_ledger_path() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("invoke-guard").join("ledger.db")
+}
+
+/// Read the config file (`None`: no file).
+pub fn read_file(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(RawConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or_default();
+        ConfigError::File {
+            path: format!("{}:{line}", path.display()),
+            message: e.message().to_owned(),
+        }
+    })
+}
+
+fn ms(v: Option<u64>, default: u64, key: &'static str) -> Result<Duration, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v == 0 {
+        return Err(ConfigError::Invalid { key, message: "must be greater than 0".into() });
+    }
+    Ok(Duration::from_millis(v))
+}
+
+fn addr(v: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|e| ConfigError::Invalid {
+        key,
+        message: format!("'{v}': {e}"),
+    })
+}
+
+/// Merge file and overrides into validated settings.
+pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError> {
+    let listen = addr(cli.listen.as_deref().or(raw.listen.as_deref()).unwrap_or("127.0.0.1:9091"), "listen")?;
+    let admin_listen = match cli.admin_listen.as_deref().or(raw.admin_listen.as_deref()) {
+        Some("") | Some("off") => None,
+        Some(v) => Some(addr(v, "admin_listen")?),
+        None => Some(addr("127.0.0.1:9092", "admin_listen")?),
+    };
+    let upstream_text = cli.upstream.or(raw.upstream).unwrap_or_else(|| "http://127.0.0.1:9090".into());
+    let upstream: http::Uri = upstream_text.parse().map_err(|e| ConfigError::Invalid {
+        key: "upstream",
+        message: format!("'{upstream_text}': {e}"),
+    })?;
+    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        return Err(ConfigError::Invalid {
+            key: "upstream",
+            message: format!("'{upstream_text}' must be http://host:port (InvokeAI speaks plain HTTP on loopback)"),
+        });
+    }
+    if upstream.path() != "/" && !upstream.path().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "upstream",
+            message: "must not have a path".into(),
+        });
+    }
+    let tls = match (cli.tls_cert.or(raw.tls.cert), cli.tls_key.or(raw.tls.key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                message: "tls cert and key must be given together".into(),
+            })
+        }
+    };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .map(|s| {
+            s.parse::<IpAddr>().map_err(|e| ConfigError::Invalid {
+                key: "trusted_proxies",
+                message: format!("'{s}': {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let l = raw.limits;
+    let limits = Limits {
+        max_body_bytes: l.max_body_bytes.unwrap_or(16 * 1024 * 1024),
+        max_header_bytes: l.max_header_bytes.unwrap_or(64 * 1024),
+        header_read_timeout: ms(l.header_read_timeout_ms, 30_000, "limits.header_read_timeout_ms")?,
+        upstream_connect_timeout: ms(l.upstream_connect_timeout_ms, 5_000, "limits.upstream_connect_timeout_ms")?,
+        upstream_response_timeout: ms(l.upstream_response_timeout_ms, 300_000, "limits.upstream_response_timeout_ms")?,
+        upstream_idle_timeout: ms(l.upstream_idle_timeout_ms, 60_000, "limits.upstream_idle_timeout_ms")?,
+        shutdown_grace: ms(l.shutdown_grace_ms, 10_000, "limits.shutdown_grace_ms")?,
+        max_connections: l.max_connections.unwrap_or(4096),
+    };
+    if limits.max_body_bytes == 0 || limits.max_header_bytes < 8192 || limits.max_connections == 0 {
+        return Err(ConfigError::Invalid {
+            key: "limits",
+            message: "max_body_bytes and max_connections must be > 0, max_header_bytes >= 8192".into(),
+        });
+    }
+    let f = raw.facts;
+    let db = cli.db.or(raw.db).unwrap_or_else(default_db_path);
+    let facts = crate::facts::FactsConfig {
+        db_path: db.clone(),
+        pool_size: f.pool_size.unwrap_or(4).max(1),
+        busy_timeout: ms(f.busy_timeout_ms, 1_000, "facts.busy_timeout_ms")?,
+        cache_entries: f.cache_entries.unwrap_or(100_000),
+        cache_ttl: ms(f.cache_ttl_ms, 30_000, "facts.cache_ttl_ms")?,
+        poll_interval: ms(f.poll_interval_ms, 50, "facts.poll_interval_ms")?,
+    };
+    if facts.poll_interval > Duration::from_millis(100) {
+        return Err(ConfigError::Invalid {
+            key: "facts.poll_interval_ms",
+            message: "must be at most 100 (freshness bound)".into(),
+        });
+    }
+    let log_json = match raw.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "log.format",
+                message: format!("'{other}': expected text or json"),
+            })
+        }
+    };
+    Ok(Settings {
+        listen,
+        admin_listen,
+        upstream,
+        db,
+        routes: cli.routes.or(raw.routes).unwrap_or_else(|| PathBuf::from("routes.toml")),
+        ledger: cli.ledger.or(raw.ledger).unwrap_or_else(default_ledger_path),
+        tls,
+        trusted_proxies,
+        limits,
+        facts,
+        log_json,
+        log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+    })
+}

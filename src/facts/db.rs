@@ -1,0 +1,263 @@
+//! Read-only SQL over InvokeAI's database.
+//!
+//! Invariants:
+//! - Every connection is opened with the URI `file:…?mode=ro` (never `immutable=1`: InvokeAI
+//!   writes underneath us in WAL mode) and `query_only = ON`; nothing here can write.
+//! - Queries run on the blocking pool (`spawn_blocking`), never on an async worker thread.
+//! - A connection that returned an error is dropped, not reused.
+//! - Each query names only columns the detected [`Schema`] has.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::Semaphore;
+
+use super::schema::Schema;
+use super::{
+    BoardFact, FactsError, ImageFact, PresetFact, QueueItemFact, SystemPromptFact, UserFact,
+    Visibility, WorkflowFact,
+};
+
+/// A small pool of read-only connections.
+pub struct Db {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+    busy_timeout: Duration,
+}
+
+impl Db {
+    /// A pool of at most `size` connections. Opens one now so a bad path fails early.
+    pub fn open(path: &Path, size: usize, busy_timeout: Duration) -> Result<Self, FactsError> {
+        let db = Self {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size.max(1)),
+            busy_timeout,
+        };
+        let conn = db.connect()?;
+        db.idle.lock().expect("pool lock").push(conn);
+        Ok(db)
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open one read-only connection.
+    pub fn connect(&self) -> Result<Connection, FactsError> {
+        open_read_only(&self.path, self.busy_timeout)
+    }
+
+    /// Drop every idle connection (the file was replaced).
+    pub fn reset(&self) {
+        self.idle.lock().expect("pool lock").clear();
+    }
+
+    /// Run `f` with a pooled connection on the blocking pool.
+    pub async fn with<T, F>(self: &std::sync::Arc<Self>, f: F) -> Result<T, FactsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| FactsError::Closed)?;
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = db.idle.lock().expect("pool lock").pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => db.connect()?,
+            };
+            let result = f(&conn).map_err(FactsError::from);
+            if result.is_ok() {
+                db.idle.lock().expect("pool lock").push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| FactsError::Closed)?
+    }
+}
+
+/// Open InvokeAI's database read-only.
+pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection, FactsError> {
+    if !path.is_file() {
+        return Err(FactsError::Missing(path.to_owned()));
+    }
+    const PATH_CHARS: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    let uri = format!(
+        "file:{}?mode=ro",
+        percent_encoding::utf8_percent_encode(&path.to_string_lossy(), PATH_CHARS)
+    );
+    let conn = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "query_only", true)?;
+    // Touch the schema now so an unreadable or non-database file fails here, not later.
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+    Ok(conn)
+}
+
+// === queries ===
+
+fn visibility_column(schema: &Schema) -> &'static str {
+    if schema.has_board_visibility {
+        "b.board_visibility"
+    } else {
+        "CASE WHEN b.is_public = 1 THEN 'public' ELSE 'private' END"
+    }
+}
+
+fn board_from_row(
+    id: Option<String>,
+    owner: Option<String>,
+    visibility: Option<String>,
+    archived: Option<bool>,
+) -> Option<BoardFact> {
+    Some(BoardFact {
+        board_id: id?,
+        owner: owner.unwrap_or_else(|| "system".into()),
+        visibility: Visibility::parse(visibility.as_deref()),
+        archived: archived.unwrap_or(false),
+    })
+}
+
+pub fn jwt_secret(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM app_settings WHERE key = 'jwt_secret'")?
+        .query_row([], |r| r.get(0))
+        .optional()
+}
+
+pub fn user(conn: &Connection, schema: &Schema, user_id: &str) -> rusqlite::Result<Option<UserFact>> {
+    let sql = if schema.has_token_epoch {
+        "SELECT is_active, is_admin, token_epoch, email FROM users WHERE user_id = ?1"
+    } else {
+        "SELECT is_active, is_admin, 0, email FROM users WHERE user_id = ?1"
+    };
+    conn.prepare_cached(sql)?
+        .query_row([user_id], |r| {
+            Ok(UserFact {
+                is_active: r.get(0)?,
+                is_admin: r.get(1)?,
+                token_epoch: r.get(2)?,
+                email: r.get(3)?,
+            })
+        })
+        .optional()
+}
+
+pub fn active_admin_count(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM users WHERE is_admin = 1 AND is_active = 1")?
+        .query_row([], |r| r.get(0))
+}
+
+pub fn image(conn: &Connection, schema: &Schema, name: &str) -> rusqlite::Result<Option<ImageFact>> {
+    media(conn, schema, name, "images", "image_name", "board_images")
+}
+
+pub fn video(conn: &Connection, schema: &Schema, name: &str) -> rusqlite::Result<Option<ImageFact>> {
+    media(conn, schema, name, "videos", "video_name", "board_videos")
+}
+
+fn media(
+    conn: &Connection,
+    schema: &Schema,
+    name: &str,
+    table: &str,
+    key: &str,
+    link: &str,
+) -> rusqlite::Result<Option<ImageFact>> {
+    let sql = format!(
+        "SELECT m.user_id, b.board_id, b.user_id, {vis}, b.archived \
+         FROM {table} m LEFT JOIN {link} l ON l.{key} = m.{key} \
+         LEFT JOIN boards b ON b.board_id = l.board_id WHERE m.{key} = ?1",
+        vis = visibility_column(schema)
+    );
+    conn.prepare_cached(&sql)?
+        .query_row([name], |r| {
+            Ok(ImageFact {
+                owner: r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into()),
+                board: board_from_row(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            })
+        })
+        .optional()
+}
+
+pub fn board(conn: &Connection, schema: &Schema, id: &str) -> rusqlite::Result<Option<BoardFact>> {
+    let sql = format!(
+        "SELECT b.board_id, b.user_id, {vis}, b.archived FROM boards b WHERE b.board_id = ?1",
+        vis = visibility_column(schema)
+    );
+    conn.prepare_cached(&sql)?
+        .query_row([id], |r| Ok(board_from_row(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()
+        .map(Option::flatten)
+}
+
+pub fn workflow(conn: &Connection, schema: &Schema, id: &str) -> rusqlite::Result<Option<WorkflowFact>> {
+    let sql = if schema.has_workflow_owner {
+        "SELECT user_id, is_public, category FROM workflow_library WHERE workflow_id = ?1"
+    } else {
+        "SELECT NULL, 0, category FROM workflow_library WHERE workflow_id = ?1"
+    };
+    conn.prepare_cached(sql)?
+        .query_row([id], |r| {
+            Ok(WorkflowFact {
+                owner: r.get(0)?,
+                is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+                category: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            })
+        })
+        .optional()
+}
+
+pub fn queue_item(conn: &Connection, schema: &Schema, id: i64) -> rusqlite::Result<Option<QueueItemFact>> {
+    let sql = if schema.has_queue_root {
+        "SELECT c.user_id, c.queue_id, r.user_id FROM session_queue c \
+         LEFT JOIN session_queue r ON r.item_id = COALESCE(c.root_item_id, c.item_id) WHERE c.item_id = ?1"
+    } else {
+        "SELECT user_id, queue_id, user_id FROM session_queue WHERE item_id = ?1"
+    };
+    conn.prepare_cached(sql)?
+        .query_row([id], |r| {
+            let owner: String = r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into());
+            Ok(QueueItemFact {
+                root_owner: r.get::<_, Option<String>>(2)?.unwrap_or_else(|| owner.clone()),
+                owner,
+                queue_id: r.get(1)?,
+            })
+        })
+        .optional()
+}
+
+pub fn preset(conn: &Connection, id: &str) -> rusqlite::Result<Option<PresetFact>> {
+    conn.prepare_cached("SELECT user_id, is_public, type FROM style_presets WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok(PresetFact {
+                owner: r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into()),
+                is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+                kind: r.get::<_, Option<String>>(2)?.unwrap_or_else(|| "user".into()),
+            })
+        })
+        .optional()
+}
+
+pub fn system_prompt(conn: &Connection, id: &str) -> rusqlite::Result<Option<SystemPromptFact>> {
+    conn.prepare_cached("SELECT user_id, is_public FROM system_prompts WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok(SystemPromptFact {
+                owner: r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into()),
+                is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+            })
+        })
+        .optional()
+}

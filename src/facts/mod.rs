@@ -1,0 +1,399 @@
+//! Ownership and identity facts from InvokeAI's database, cached.
+//!
+//! Invariants:
+//! - Facts come from a read-only connection (see `db`); the guard never writes InvokeAI's DB.
+//! - **Freshness**: every cached entry carries the generation under which its read *started*.
+//!   The watcher bumps the generation whenever another connection commits (`PRAGMA
+//!   data_version`), and the proxy bumps it after every mutating request it forwards. An entry
+//!   whose generation is older than the current one is never served: a commit racing a cache
+//!   fill can only make the entry look stale, never fresh.
+//! - **Complete keys**: a key is the fact kind plus the full resource id ([`FactKey`]); nothing
+//!   else about the request is part of a fact, so one resource's fact cannot answer for another.
+//! - **Fail closed**: any database error, a missing file or a replaced file is a [`FactsError`];
+//!   callers turn it into 503, never into an allow.
+
+pub mod db;
+pub mod schema;
+mod watcher;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use moka::future::Cache;
+use thiserror::Error;
+
+pub use schema::Schema;
+
+use db::Db;
+
+/// Why a fact could not be read. Always mapped to 503 (fail closed).
+#[derive(Debug, Clone, Error)]
+pub enum FactsError {
+    #[error("InvokeAI database not found at {0}")]
+    Missing(PathBuf),
+    #[error("InvokeAI database error: {0}")]
+    Sqlite(String),
+    #[error("InvokeAI database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("fact source closed")]
+    Closed,
+    #[error("InvokeAI database has no jwt_secret (not a multiuser-capable InvokeAI)")]
+    NoSecret,
+}
+
+impl From<rusqlite::Error> for FactsError {
+    fn from(e: rusqlite::Error) -> Self {
+        FactsError::Sqlite(e.to_string())
+    }
+}
+
+/// Board visibility (6.12 boards are `private` unless `is_public`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Private,
+    Shared,
+    Public,
+    /// A value InvokeAI does not know; main treats the board as not found.
+    Unknown,
+}
+
+impl Visibility {
+    fn parse(v: Option<&str>) -> Self {
+        match v {
+            Some("private") => Visibility::Private,
+            Some("shared") => Visibility::Shared,
+            Some("public") => Visibility::Public,
+            _ => Visibility::Unknown,
+        }
+    }
+}
+
+/// A board's owner and visibility.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardFact {
+    pub board_id: String,
+    pub owner: String,
+    pub visibility: Visibility,
+    pub archived: bool,
+}
+
+/// An image's (or video's) owner and the board it sits on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFact {
+    pub owner: String,
+    pub board: Option<BoardFact>,
+}
+
+/// A workflow's owner (None on 6.12: see the ledger), visibility and category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowFact {
+    pub owner: Option<String>,
+    pub is_public: bool,
+    pub category: String,
+}
+
+/// A queue item's owner and the owner of its workflow-call root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueItemFact {
+    pub owner: String,
+    pub root_owner: String,
+    pub queue_id: String,
+}
+
+/// A style preset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresetFact {
+    pub owner: String,
+    pub is_public: bool,
+    pub kind: String,
+}
+
+/// A system prompt (main).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemPromptFact {
+    pub owner: String,
+    pub is_public: bool,
+}
+
+/// A user row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFact {
+    pub is_active: bool,
+    pub is_admin: bool,
+    pub token_epoch: i64,
+    pub email: String,
+}
+
+/// Cache key: the fact kind and the complete resource id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FactKey {
+    JwtSecret,
+    User(String),
+    Image(String),
+    Video(String),
+    Board(String),
+    Workflow(String),
+    QueueItem(i64),
+    Preset(String),
+    SystemPrompt(String),
+}
+
+#[derive(Debug, Clone)]
+enum Fact {
+    Secret(Arc<str>),
+    User(Option<UserFact>),
+    Image(Option<ImageFact>),
+    Board(Option<BoardFact>),
+    Workflow(Option<WorkflowFact>),
+    QueueItem(Option<QueueItemFact>),
+    Preset(Option<PresetFact>),
+    SystemPrompt(Option<SystemPromptFact>),
+}
+
+#[derive(Debug, Clone)]
+struct Tagged {
+    generation: u64,
+    fact: Fact,
+}
+
+/// Tuning for the fact source.
+#[derive(Debug, Clone)]
+pub struct FactsConfig {
+    pub db_path: PathBuf,
+    pub pool_size: usize,
+    pub busy_timeout: Duration,
+    pub cache_entries: u64,
+    pub cache_ttl: Duration,
+    pub poll_interval: Duration,
+}
+
+/// Shared state between the fact source and its watcher.
+struct Shared {
+    generation: AtomicU64,
+    available: AtomicBool,
+    unavailable_reason: ArcSwap<String>,
+    schema: ArcSwap<Schema>,
+    stop: AtomicBool,
+}
+
+/// The fact source: cached, fresh, read-only.
+#[derive(Clone)]
+pub struct Facts {
+    db: Arc<Db>,
+    cache: Cache<FactKey, Tagged>,
+    shared: Arc<Shared>,
+}
+
+impl Facts {
+    /// Open the database, detect its schema and start the change watcher.
+    pub fn open(config: &FactsConfig) -> Result<Self, FactsError> {
+        let db = Arc::new(Db::open(&config.db_path, config.pool_size, config.busy_timeout)?);
+        let schema = {
+            let conn = db.connect()?;
+            Schema::detect(&conn)?
+        };
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(1),
+            available: AtomicBool::new(true),
+            unavailable_reason: ArcSwap::from_pointee(String::new()),
+            schema: ArcSwap::from_pointee(schema),
+            stop: AtomicBool::new(false),
+        });
+        let cache = Cache::builder()
+            .max_capacity(config.cache_entries)
+            .time_to_live(config.cache_ttl)
+            .build();
+        let facts = Self { db, cache, shared };
+        watcher::spawn(facts.clone(), config.poll_interval);
+        Ok(facts)
+    }
+
+    /// The detected schema.
+    pub fn schema(&self) -> Arc<Schema> {
+        self.shared.schema.load_full()
+    }
+
+    /// The current generation (bumps on every observed change).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the database is currently readable (readiness).
+    pub fn is_available(&self) -> bool {
+        self.shared.available.load(Ordering::Acquire)
+    }
+
+    /// Forget everything cached (a change was observed or made through the guard).
+    pub fn invalidate(&self) {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    /// Stop the watcher thread.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+
+    fn mark_unavailable(&self, reason: String) {
+        self.shared.unavailable_reason.store(Arc::new(reason));
+        if self.shared.available.swap(false, Ordering::AcqRel) {
+            tracing::error!(reason = %self.shared.unavailable_reason.load(), "InvokeAI database unavailable; failing closed");
+        }
+        self.invalidate();
+    }
+
+    fn mark_available(&self) {
+        if !self.shared.available.swap(true, Ordering::AcqRel) {
+            tracing::info!("InvokeAI database readable again");
+            self.invalidate();
+        }
+    }
+
+    /// Read a fact through the cache.
+    async fn get<F>(&self, key: FactKey, read: F) -> Result<Fact, FactsError>
+    where
+        F: FnOnce(&rusqlite::Connection, &Schema) -> rusqlite::Result<Fact> + Send + 'static,
+    {
+        if !self.is_available() {
+            return Err(FactsError::Unavailable(self.shared.unavailable_reason.load().to_string()));
+        }
+        let current = self.generation();
+        if let Some(hit) = self.cache.get(&key).await {
+            if hit.generation == current {
+                crate::metrics::cache_hit();
+                return Ok(hit.fact);
+            }
+            self.cache.invalidate(&key).await;
+        }
+        crate::metrics::cache_miss();
+        let db = self.db.clone();
+        let schema = self.schema();
+        // The loader coalesces concurrent misses for one key into one query.
+        let loaded = self
+            .cache
+            .try_get_with(key.clone(), async move {
+                let generation = current;
+                let fact = db.with(move |conn| read(conn, &schema)).await?;
+                Ok::<_, FactsError>(Tagged { generation, fact })
+            })
+            .await
+            .map_err(|e: Arc<FactsError>| (*e).clone())?;
+        if loaded.generation != self.generation() {
+            // The database changed while we read: use the value for this request only.
+            self.cache.invalidate(&key).await;
+        }
+        Ok(loaded.fact)
+    }
+
+    /// The HS256 secret InvokeAI signs its tokens with.
+    pub async fn jwt_secret(&self) -> Result<Arc<str>, FactsError> {
+        let fact = self
+            .get(FactKey::JwtSecret, |c, _| {
+                Ok(Fact::Secret(db::jwt_secret(c)?.map(Arc::from).unwrap_or_else(|| Arc::from(""))))
+            })
+            .await?;
+        match fact {
+            Fact::Secret(s) if !s.is_empty() => Ok(s),
+            _ => Err(FactsError::NoSecret),
+        }
+    }
+
+    /// A user row.
+    pub async fn user(&self, user_id: &str) -> Result<Option<UserFact>, FactsError> {
+        let id = user_id.to_owned();
+        match self.get(FactKey::User(id.clone()), move |c, s| Ok(Fact::User(db::user(c, s, &id)?))).await? {
+            Fact::User(u) => Ok(u),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// An image with its board.
+    pub async fn image(&self, name: &str) -> Result<Option<ImageFact>, FactsError> {
+        let id = name.to_owned();
+        match self.get(FactKey::Image(id.clone()), move |c, s| Ok(Fact::Image(db::image(c, s, &id)?))).await? {
+            Fact::Image(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// A video with its board (absent before main).
+    pub async fn video(&self, name: &str) -> Result<Option<ImageFact>, FactsError> {
+        if !self.schema().has_videos {
+            return Ok(None);
+        }
+        let id = name.to_owned();
+        match self.get(FactKey::Video(id.clone()), move |c, s| Ok(Fact::Image(db::video(c, s, &id)?))).await? {
+            Fact::Image(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// A board.
+    pub async fn board(&self, board_id: &str) -> Result<Option<BoardFact>, FactsError> {
+        let id = board_id.to_owned();
+        match self.get(FactKey::Board(id.clone()), move |c, s| Ok(Fact::Board(db::board(c, s, &id)?))).await? {
+            Fact::Board(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// A workflow.
+    pub async fn workflow(&self, workflow_id: &str) -> Result<Option<WorkflowFact>, FactsError> {
+        let id = workflow_id.to_owned();
+        match self
+            .get(FactKey::Workflow(id.clone()), move |c, s| Ok(Fact::Workflow(db::workflow(c, s, &id)?)))
+            .await?
+        {
+            Fact::Workflow(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// A queue item.
+    pub async fn queue_item(&self, item_id: i64) -> Result<Option<QueueItemFact>, FactsError> {
+        match self
+            .get(FactKey::QueueItem(item_id), move |c, s| Ok(Fact::QueueItem(db::queue_item(c, s, item_id)?)))
+            .await?
+        {
+            Fact::QueueItem(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// A style preset.
+    pub async fn preset(&self, id: &str) -> Result<Option<PresetFact>, FactsError> {
+        let key = id.to_owned();
+        match self.get(FactKey::Preset(key.clone()), move |c, _| Ok(Fact::Preset(db::preset(c, &key)?))).await? {
+            Fact::Preset(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// A system prompt (absent before main).
+    pub async fn system_prompt(&self, id: &str) -> Result<Option<SystemPromptFact>, FactsError> {
+        if !self.schema().has_system_prompts {
+            return Ok(None);
+        }
+        let key = id.to_owned();
+        match self
+            .get(FactKey::SystemPrompt(key.clone()), move |c, _| {
+                Ok(Fact::SystemPrompt(db::system_prompt(c, &key)?))
+            })
+            .await?
+        {
+            Fact::SystemPrompt(f) => Ok(f),
+            _ => unreachable!("key kind fixes the fact kind"),
+        }
+    }
+
+    /// How many active admins exist (never cached: the last-admin guard needs the truth).
+    pub async fn active_admin_count(&self) -> Result<i64, FactsError> {
+        if !self.is_available() {
+            return Err(FactsError::Unavailable(self.shared.unavailable_reason.load().to_string()));
+        }
+        self.db.with(db::active_admin_count).await
+    }
+}

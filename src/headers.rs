@@ -1,0 +1,215 @@
+//! Header hygiene for both legs.
+//!
+//! Invariants:
+//! - Hop-by-hop headers (RFC 9110 §7.6.1), including every name listed in `Connection`, never
+//!   cross the proxy in either direction.
+//! - No client-supplied forwarding or identity header reaches the upstream, whatever its
+//!   spelling: names are compared after lowercasing and folding `_` and `.` to `-`.
+//! - `X-Forwarded-For/Proto/Host` are set by the guard from the real connection; a client's
+//!   values are only kept when the peer is a configured trusted proxy.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::HeaderMap;
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Folded names (see module docs) a client may never send upstream.
+const SPOOFABLE: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "remote-user",
+    "x-remote-user",
+    "x-remote-addr",
+    "x-user",
+    "x-user-id",
+    "x-user-email",
+    "x-email",
+    "x-auth-user",
+    "x-authenticated-user",
+    "x-invokeai-user",
+    "x-refreshed-token",
+];
+
+/// Folded prefixes a client may never send upstream.
+const SPOOFABLE_PREFIXES: &[&str] = &["x-forwarded-", "x-auth-", "x-invoke-guard-", "x-envoy-", "x-remote-"];
+
+fn fold(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['_', '.'], "-")
+}
+
+/// Remove hop-by-hop headers and any header `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(listed.iter().map(String::as_str)) {
+        headers.remove(name);
+    }
+}
+
+/// Remove forwarding and identity headers a client could spoof.
+pub fn strip_spoofable(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let raw = name.as_str();
+            let folded = fold(raw);
+            // Underscore/dot aliases (Traefik CVE-2026-39858, GHSA-rf44-j88r-hh8c): WSGI/ASGI
+            // stacks fold them onto real names, so no legitimate client header needs them.
+            raw.contains(['_', '.'])
+                || SPOOFABLE.contains(&folded.as_str())
+                || SPOOFABLE_PREFIXES.iter().any(|p| folded.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Facts about the client connection used for forwarding headers.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    pub peer: IpAddr,
+    pub tls: bool,
+}
+
+/// Set `X-Forwarded-For/Proto/Host`. `incoming` are the client's original headers (read before
+/// stripping) so a trusted proxy's chain can be extended.
+pub fn set_forwarded(headers: &mut HeaderMap, incoming: &HeaderMap, conn: &ClientConn, trusted: &[IpAddr], host: Option<&str>) {
+    let peer_trusted = trusted.contains(&conn.peer);
+    let prior_for = incoming
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| peer_trusted);
+    let xff = match prior_for {
+        Some(prior) => format!("{prior}, {}", conn.peer),
+        None => conn.peer.to_string(),
+    };
+    let proto = incoming
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| peer_trusted && matches!(*p, "http" | "https"))
+        .unwrap_or(if conn.tls { "https" } else { "http" })
+        .to_owned();
+    let fwd_host = incoming
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| peer_trusted)
+        .map(str::to_owned)
+        .or_else(|| host.map(str::to_owned));
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&proto) {
+        headers.insert("x-forwarded-proto", v);
+    }
+    if let Some(v) = fwd_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert("x-forwarded-host", v);
+    }
+}
+
+/// The Host the client addressed (Host header, or the HTTP/2 `:authority`).
+pub fn client_host(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
+    headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+}
+
+/// Remove one cookie from every `Cookie` header (dropping headers left empty).
+pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+                    !names.contains(&name)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    headers.remove(http::header::COOKIE);
+    for v in kept {
+        if let Ok(value) = HeaderValue::from_str(&v) {
+            headers.append(http::header::COOKIE, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_aliases_and_forwarding() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-user.id", "admin"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("accept", "application/json"),
+        ] {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        strip_spoofable(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn strips_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn removes_named_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, "a=1; invokeai_media_token=t; b=2".parse().unwrap());
+        remove_cookies(&mut h, &["invokeai_media_token"]);
+        assert_eq!(h.get(http::header::COOKIE).unwrap(), "a=1; b=2");
+    }
+}

@@ -1,0 +1,243 @@
+//! Who is calling: InvokeAI's own JWT, checked against the user's current row.
+//!
+//! Invariants:
+//! - Only HS256 is accepted (`alg: none`, HS384/HS512 and RS/ES algorithm confusion are refused);
+//!   `exp` is required, must be a number, and `now >= exp` is expired (no leeway, as InvokeAI).
+//! - The key is `app_settings.jwt_secret` as UTF-8 bytes, read from the database.
+//! - A verified token is not enough: the user row must exist, be active, not be `system`, and
+//!   match `token_epoch` where the column exists. `is_admin` comes from the row, never the claim.
+//! - The token forwarded upstream carries the row's `is_admin` (re-minted when the claim differs),
+//!   so InvokeAI versions that trust the claim (6.12/6.13) see the truth.
+//! - Tokens and secrets are never logged.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::facts::{Facts, FactsError};
+
+/// The cookie InvokeAI main sets for media routes.
+pub const MEDIA_COOKIE: &str = "invokeai_media_token";
+/// The guard's own session cookie (media routes and the Socket.IO handshake).
+pub const SESSION_COOKIE: &str = "invoke_guard_session";
+
+/// An identified caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub email: String,
+    /// From the user row, never from the token.
+    pub is_admin: bool,
+    /// The presented token (forwarded as is when its claims are current).
+    pub token: String,
+    /// The presented token's claims.
+    pub claims: Map<String, Value>,
+    /// Seconds since the epoch at which the token expires.
+    pub exp: u64,
+    /// Where the token came from.
+    pub via: TokenSource,
+}
+
+/// Where a token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie,
+}
+
+/// Why a caller could not be identified.
+#[derive(Debug, Clone, Error)]
+pub enum IdentityError {
+    #[error("Missing authentication credentials")]
+    Missing,
+    #[error("Invalid or expired authentication token")]
+    Invalid,
+    #[error("User account is inactive or does not exist")]
+    Inactive,
+    #[error("more than one Authorization header")]
+    Ambiguous,
+    #[error(transparent)]
+    Facts(#[from] FactsError),
+}
+
+/// The token a request presents, if any.
+pub fn presented_token(headers: &HeaderMap, accept_cookie: bool) -> Result<Option<(String, TokenSource)>, IdentityError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    if let Some(value) = values.next() {
+        // Duplicate credentials: the proxy and the upstream could read different ones.
+        if values.next().is_some() {
+            return Err(IdentityError::Ambiguous);
+        }
+        let value = value.to_str().map_err(|_| IdentityError::Invalid)?;
+        let (scheme, token) = value.split_once(' ').ok_or(IdentityError::Invalid)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(IdentityError::Invalid);
+        }
+        return Ok(Some((token.trim().to_owned(), TokenSource::Bearer)));
+    }
+    if accept_cookie {
+        for name in [MEDIA_COOKIE, SESSION_COOKIE] {
+            if let Some(token) = cookie(headers, name) {
+                return Ok(Some((token, TokenSource::Cookie)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The value of a cookie (first occurrence).
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.to_owned())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn validation() -> Validation {
+    // Algorithm pinning: HS256 only (alg:none and RS/HS confusion, jsonwebtoken #41).
+    let mut v = Validation::new(Algorithm::HS256);
+    // Type-confused `exp` must not count as absent (CVE-2026-25537): require it explicitly.
+    v.set_required_spec_claims(&["exp"]);
+    v.leeway = 0;
+    v.validate_aud = false;
+    v
+}
+
+/// Verify a token's signature and expiry; returns its claims.
+pub fn verify(token: &str, secret: &str) -> Result<(Map<String, Value>, u64), IdentityError> {
+    let data = jsonwebtoken::decode::<Map<String, Value>>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation(),
+    )
+    .map_err(|_| IdentityError::Invalid)?;
+    let claims = data.claims;
+    let exp = claims.get("exp").and_then(Value::as_u64).ok_or(IdentityError::Invalid)?;
+    // InvokeAI treats `now >= exp` as expired.
+    if now() >= exp {
+        return Err(IdentityError::Invalid);
+    }
+    // The claims InvokeAI requires, with the right types.
+    let typed = claims.get("user_id").is_some_and(Value::is_string)
+        && claims.get("email").is_some_and(Value::is_string)
+        && claims.get("is_admin").is_some_and(Value::is_boolean);
+    if !typed {
+        return Err(IdentityError::Invalid);
+    }
+    Ok((claims, exp))
+}
+
+/// Sign claims with InvokeAI's secret (HS256, `{"alg":"HS256","typ":"JWT"}`).
+pub fn sign(claims: &Map<String, Value>, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing of a JSON map cannot fail")
+}
+
+/// Identify the caller of a request.
+pub async fn identify(headers: &HeaderMap, accept_cookie: bool, facts: &Facts) -> Result<Principal, IdentityError> {
+    let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
+    let secret = facts.jwt_secret().await?;
+    let (claims, exp) = verify(&token, &secret)?;
+    let user_id = claims["user_id"].as_str().unwrap_or_default().to_owned();
+    // The `system` account owns legacy content and must never act as a caller.
+    if user_id == "system" || user_id.is_empty() {
+        return Err(IdentityError::Invalid);
+    }
+    let row = facts.user(&user_id).await?.ok_or(IdentityError::Inactive)?;
+    if !row.is_active {
+        return Err(IdentityError::Inactive);
+    }
+    // Revocation: a password change bumps the row's epoch and kills older tokens (main).
+    if facts.schema().has_token_epoch {
+        let claimed = claims.get("token_epoch").map_or(Some(0), Value::as_i64);
+        if claimed != Some(row.token_epoch) {
+            return Err(IdentityError::Invalid);
+        }
+    }
+    Ok(Principal {
+        user_id,
+        email: claims["email"].as_str().unwrap_or_default().to_owned(),
+        is_admin: row.is_admin,
+        token,
+        claims,
+        exp,
+        via,
+    })
+}
+
+impl Principal {
+    /// The token to send upstream: the presented one when its `is_admin` claim is current,
+    /// otherwise the same claims and expiry re-signed with the row's `is_admin`.
+    pub fn upstream_token(&self, secret: &str) -> String {
+        if self.claims.get("is_admin").and_then(Value::as_bool) == Some(self.is_admin) {
+            return self.token.clone();
+        }
+        let mut claims = self.claims.clone();
+        claims.insert("is_admin".into(), Value::Bool(self.is_admin));
+        sign(&claims, secret)
+    }
+
+    /// Seconds until the token expires.
+    pub fn remaining_secs(&self) -> u64 {
+        self.exp.saturating_sub(now())
+    }
+}
+
+/// Re-mint a token InvokeAI issued in a response (`X-Refreshed-Token`) with the caller's current
+/// `is_admin`; `None` when it does not verify or names someone else.
+pub fn remint_refreshed(token: &str, secret: &str, principal: &Principal) -> Option<String> {
+    let (mut claims, _) = verify(token, secret).ok()?;
+    if claims.get("user_id").and_then(Value::as_str) != Some(principal.user_id.as_str()) {
+        return None;
+    }
+    claims.insert("is_admin".into(), Value::Bool(principal.is_admin));
+    Some(sign(&claims, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Map<String, Value> {
+        serde_json::json!({"user_id": "u1", "email": "a@b", "is_admin": false, "exp": exp})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn round_trip_and_expiry() {
+        let good = sign(&claims(now() + 60), "s3cret");
+        assert!(verify(&good, "s3cret").is_ok());
+        assert!(verify(&good, "other").is_err());
+        let expired = sign(&claims(now()), "s3cret");
+        assert!(verify(&expired, "s3cret").is_err());
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, "a=1; invokeai_media_token=tok; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, MEDIA_COOKIE).as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), None);
+    }
+}

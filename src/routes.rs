@@ -1,0 +1,590 @@
+//! The route table: `routes.toml` parsed, validated and compiled.
+//!
+//! Invariants:
+//! - A table is built completely or not at all; a caller swaps whole tables (see `state`), so a
+//!   request never sees a half-loaded policy.
+//! - Matching is one matchit lookup per method, never a scan over rules.
+//! - For one method no two rules can match the same path (checked at load), so which rule applies
+//!   never depends on declaration order.
+//! - Every check names a registered predicate with the right number of arguments, and every
+//!   `path.X` selector is bound by the rule's own template.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::policy::Predicate;
+use crate::rewrite::ResponseFilter;
+
+/// A routes.toml problem, with enough context to fix it.
+#[derive(Debug, Error)]
+#[error("{file}:{line}: {}{message}", rule.as_deref().map(|r| format!("rule '{r}': ")).unwrap_or_default())]
+pub struct RouteError {
+    pub file: String,
+    pub line: usize,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+/// Who may call a route at all (before the checks run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// No identity; any presented credential is removed before forwarding.
+    Public,
+    /// A valid Bearer token of an active, non-system user.
+    User,
+    /// Like `User`, and the token may come from a media/session cookie.
+    Media,
+    /// The Socket.IO handshake: Bearer or session cookie.
+    Socket,
+    /// Like `User`, and the user row says admin.
+    Admin,
+}
+
+impl Auth {
+    /// Whether the route needs an identified caller.
+    pub fn needs_identity(self) -> bool {
+        self != Auth::Public
+    }
+
+    /// Whether a cookie may carry the token.
+    pub fn accepts_cookie(self) -> bool {
+        matches!(self, Auth::Media | Auth::Socket)
+    }
+}
+
+/// Where a selector reads its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Path(String),
+    Query(String),
+    Body,
+    Form(String),
+}
+
+/// One step into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Field(String),
+    Each,
+}
+
+/// A reference to request data: `path.x`, `query.x?`, `body.a[].b`, `form.data.type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub source: Source,
+    pub steps: Vec<Step>,
+    pub optional: bool,
+    pub text: String,
+}
+
+/// A check argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Select(Selector),
+    Literal(String),
+}
+
+/// One compiled check: a predicate applied to arguments.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub predicate: Predicate,
+    pub args: Vec<Arg>,
+    pub text: String,
+}
+
+/// What a rule needs from the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyNeed {
+    None,
+    Json,
+    Multipart,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub methods: Vec<Method>,
+    pub path: String,
+    pub auth: Auth,
+    pub checks: Vec<Check>,
+    pub response: Vec<ResponseFilter>,
+    pub block: Option<StatusCode>,
+    pub body: BodyNeed,
+    pub line: usize,
+}
+
+/// A successful lookup.
+#[derive(Debug)]
+pub struct RouteMatch<'t> {
+    pub rule: &'t Rule,
+    /// Path parameters, raw (still percent-encoded as in the canonical path).
+    pub params: Vec<(String, String)>,
+}
+
+/// The result of looking a request up.
+#[derive(Debug)]
+pub enum Lookup<'t> {
+    Found(RouteMatch<'t>),
+    /// No rule for this path, but one for the other trailing-slash form (FastAPI answers 307).
+    Redirect(String),
+    NotFound,
+}
+
+/// The compiled table.
+pub struct RouteTable {
+    rules: Vec<Rule>,
+    routers: HashMap<Method, matchit::Router<usize>>,
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rule: Vec<toml::Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    methods: Vec<String>,
+    path: String,
+    auth: Auth,
+    #[serde(default)]
+    require: Vec<String>,
+    #[serde(default)]
+    response: Vec<String>,
+    #[serde(default)]
+    block: Option<u16>,
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+impl RouteTable {
+    /// Read and compile a routes file.
+    pub fn load(path: &Path) -> Result<Self, RouteError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RouteError {
+            file: file.clone(),
+            line: 0,
+            rule: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Compile a routes file from text (`file` names it in errors).
+    pub fn parse(file: &str, text: &str) -> Result<Self, RouteError> {
+        let err = |line: usize, rule: Option<&str>, message: String| RouteError {
+            file: file.to_owned(),
+            line,
+            rule: rule.map(str::to_owned),
+            message,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .unwrap_or_default();
+            err(line, None, e.message().to_owned())
+        })?;
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        let mut ids = HashSet::new();
+        for spanned in raw.rule {
+            let line = line_of(text, spanned.span().start);
+            let raw_rule = spanned.into_inner();
+            let id = raw_rule.id.clone();
+            let rule = compile_rule(raw_rule, line).map_err(|m| err(line, Some(&id), m))?;
+            if !ids.insert(rule.id.clone()) {
+                return Err(err(line, Some(&id), "duplicate rule id".into()));
+            }
+            rules.push(rule);
+        }
+        check_overlaps(&rules).map_err(|(i, m)| err(rules[i].line, Some(&rules[i].id), m))?;
+        let mut routers: HashMap<Method, matchit::Router<usize>> = HashMap::new();
+        for (index, rule) in rules.iter().enumerate() {
+            for method in &rule.methods {
+                routers
+                    .entry(method.clone())
+                    .or_default()
+                    .insert(rule.path.clone(), index)
+                    .map_err(|e| err(rule.line, Some(&rule.id), format!("path: {e}")))?;
+            }
+        }
+        Ok(Self { rules, routers })
+    }
+
+    /// All rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Look up a canonical path.
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let Some(router) = self.routers.get(method) else {
+            return Lookup::NotFound;
+        };
+        if let Ok(found) = router.at(path) {
+            let params = found
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            return Lookup::Found(RouteMatch {
+                rule: &self.rules[*found.value],
+                params,
+            });
+        }
+        match crate::canonical::toggle_trailing_slash(path) {
+            Some(other) if router.at(&other).is_ok() => Lookup::Redirect(other),
+            _ => Lookup::NotFound,
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
+    if raw.id.is_empty()
+        || !raw
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+    {
+        return Err("id must be non-empty and use only [a-z0-9_.-]".into());
+    }
+    if raw.methods.is_empty() {
+        return Err("methods must not be empty".into());
+    }
+    let mut methods = Vec::new();
+    for m in &raw.methods {
+        if !METHODS.contains(&m.as_str()) {
+            return Err(format!("unknown method '{m}' (one of {})", METHODS.join(", ")));
+        }
+        let method = Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?;
+        if methods.contains(&method) {
+            return Err(format!("method '{m}' listed twice"));
+        }
+        methods.push(method);
+    }
+    let params = template_params(&raw.path)?;
+    let mut checks = Vec::new();
+    for text in &raw.require {
+        checks.push(parse_check(text, &params).map_err(|m| format!("check '{text}': {m}"))?);
+    }
+    let response = raw
+        .response
+        .iter()
+        .map(|name| ResponseFilter::from_name(name).ok_or_else(|| format!("unknown response filter '{name}'")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let block = raw
+        .block
+        .map(|code| {
+            StatusCode::from_u16(code)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .ok_or_else(|| format!("block must be a 4xx or 5xx status, got {code}"))
+        })
+        .transpose()?;
+    if raw.auth == Auth::Admin && checks.iter().any(|c| c.predicate == Predicate::Admin) {
+        return Err("auth = \"admin\" already implies the 'admin' check".into());
+    }
+    let body = body_need(&checks)?;
+    Ok(Rule {
+        id: raw.id,
+        methods,
+        path: raw.path,
+        auth: raw.auth,
+        checks,
+        response,
+        block,
+        body,
+        line,
+    })
+}
+
+fn body_need(checks: &[Check]) -> Result<BodyNeed, String> {
+    let sources = checks.iter().flat_map(|c| &c.args).filter_map(|a| match a {
+        Arg::Select(s) => Some(&s.source),
+        Arg::Literal(_) => None,
+    });
+    let (mut json, mut form) = (false, false);
+    for source in sources {
+        json |= *source == Source::Body;
+        form |= matches!(source, Source::Form(_));
+    }
+    match (json, form) {
+        (true, true) => Err("a rule cannot read both body.* and form.*".into()),
+        (true, false) => Ok(BodyNeed::Json),
+        (false, true) => Ok(BodyNeed::Multipart),
+        (false, false) => Ok(BodyNeed::None),
+    }
+}
+
+/// Template segments for overlap analysis.
+#[derive(Debug, PartialEq)]
+enum Seg<'a> {
+    Static(&'a str),
+    Param,
+    CatchAll,
+}
+
+fn segments(template: &str) -> Vec<Seg<'_>> {
+    template[1..]
+        .split('/')
+        .map(|s| {
+            if s.starts_with("{*") {
+                Seg::CatchAll
+            } else if s.starts_with('{') {
+                Seg::Param
+            } else {
+                Seg::Static(s)
+            }
+        })
+        .collect()
+}
+
+fn template_params(template: &str) -> Result<Vec<String>, String> {
+    if !template.starts_with('/') {
+        return Err("path must start with '/'".into());
+    }
+    if crate::canonical::canonical_path(template.replace(['{', '}', '*'], "x").as_str()).is_err() {
+        return Err("path template is not a canonical path (empty or dot segment, bad character)".into());
+    }
+    let segs: Vec<&str> = template[1..].split('/').collect();
+    let mut names = Vec::new();
+    for (i, seg) in segs.iter().enumerate() {
+        let is_param = seg.starts_with('{') && seg.ends_with('}');
+        if seg.contains(['{', '}']) && !is_param {
+            return Err(format!("segment '{seg}': a parameter must be a whole segment"));
+        }
+        if !is_param {
+            continue;
+        }
+        let inner = &seg[1..seg.len() - 1];
+        let name = inner.strip_prefix('*').unwrap_or(inner);
+        if inner.starts_with('*') && i != segs.len() - 1 {
+            return Err("a catch-all {*name} must be the last segment".into());
+        }
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("bad parameter name '{name}'"));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(format!("parameter '{name}' appears twice"));
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
+/// Whether some path matches both templates.
+fn templates_overlap(a: &str, b: &str) -> bool {
+    let (sa, sb) = (segments(a), segments(b));
+    let mut i = 0;
+    loop {
+        match (sa.get(i), sb.get(i)) {
+            (None, None) => return true,
+            (Some(Seg::CatchAll), Some(_)) | (Some(_), Some(Seg::CatchAll)) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(Seg::Static(x)), Some(Seg::Static(y))) if x != y => return false,
+            // A parameter never matches an empty segment (the trailing-slash position).
+            (Some(Seg::Param), Some(Seg::Static(""))) | (Some(Seg::Static("")), Some(Seg::Param)) => {
+                return false
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+fn check_overlaps(rules: &[Rule]) -> Result<(), (usize, String)> {
+    let mut by_method: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for m in &rule.methods {
+            by_method.entry(m.as_str()).or_default().push(i);
+        }
+    }
+    for (method, indexes) in by_method {
+        for (n, &i) in indexes.iter().enumerate() {
+            for &j in &indexes[n + 1..] {
+                if templates_overlap(&rules[i].path, &rules[j].path) {
+                    return Err((
+                        j,
+                        format!(
+                            "{method} {} overlaps rule '{}' ({method} {}): a request could match both",
+                            rules[j].path, rules[i].id, rules[i].path
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parse `name` or `name(arg, arg)`.
+fn parse_check(text: &str, params: &[String]) -> Result<Check, String> {
+    let text = text.trim();
+    let (name, args_text) = match text.find('(') {
+        Some(open) => {
+            let inner = text[open + 1..]
+                .strip_suffix(')')
+                .ok_or("missing closing ')'")?;
+            (&text[..open], Some(inner))
+        }
+        None => (text, None),
+    };
+    let predicate = Predicate::from_name(name.trim()).ok_or_else(|| format!("unknown predicate '{}'", name.trim()))?;
+    let args = match args_text {
+        None => Vec::new(),
+        Some(inner) if inner.trim().is_empty() => Vec::new(),
+        Some(inner) => split_args(inner)?
+            .into_iter()
+            .map(|a| parse_arg(a, params))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    predicate.check_args(&args)?;
+    Ok(Check {
+        predicate,
+        args,
+        text: text.to_owned(),
+    })
+}
+
+fn split_args(inner: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut in_str = false;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '"' => in_str = !in_str,
+            ',' if !in_str => {
+                out.push(inner[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if in_str {
+        return Err("unterminated string literal".into());
+    }
+    out.push(inner[start..].trim());
+    Ok(out)
+}
+
+fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
+    if let Some(lit) = text.strip_prefix('"') {
+        let lit = lit.strip_suffix('"').ok_or("unterminated string literal")?;
+        return Ok(Arg::Literal(lit.to_owned()));
+    }
+    let (body, optional) = match text.strip_suffix('?') {
+        Some(b) => (b, true),
+        None => (text, false),
+    };
+    let (root, rest) = body.split_once('.').unwrap_or((body, ""));
+    let (root, root_each) = match root.strip_suffix("[]") {
+        Some(r) => (r, true),
+        None => (root, false),
+    };
+    let mut steps = Vec::new();
+    if root_each {
+        steps.push(Step::Each);
+    }
+    for part in rest.split('.').filter(|p| !p.is_empty()) {
+        let (field, each) = match part.strip_suffix("[]") {
+            Some(f) => (f, true),
+            None => (part, false),
+        };
+        if field.is_empty() || !field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("bad field '{part}' in selector '{text}'"));
+        }
+        steps.push(Step::Field(field.to_owned()));
+        if each {
+            steps.push(Step::Each);
+        }
+    }
+    let first_field = |steps: &mut Vec<Step>| match steps.first() {
+        Some(Step::Field(_)) => match steps.remove(0) {
+            Step::Field(f) => Ok(f),
+            Step::Each => unreachable!(),
+        },
+        _ => Err(format!("selector '{text}' needs a name after '{root}.'")),
+    };
+    let source = match root {
+        "path" | "query" if root_each => return Err(format!("'{root}[]' is not a selector")),
+        "path" => {
+            let name = first_field(&mut steps)?;
+            if !params.contains(&name) {
+                return Err(format!("'path.{name}' is not a parameter of this rule's path"));
+            }
+            Source::Path(name)
+        }
+        "query" => Source::Query(first_field(&mut steps)?),
+        "form" => Source::Form(first_field(&mut steps)?),
+        "body" => Source::Body,
+        other => return Err(format!("unknown selector root '{other}' (path, query, body, form or \"literal\")")),
+    };
+    if matches!(source, Source::Path(_) | Source::Query(_)) && !steps.is_empty() {
+        return Err(format!("'{text}': path and query values have no fields"));
+    }
+    Ok(Arg::Select(Selector {
+        source,
+        steps,
+        optional,
+        text: text.to_owned(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_semantics() {
+        assert!(templates_overlap("/a/{x}", "/a/b"));
+        assert!(templates_overlap("/a/{x}", "/a/{y}"));
+        assert!(!templates_overlap("/a/{x}", "/a/"));
+        assert!(!templates_overlap("/a/{x}/c", "/a/{x}"));
+        assert!(templates_overlap("/a/{*rest}", "/a/b/c"));
+        assert!(!templates_overlap("/a/b", "/a/c"));
+    }
+
+    #[test]
+    fn selectors_parse() {
+        let params = vec!["image_name".to_owned()];
+        let Arg::Select(s) = parse_arg("body.control_layers[].image_name?", &params).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.source, Source::Body);
+        assert!(s.optional);
+        assert_eq!(
+            s.steps,
+            vec![
+                Step::Field("control_layers".into()),
+                Step::Each,
+                Step::Field("image_name".into())
+            ]
+        );
+        let Arg::Select(s) = parse_arg("body[]", &params).unwrap() else { panic!() };
+        assert_eq!(s.steps, vec![Step::Each]);
+        assert!(parse_arg("path.other", &params).is_err());
+        assert!(parse_arg("cookie.x", &params).is_err());
+    }
+}

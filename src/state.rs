@@ -1,0 +1,91 @@
+//! Process state shared by every connection, and route-table reloads.
+//!
+//! Invariants:
+//! - The route table is swapped whole (`ArcSwap`); a request evaluates against the one snapshot
+//!   it loaded at its start.
+//! - A reload that fails validation keeps the last good table (and is counted and logged).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Limits, Settings};
+use crate::facts::Facts;
+use crate::ledger::Ledger;
+use crate::proxy::Upstream;
+use crate::routes::{RouteError, RouteTable};
+
+/// Everything a request needs.
+pub struct AppState {
+    pub routes: ArcSwap<RouteTable>,
+    pub routes_path: PathBuf,
+    pub facts: Facts,
+    pub ledger: Ledger,
+    pub upstream: Upstream,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub tls: bool,
+}
+
+impl AppState {
+    /// Build the state from validated settings (opens the database and the ledger).
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        let routes = RouteTable::load(&settings.routes)?;
+        let facts = Facts::open(&settings.facts)?;
+        let ledger = Ledger::open(&settings.ledger)?;
+        let upstream = Upstream::new(
+            &settings.upstream,
+            settings.limits.upstream_connect_timeout,
+            settings.limits.upstream_idle_timeout,
+            settings.limits.upstream_response_timeout,
+        );
+        crate::metrics::routes_reloaded(routes.rules().len());
+        Ok(Arc::new(Self {
+            routes: ArcSwap::from_pointee(routes),
+            routes_path: settings.routes.clone(),
+            facts,
+            ledger,
+            upstream,
+            limits: settings.limits.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            tls: settings.tls.is_some(),
+        }))
+    }
+
+    /// Re-read routes.toml; on error keep the current table.
+    pub fn reload_routes(&self) -> Result<usize, RouteError> {
+        match RouteTable::load(&self.routes_path) {
+            Ok(table) => {
+                let n = table.rules().len();
+                self.routes.store(Arc::new(table));
+                crate::metrics::routes_reloaded(n);
+                tracing::info!(rules = n, "routes reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                crate::metrics::routes_reload_failed();
+                tracing::error!(error = %e, "routes reload rejected; keeping the last good table");
+                Err(e)
+            }
+        }
+    }
+
+    /// Poll routes.toml for content changes (ConfigMap symlink swaps included) and reload.
+    pub fn spawn_routes_watcher(self: &Arc<Self>, every: std::time::Duration) {
+        let state = Arc::downgrade(self);
+        let path = self.routes_path.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&path).ok();
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(state) = state.upgrade() else { return };
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last {
+                    let _ = state.reload_routes();
+                    last = now;
+                }
+            }
+        });
+    }
+}
