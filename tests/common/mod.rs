@@ -1,0 +1,289 @@
+//! Test harness: the real guard on 127.0.0.1:0 in front of a recording mock upstream, over
+//! fixture databases written by real InvokeAI.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+use invoke_guard::config::{self, Overrides, RawConfig};
+use invoke_guard::state::AppState;
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A writable copy of a fixture database in a temp dir (kept alive by the returned guard).
+pub struct DbCopy {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn copy_fixture(name: &str) -> DbCopy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("invokeai.db");
+    std::fs::copy(fixture_path(name), &path).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    DbCopy { dir, path }
+}
+
+/// The JSON manifest of a rich fixture.
+pub fn manifest(version: &str) -> Value {
+    let text = std::fs::read_to_string(fixture_path(&format!("invokeai-{version}-rich.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn sign(claims: &Value, secret: &str) -> String {
+    invoke_guard::identity::sign(claims.as_object().unwrap(), secret)
+}
+
+/// Claims as InvokeAI mints them for a manifest user.
+pub fn claims_for(m: &Value, role: &str) -> Value {
+    let u = &m["users"][role];
+    let mut c = json!({
+        "user_id": u["user_id"],
+        "email": u["email"],
+        "is_admin": u["is_admin"],
+        "exp": now() + 3600,
+    });
+    if u.get("token_epoch").is_some_and(|e| !e.is_null()) {
+        c["token_epoch"] = u["token_epoch"].clone();
+        c["remember_me"] = json!(false);
+    }
+    c
+}
+
+pub fn token_for(m: &Value, role: &str) -> String {
+    sign(&claims_for(m, role), m["jwt"]["secret"].as_str().unwrap())
+}
+
+/// What the mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type Responder = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A recording mock InvokeAI.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub fn ok_json(v: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+/// Start a mock upstream answering with `responder` (default: 200 `{"ok":true}`).
+pub async fn mock(responder: Option<Responder>) -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let responder = responder.unwrap_or_else(|| Arc::new(|_| ok_json(json!({"ok": true}))));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let seen = seen2.clone();
+            let responder = responder.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    let responder = responder.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let s = Seen {
+                            method: parts.method,
+                            target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                            headers: parts.headers,
+                            body,
+                        };
+                        let res = responder(&s);
+                        seen.lock().unwrap().push(s);
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Mock { addr, seen }
+}
+
+/// A running guard.
+pub struct Guard {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub ledger_dir: tempfile::TempDir,
+}
+
+impl Guard {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.state.facts.shutdown();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Start the guard with `routes` (a TOML text) over `db`, in front of `upstream`.
+pub async fn guard(routes: &str, db: &Path, upstream: &str) -> Guard {
+    guard_with(routes, db, upstream, RawConfig::default()).await
+}
+
+pub async fn guard_with(routes: &str, db: &Path, upstream: &str, raw: RawConfig) -> Guard {
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let routes_path = ledger_dir.path().join("routes.toml");
+    std::fs::write(&routes_path, routes).unwrap();
+    let settings = config::settings(
+        raw,
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("off".into()),
+            upstream: Some(upstream.into()),
+            db: Some(db.to_owned()),
+            routes: Some(routes_path),
+            ledger: Some(ledger_dir.path().join("ledger.db")),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let state = AppState::from_settings(&settings).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    tokio::spawn(async move {
+        let _ = invoke_guard::server::run(listener, st, None, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Guard {
+        addr,
+        state,
+        stop: Some(tx),
+        ledger_dir,
+    }
+}
+
+/// The shipped routes.toml.
+pub fn shipped_routes() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml")).unwrap()
+}
+
+/// A response as the test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn detail(&self) -> String {
+        self.json()["detail"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Send one request.
+pub async fn send(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    send_with(method, url, token, body, &[]).await
+}
+
+pub async fn send_with(method: &str, url: &str, token: Option<&str>, body: Option<Value>, headers: &[(&str, &str)]) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(body)).unwrap()))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Claims of the token the upstream received (no signature check: the test checks it separately).
+pub fn forwarded_claims(seen: &Seen) -> Option<Map<String, Value>> {
+    use base64::Engine;
+    let auth = seen.headers.get("authorization")?.to_str().ok()?;
+    let token = auth.strip_prefix("Bearer ")?;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
