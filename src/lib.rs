@@ -9,6 +9,7 @@
 //! - [`policy`]: the predicate registry and rule evaluation.
 //! - [`decision`]: decisions as data, mapped to HTTP in one place.
 //! - [`headers`]: header hygiene for both legs.
+//! - [`framing`]: a raw-byte scanner that flags ambiguous HTTP/1 framing ahead of hyper.
 //! - [`proxy`]: the pooled upstream client and WebSocket tunnels.
 //! - [`rewrite`]: response filters (token re-minting, cookies, cache headers, ledger records).
 //! - [`server`]: the listener and the request pipeline.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod facts;
+pub mod framing;
 pub mod headers;
 pub mod identity;
 pub mod ledger;

@@ -29,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::canonical::{self, Target};
 use crate::decision::{self, Body, Decision, DenyReason};
+use crate::framing;
 use crate::headers::{self, ClientConn};
 use crate::identity::{self, IdentityError, Principal, MEDIA_COOKIE, SESSION_COOKIE};
 use crate::policy::{self, Context, RequestData};
@@ -77,19 +78,25 @@ where
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let conn = ClientConn {
+            let client = ClientConn {
                 peer: peer.ip(),
                 tls: tls.is_some(),
             };
+            let max_head = state.limits.max_header_bytes;
             let svc_state = state.clone();
-            let service = service_fn(move |req| {
+            let service = move |framing: Arc<framing::Flag>| {
                 let state = svc_state.clone();
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(handle(req, &state, &conn).await) }
-            });
+                let conn = ConnInfo { client: client.clone(), framing };
+                service_fn(move |req| {
+                    let state = state.clone();
+                    let conn = conn.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &state, &conn).await) }
+                })
+            };
             let result = match tls {
                 None => {
-                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let (io, flag) = framing::Scanned::new(stream, max_head);
+                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
                     watcher.watch(fut.into_owned()).await
                 }
                 Some(acceptor) => {
@@ -98,7 +105,8 @@ where
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
-                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                    let (io, flag) = framing::Scanned::new(tls_stream, max_head);
+                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
                     watcher.watch(fut.into_owned()).await
                 }
             };
@@ -133,6 +141,13 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// What the pipeline knows about the client connection.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub client: ClientConn,
+    pub framing: Arc<framing::Flag>,
+}
+
 /// What the decision log records about one request.
 struct Record {
     rule_id: String,
@@ -144,7 +159,7 @@ struct Record {
 }
 
 /// Handle one request end to end; never fails (errors become responses).
-pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ClientConn) -> Response<Body> {
+pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ConnInfo) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let mut record = Record {
@@ -189,7 +204,11 @@ pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ClientConn)
 }
 
 /// Framing problems HTTP/1 parsers disagree on (request smuggling).
-fn framing_error(req: &Request<Incoming>) -> Option<DenyReason> {
+fn framing_error(req: &Request<Incoming>, conn: &ConnInfo) -> Option<DenyReason> {
+    // Ambiguous framing seen on the raw bytes (hyper hides it; see `framing`).
+    if let Some(why) = conn.framing.get() {
+        return Some(DenyReason::BadRequest(why.into()));
+    }
     let h = req.headers();
     // CL.TE / TE.CL desync (Kettle 2019; hyper #3860/#4123): refuse both together.
     if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
@@ -232,11 +251,11 @@ fn identity_denial(e: IdentityError) -> DenyReason {
 async fn pipeline(
     mut req: Request<Incoming>,
     state: &AppState,
-    conn: &ClientConn,
+    conn: &ConnInfo,
     record: &mut Record,
 ) -> Result<Response<Body>, DenyReason> {
     // 0. framing
-    if let Some(reason) = framing_error(&req) {
+    if let Some(reason) = framing_error(&req, conn) {
         return Err(reason);
     }
     // 1. canonicalize
@@ -318,7 +337,7 @@ async fn pipeline(
         secret.as_deref(),
         client_upgrade.is_some(),
         state,
-        conn,
+        &conn.client,
     );
     let mut res = match state.upstream.send(upstream_req).await {
         Ok(res) => res,

@@ -1,0 +1,275 @@
+//! A read-side scanner of HTTP/1 request heads, ahead of hyper.
+//!
+//! hyper resolves ambiguous framing safely (Transfer-Encoding wins over Content-Length and the
+//! connection is closed; equal duplicate Content-Lengths are merged) but hides that it happened.
+//! A security proxy should *refuse* such requests (RFC 9112 §6.1 allows it), so this wrapper
+//! follows request boundaries on the raw byte stream with `httparse` and flags a connection whose
+//! client sent an ambiguous head. The service checks the flag before anything else.
+//!
+//! Invariants:
+//! - Bytes pass through unchanged; the scanner only observes.
+//! - The flag for a request is set before hyper can parse that request (we see its bytes first).
+//! - Anything the scanner does not understand (HTTP/2, upgrades, parse errors) stops scanning;
+//!   hyper's own strict parser still applies.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Per-connection verdict shared with the service.
+#[derive(Debug, Default)]
+pub struct Flag(OnceLock<&'static str>);
+
+impl Flag {
+    /// Why this connection's framing was refused, if it was.
+    pub fn get(&self) -> Option<&'static str> {
+        self.0.get().copied()
+    }
+
+    fn set(&self, why: &'static str) {
+        let _ = self.0.set(why);
+    }
+}
+
+enum Mode {
+    Head(Vec<u8>),
+    Fixed(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkCrlf(u8),
+    Trailers(Vec<u8>),
+    Opaque,
+}
+
+/// An IO wrapper that scans request heads as they are read.
+pub struct Scanned<IO> {
+    inner: IO,
+    mode: Mode,
+    flag: Arc<Flag>,
+    max_head: usize,
+}
+
+impl<IO> Scanned<IO> {
+    /// Wrap `inner`; the returned flag is shared with the service.
+    pub fn new(inner: IO, max_head: usize) -> (Self, Arc<Flag>) {
+        let flag = Arc::new(Flag::default());
+        (
+            Self {
+                inner,
+                mode: Mode::Head(Vec::new()),
+                flag: flag.clone(),
+                max_head,
+            },
+            flag,
+        )
+    }
+
+    fn observe(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let mode = std::mem::replace(&mut self.mode, Mode::Opaque);
+            let (next, used) = self.step(mode, data);
+            self.mode = next;
+            data = &data[used..];
+            if matches!(self.mode, Mode::Opaque) {
+                return;
+            }
+        }
+    }
+
+    fn step(&self, mode: Mode, data: &[u8]) -> (Mode, usize) {
+        match mode {
+            Mode::Opaque => (Mode::Opaque, data.len()),
+            Mode::Head(mut buf) => {
+                let start = buf.len().saturating_sub(3);
+                buf.extend_from_slice(data);
+                let Some(end) = find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                    if buf.len() > self.max_head {
+                        return (Mode::Opaque, data.len());
+                    }
+                    return (Mode::Head(buf), data.len());
+                };
+                let used = data.len() - (buf.len() - end);
+                (self.after_head(&buf[..end]), used)
+            }
+            Mode::Fixed(n) => {
+                let take = n.min(data.len() as u64);
+                let rest = n - take;
+                let next = if rest == 0 { Mode::Head(Vec::new()) } else { Mode::Fixed(rest) };
+                (next, take as usize)
+            }
+            Mode::ChunkSize(line) => self.line(line, data, true),
+            Mode::Trailers(line) => self.line(line, data, false),
+            Mode::ChunkData(n) => {
+                let take = n.min(data.len() as u64);
+                let rest = n - take;
+                let next = if rest == 0 { Mode::ChunkCrlf(2) } else { Mode::ChunkData(rest) };
+                (next, take as usize)
+            }
+            Mode::ChunkCrlf(left) => {
+                let take = (left as usize).min(data.len());
+                let left = left - take as u8;
+                let next = if left == 0 { Mode::ChunkSize(Vec::new()) } else { Mode::ChunkCrlf(left) };
+                (next, take)
+            }
+        }
+    }
+
+    fn line(&self, mut line: Vec<u8>, data: &[u8], size_line: bool) -> (Mode, usize) {
+        let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+            line.extend_from_slice(data);
+            let next = if line.len() > 4096 {
+                Mode::Opaque
+            } else if size_line {
+                Mode::ChunkSize(line)
+            } else {
+                Mode::Trailers(line)
+            };
+            return (next, data.len());
+        };
+        line.extend_from_slice(&data[..=nl]);
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        let next = if size_line {
+            let hex = text.split(';').next().unwrap_or("").trim();
+            match u64::from_str_radix(hex, 16) {
+                Ok(0) => Mode::Trailers(Vec::new()),
+                Ok(n) => Mode::ChunkData(n),
+                Err(_) => Mode::Opaque,
+            }
+        } else if text.is_empty() {
+            Mode::Head(Vec::new())
+        } else {
+            Mode::Trailers(Vec::new())
+        };
+        (next, nl + 1)
+    }
+
+    fn after_head(&self, head: &[u8]) -> Mode {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return Mode::Opaque;
+        }
+        if req.method == Some("CONNECT") {
+            return Mode::Opaque;
+        }
+        let mut lengths = Vec::new();
+        let mut codings = Vec::new();
+        let mut upgrade = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                lengths.push(h.value);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                codings.push(h.value);
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        // CL.TE / TE.CL desync (Kettle 2019): both framings in one request.
+        if !lengths.is_empty() && !codings.is_empty() {
+            self.flag.set("Content-Length with Transfer-Encoding");
+            return Mode::Opaque;
+        }
+        // Duplicate Content-Length, even equal, or a list in one header.
+        if lengths.len() > 1 || lengths.iter().any(|v| v.contains(&b',')) {
+            self.flag.set("duplicate Content-Length");
+            return Mode::Opaque;
+        }
+        if upgrade {
+            return Mode::Opaque;
+        }
+        if let Some(last) = codings.last() {
+            let chunked = String::from_utf8_lossy(last)
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            return if chunked { Mode::ChunkSize(Vec::new()) } else { Mode::Opaque };
+        }
+        match lengths.first() {
+            None => Mode::Head(Vec::new()),
+            Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                Some(0) => Mode::Head(Vec::new()),
+                Some(n) => Mode::Fixed(n),
+                None => Mode::Opaque,
+            },
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            if !matches!(self.mode, Mode::Opaque) {
+                let fresh = buf.filled()[before..].to_vec();
+                self.observe(&fresh);
+            }
+        }
+        poll
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Scanned<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Option<&'static str> {
+        let (mut s, flag) = Scanned::new((), 65536);
+        for c in chunks {
+            s.observe(c);
+        }
+        flag.get()
+    }
+
+    #[test]
+    fn clean_keepalive_sequences_pass() {
+        let two = b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(scan(&[two]), None);
+        let chunked = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab\r\n\r\n0\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(scan(&[chunked]), None);
+    }
+
+    #[test]
+    fn ambiguous_heads_are_flagged_even_when_split_or_later() {
+        assert!(scan(&[b"POST / HTTP/1.1\r\nContent-Len", b"gth: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]).is_some());
+        let later = b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
+        assert!(scan(&[later]).is_some());
+        // A body that looks like a request head is not scanned as one.
+        let body = b"POST /a HTTP/1.1\r\nContent-Length: 60\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
+        assert_eq!(scan(&[body]), None);
+    }
+}
