@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# End-to-end suite: invoke-guard in front of real, unmodified InvokeAI servers.
+#
+#   tests/e2e/run.sh [--direct] [VERSION...]        (default versions: 6.12.0 6.14.2)
+#
+# For each VERSION:
+#   1. scripts/invokeai/install.sh VERSION          (cached venv; a fast no-op when installed)
+#   2. scripts/invokeai/start.sh on a free loopback port with a fresh root
+#      ${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run/e2e-VERSION
+#   3. tests/e2e/scenario.py builds users/boards/images/... talking to InvokeAI DIRECTLY
+#   4. starts the guard in front of it ($GUARD_BIN serve ...) and waits for GET /readyz on its admin port
+#   5. tests/e2e/matrix.py runs the cross-user matrix THROUGH the guard
+#   6. stops the guard and InvokeAI by PID (also on failure or Ctrl-C)
+# --direct skips the guard and runs the matrix against InvokeAI itself (shows what the guard must close;
+# expected to fail).
+#
+# Env: GUARD_BIN (default target/release/invoke-guard), ROUTES (default routes.toml),
+#      E2E_RUN_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run), MATRIX_ARGS (extra
+#      arguments for matrix.py, e.g. "-v" or "-k 'bob:*'"), GUARD_READY_TIMEOUT (default 30 s).
+# Per-version logs and the matrix report stay in the run dir: server.log, guard.log, manifest.json,
+# matrix-report.json.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+E2E="$REPO/tests/e2e"
+INV="$REPO/scripts/invokeai"
+RUN_BASE="${E2E_RUN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run}"
+GUARD_BIN="${GUARD_BIN:-$REPO/target/release/invoke-guard}"
+ROUTES="${ROUTES:-$REPO/routes.toml}"
+READY_TIMEOUT="${GUARD_READY_TIMEOUT:-30}"
+
+DIRECT=0
+VERSIONS=()
+for a in "$@"; do
+  case "$a" in
+    --direct) DIRECT=1 ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -*) echo "run.sh: unknown option $a" >&2; exit 2 ;;
+    *) VERSIONS+=("$a") ;;
+  esac
+done
+[[ ${#VERSIONS[@]} -gt 0 ]] || VERSIONS=(6.12.0 6.14.2)
+
+log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+
+# ---- prerequisites (missing ones are errors, never silent skips)
+for tool in flock sha256sum awk; do command -v "$tool" >/dev/null || die "missing tool: $tool"; done
+if [[ $DIRECT == 0 ]]; then
+  [[ -x "$GUARD_BIN" ]] || die "guard binary $GUARD_BIN not found; build it with 'cargo build --release' in $REPO or set GUARD_BIN"
+  [[ -f "$ROUTES" ]] || die "route table $ROUTES not found (set ROUTES=...)"
+fi
+mkdir -p "$RUN_BASE"
+
+GUARD_PID=""
+ROOT=""
+cleanup() {
+  local rc=$?
+  if [[ -n "$GUARD_PID" ]] && kill -0 "$GUARD_PID" 2>/dev/null; then
+    kill -TERM "$GUARD_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$GUARD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$GUARD_PID" 2>/dev/null && kill -KILL "$GUARD_PID" 2>/dev/null
+    wait "$GUARD_PID" 2>/dev/null || true
+  fi
+  GUARD_PID=""
+  if [[ -n "$ROOT" ]]; then "$INV/stop.sh" "$ROOT" || true; fi
+  ROOT=""
+  return $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+http_status() {  # URL -> HTTP status (000 when nothing answers)
+  "$PY" - "$1" <<'PYEOF'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        print(r.status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print("000")
+PYEOF
+}
+
+secs() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+
+SUMMARY=()
+overall=0
+for V in "${VERSIONS[@]}"; do
+  log "=== InvokeAI $V ==="
+  t=$(date +%s.%N)
+  VENV="$("$INV/install.sh" "$V" | tail -1)" || die "install of invokeai $V failed"
+  PY="$VENV/bin/python"
+  t_install=$(secs "$t")
+
+  RUNDIR="$RUN_BASE/e2e-$V"
+  ROOT="$RUNDIR/root"
+  mkdir -p "$RUNDIR"
+  rm -rf "$RUNDIR/guard" "$RUNDIR/manifest.json" "$RUNDIR/matrix-report.json" "$RUNDIR/guard.log"
+  UPORT="$(free_port)"
+  t=$(date +%s.%N)
+  ready_line="$("$INV/start.sh" "$V" "$UPORT" "$ROOT")" || die "InvokeAI $V did not start (log: $ROOT/server.log)"
+  log "$ready_line"
+  t_start=$(secs "$t")
+
+  t=$(date +%s.%N)
+  "$PY" "$E2E/scenario.py" --base "http://127.0.0.1:$UPORT" --db "$ROOT/databases/invokeai.db" --version "$V" \
+    --out "$RUNDIR/manifest.json" || die "scenario failed on InvokeAI $V (log: $ROOT/server.log)"
+  t_scenario=$(secs "$t")
+
+  t_guard=0
+  if [[ $DIRECT == 1 ]]; then
+    BASE="http://127.0.0.1:$UPORT"
+    mflags=(--direct)
+  else
+    GPORT="$(free_port)"
+    APORT="$(free_port)"
+    mkdir -p "$RUNDIR/guard"
+    t=$(date +%s.%N)
+    "$GUARD_BIN" serve --listen "127.0.0.1:$GPORT" --upstream "http://127.0.0.1:$UPORT" \
+      --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/guard/ledger.db" \
+      --admin-listen "127.0.0.1:$APORT" > "$RUNDIR/guard.log" 2>&1 < /dev/null &
+    GUARD_PID=$!
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    until [[ "$(http_status "http://127.0.0.1:$APORT/readyz")" == 200 ]]; do
+      if ! kill -0 "$GUARD_PID" 2>/dev/null; then
+        tail -30 "$RUNDIR/guard.log" >&2 || true
+        die "the guard exited during startup (log: $RUNDIR/guard.log)"
+      fi
+      (( $(date +%s) <= deadline )) || { tail -30 "$RUNDIR/guard.log" >&2; die "guard not ready after ${READY_TIMEOUT}s"; }
+      sleep 0.2
+    done
+    t_guard=$(secs "$t")
+    log "guard pid=$GUARD_PID listening on 127.0.0.1:$GPORT (admin 127.0.0.1:$APORT), ready in ${t_guard}s"
+    BASE="http://127.0.0.1:$GPORT"
+    mflags=()
+  fi
+
+  t=$(date +%s.%N)
+  rc=0
+  # shellcheck disable=SC2086
+  "$PY" "$E2E/matrix.py" --manifest "$RUNDIR/manifest.json" --base "$BASE" "${mflags[@]}" \
+    --report "$RUNDIR/matrix-report.json" ${MATRIX_ARGS:-} | tee "$RUNDIR/matrix.out" || rc=$?
+  t_matrix=$(secs "$t")
+  [[ $rc == 0 ]] || overall=1
+  SUMMARY+=("$V: $(tail -1 "$RUNDIR/matrix.out") (install ${t_install}s, start ${t_start}s, scenario ${t_scenario}s, guard ${t_guard}s, matrix ${t_matrix}s)")
+  cleanup || true
+done
+
+log "summary:"
+for s in "${SUMMARY[@]}"; do log "  $s"; done
+exit $overall
