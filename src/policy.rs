@@ -50,6 +50,7 @@ pub enum Predicate {
     LoginNotSystem,
     AdminIfEq,
     AdminIfTrue,
+    AdminUnlessUpstream,
 }
 
 /// The registry: name, predicate, minimum and maximum argument counts.
@@ -83,7 +84,8 @@ const REGISTRY: &[(&str, Predicate, usize, usize)] = &[
     ("user.keeps_an_admin", Predicate::UserKeepsAnAdmin, 1, 3),
     ("login.not_system", Predicate::LoginNotSystem, 1, 1),
     ("admin_if_eq", Predicate::AdminIfEq, 2, 2),
-    ("admin_if_true", Predicate::AdminIfTrue, 1, 1),
+    ("admin_if_true", Predicate::AdminIfTrue, 1, 2),
+    ("admin_unless_upstream", Predicate::AdminUnlessUpstream, 1, 1),
 ];
 
 impl Predicate {
@@ -114,9 +116,23 @@ impl Predicate {
             return Err(format!("'{}' takes {want} argument(s), got {}", self.name(), args.len()));
         }
         let literal_positions: &[usize] = match self {
-            Predicate::AdminIfEq => &[1],
+            Predicate::AdminIfEq | Predicate::AdminIfTrue => &[1],
+            Predicate::AdminUnlessUpstream => &[0],
             _ => &[],
         };
+        let capability_position = match self {
+            Predicate::AdminIfTrue => Some(1),
+            Predicate::AdminUnlessUpstream => Some(0),
+            _ => None,
+        };
+        if let Some(Arg::Literal(cap)) = capability_position.and_then(|i| args.get(i)) {
+            if !crate::facts::Schema::CAPABILITIES.contains(&cap.as_str()) {
+                return Err(format!(
+                    "unknown upstream capability \"{cap}\" (one of {})",
+                    crate::facts::Schema::CAPABILITIES.join(", ")
+                ));
+            }
+        }
         for (i, arg) in args.iter().enumerate() {
             let is_literal = matches!(arg, Arg::Literal(_));
             if is_literal != literal_positions.contains(&i) {
@@ -287,10 +303,26 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
             (Some(v), Some(lit)) if v == lit => admin_only(me),
             _ => Ok(()),
         },
-        P::AdminIfTrue => match args[0].single() {
-            Some(Value::Bool(true)) => admin_only(me),
-            _ => Ok(()),
-        },
+        P::AdminIfTrue => {
+            let upstream_handles = args
+                .get(1)
+                .and_then(Selected::single)
+                .and_then(Value::as_str)
+                .is_some_and(|cap| ctx.facts.schema().capability(cap) == Some(true));
+            if truthy(args[0].single()) && !upstream_handles {
+                admin_only(me)
+            } else {
+                Ok(())
+            }
+        }
+        P::AdminUnlessUpstream => {
+            let cap = args[0].single().and_then(Value::as_str).unwrap_or_default();
+            if ctx.facts.schema().capability(cap) == Some(true) {
+                Ok(())
+            } else {
+                admin_only(me)
+            }
+        }
         _ if me.is_admin => Ok(()),
         P::ImagesListScoped => {
             if matches!(args[0], Selected::Absent) && !ctx.facts.schema().upstream_scopes_image_lists() {
@@ -314,6 +346,16 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
             }
             Ok(())
         }
+    }
+}
+
+/// JSON `true`, or a query/form string pydantic parses as true (`1`, `true`, `yes`, `on`, `t`, `y`).
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on" | "t" | "y"),
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        _ => false,
     }
 }
 

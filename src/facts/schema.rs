@@ -66,7 +66,30 @@ impl Schema {
 
     /// Whether InvokeAI itself filters image listings without `board_id` by owner (6.14 / main).
     pub fn upstream_scopes_image_lists(&self) -> bool {
-        self.migration_version >= 33
+        self.capability("scopes_image_lists").unwrap_or(false)
+    }
+
+    /// Names of behaviours the upstream enforces itself, for `admin_unless_upstream` and
+    /// `admin_if_true` (routes.toml stays version-agnostic: it names the behaviour, not a version).
+    pub const CAPABILITIES: &'static [&'static str] = &[
+        "scopes_image_lists",
+        "scopes_board_deletes",
+        "scopes_uncategorized_deletes",
+        "sanitizes_queue",
+        "scopes_workflow_lists",
+        "scopes_preset_lists",
+    ];
+
+    /// Whether the upstream enforces a named behaviour itself (`None`: unknown name).
+    pub fn capability(&self, name: &str) -> Option<bool> {
+        Some(match name {
+            // Fixes 2 and 4 of the hole list landed in 6.14 (schema 33).
+            "scopes_image_lists" | "scopes_board_deletes" => self.migration_version >= 33,
+            // 6.13 scopes uncategorized deletes, queue sanitizing and preset lists by owner.
+            "scopes_uncategorized_deletes" | "sanitizes_queue" | "scopes_preset_lists" => self.has_board_visibility,
+            "scopes_workflow_lists" => self.has_workflow_owner,
+            _ => return None,
+        })
     }
 
     /// A short human label for logs and `check`.
