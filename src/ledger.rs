@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
+
 use crate::facts::FactsError;
 
 /// The ledger file.
@@ -23,6 +24,11 @@ pub struct Ledger {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS workflow_owner (
     workflow_id TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS style_preset_owner (
+    preset_id   TEXT PRIMARY KEY,
     user_id     TEXT NOT NULL,
     recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
@@ -68,51 +74,53 @@ impl Ledger {
             .map_err(|_| FactsError::Closed)?
     }
 
-    /// Who created a workflow (6.12), if the guard saw it.
-    pub async fn workflow_owner(&self, workflow_id: &str) -> Result<Option<String>, FactsError> {
-        let id = workflow_id.to_owned();
+    async fn owner(&self, table: &'static str, key: &'static str, id: &str) -> Result<Option<String>, FactsError> {
+        let id = id.to_owned();
         self.run(move |c| {
-            c.prepare_cached("SELECT user_id FROM workflow_owner WHERE workflow_id = ?1")?
+            c.prepare_cached(&format!("SELECT user_id FROM {table} WHERE {key} = ?1"))?
                 .query_row([id], |r| r.get(0))
                 .optional()
         })
         .await
+    }
+
+    async fn record(&self, table: &'static str, key: &'static str, id: &str, user_id: &str) -> Result<(), FactsError> {
+        let (id, user) = (id.to_owned(), user_id.to_owned());
+        self.run(move |c| {
+            c.prepare_cached(&format!("INSERT OR IGNORE INTO {table} ({key}, user_id) VALUES (?1, ?2)"))?
+                .execute([id, user])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Who created a style preset (6.12 stores every preset as `system`), if the guard saw it.
+    pub async fn style_preset_owner(&self, preset_id: &str) -> Result<Option<String>, FactsError> {
+        self.owner("style_preset_owner", "preset_id", preset_id).await
+    }
+
+    /// Record a style preset's creator (first recording wins).
+    pub async fn record_style_preset_owner(&self, preset_id: &str, user_id: &str) -> Result<(), FactsError> {
+        self.record("style_preset_owner", "preset_id", preset_id, user_id).await
+    }
+
+    /// Who created a workflow (6.12), if the guard saw it.
+    pub async fn workflow_owner(&self, workflow_id: &str) -> Result<Option<String>, FactsError> {
+        self.owner("workflow_owner", "workflow_id", workflow_id).await
     }
 
     /// Record a workflow's creator (first recording wins).
     pub async fn record_workflow_owner(&self, workflow_id: &str, user_id: &str) -> Result<(), FactsError> {
-        let (w, u) = (workflow_id.to_owned(), user_id.to_owned());
-        self.run(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO workflow_owner (workflow_id, user_id) VALUES (?1, ?2)",
-                [w, u],
-            )
-            .map(|_| ())
-        })
-        .await
+        self.record("workflow_owner", "workflow_id", workflow_id, user_id).await
     }
 
     /// Who requested a bulk download, if the guard saw it.
     pub async fn bulk_download_owner(&self, item_name: &str) -> Result<Option<String>, FactsError> {
-        let id = item_name.to_owned();
-        self.run(move |c| {
-            c.prepare_cached("SELECT user_id FROM bulk_download WHERE item_name = ?1")?
-                .query_row([id], |r| r.get(0))
-                .optional()
-        })
-        .await
+        self.owner("bulk_download", "item_name", item_name).await
     }
 
     /// Record a bulk download's requester (first recording wins).
     pub async fn record_bulk_download(&self, item_name: &str, user_id: &str) -> Result<(), FactsError> {
-        let (i, u) = (item_name.to_owned(), user_id.to_owned());
-        self.run(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO bulk_download (item_name, user_id) VALUES (?1, ?2)",
-                [i, u],
-            )
-            .map(|_| ())
-        })
-        .await
+        self.record("bulk_download", "item_name", item_name, user_id).await
     }
 }

@@ -503,10 +503,18 @@ async fn resource_check(predicate: Predicate, id: &str, me: &Principal, ctx: &Co
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(|| DenyReason::NotFound(format!("Style preset {id} not found")))?;
-            let allowed = if predicate == P::StylePresetRead {
-                sp.kind == "default" || sp.is_public || sp.owner == uid
+            // 6.12 stores every preset as `system`: the guard's ledger may know the creator.
+            let owner = if facts.schema().capability("scopes_preset_lists") == Some(true) {
+                Some(sp.owner.clone())
             } else {
-                sp.kind != "default" && sp.owner == uid
+                ctx.ledger.style_preset_owner(id).await.map_err(unavailable)?
+            };
+            let allowed = match (predicate, owner.as_deref()) {
+                (P::StylePresetRead, Some(o)) => sp.kind == "default" || sp.is_public || o == uid,
+                // Unknown creator (6.12, before the guard): readable by all, writable by admins.
+                (P::StylePresetRead, None) => true,
+                (_, Some(o)) => sp.kind != "default" && o == uid,
+                (_, None) => false,
             };
             ok_or_forbidden(allowed, "Not authorized to access this style preset")
         }

@@ -24,6 +24,7 @@ pub enum ResponseFilter {
     RefreshSession,
     LogoutSession,
     RecordWorkflowOwner,
+    RecordStylePresetOwner,
     RecordBulkDownload,
 }
 
@@ -33,6 +34,7 @@ const FILTERS: &[(&str, ResponseFilter)] = &[
     ("refresh_session", ResponseFilter::RefreshSession),
     ("logout_session", ResponseFilter::LogoutSession),
     ("record_workflow_owner", ResponseFilter::RecordWorkflowOwner),
+    ("record_style_preset_owner", ResponseFilter::RecordStylePresetOwner),
     ("record_bulk_download", ResponseFilter::RecordBulkDownload),
 ];
 
@@ -51,7 +53,10 @@ impl ResponseFilter {
     pub fn needs_body(self) -> bool {
         matches!(
             self,
-            ResponseFilter::LoginSession | ResponseFilter::RecordWorkflowOwner | ResponseFilter::RecordBulkDownload
+            ResponseFilter::LoginSession
+                | ResponseFilter::RecordWorkflowOwner
+                | ResponseFilter::RecordStylePresetOwner
+                | ResponseFilter::RecordBulkDownload
         )
     }
 }
@@ -156,6 +161,14 @@ pub async fn apply_body(filters: &[ResponseFilter], parts: &mut Parts, body: &By
                 if let (Some(id), Some(p)) = (id, ctx.principal) {
                     if let Err(e) = ctx.ledger.record_workflow_owner(id, &p.user_id).await {
                         tracing::error!(error = %e, workflow_id = id, "could not record workflow owner");
+                    }
+                }
+            }
+            ResponseFilter::RecordStylePresetOwner => {
+                let id = json.as_ref().and_then(|j| j.get("id")).and_then(Value::as_str);
+                if let (Some(id), Some(p)) = (id, ctx.principal) {
+                    if let Err(e) = ctx.ledger.record_style_preset_owner(id, &p.user_id).await {
+                        tracing::error!(error = %e, preset_id = id, "could not record style preset owner");
                     }
                 }
             }
