@@ -121,8 +121,17 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
     if let Some((cert, key)) = &settings.tls {
         crate::server::tls_acceptor(cert, key)?;
     }
+    let version = crate::coverage::version_of(&schema);
+    let covered = crate::coverage::check(&table, version).map_err(|missing| {
+        anyhow::anyhow!(
+            "{}: {} InvokeAI {version} endpoint(s) match no rule (denied by default):\n  {}",
+            settings.routes.display(),
+            missing.len(),
+            missing.join("\n  ")
+        )
+    })?;
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {})",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),

@@ -14,12 +14,14 @@
 //! - [`rewrite`]: response filters (token re-minting, cookies, cache headers, ledger records).
 //! - [`server`]: the listener and the request pipeline.
 //! - [`admin`]: health, readiness and metrics on a separate listener.
+//! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
 //! - [`config`], [`cli`], [`state`], [`metrics`]: plumbing.
 
 pub mod admin;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod coverage;
 pub mod decision;
 pub mod facts;
 pub mod framing;
