@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine:
+#   1. unit + integration tests (cargo test: real guard on 127.0.0.1:0, recording mock upstream,
+#      fixture databases written by real InvokeAI, raw-TCP smuggling cases)
+#   2. end-to-end: real InvokeAI 6.12.0 and 6.14.2 from PyPI (cached venvs outside the repo),
+#      the cross-user matrix through the guard (tests/e2e/run.sh)
+#   3. the official web UI through the guard in headless Chromium (tests/e2e/browser/run.sh)
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    cargo tests only (no InvokeAI, no browser)
+#
+# Everything it needs is installed idempotently by scripts/setup-test-deps.sh. A missing
+# prerequisite that cannot be installed is an error, never a silent skip.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+QUICK=0
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n=== %s (%s) ===\n' "$*" "$(date +%H:%M:%S)"; }
+t0=$(date +%s)
+
+command -v cargo >/dev/null || { echo "test.sh: cargo not found (install Rust: https://rustup.rs)" >&2; exit 2; }
+
+step "unit and integration tests"
+cargo test --all-targets --locked
+
+if [[ $QUICK == 1 ]]; then
+  echo "quick run done in $(( $(date +%s) - t0 )) s"
+  exit 0
+fi
+
+step "test prerequisites"
+scripts/setup-test-deps.sh
+
+step "release build"
+cargo build --release --locked
+
+step "end-to-end against real InvokeAI 6.12.0 and 6.14.2"
+GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.14.2
+
+if [[ -x tests/e2e/browser/run.sh ]]; then
+  step "web UI through the guard (headless Chromium, InvokeAI 6.14.2)"
+  GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/browser/run.sh
+fi
+
+echo "whole suite done in $(( $(date +%s) - t0 )) s"
