@@ -32,7 +32,13 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
             if rules > 0 && state.facts.is_available() {
                 text(StatusCode::OK, format!("ready: {rules} rules\n"))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {rules} rules, database available: {}\n", state.facts.is_available()))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "not ready: {rules} rules, database available: {}\n",
+                        state.facts.is_available()
+                    ),
+                )
             }
         }
         "/metrics" => text(StatusCode::OK, crate::metrics::render()),

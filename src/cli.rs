@@ -171,7 +171,9 @@ fn serve(common: &Common) -> anyhow::Result<()> {
     let settings = common.settings()?;
     init_tracing(&settings);
     probe_db(&settings)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let state = AppState::from_settings(&settings)?;
         let tls = match &settings.tls {

@@ -166,7 +166,10 @@ pub fn read_file(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
 fn ms(v: Option<u64>, default: u64, key: &'static str) -> Result<Duration, ConfigError> {
     let v = v.unwrap_or(default);
     if v == 0 {
-        return Err(ConfigError::Invalid { key, message: "must be greater than 0".into() });
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be greater than 0".into(),
+        });
     }
     Ok(Duration::from_millis(v))
 }
@@ -180,13 +183,22 @@ fn addr(v: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
 
 /// Merge file and overrides into validated settings.
 pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError> {
-    let listen = addr(cli.listen.as_deref().or(raw.listen.as_deref()).unwrap_or("127.0.0.1:9091"), "listen")?;
+    let listen = addr(
+        cli.listen
+            .as_deref()
+            .or(raw.listen.as_deref())
+            .unwrap_or("127.0.0.1:9091"),
+        "listen",
+    )?;
     let admin_listen = match cli.admin_listen.as_deref().or(raw.admin_listen.as_deref()) {
         Some("") | Some("off") => None,
         Some(v) => Some(addr(v, "admin_listen")?),
         None => Some(addr("127.0.0.1:9092", "admin_listen")?),
     };
-    let upstream_text = cli.upstream.or(raw.upstream).unwrap_or_else(|| "http://127.0.0.1:9090".into());
+    let upstream_text = cli
+        .upstream
+        .or(raw.upstream)
+        .unwrap_or_else(|| "http://127.0.0.1:9090".into());
     let upstream: http::Uri = upstream_text.parse().map_err(|e| ConfigError::Invalid {
         key: "upstream",
         message: format!("'{upstream_text}': {e}"),
@@ -227,17 +239,34 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
     let limits = Limits {
         max_body_bytes: l.max_body_bytes.unwrap_or(16 * 1024 * 1024),
         max_header_bytes: l.max_header_bytes.unwrap_or(64 * 1024),
-        header_read_timeout: ms(l.header_read_timeout_ms, 30_000, "limits.header_read_timeout_ms")?,
-        upstream_connect_timeout: ms(l.upstream_connect_timeout_ms, 5_000, "limits.upstream_connect_timeout_ms")?,
-        upstream_response_timeout: ms(l.upstream_response_timeout_ms, 300_000, "limits.upstream_response_timeout_ms")?,
-        upstream_idle_timeout: ms(l.upstream_idle_timeout_ms, 60_000, "limits.upstream_idle_timeout_ms")?,
+        header_read_timeout: ms(
+            l.header_read_timeout_ms,
+            30_000,
+            "limits.header_read_timeout_ms",
+        )?,
+        upstream_connect_timeout: ms(
+            l.upstream_connect_timeout_ms,
+            5_000,
+            "limits.upstream_connect_timeout_ms",
+        )?,
+        upstream_response_timeout: ms(
+            l.upstream_response_timeout_ms,
+            300_000,
+            "limits.upstream_response_timeout_ms",
+        )?,
+        upstream_idle_timeout: ms(
+            l.upstream_idle_timeout_ms,
+            60_000,
+            "limits.upstream_idle_timeout_ms",
+        )?,
         shutdown_grace: ms(l.shutdown_grace_ms, 10_000, "limits.shutdown_grace_ms")?,
         max_connections: l.max_connections.unwrap_or(4096),
     };
     if limits.max_body_bytes == 0 || limits.max_header_bytes < 8192 || limits.max_connections == 0 {
         return Err(ConfigError::Invalid {
             key: "limits",
-            message: "max_body_bytes and max_connections must be > 0, max_header_bytes >= 8192".into(),
+            message: "max_body_bytes and max_connections must be > 0, max_header_bytes >= 8192"
+                .into(),
         });
     }
     let f = raw.facts;
@@ -271,8 +300,14 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
         admin_listen,
         upstream,
         db,
-        routes: cli.routes.or(raw.routes).unwrap_or_else(|| PathBuf::from("routes.toml")),
-        ledger: cli.ledger.or(raw.ledger).unwrap_or_else(default_ledger_path),
+        routes: cli
+            .routes
+            .or(raw.routes)
+            .unwrap_or_else(|| PathBuf::from("routes.toml")),
+        ledger: cli
+            .ledger
+            .or(raw.ledger)
+            .unwrap_or_else(default_ledger_path),
         tls,
         trusted_proxies,
         limits,

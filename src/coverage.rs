@@ -68,7 +68,10 @@ pub fn version_of(schema: &Schema) -> &'static str {
 pub fn check(table: &RouteTable, version: &str) -> Result<usize, Vec<String>> {
     let mut missing = Vec::new();
     let mut covered = 0;
-    for e in endpoints().iter().filter(|e| e.versions.iter().any(|v| v == version)) {
+    for e in endpoints()
+        .iter()
+        .filter(|e| e.versions.iter().any(|v| v == version))
+    {
         let Ok(method) = Method::from_bytes(e.method.as_bytes()) else {
             missing.push(format!("{} {} (bad method)", e.method, e.template));
             continue;

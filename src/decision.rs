@@ -112,7 +112,10 @@ pub fn error_response(status: StatusCode, detail: &str) -> Response<Body> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
     let h = res.headers_mut();
-    h.insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
+    h.insert(
+        CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
     h.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
     if status == StatusCode::UNAUTHORIZED {
         h.insert(WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
@@ -128,8 +131,14 @@ pub fn deny_response(reason: &DenyReason) -> Response<Body> {
 /// The response for an upstream failure.
 pub fn upstream_failure_response(failure: UpstreamFailure) -> Response<Body> {
     match failure {
-        UpstreamFailure::Unreachable => error_response(StatusCode::BAD_GATEWAY, "Upstream InvokeAI server unreachable"),
-        UpstreamFailure::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT, "Upstream InvokeAI server timed out"),
+        UpstreamFailure::Unreachable => error_response(
+            StatusCode::BAD_GATEWAY,
+            "Upstream InvokeAI server unreachable",
+        ),
+        UpstreamFailure::Timeout => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Upstream InvokeAI server timed out",
+        ),
     }
 }
 
@@ -145,7 +154,9 @@ pub fn redirect_response(location: &str) -> Response<Body> {
 
 /// A complete body.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.

@@ -97,7 +97,11 @@ impl<IO> Scanned<IO> {
             Mode::Fixed(n) => {
                 let take = n.min(data.len() as u64);
                 let rest = n - take;
-                let next = if rest == 0 { Mode::Head(Vec::new()) } else { Mode::Fixed(rest) };
+                let next = if rest == 0 {
+                    Mode::Head(Vec::new())
+                } else {
+                    Mode::Fixed(rest)
+                };
                 (next, take as usize)
             }
             Mode::ChunkSize(line) => self.line(line, data, true),
@@ -105,13 +109,21 @@ impl<IO> Scanned<IO> {
             Mode::ChunkData(n) => {
                 let take = n.min(data.len() as u64);
                 let rest = n - take;
-                let next = if rest == 0 { Mode::ChunkCrlf(2) } else { Mode::ChunkData(rest) };
+                let next = if rest == 0 {
+                    Mode::ChunkCrlf(2)
+                } else {
+                    Mode::ChunkData(rest)
+                };
                 (next, take as usize)
             }
             Mode::ChunkCrlf(left) => {
                 let take = (left as usize).min(data.len());
                 let left = left - take as u8;
-                let next = if left == 0 { Mode::ChunkSize(Vec::new()) } else { Mode::ChunkCrlf(left) };
+                let next = if left == 0 {
+                    Mode::ChunkSize(Vec::new())
+                } else {
+                    Mode::ChunkCrlf(left)
+                };
                 (next, take)
             }
         }
@@ -186,11 +198,18 @@ impl<IO> Scanned<IO> {
                 .rsplit(',')
                 .next()
                 .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-            return if chunked { Mode::ChunkSize(Vec::new()) } else { Mode::Opaque };
+            return if chunked {
+                Mode::ChunkSize(Vec::new())
+            } else {
+                Mode::Opaque
+            };
         }
         match lengths.first() {
             None => Mode::Head(Vec::new()),
-            Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(v) => match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 Some(0) => Mode::Head(Vec::new()),
                 Some(n) => Mode::Fixed(n),
                 None => Mode::Opaque,
@@ -204,7 +223,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
@@ -218,7 +241,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Scanned<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -265,7 +292,11 @@ mod tests {
 
     #[test]
     fn ambiguous_heads_are_flagged_even_when_split_or_later() {
-        assert!(scan(&[b"POST / HTTP/1.1\r\nContent-Len", b"gth: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]).is_some());
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nContent-Len",
+            b"gth: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ])
+        .is_some());
         let later = b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
         assert!(scan(&[later]).is_some());
         // A body that looks like a request head is not scanned as one.

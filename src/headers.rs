@@ -54,7 +54,13 @@ const SPOOFABLE: &[&str] = &[
 ];
 
 /// Folded prefixes a client may never send upstream.
-const SPOOFABLE_PREFIXES: &[&str] = &["x-forwarded-", "x-auth-", "x-invoke-guard-", "x-envoy-", "x-remote-"];
+const SPOOFABLE_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-auth-",
+    "x-invoke-guard-",
+    "x-envoy-",
+    "x-remote-",
+];
 
 fn fold(name: &str) -> String {
     name.to_ascii_lowercase().replace(['_', '.'], "-")
@@ -70,7 +76,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(listed.iter().map(String::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
         headers.remove(name);
     }
 }
@@ -104,7 +114,13 @@ pub struct ClientConn {
 
 /// Set `X-Forwarded-For/Proto/Host`. `incoming` are the client's original headers (read before
 /// stripping) so a trusted proxy's chain can be extended.
-pub fn set_forwarded(headers: &mut HeaderMap, incoming: &HeaderMap, conn: &ClientConn, trusted: &[IpAddr], host: Option<&str>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    incoming: &HeaderMap,
+    conn: &ClientConn,
+    trusted: &[IpAddr],
+    host: Option<&str>,
+) {
     let peer_trusted = trusted.contains(&conn.peer);
     let prior_for = incoming
         .get("x-forwarded-for")
@@ -187,7 +203,10 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
             ("accept", "application/json"),
         ] {
-            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         strip_spoofable(&mut h);
         assert_eq!(h.len(), 1);
@@ -208,7 +227,10 @@ mod tests {
     #[test]
     fn removes_named_cookies() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::COOKIE, "a=1; invokeai_media_token=t; b=2".parse().unwrap());
+        h.insert(
+            http::header::COOKIE,
+            "a=1; invokeai_media_token=t; b=2".parse().unwrap(),
+        );
         remove_cookies(&mut h, &["invokeai_media_token"]);
         assert_eq!(h.get(http::header::COOKIE).unwrap(), "a=1; b=2");
     }

@@ -65,7 +65,10 @@ pub enum IdentityError {
 }
 
 /// The token a request presents, if any.
-pub fn presented_token(headers: &HeaderMap, accept_cookie: bool) -> Result<Option<(String, TokenSource)>, IdentityError> {
+pub fn presented_token(
+    headers: &HeaderMap,
+    accept_cookie: bool,
+) -> Result<Option<(String, TokenSource)>, IdentityError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     if let Some(value) = values.next() {
         // Duplicate credentials: the proxy and the upstream could read different ones.
@@ -127,7 +130,10 @@ pub fn verify(token: &str, secret: &str) -> Result<(Map<String, Value>, u64), Id
     )
     .map_err(|_| IdentityError::Invalid)?;
     let claims = data.claims;
-    let exp = claims.get("exp").and_then(Value::as_u64).ok_or(IdentityError::Invalid)?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or(IdentityError::Invalid)?;
     // InvokeAI treats `now >= exp` as expired.
     if now() >= exp {
         return Err(IdentityError::Invalid);
@@ -153,7 +159,11 @@ pub fn sign(claims: &Map<String, Value>, secret: &str) -> String {
 }
 
 /// Identify the caller of a request.
-pub async fn identify(headers: &HeaderMap, accept_cookie: bool, facts: &Facts) -> Result<Principal, IdentityError> {
+pub async fn identify(
+    headers: &HeaderMap,
+    accept_cookie: bool,
+    facts: &Facts,
+) -> Result<Principal, IdentityError> {
     let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
     let secret = facts.jwt_secret().await?;
     let (claims, exp) = verify(&token, &secret)?;
@@ -236,7 +246,10 @@ mod tests {
     #[test]
     fn cookie_parsing() {
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, "a=1; invokeai_media_token=tok; b=2".parse().unwrap());
+        h.insert(
+            COOKIE,
+            "a=1; invokeai_media_token=tok; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, MEDIA_COOKIE).as_deref(), Some("tok"));
         assert_eq!(cookie(&h, SESSION_COOKIE), None);
     }

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
-
 use crate::facts::FactsError;
 
 /// The ledger file.
@@ -43,7 +42,9 @@ impl Ledger {
     /// Open (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, FactsError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| FactsError::Unavailable(format!("ledger dir {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                FactsError::Unavailable(format!("ledger dir {}: {e}", dir.display()))
+            })?;
         }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -69,12 +70,19 @@ impl Ledger {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock().expect("ledger lock")).map_err(FactsError::from))
-            .await
-            .map_err(|_| FactsError::Closed)?
+        tokio::task::spawn_blocking(move || {
+            f(&conn.lock().expect("ledger lock")).map_err(FactsError::from)
+        })
+        .await
+        .map_err(|_| FactsError::Closed)?
     }
 
-    async fn owner(&self, table: &'static str, key: &'static str, id: &str) -> Result<Option<String>, FactsError> {
+    async fn owner(
+        &self,
+        table: &'static str,
+        key: &'static str,
+        id: &str,
+    ) -> Result<Option<String>, FactsError> {
         let id = id.to_owned();
         self.run(move |c| {
             c.prepare_cached(&format!("SELECT user_id FROM {table} WHERE {key} = ?1"))?
@@ -84,34 +92,54 @@ impl Ledger {
         .await
     }
 
-    async fn record(&self, table: &'static str, key: &'static str, id: &str, user_id: &str) -> Result<(), FactsError> {
+    async fn record(
+        &self,
+        table: &'static str,
+        key: &'static str,
+        id: &str,
+        user_id: &str,
+    ) -> Result<(), FactsError> {
         let (id, user) = (id.to_owned(), user_id.to_owned());
         self.run(move |c| {
-            c.prepare_cached(&format!("INSERT OR IGNORE INTO {table} ({key}, user_id) VALUES (?1, ?2)"))?
-                .execute([id, user])
-                .map(|_| ())
+            c.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {table} ({key}, user_id) VALUES (?1, ?2)"
+            ))?
+            .execute([id, user])
+            .map(|_| ())
         })
         .await
     }
 
     /// Who created a style preset (6.12 stores every preset as `system`), if the guard saw it.
     pub async fn style_preset_owner(&self, preset_id: &str) -> Result<Option<String>, FactsError> {
-        self.owner("style_preset_owner", "preset_id", preset_id).await
+        self.owner("style_preset_owner", "preset_id", preset_id)
+            .await
     }
 
     /// Record a style preset's creator (first recording wins).
-    pub async fn record_style_preset_owner(&self, preset_id: &str, user_id: &str) -> Result<(), FactsError> {
-        self.record("style_preset_owner", "preset_id", preset_id, user_id).await
+    pub async fn record_style_preset_owner(
+        &self,
+        preset_id: &str,
+        user_id: &str,
+    ) -> Result<(), FactsError> {
+        self.record("style_preset_owner", "preset_id", preset_id, user_id)
+            .await
     }
 
     /// Who created a workflow (6.12), if the guard saw it.
     pub async fn workflow_owner(&self, workflow_id: &str) -> Result<Option<String>, FactsError> {
-        self.owner("workflow_owner", "workflow_id", workflow_id).await
+        self.owner("workflow_owner", "workflow_id", workflow_id)
+            .await
     }
 
     /// Record a workflow's creator (first recording wins).
-    pub async fn record_workflow_owner(&self, workflow_id: &str, user_id: &str) -> Result<(), FactsError> {
-        self.record("workflow_owner", "workflow_id", workflow_id, user_id).await
+    pub async fn record_workflow_owner(
+        &self,
+        workflow_id: &str,
+        user_id: &str,
+    ) -> Result<(), FactsError> {
+        self.record("workflow_owner", "workflow_id", workflow_id, user_id)
+            .await
     }
 
     /// Who requested a bulk download, if the guard saw it.
@@ -120,7 +148,12 @@ impl Ledger {
     }
 
     /// Record a bulk download's requester (first recording wins).
-    pub async fn record_bulk_download(&self, item_name: &str, user_id: &str) -> Result<(), FactsError> {
-        self.record("bulk_download", "item_name", item_name, user_id).await
+    pub async fn record_bulk_download(
+        &self,
+        item_name: &str,
+        user_id: &str,
+    ) -> Result<(), FactsError> {
+        self.record("bulk_download", "item_name", item_name, user_id)
+            .await
     }
 }

@@ -40,12 +40,32 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let routes_reloads = Counter::default();
     let routes_reload_failures = Counter::default();
     let rules = Gauge::default();
-    registry.register("authz_decisions", "Authorization decisions by rule and reason", decisions.clone());
+    registry.register(
+        "authz_decisions",
+        "Authorization decisions by rule and reason",
+        decisions.clone(),
+    );
     registry.register("facts_cache_hits", "Fact cache hits", cache_hits.clone());
-    registry.register("facts_cache_misses", "Fact cache misses (database reads)", cache_misses.clone());
-    registry.register("request_duration_seconds", "Time from request to response head", duration.clone());
-    registry.register("routes_reloads", "Successful routes.toml reloads", routes_reloads.clone());
-    registry.register("routes_reload_failures", "Rejected routes.toml reloads (last good kept)", routes_reload_failures.clone());
+    registry.register(
+        "facts_cache_misses",
+        "Fact cache misses (database reads)",
+        cache_misses.clone(),
+    );
+    registry.register(
+        "request_duration_seconds",
+        "Time from request to response head",
+        duration.clone(),
+    );
+    registry.register(
+        "routes_reloads",
+        "Successful routes.toml reloads",
+        routes_reloads.clone(),
+    );
+    registry.register(
+        "routes_reload_failures",
+        "Rejected routes.toml reloads (last good kept)",
+        routes_reload_failures.clone(),
+    );
     registry.register("rules", "Rules in the active route table", rules.clone());
     Metrics {
         registry,

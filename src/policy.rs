@@ -85,13 +85,21 @@ const REGISTRY: &[(&str, Predicate, usize, usize)] = &[
     ("login.not_system", Predicate::LoginNotSystem, 1, 1),
     ("admin_if_eq", Predicate::AdminIfEq, 2, 2),
     ("admin_if_true", Predicate::AdminIfTrue, 1, 2),
-    ("admin_unless_upstream", Predicate::AdminUnlessUpstream, 1, 1),
+    (
+        "admin_unless_upstream",
+        Predicate::AdminUnlessUpstream,
+        1,
+        1,
+    ),
 ];
 
 impl Predicate {
     /// Look a predicate up by its routes.toml name.
     pub fn from_name(name: &str) -> Option<Self> {
-        REGISTRY.iter().find(|(n, ..)| *n == name).map(|(_, p, ..)| *p)
+        REGISTRY
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .map(|(_, p, ..)| *p)
     }
 
     /// The routes.toml name.
@@ -110,10 +118,21 @@ impl Predicate {
 
     /// Validate the arguments at load time.
     pub fn check_args(self, args: &[Arg]) -> Result<(), String> {
-        let (_, _, min, max) = REGISTRY.iter().find(|(_, p, ..)| *p == self).expect("registered");
+        let (_, _, min, max) = REGISTRY
+            .iter()
+            .find(|(_, p, ..)| *p == self)
+            .expect("registered");
         if args.len() < *min || args.len() > *max {
-            let want = if min == max { min.to_string() } else { format!("{min} to {max}") };
-            return Err(format!("'{}' takes {want} argument(s), got {}", self.name(), args.len()));
+            let want = if min == max {
+                min.to_string()
+            } else {
+                format!("{min} to {max}")
+            };
+            return Err(format!(
+                "'{}' takes {want} argument(s), got {}",
+                self.name(),
+                args.len()
+            ));
         }
         let literal_positions: &[usize] = match self {
             Predicate::AdminIfEq | Predicate::AdminIfTrue => &[1],
@@ -140,7 +159,11 @@ impl Predicate {
                     "argument {} of '{}' must be {}",
                     i + 1,
                     self.name(),
-                    if is_literal { "a selector" } else { "a \"literal\"" }
+                    if is_literal {
+                        "a selector"
+                    } else {
+                        "a \"literal\""
+                    }
                 ));
             }
         }
@@ -243,7 +266,11 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
         },
     };
     let Some(root) = root.filter(|v| !v.is_null()) else {
-        return if sel.optional { Ok(Selected::Absent) } else { Err(missing(sel)) };
+        return if sel.optional {
+            Ok(Selected::Absent)
+        } else {
+            Err(missing(sel))
+        };
     };
     let each = sel.steps.contains(&Step::Each);
     let mut current = vec![root];
@@ -259,7 +286,10 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
                 (Step::Each, Value::Array(items)) => next.extend(items),
                 _ if sel.optional => {}
                 (_, _) => {
-                    return Err(DenyReason::Unprocessable(format!("{} has the wrong type", sel.text)));
+                    return Err(DenyReason::Unprocessable(format!(
+                        "{} has the wrong type",
+                        sel.text
+                    )));
                 }
             }
         }
@@ -276,7 +306,9 @@ fn as_id(v: &Value) -> Result<String, DenyReason> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
-        _ => Err(DenyReason::Unprocessable("identifier has the wrong type".into())),
+        _ => Err(DenyReason::Unprocessable(
+            "identifier has the wrong type".into(),
+        )),
     }
 }
 
@@ -286,7 +318,9 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
         // Checks that need a caller on a public rule: refuse rather than guess.
         return match predicate {
             P::LoginNotSystem => login_not_system(&args[0]),
-            _ => Err(DenyReason::Unauthenticated("Authentication required".into())),
+            _ => Err(DenyReason::Unauthenticated(
+                "Authentication required".into(),
+            )),
         };
     };
     match predicate {
@@ -325,7 +359,9 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
         }
         _ if me.is_admin => Ok(()),
         P::ImagesListScoped => {
-            if matches!(args[0], Selected::Absent) && !ctx.facts.schema().upstream_scopes_image_lists() {
+            if matches!(args[0], Selected::Absent)
+                && !ctx.facts.schema().upstream_scopes_image_lists()
+            {
                 Err(forbidden(
                     "Listing images without board_id is not allowed on this InvokeAI version (use board_id=none)",
                 ))
@@ -353,7 +389,10 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
 fn truthy(v: Option<&Value>) -> bool {
     match v {
         Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on" | "t" | "y"),
+        Some(Value::String(s)) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on" | "t" | "y"
+        ),
         Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
         _ => false,
     }
@@ -371,9 +410,9 @@ fn admin_only(me: &Principal) -> Outcome {
 
 fn login_not_system(email: &Selected) -> Outcome {
     match email.single() {
-        Some(Value::String(e)) if e.trim().eq_ignore_ascii_case("system@system.invokeai") => {
-            Err(DenyReason::Unauthenticated("Incorrect email or password".into()))
-        }
+        Some(Value::String(e)) if e.trim().eq_ignore_ascii_case("system@system.invokeai") => Err(
+            DenyReason::Unauthenticated("Incorrect email or password".into()),
+        ),
         _ => Ok(()),
     }
 }
@@ -399,8 +438,14 @@ async fn keeps_an_admin(args: &[Selected], ctx: &Context<'_>) -> Outcome {
     };
     // Without body arguments the rule is a delete; otherwise only a demotion or deactivation.
     let removes = args.len() == 1
-        || matches!(args.get(1).and_then(Selected::single), Some(Value::Bool(false)))
-        || matches!(args.get(2).and_then(Selected::single), Some(Value::Bool(false)));
+        || matches!(
+            args.get(1).and_then(Selected::single),
+            Some(Value::Bool(false))
+        )
+        || matches!(
+            args.get(2).and_then(Selected::single),
+            Some(Value::Bool(false))
+        );
     if !removes {
         return Ok(());
     }
@@ -410,7 +455,9 @@ async fn keeps_an_admin(args: &[Selected], ctx: &Context<'_>) -> Outcome {
     }
     let admins = ctx.facts.active_admin_count().await.map_err(unavailable)?;
     if admins <= 1 {
-        Err(DenyReason::BadRequest("Cannot remove the last administrator".into()))
+        Err(DenyReason::BadRequest(
+            "Cannot remove the last administrator".into(),
+        ))
     } else {
         Ok(())
     }
@@ -427,7 +474,11 @@ fn board_writable(board: &BoardFact, me: &str) -> bool {
 }
 
 fn image_readable(img: &ImageFact, me: &str) -> bool {
-    img.owner == me || img.board.as_ref().is_some_and(|b| matches!(b.visibility, Visibility::Shared | Visibility::Public))
+    img.owner == me
+        || img
+            .board
+            .as_ref()
+            .is_some_and(|b| matches!(b.visibility, Visibility::Shared | Visibility::Public))
 }
 
 fn image_writable(img: &ImageFact, me: &str) -> bool {
@@ -442,7 +493,12 @@ async fn known_board(id: &str, ctx: &Context<'_>) -> Result<BoardFact, DenyReaso
     }
 }
 
-async fn resource_check(predicate: Predicate, id: &str, me: &Principal, ctx: &Context<'_>) -> Outcome {
+async fn resource_check(
+    predicate: Predicate,
+    id: &str,
+    me: &Principal,
+    ctx: &Context<'_>,
+) -> Outcome {
     use Predicate as P;
     let uid = me.user_id.as_str();
     let facts = ctx.facts;
@@ -467,11 +523,17 @@ async fn resource_check(predicate: Predicate, id: &str, me: &Principal, ctx: &Co
                 return Ok(());
             }
             let b = known_board(id, ctx).await?;
-            ok_or_forbidden(board_readable(&b, uid), "Not authorized to access this board")
+            ok_or_forbidden(
+                board_readable(&b, uid),
+                "Not authorized to access this board",
+            )
         }
         P::BoardWrite => {
             let b = known_board(id, ctx).await?;
-            ok_or_forbidden(board_writable(&b, uid), "Not authorized to modify this board")
+            ok_or_forbidden(
+                board_writable(&b, uid),
+                "Not authorized to modify this board",
+            )
         }
         P::BoardOwn => {
             let b = known_board(id, ctx).await?;
@@ -507,7 +569,10 @@ async fn resource_check(predicate: Predicate, id: &str, me: &Principal, ctx: &Co
             let owner = if facts.schema().capability("scopes_preset_lists") == Some(true) {
                 Some(sp.owner.clone())
             } else {
-                ctx.ledger.style_preset_owner(id).await.map_err(unavailable)?
+                ctx.ledger
+                    .style_preset_owner(id)
+                    .await
+                    .map_err(unavailable)?
             };
             let allowed = match (predicate, owner.as_deref()) {
                 (P::StylePresetRead, Some(o)) => sp.kind == "default" || sp.is_public || o == uid,
@@ -519,15 +584,21 @@ async fn resource_check(predicate: Predicate, id: &str, me: &Principal, ctx: &Co
             ok_or_forbidden(allowed, "Not authorized to access this style preset")
         }
         P::QueueItemOwn | P::QueueItemOwnRoot => {
-            let item_id: i64 = id
-                .parse()
-                .map_err(|_| DenyReason::Unprocessable(format!("queue item id '{id}' is not an integer")))?;
+            let item_id: i64 = id.parse().map_err(|_| {
+                DenyReason::Unprocessable(format!("queue item id '{id}' is not an integer"))
+            })?;
             let item = facts
                 .queue_item(item_id)
                 .await
                 .map_err(unavailable)?
-                .ok_or_else(|| DenyReason::NotFound(format!("Queue item with id {item_id} not found")))?;
-            let owner = if predicate == P::QueueItemOwn { &item.owner } else { &item.root_owner };
+                .ok_or_else(|| {
+                    DenyReason::NotFound(format!("Queue item with id {item_id} not found"))
+                })?;
+            let owner = if predicate == P::QueueItemOwn {
+                &item.owner
+            } else {
+                &item.root_owner
+            };
             ok_or_forbidden(owner == uid, "Not authorized to modify this queue item")
         }
         P::SystemPromptRead | P::SystemPromptOwn => {
@@ -540,8 +611,15 @@ async fn resource_check(predicate: Predicate, id: &str, me: &Principal, ctx: &Co
             ok_or_forbidden(allowed, "Not authorized to access this system prompt")
         }
         P::BulkDownloadOwn => {
-            let owner = ctx.ledger.bulk_download_owner(id).await.map_err(unavailable)?;
-            ok_or_forbidden(owner.as_deref() == Some(uid), "Not authorized to access this download")
+            let owner = ctx
+                .ledger
+                .bulk_download_owner(id)
+                .await
+                .map_err(unavailable)?;
+            ok_or_forbidden(
+                owner.as_deref() == Some(uid),
+                "Not authorized to access this download",
+            )
         }
         other => unreachable!("{} is not a resource predicate", other.name()),
     }
@@ -555,7 +633,13 @@ fn ok_or_forbidden(allowed: bool, detail: &str) -> Outcome {
     }
 }
 
-fn media_check(predicate: Predicate, fact: Option<ImageFact>, me: &str, kind: &str, id: &str) -> Outcome {
+fn media_check(
+    predicate: Predicate,
+    fact: Option<ImageFact>,
+    me: &str,
+    kind: &str,
+    id: &str,
+) -> Outcome {
     let denied = || forbidden(format!("Not authorized to access {kind} {id}"));
     let Some(img) = fact else {
         // Main answers 403 (not 404) for unknown images to non-admins: no existence oracle.
@@ -601,8 +685,12 @@ fn collect_refs(v: &Value, media: &mut Vec<(Predicate, String)>, boards: &mut Ve
         Value::Object(map) => {
             for (key, value) in map {
                 match (key.as_str(), value) {
-                    ("image_name", Value::String(s)) => media.push((Predicate::ImageRead, s.clone())),
-                    ("video_name", Value::String(s)) => media.push((Predicate::VideoRead, s.clone())),
+                    ("image_name", Value::String(s)) => {
+                        media.push((Predicate::ImageRead, s.clone()))
+                    }
+                    ("video_name", Value::String(s)) => {
+                        media.push((Predicate::VideoRead, s.clone()))
+                    }
                     ("board", Value::Object(b)) => {
                         if let Some(Value::String(id)) = b.get("board_id") {
                             boards.push(id.clone());

@@ -29,7 +29,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pooled client for `base` (`http://host:port`).
-    pub fn new(base: &Uri, connect_timeout: Duration, idle_timeout: Duration, response_timeout: Duration) -> Self {
+    pub fn new(
+        base: &Uri,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -39,7 +44,10 @@ impl Upstream {
             .build(connector);
         Self {
             client,
-            authority: base.authority().expect("validated upstream has an authority").clone(),
+            authority: base
+                .authority()
+                .expect("validated upstream has an authority")
+                .clone(),
             response_timeout,
         }
     }
@@ -55,7 +63,10 @@ impl Upstream {
     }
 
     /// Send a request and wait (bounded) for the response head.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, UpstreamFailure> {
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamFailure::Timeout),

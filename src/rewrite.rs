@@ -34,7 +34,10 @@ const FILTERS: &[(&str, ResponseFilter)] = &[
     ("refresh_session", ResponseFilter::RefreshSession),
     ("logout_session", ResponseFilter::LogoutSession),
     ("record_workflow_owner", ResponseFilter::RecordWorkflowOwner),
-    ("record_style_preset_owner", ResponseFilter::RecordStylePresetOwner),
+    (
+        "record_style_preset_owner",
+        ResponseFilter::RecordStylePresetOwner,
+    ),
     ("record_bulk_download", ResponseFilter::RecordBulkDownload),
 ];
 
@@ -46,7 +49,11 @@ impl ResponseFilter {
 
     /// The routes.toml name.
     pub fn name(self) -> &'static str {
-        FILTERS.iter().find(|(_, f)| *f == self).map(|(n, _)| *n).expect("registered")
+        FILTERS
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .expect("registered")
     }
 
     /// Whether the filter reads the response body.
@@ -75,7 +82,9 @@ pub struct FilterContext<'a> {
 pub fn session_cookie(token: Option<&str>, max_age: u64, tls: bool) -> Option<HeaderValue> {
     let secure = if tls { "; Secure" } else { "" };
     let value = match token {
-        Some(t) => format!("{SESSION_COOKIE}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}"),
+        Some(t) => format!(
+            "{SESSION_COOKIE}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        ),
         None => format!("{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict{secure}"),
     };
     HeaderValue::from_str(&value).ok()
@@ -89,14 +98,22 @@ pub fn refreshed_token(parts: &mut Parts, ctx: &FilterContext<'_>) {
     let (Some(principal), Some(secret)) = (ctx.principal, ctx.secret) else {
         return;
     };
-    let Some(token) = raw.to_str().ok().and_then(|t| identity::remint_refreshed(t, secret, principal)) else {
+    let Some(token) = raw
+        .to_str()
+        .ok()
+        .and_then(|t| identity::remint_refreshed(t, secret, principal))
+    else {
         tracing::warn!(user_id = %principal.user_id, "dropped an X-Refreshed-Token that did not verify");
         return;
     };
-    let Ok(value) = HeaderValue::from_str(&token) else { return };
+    let Ok(value) = HeaderValue::from_str(&token) else {
+        return;
+    };
     parts.headers.insert("x-refreshed-token", value);
     if ctx.request_session.is_some() {
-        let max_age = identity::verify(&token, secret).map(|(_, exp)| exp).unwrap_or(0);
+        let max_age = identity::verify(&token, secret)
+            .map(|(_, exp)| exp)
+            .unwrap_or(0);
         let remaining = max_age.saturating_sub(now_secs());
         if let Some(cookie) = session_cookie(Some(&token), remaining, ctx.tls) {
             parts.headers.append(SET_COOKIE, cookie);
@@ -129,7 +146,8 @@ pub fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &Filter
             ResponseFilter::RefreshSession if parts.status.is_success() => {
                 if let Some(p) = ctx.principal {
                     if ctx.request_session.as_deref() != Some(p.token.as_str()) {
-                        if let Some(c) = session_cookie(Some(&p.token), p.remaining_secs(), ctx.tls) {
+                        if let Some(c) = session_cookie(Some(&p.token), p.remaining_secs(), ctx.tls)
+                        {
                             parts.headers.append(SET_COOKIE, c);
                         }
                     }
@@ -141,12 +159,20 @@ pub fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &Filter
 }
 
 /// Apply body-reading filters to a buffered 2xx body. The body itself is not changed.
-pub async fn apply_body(filters: &[ResponseFilter], parts: &mut Parts, body: &Bytes, ctx: &FilterContext<'_>) {
+pub async fn apply_body(
+    filters: &[ResponseFilter],
+    parts: &mut Parts,
+    body: &Bytes,
+    ctx: &FilterContext<'_>,
+) {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     for filter in filters {
         match filter {
             ResponseFilter::LoginSession => {
-                let token = json.as_ref().and_then(|j| j.get("token")).and_then(Value::as_str);
+                let token = json
+                    .as_ref()
+                    .and_then(|j| j.get("token"))
+                    .and_then(Value::as_str);
                 let max_age = json
                     .as_ref()
                     .and_then(|j| j.get("expires_in"))
@@ -157,7 +183,10 @@ pub async fn apply_body(filters: &[ResponseFilter], parts: &mut Parts, body: &By
                 }
             }
             ResponseFilter::RecordWorkflowOwner => {
-                let id = json.as_ref().and_then(|j| j.get("workflow_id")).and_then(Value::as_str);
+                let id = json
+                    .as_ref()
+                    .and_then(|j| j.get("workflow_id"))
+                    .and_then(Value::as_str);
                 if let (Some(id), Some(p)) = (id, ctx.principal) {
                     if let Err(e) = ctx.ledger.record_workflow_owner(id, &p.user_id).await {
                         tracing::error!(error = %e, workflow_id = id, "could not record workflow owner");
@@ -165,7 +194,10 @@ pub async fn apply_body(filters: &[ResponseFilter], parts: &mut Parts, body: &By
                 }
             }
             ResponseFilter::RecordStylePresetOwner => {
-                let id = json.as_ref().and_then(|j| j.get("id")).and_then(Value::as_str);
+                let id = json
+                    .as_ref()
+                    .and_then(|j| j.get("id"))
+                    .and_then(Value::as_str);
                 if let (Some(id), Some(p)) = (id, ctx.principal) {
                     if let Err(e) = ctx.ledger.record_style_preset_owner(id, &p.user_id).await {
                         tracing::error!(error = %e, preset_id = id, "could not record style preset owner");

@@ -197,10 +197,7 @@ impl RouteTable {
             message,
         };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| line_of(text, s.start))
-                .unwrap_or_default();
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or_default();
             err(line, None, e.message().to_owned())
         })?;
         let mut rules = Vec::with_capacity(raw.rule.len());
@@ -276,7 +273,10 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
     let mut methods = Vec::new();
     for m in &raw.methods {
         if !METHODS.contains(&m.as_str()) {
-            return Err(format!("unknown method '{m}' (one of {})", METHODS.join(", ")));
+            return Err(format!(
+                "unknown method '{m}' (one of {})",
+                METHODS.join(", ")
+            ));
         }
         let method = Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?;
         if methods.contains(&method) {
@@ -292,7 +292,10 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
     let response = raw
         .response
         .iter()
-        .map(|name| ResponseFilter::from_name(name).ok_or_else(|| format!("unknown response filter '{name}'")))
+        .map(|name| {
+            ResponseFilter::from_name(name)
+                .ok_or_else(|| format!("unknown response filter '{name}'"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let block = raw
         .block
@@ -366,14 +369,18 @@ fn template_params(template: &str) -> Result<Vec<String>, String> {
         return Err("path must start with '/'".into());
     }
     if crate::canonical::canonical_path(template.replace(['{', '}', '*'], "x").as_str()).is_err() {
-        return Err("path template is not a canonical path (empty or dot segment, bad character)".into());
+        return Err(
+            "path template is not a canonical path (empty or dot segment, bad character)".into(),
+        );
     }
     let segs: Vec<&str> = template[1..].split('/').collect();
     let mut names = Vec::new();
     for (i, seg) in segs.iter().enumerate() {
         let is_param = seg.starts_with('{') && seg.ends_with('}');
         if seg.contains(['{', '}']) && !is_param {
-            return Err(format!("segment '{seg}': a parameter must be a whole segment"));
+            return Err(format!(
+                "segment '{seg}': a parameter must be a whole segment"
+            ));
         }
         if !is_param {
             continue;
@@ -405,9 +412,8 @@ fn templates_overlap(a: &str, b: &str) -> bool {
             (None, Some(_)) | (Some(_), None) => return false,
             (Some(Seg::Static(x)), Some(Seg::Static(y))) if x != y => return false,
             // A parameter never matches an empty segment (the trailing-slash position).
-            (Some(Seg::Param), Some(Seg::Static(""))) | (Some(Seg::Static("")), Some(Seg::Param)) => {
-                return false
-            }
+            (Some(Seg::Param), Some(Seg::Static("")))
+            | (Some(Seg::Static("")), Some(Seg::Param)) => return false,
             _ => {}
         }
         i += 1;
@@ -451,7 +457,8 @@ fn parse_check(text: &str, params: &[String]) -> Result<Check, String> {
         }
         None => (text, None),
     };
-    let predicate = Predicate::from_name(name.trim()).ok_or_else(|| format!("unknown predicate '{}'", name.trim()))?;
+    let predicate = Predicate::from_name(name.trim())
+        .ok_or_else(|| format!("unknown predicate '{}'", name.trim()))?;
     let args = match args_text {
         None => Vec::new(),
         Some(inner) if inner.trim().is_empty() => Vec::new(),
@@ -512,7 +519,11 @@ fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
             Some(f) => (f, true),
             None => (part, false),
         };
-        if field.is_empty() || !field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if field.is_empty()
+            || !field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return Err(format!("bad field '{part}' in selector '{text}'"));
         }
         steps.push(Step::Field(field.to_owned()));
@@ -532,14 +543,20 @@ fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
         "path" => {
             let name = first_field(&mut steps)?;
             if !params.contains(&name) {
-                return Err(format!("'path.{name}' is not a parameter of this rule's path"));
+                return Err(format!(
+                    "'path.{name}' is not a parameter of this rule's path"
+                ));
             }
             Source::Path(name)
         }
         "query" => Source::Query(first_field(&mut steps)?),
         "form" => Source::Form(first_field(&mut steps)?),
         "body" => Source::Body,
-        other => return Err(format!("unknown selector root '{other}' (path, query, body, form or \"literal\")")),
+        other => {
+            return Err(format!(
+                "unknown selector root '{other}' (path, query, body, form or \"literal\")"
+            ))
+        }
     };
     if matches!(source, Source::Path(_) | Source::Query(_)) && !steps.is_empty() {
         return Err(format!("'{text}': path and query values have no fields"));
@@ -569,7 +586,8 @@ mod tests {
     #[test]
     fn selectors_parse() {
         let params = vec!["image_name".to_owned()];
-        let Arg::Select(s) = parse_arg("body.control_layers[].image_name?", &params).unwrap() else {
+        let Arg::Select(s) = parse_arg("body.control_layers[].image_name?", &params).unwrap()
+        else {
             panic!()
         };
         assert_eq!(s.source, Source::Body);
@@ -582,7 +600,9 @@ mod tests {
                 Step::Field("image_name".into())
             ]
         );
-        let Arg::Select(s) = parse_arg("body[]", &params).unwrap() else { panic!() };
+        let Arg::Select(s) = parse_arg("body[]", &params).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.steps, vec![Step::Each]);
         assert!(parse_arg("path.other", &params).is_err());
         assert!(parse_arg("cookie.x", &params).is_err());

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+    UPGRADE,
+};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -38,7 +41,12 @@ use crate::routes::{Auth, BodyNeed, Lookup, Rule};
 use crate::state::AppState;
 
 /// Accept connections until `shutdown` resolves, then drain (bounded by the configured grace).
-pub async fn run<F>(listener: TcpListener, state: Arc<AppState>, tls: Option<TlsAcceptor>, shutdown: F) -> std::io::Result<()>
+pub async fn run<F>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+    shutdown: F,
+) -> std::io::Result<()>
 where
     F: Future<Output = ()>,
 {
@@ -86,7 +94,10 @@ where
             let svc_state = state.clone();
             let service = move |framing: Arc<framing::Flag>| {
                 let state = svc_state.clone();
-                let conn = ConnInfo { client: client.clone(), framing };
+                let conn = ConnInfo {
+                    client: client.clone(),
+                    framing,
+                };
                 service_fn(move |req| {
                     let state = state.clone();
                     let conn = conn.clone();
@@ -96,17 +107,23 @@ where
             let result = match tls {
                 None => {
                     let (io, flag) = framing::Scanned::new(stream, max_head);
-                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
+                    let fut =
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
                     watcher.watch(fut.into_owned()).await
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(stream)).await;
+                    let handshake = tokio::time::timeout(
+                        state.limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await;
                     let Ok(Ok(tls_stream)) = handshake else {
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
                     let (io, flag) = framing::Scanned::new(tls_stream, max_head);
-                    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
+                    let fut =
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
                     watcher.watch(fut.into_owned()).await
                 }
             };
@@ -117,7 +134,10 @@ where
     }
     drop(listener);
     tracing::info!("shutting down: draining connections");
-    if tokio::time::timeout(state.limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(state.limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
@@ -131,7 +151,8 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -181,13 +202,19 @@ pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ConnInfo) -
             let mut res = decision::deny_response(&reason);
             if matches!(reason, DenyReason::BadRequest(_) | DenyReason::BadTarget(_)) {
                 // After a framing or target error the connection state is suspect: close it.
-                res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                res.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             res
         }
     };
     let elapsed = started.elapsed();
-    crate::metrics::decision(record.outcome, &record.rule_id, record.reason, elapsed.as_secs_f64());
+    crate::metrics::decision(
+        record.outcome,
+        &record.rule_id,
+        record.reason,
+        elapsed.as_secs_f64(),
+    );
     tracing::info!(
         target: "invoke_guard::decision",
         rule_id = %record.rule_id,
@@ -212,7 +239,9 @@ fn framing_error(req: &Request<Incoming>, conn: &ConnInfo) -> Option<DenyReason>
     let h = req.headers();
     // CL.TE / TE.CL desync (Kettle 2019; hyper #3860/#4123): refuse both together.
     if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
-        return Some(DenyReason::BadRequest("Content-Length with Transfer-Encoding".into()));
+        return Some(DenyReason::BadRequest(
+            "Content-Length with Transfer-Encoding".into(),
+        ));
     }
     // Duplicate Content-Length (including a comma list): refuse even when equal.
     let lengths: Vec<&HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
@@ -237,7 +266,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 fn identity_denial(e: IdentityError) -> DenyReason {
@@ -295,7 +327,8 @@ async fn pipeline(
         None
     };
     // 4. collect arguments
-    let client_upgrade = (rule.auth == Auth::Socket && is_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade =
+        (rule.auth == Auth::Socket && is_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut data = RequestData {
         path: matched
@@ -326,7 +359,13 @@ async fn pipeline(
     }
     // 6. forward
     let secret = match &principal {
-        Some(_) => Some(state.facts.jwt_secret().await.map_err(|e| DenyReason::Unavailable(e.to_string()))?),
+        Some(_) => Some(
+            state
+                .facts
+                .jwt_secret()
+                .await
+                .map_err(|e| DenyReason::Unavailable(e.to_string()))?,
+        ),
         None => None,
     };
     let upstream_req = upstream_request(
@@ -396,7 +435,13 @@ fn upstream_request(
         headers.insert(UPGRADE, value);
     }
     let host = headers::client_host(&parts.headers, &parts.uri);
-    headers::set_forwarded(&mut headers, &parts.headers, conn, &state.trusted_proxies, host.as_deref());
+    headers::set_forwarded(
+        &mut headers,
+        &parts.headers,
+        conn,
+        &state.trusted_proxies,
+        host.as_deref(),
+    );
     if !headers.contains_key(HOST) {
         if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             headers.insert(HOST, v);
@@ -409,7 +454,11 @@ fn upstream_request(
     req
 }
 
-async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, DenyReason> {
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, DenyReason> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -419,12 +468,24 @@ async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> R
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(DenyReason::TooLarge),
-        Err(_) => Err(DenyReason::BadRequest("could not read the request body".into())),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(DenyReason::TooLarge)
+        }
+        Err(_) => Err(DenyReason::BadRequest(
+            "could not read the request body".into(),
+        )),
     }
 }
 
-async fn fill_body(need: BodyNeed, bytes: &Bytes, headers: &http::HeaderMap, data: &mut RequestData) -> Result<(), DenyReason> {
+async fn fill_body(
+    need: BodyNeed,
+    bytes: &Bytes,
+    headers: &http::HeaderMap,
+    data: &mut RequestData,
+) -> Result<(), DenyReason> {
     match need {
         BodyNeed::None => Ok(()),
         BodyNeed::Json => {
@@ -436,10 +497,15 @@ async fn fill_body(need: BodyNeed, bytes: &Bytes, headers: &http::HeaderMap, dat
             Ok(())
         }
         BodyNeed::Multipart => {
-            let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let boundary = multer::parse_boundary(content_type)
-                .map_err(|_| DenyReason::Unprocessable("expected a multipart/form-data body".into()))?;
-            let stream = futures_util::stream::once(std::future::ready(Ok::<_, Infallible>(bytes.clone())));
+            let content_type = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let boundary = multer::parse_boundary(content_type).map_err(|_| {
+                DenyReason::Unprocessable("expected a multipart/form-data body".into())
+            })?;
+            let stream =
+                futures_util::stream::once(std::future::ready(Ok::<_, Infallible>(bytes.clone())));
             let mut multipart = multer::Multipart::new(stream, boundary);
             loop {
                 match multipart.next_field().await {
@@ -453,10 +519,15 @@ async fn fill_body(need: BodyNeed, bytes: &Bytes, headers: &http::HeaderMap, dat
                         if let (Some(name), false) = (name, is_file) {
                             // A repeated field could be read differently upstream (pollution).
                             if data.form.contains_key(&name) {
-                                return Err(DenyReason::BadRequest(format!("duplicate form field '{name}'")));
+                                return Err(DenyReason::BadRequest(format!(
+                                    "duplicate form field '{name}'"
+                                )));
                             }
-                            let text = String::from_utf8(text.to_vec())
-                                .map_err(|_| DenyReason::Unprocessable(format!("form field '{name}' is not UTF-8")))?;
+                            let text = String::from_utf8(text.to_vec()).map_err(|_| {
+                                DenyReason::Unprocessable(format!(
+                                    "form field '{name}' is not UTF-8"
+                                ))
+                            })?;
                             data.form.insert(name, text);
                         }
                     }
@@ -468,7 +539,12 @@ async fn fill_body(need: BodyNeed, bytes: &Bytes, headers: &http::HeaderMap, dat
     }
 }
 
-async fn respond(res: Response<Incoming>, rule: &Rule, ctx: &FilterContext<'_>, limit: usize) -> Response<Body> {
+async fn respond(
+    res: Response<Incoming>,
+    rule: &Rule,
+    ctx: &FilterContext<'_>,
+    limit: usize,
+) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     rewrite::refreshed_token(&mut parts, ctx);
@@ -485,12 +561,17 @@ async fn respond(res: Response<Incoming>, rule: &Rule, ctx: &FilterContext<'_>, 
         }
         Err(e) => {
             tracing::error!(rule_id = %rule.id, error = %e, "response body over the filter limit or unreadable");
-            decision::error_response(StatusCode::BAD_GATEWAY, "Upstream response could not be processed")
+            decision::error_response(
+                StatusCode::BAD_GATEWAY,
+                "Upstream response could not be processed",
+            )
         }
     }
 }
 
 /// Bind helper for tests and main: the actual local address.
 pub fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener.local_addr().expect("bound listener has an address")
+    listener
+        .local_addr()
+        .expect("bound listener has an address")
 }

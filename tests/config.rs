@@ -7,7 +7,8 @@ use std::process::Command;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("INVOKE_GUARD_LOG");
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("INVOKE_GUARD_LOG");
     c
 }
 
@@ -44,11 +45,19 @@ fn shipped_config_and_routes_pass_check_on_both_versions() {
         let (ok, out, err) = check(Path::new("routes.toml"), &db);
         assert!(ok, "{err}");
         assert!(out.starts_with("ok: "), "{out}");
-        assert!(out.contains(if v == "6.12.0" { "schema 6.12" } else { "schema 6.14" }), "{out}");
+        assert!(
+            out.contains(if v == "6.12.0" {
+                "schema 6.12"
+            } else {
+                "schema 6.14"
+            }),
+            "{out}"
+        );
     }
 }
 
-const GOOD: &str = "[[rule]]\nid = \"a\"\nmethods = [\"GET\"]\npath = \"/a/{x}\"\nauth = \"user\"\n";
+const GOOD: &str =
+    "[[rule]]\nid = \"a\"\nmethods = [\"GET\"]\npath = \"/a/{x}\"\nauth = \"user\"\n";
 
 #[test]
 fn broken_routes_are_reported_with_file_line_and_rule() {
@@ -145,7 +154,14 @@ fn serve_refuses_to_start_on_bad_routes() {
     let dir = tempfile::tempdir().unwrap();
     let routes = routes_file(&dir, "[[rule]]\nid = \"a\"\n");
     let out = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--routes"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--routes",
+        ])
         .arg(&routes)
         .arg("--db")
         .arg(fixture_db())
@@ -159,7 +175,16 @@ fn serve_refuses_to_start_on_bad_routes() {
 fn serve_starts_logs_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--routes", "routes.toml", "--ledger"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--routes",
+            "routes.toml",
+            "--ledger",
+        ])
         .arg(dir.path().join("ledger.db"))
         .arg("--db")
         .arg(fixture_db())
@@ -177,9 +202,15 @@ fn serve_starts_logs_and_drains_on_sigterm() {
     }
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("invoke-guard stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("invoke-guard stopped")),
+        "{rest:?}"
+    );
 }
 
 fn send_signal(pid: u32, sig: &str) {
-    Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
 }

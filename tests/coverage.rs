@@ -8,11 +8,18 @@ use invoke_guard::coverage::{concrete, endpoints};
 use invoke_guard::routes::{Lookup, RouteTable};
 
 fn table() -> RouteTable {
-    RouteTable::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml"))).unwrap()
+    RouteTable::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/routes.toml"
+    )))
+    .unwrap()
 }
 
 fn rule_for<'t>(t: &'t RouteTable, method: &str, template: &str) -> Option<&'t str> {
-    match t.lookup(&Method::from_bytes(method.as_bytes()).unwrap(), &concrete(template)) {
+    match t.lookup(
+        &Method::from_bytes(method.as_bytes()).unwrap(),
+        &concrete(template),
+    ) {
         Lookup::Found(m) => Some(m.rule.id.as_str()),
         _ => None,
     }
@@ -33,9 +40,19 @@ fn every_inventory_endpoint_matches_one_rule_and_no_rule_is_dead() {
     }
     assert!(missing.is_empty(), "endpoints without a rule: {missing:#?}");
     // Exactly one: the loader rejects overlapping templates per method, so a hit is unique.
-    let dead: Vec<&str> = t.rules().iter().map(|r| r.id.as_str()).filter(|id| !hit.contains(*id)).collect();
+    let dead: Vec<&str> = t
+        .rules()
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| !hit.contains(*id))
+        .collect();
     assert!(dead.is_empty(), "rules no endpoint uses: {dead:?}");
-    let counts = |v: &str| endpoints().iter().filter(|e| e.versions.iter().any(|x| x == v) && e.template.starts_with("/api/")).count();
+    let counts = |v: &str| {
+        endpoints()
+            .iter()
+            .filter(|e| e.versions.iter().any(|x| x == v) && e.template.starts_with("/api/"))
+            .count()
+    };
     assert_eq!(counts("6.12"), 145);
     assert_eq!(counts("6.13"), 162);
     assert!(counts("main") >= 189);
@@ -49,15 +66,30 @@ fn real_server_route_lists_are_covered() {
         .into_iter()
         .flat_map(|e| {
             let plain = e.template.replace("{*", "{");
-            e.versions.into_iter().map(move |v| (v, e.method.clone(), plain.clone()))
+            e.versions
+                .into_iter()
+                .map(move |v| (v, e.method.clone(), plain.clone()))
         })
         .collect();
-    for (file, column) in [("invokeai-6.12.0.paths.tsv", "6.12"), ("invokeai-6.14.2.paths.tsv", "main")] {
-        let text = std::fs::read_to_string(format!("{}/tests/data/openapi/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    for (file, column) in [
+        ("invokeai-6.12.0.paths.tsv", "6.12"),
+        ("invokeai-6.14.2.paths.tsv", "main"),
+    ] {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/data/openapi/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
         let mut n = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
             let (method, path) = line.split_once('\t').unwrap();
-            assert!(rule_for(&t, method, path).is_some(), "{file}: {method} {path} has no rule");
+            assert!(
+                rule_for(&t, method, path).is_some(),
+                "{file}: {method} {path} has no rule"
+            );
             assert!(
                 inventory.contains(&(column.to_owned(), method.to_owned(), path.to_owned())),
                 "{file}: {method} {path} is missing from data/invokeai-endpoints.tsv ({column})"

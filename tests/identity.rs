@@ -42,10 +42,19 @@ fn secret(m: &Value) -> String {
 async fn valid_token_is_forwarded_with_identity() {
     for v in VERSIONS {
         let (_db, up, g, m) = setup(v).await;
-        let r = send("GET", &g.url("/api/v1/auth/me"), Some(&token_for(&m, "alice")), None).await;
+        let r = send(
+            "GET",
+            &g.url("/api/v1/auth/me"),
+            Some(&token_for(&m, "alice")),
+            None,
+        )
+        .await;
         assert_eq!(r.status, 200, "{v}");
         let seen = up.last().unwrap();
-        assert_eq!(forwarded_claims(&seen).unwrap()["user_id"], m["users"]["alice"]["user_id"]);
+        assert_eq!(
+            forwarded_claims(&seen).unwrap()["user_id"],
+            m["users"]["alice"]["user_id"]
+        );
     }
 }
 
@@ -84,10 +93,19 @@ async fn bad_tokens_are_rejected() {
         let mut string_exp = claims_for(&m, "alice");
         string_exp["exp"] = json!((now() + 3600).to_string());
         assert_rejected(v, sign(&string_exp, &s), "exp as a string").await;
-        assert_rejected(v, sign(&claims_for(&m, "alice"), "not-the-secret"), "wrong key").await;
+        assert_rejected(
+            v,
+            sign(&claims_for(&m, "alice"), "not-the-secret"),
+            "wrong key",
+        )
+        .await;
         // Hex-decoded key bytes are not InvokeAI's key (it uses the string verbatim).
         let alice = claims_for(&m, "alice");
-        let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&alice));
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&alice)
+        );
         assert_rejected(v, none, "alg none").await;
         let hs384 = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
@@ -98,7 +116,11 @@ async fn bad_tokens_are_rejected() {
         assert_rejected(v, hs384, "HS384").await;
         let good = sign(&alice, &s);
         let sig = good.rsplit('.').next().unwrap();
-        let rs256 = format!("{}.{}.{sig}", b64(&json!({"alg": "RS256", "typ": "JWT"})), b64(&alice));
+        let rs256 = format!(
+            "{}.{}.{sig}",
+            b64(&json!({"alg": "RS256", "typ": "JWT"})),
+            b64(&alice)
+        );
         assert_rejected(v, rs256, "RS256 header").await;
         let mut admin = alice.clone();
         admin["is_admin"] = json!(true);
@@ -128,7 +150,13 @@ async fn stale_epoch_is_rejected_where_the_schema_has_epochs() {
     let mut c = claims_for(&m, "alice");
     c["token_epoch"] = json!(1);
     let (_db, _up, g, _) = setup("6.12.0").await;
-    let r = send("GET", &g.url("/api/v1/auth/me"), Some(&sign(&c, &secret(&m))), None).await;
+    let r = send(
+        "GET",
+        &g.url("/api/v1/auth/me"),
+        Some(&sign(&c, &secret(&m))),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -147,11 +175,20 @@ async fn demoted_admin_is_not_admin_and_the_forwarded_token_says_so() {
         assert_eq!(r.status, 200);
         let seen = up.last().unwrap();
         let fwd = forwarded_claims(&seen).unwrap();
-        assert_eq!(fwd["is_admin"], json!(false), "{v}: forwarded token must carry the row's role");
+        assert_eq!(
+            fwd["is_admin"],
+            json!(false),
+            "{v}: forwarded token must carry the row's role"
+        );
         assert_eq!(fwd["exp"], stale["exp"], "same expiry");
         assert_eq!(fwd["email"], stale["email"], "same claim set");
         // The re-minted token verifies with InvokeAI's secret.
-        let auth = seen.headers["authorization"].to_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
+        let auth = seen.headers["authorization"]
+            .to_str()
+            .unwrap()
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_owned();
         assert!(invoke_guard::identity::verify(&auth, &secret(&m)).is_ok());
     }
 }
@@ -160,7 +197,13 @@ async fn demoted_admin_is_not_admin_and_the_forwarded_token_says_so() {
 async fn real_admin_passes_admin_route() {
     for v in VERSIONS {
         let (_db, up, g, m) = setup(v).await;
-        let r = send("GET", &g.url("/api/v1/auth/users"), Some(&token_for(&m, "admin")), None).await;
+        let r = send(
+            "GET",
+            &g.url("/api/v1/auth/users"),
+            Some(&token_for(&m, "admin")),
+            None,
+        )
+        .await;
         assert_eq!(r.status, 200, "{v}");
         assert_eq!(up.count(), 1);
     }
@@ -171,22 +214,48 @@ async fn media_cookie_only_on_media_routes() {
     let (_db, up, g, m) = setup("6.14.2").await;
     let t = token_for(&m, "alice");
     let cookie = format!("invokeai_media_token={t}");
-    let img = m["images"]["alice_private_1"]["image_name"].as_str().unwrap();
-    let r = send_with("GET", &g.url(&format!("/api/v1/images/i/{img}/full")), None, None, &[("cookie", &cookie)]).await;
+    let img = m["images"]["alice_private_1"]["image_name"]
+        .as_str()
+        .unwrap();
+    let r = send_with(
+        "GET",
+        &g.url(&format!("/api/v1/images/i/{img}/full")),
+        None,
+        None,
+        &[("cookie", &cookie)],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let seen = up.last().unwrap();
     // The cookie is converted to a Bearer header and not passed on.
     assert!(seen.headers.get("cookie").is_none());
     assert!(forwarded_claims(&seen).is_some());
-    let r = send_with("GET", &g.url("/api/v1/auth/me"), None, None, &[("cookie", &cookie)]).await;
-    assert_eq!(r.status, 401, "the media cookie is not a credential for API routes");
+    let r = send_with(
+        "GET",
+        &g.url("/api/v1/auth/me"),
+        None,
+        None,
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(
+        r.status, 401,
+        "the media cookie is not a credential for API routes"
+    );
 }
 
 #[tokio::test]
 async fn duplicate_authorization_headers_are_refused() {
     let (_db, up, g, m) = setup("6.14.2").await;
     let t = format!("Bearer {}", token_for(&m, "alice"));
-    let r = send_with("GET", &g.url("/api/v1/auth/me"), None, None, &[("authorization", &t), ("authorization", &t)]).await;
+    let r = send_with(
+        "GET",
+        &g.url("/api/v1/auth/me"),
+        None,
+        None,
+        &[("authorization", &t), ("authorization", &t)],
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(up.count(), 0);
 }

@@ -44,18 +44,31 @@ impl World {
         let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
             "/api/v1/workflows/" => ok_json(json!({"workflow_id": wf, "name": "x"})),
             "/api/v1/style_presets/" => ok_json(json!({"id": sp, "name": "x"})),
-            "/api/v1/images/download" => ok_json(json!({"response": "ok", "bulk_download_item_name": "zip-of-alice.zip"})),
+            "/api/v1/images/download" => {
+                ok_json(json!({"response": "ok", "bulk_download_item_name": "zip-of-alice.zip"}))
+            }
             _ => ok_json(json!({"ok": true})),
         });
         let up = mock(Some(responder)).await;
         let g = guard(&shipped_routes(), &db.path, &up.url()).await;
-        World { _db: db, up, g, m, version }
+        World {
+            _db: db,
+            up,
+            g,
+            m,
+            version,
+        }
     }
 
     fn id(&self, kind: &str, role: &str, field: &str) -> String {
         self.m[kind][role][field]
             .as_str()
-            .unwrap_or_else(|| panic!("{kind}.{role}.{field} missing in the {} manifest", self.version))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{kind}.{role}.{field} missing in the {} manifest",
+                    self.version
+                )
+            })
             .to_owned()
     }
     fn img(&self, role: &str) -> String {
@@ -93,7 +106,13 @@ impl World {
         for c in &cases {
             let before = self.up.count();
             let token = self.token(c.role);
-            let r = send(c.method, &self.g.url(&c.path), token.as_deref(), c.body.clone()).await;
+            let r = send(
+                c.method,
+                &self.g.url(&c.path),
+                token.as_deref(),
+                c.body.clone(),
+            )
+            .await;
             let forwarded = self.up.count() > before;
             let got = if forwarded { F } else { S(r.status.as_u16()) };
             if forwarded && r.status != 200 {
@@ -112,11 +131,24 @@ impl World {
                 ));
             }
         }
-        assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
     }
 }
 
-fn case(name: &str, role: &'static str, method: &'static str, path: impl Into<String>, body: Option<Value>, want: Want) -> Case {
+fn case(
+    name: &str,
+    role: &'static str,
+    method: &'static str,
+    path: impl Into<String>,
+    body: Option<Value>,
+    want: Want,
+) -> Case {
     Case {
         name: name.into(),
         role,
@@ -142,19 +174,110 @@ fn identity_cases(w: &World) -> Vec<Case> {
         case("owner reads own image", "alice", "GET", &alice_img, None, F),
         case("admin reads any image", "admin", "GET", &alice_img, None, F),
         case("anonymous is 401", "anon", "GET", &alice_img, None, S(401)),
-        case("deactivated user is 401", "dave", "GET", &alice_img, None, S(401)),
-        case("deactivated user cannot read own image", "dave", "GET", format!("/api/v1/images/i/{}", w.img("dave_uncat_1")), None, S(401)),
-        case("demoted admin loses admin routes", "erin_stale", "GET", "/api/v1/auth/users", None, S(403)),
-        case("demoted admin loses admin bypass", "erin_stale", "GET", &alice_img, None, S(403)),
-        case("demoted admin keeps her own", "erin_stale", "GET", format!("/api/v1/images/i/{}", w.img("erin_uncat_1")), None, F),
-        case("admin lists users", "admin", "GET", "/api/v1/auth/users", None, F),
-        case("user cannot list users", "bob", "GET", "/api/v1/auth/users", None, S(403)),
-        case("system account cannot log in", "anon", "POST", "/api/v1/auth/login", Some(json!({"email": "System@System.InvokeAI", "password": "x"})), S(401)),
-        case("login is public", "anon", "POST", "/api/v1/auth/login", Some(json!({"email": "alice@example.com", "password": "x"})), F),
-        case("system user cannot get a password", "admin", "PATCH", "/api/v1/auth/users/system", Some(json!({"password": "hunter22hunter22"})), S(400)),
-        case("system user cannot be promoted", "admin", "PATCH", "/api/v1/auth/users/system", Some(json!({"is_admin": true})), S(400)),
-        case("system user cannot be deleted", "admin", "DELETE", "/api/v1/auth/users/system", None, S(400)),
-        case("system user display name may change", "admin", "PATCH", "/api/v1/auth/users/system", Some(json!({"display_name": "Legacy"})), F),
+        case(
+            "deactivated user is 401",
+            "dave",
+            "GET",
+            &alice_img,
+            None,
+            S(401),
+        ),
+        case(
+            "deactivated user cannot read own image",
+            "dave",
+            "GET",
+            format!("/api/v1/images/i/{}", w.img("dave_uncat_1")),
+            None,
+            S(401),
+        ),
+        case(
+            "demoted admin loses admin routes",
+            "erin_stale",
+            "GET",
+            "/api/v1/auth/users",
+            None,
+            S(403),
+        ),
+        case(
+            "demoted admin loses admin bypass",
+            "erin_stale",
+            "GET",
+            &alice_img,
+            None,
+            S(403),
+        ),
+        case(
+            "demoted admin keeps her own",
+            "erin_stale",
+            "GET",
+            format!("/api/v1/images/i/{}", w.img("erin_uncat_1")),
+            None,
+            F,
+        ),
+        case(
+            "admin lists users",
+            "admin",
+            "GET",
+            "/api/v1/auth/users",
+            None,
+            F,
+        ),
+        case(
+            "user cannot list users",
+            "bob",
+            "GET",
+            "/api/v1/auth/users",
+            None,
+            S(403),
+        ),
+        case(
+            "system account cannot log in",
+            "anon",
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({"email": "System@System.InvokeAI", "password": "x"})),
+            S(401),
+        ),
+        case(
+            "login is public",
+            "anon",
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({"email": "alice@example.com", "password": "x"})),
+            F,
+        ),
+        case(
+            "system user cannot get a password",
+            "admin",
+            "PATCH",
+            "/api/v1/auth/users/system",
+            Some(json!({"password": "hunter22hunter22"})),
+            S(400),
+        ),
+        case(
+            "system user cannot be promoted",
+            "admin",
+            "PATCH",
+            "/api/v1/auth/users/system",
+            Some(json!({"is_admin": true})),
+            S(400),
+        ),
+        case(
+            "system user cannot be deleted",
+            "admin",
+            "DELETE",
+            "/api/v1/auth/users/system",
+            None,
+            S(400),
+        ),
+        case(
+            "system user display name may change",
+            "admin",
+            "PATCH",
+            "/api/v1/auth/users/system",
+            Some(json!({"display_name": "Legacy"})),
+            F,
+        ),
         case(
             "last admin cannot demote themself",
             "admin",
@@ -187,84 +310,555 @@ fn image_cases(w: &World) -> Vec<Case> {
     let full = |role: &str| format!("/api/v1/images/i/{}/full", w.img(role));
     vec![
         // R_IMG
-        case("private image: other user", "bob", "GET", get("alice_private_1"), None, S(403)),
-        case("private image metadata: other user", "bob", "GET", format!("{}/metadata", get("alice_private_1")), None, S(403)),
-        case("private image pixels: other user (hole 1/14)", "bob", "GET", full("alice_private_1"), None, S(403)),
-        case("private image pixels: anonymous (hole 1)", "anon", "GET", full("alice_private_1"), None, S(401)),
-        case("private image thumbnail: other user", "bob", "GET", format!("/api/v1/images/i/{}/thumbnail", w.img("alice_private_1")), None, S(403)),
-        case("shared board image: other user reads", "bob", "GET", get("alice_shared_1"), None, by(w, F, S(403))),
-        case("public board image: other user reads", "carol", "GET", get("alice_public_1"), None, by(w, F, S(403))),
-        case("foreign image on public board: board owner reads", "alice", "GET", get("bob_on_alice_public"), None, by(w, F, S(403))),
-        case("foreign image on private board: board owner may not read (main quirk)", "bob", "GET", get("erin_on_bob_private"), None, S(403)),
-        case("foreign image on private board: its owner reads", "erin", "GET", get("erin_on_bob_private"), None, F),
-        case("uncategorized image: other user", "bob", "GET", get("alice_uncat_1"), None, S(403)),
-        case("intermediate image: other user", "bob", "GET", get("alice_intermediate"), None, S(403)),
-        case("intermediate image: owner", "alice", "GET", get("alice_intermediate"), None, F),
-        case("unknown image: 403 not 404 (no existence oracle)", "bob", "GET", "/api/v1/images/i/no-such-image.png", None, S(403)),
-        case("unknown image: admin forwarded", "admin", "GET", "/api/v1/images/i/no-such-image.png", None, F),
+        case(
+            "private image: other user",
+            "bob",
+            "GET",
+            get("alice_private_1"),
+            None,
+            S(403),
+        ),
+        case(
+            "private image metadata: other user",
+            "bob",
+            "GET",
+            format!("{}/metadata", get("alice_private_1")),
+            None,
+            S(403),
+        ),
+        case(
+            "private image pixels: other user (hole 1/14)",
+            "bob",
+            "GET",
+            full("alice_private_1"),
+            None,
+            S(403),
+        ),
+        case(
+            "private image pixels: anonymous (hole 1)",
+            "anon",
+            "GET",
+            full("alice_private_1"),
+            None,
+            S(401),
+        ),
+        case(
+            "private image thumbnail: other user",
+            "bob",
+            "GET",
+            format!("/api/v1/images/i/{}/thumbnail", w.img("alice_private_1")),
+            None,
+            S(403),
+        ),
+        case(
+            "shared board image: other user reads",
+            "bob",
+            "GET",
+            get("alice_shared_1"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "public board image: other user reads",
+            "carol",
+            "GET",
+            get("alice_public_1"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "foreign image on public board: board owner reads",
+            "alice",
+            "GET",
+            get("bob_on_alice_public"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "foreign image on private board: board owner may not read (main quirk)",
+            "bob",
+            "GET",
+            get("erin_on_bob_private"),
+            None,
+            S(403),
+        ),
+        case(
+            "foreign image on private board: its owner reads",
+            "erin",
+            "GET",
+            get("erin_on_bob_private"),
+            None,
+            F,
+        ),
+        case(
+            "uncategorized image: other user",
+            "bob",
+            "GET",
+            get("alice_uncat_1"),
+            None,
+            S(403),
+        ),
+        case(
+            "intermediate image: other user",
+            "bob",
+            "GET",
+            get("alice_intermediate"),
+            None,
+            S(403),
+        ),
+        case(
+            "intermediate image: owner",
+            "alice",
+            "GET",
+            get("alice_intermediate"),
+            None,
+            F,
+        ),
+        case(
+            "unknown image: 403 not 404 (no existence oracle)",
+            "bob",
+            "GET",
+            "/api/v1/images/i/no-such-image.png",
+            None,
+            S(403),
+        ),
+        case(
+            "unknown image: admin forwarded",
+            "admin",
+            "GET",
+            "/api/v1/images/i/no-such-image.png",
+            None,
+            F,
+        ),
         // W_IMG
-        case("shared-board write bypass: DELETE foreign image on shared board", "bob", "DELETE", get("alice_shared_1"), None, S(403)),
-        case("shared-board write bypass: PATCH foreign image on shared board", "bob", "PATCH", get("alice_shared_1"), Some(json!({"starred": true})), S(403)),
-        case("public board: anyone may delete its images (main quirk)", "carol", "DELETE", get("alice_public_1"), None, by(w, F, S(403))),
-        case("board owner deletes foreign image on own board", "bob", "DELETE", get("erin_on_bob_private"), None, F),
-        case("stranger deletes image on private board", "carol", "DELETE", get("erin_on_bob_private"), None, S(403)),
-        case("delete own uncategorized", "alice", "DELETE", get("alice_uncat_2"), None, F),
-        case("batch delete with a foreign name", "alice", "POST", "/api/v1/images/delete", Some(json!({"image_names": [w.img("alice_uncat_2"), w.img("bob_uncat_1")]})), S(403)),
-        case("star foreign images", "bob", "POST", "/api/v1/images/star", Some(json!({"image_names": [w.img("alice_uncat_1")]})), S(403)),
-        case("star own images", "alice", "POST", "/api/v1/images/star", Some(json!({"image_names": [w.img("alice_uncat_1")]})), F),
-        case("images_by_names with a foreign private name", "bob", "POST", "/api/v1/images/images_by_names", Some(json!({"image_names": [w.img("alice_private_1")]})), S(403)),
+        case(
+            "shared-board write bypass: DELETE foreign image on shared board",
+            "bob",
+            "DELETE",
+            get("alice_shared_1"),
+            None,
+            S(403),
+        ),
+        case(
+            "shared-board write bypass: PATCH foreign image on shared board",
+            "bob",
+            "PATCH",
+            get("alice_shared_1"),
+            Some(json!({"starred": true})),
+            S(403),
+        ),
+        case(
+            "public board: anyone may delete its images (main quirk)",
+            "carol",
+            "DELETE",
+            get("alice_public_1"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "board owner deletes foreign image on own board",
+            "bob",
+            "DELETE",
+            get("erin_on_bob_private"),
+            None,
+            F,
+        ),
+        case(
+            "stranger deletes image on private board",
+            "carol",
+            "DELETE",
+            get("erin_on_bob_private"),
+            None,
+            S(403),
+        ),
+        case(
+            "delete own uncategorized",
+            "alice",
+            "DELETE",
+            get("alice_uncat_2"),
+            None,
+            F,
+        ),
+        case(
+            "batch delete with a foreign name",
+            "alice",
+            "POST",
+            "/api/v1/images/delete",
+            Some(json!({"image_names": [w.img("alice_uncat_2"), w.img("bob_uncat_1")]})),
+            S(403),
+        ),
+        case(
+            "star foreign images",
+            "bob",
+            "POST",
+            "/api/v1/images/star",
+            Some(json!({"image_names": [w.img("alice_uncat_1")]})),
+            S(403),
+        ),
+        case(
+            "star own images",
+            "alice",
+            "POST",
+            "/api/v1/images/star",
+            Some(json!({"image_names": [w.img("alice_uncat_1")]})),
+            F,
+        ),
+        case(
+            "images_by_names with a foreign private name",
+            "bob",
+            "POST",
+            "/api/v1/images/images_by_names",
+            Some(json!({"image_names": [w.img("alice_private_1")]})),
+            S(403),
+        ),
         // Lists
-        case("private board listing via images?board_id=", "bob", "GET", format!("/api/v1/images/?board_id={}", w.board("alice_private")), None, S(403)),
-        case("private board names via images/names?board_id=", "bob", "GET", format!("/api/v1/images/names?board_id={}", w.board("alice_private")), None, S(403)),
-        case("own board listing", "alice", "GET", format!("/api/v1/images/?board_id={}", w.board("alice_private")), None, F),
-        case("uncategorized listing is scoped upstream", "bob", "GET", "/api/v1/images/?board_id=none", None, F),
-        case("listing without board_id (hole 2)", "bob", "GET", "/api/v1/images/", None, by(w, F, S(403))),
-        case("admin lists without board_id", "admin", "GET", "/api/v1/images/", None, F),
-        case("duplicate board_id is parameter pollution", "bob", "GET", format!("/api/v1/images/?board_id=none&board_id={}", w.board("alice_private")), None, S(400)),
-        case("delete all intermediates is admin only", "bob", "DELETE", "/api/v1/images/intermediates", None, S(403)),
-        case("delete uncategorized", "bob", "DELETE", "/api/v1/images/uncategorized", None, by(w, F, S(403))),
+        case(
+            "private board listing via images?board_id=",
+            "bob",
+            "GET",
+            format!("/api/v1/images/?board_id={}", w.board("alice_private")),
+            None,
+            S(403),
+        ),
+        case(
+            "private board names via images/names?board_id=",
+            "bob",
+            "GET",
+            format!("/api/v1/images/names?board_id={}", w.board("alice_private")),
+            None,
+            S(403),
+        ),
+        case(
+            "own board listing",
+            "alice",
+            "GET",
+            format!("/api/v1/images/?board_id={}", w.board("alice_private")),
+            None,
+            F,
+        ),
+        case(
+            "uncategorized listing is scoped upstream",
+            "bob",
+            "GET",
+            "/api/v1/images/?board_id=none",
+            None,
+            F,
+        ),
+        case(
+            "listing without board_id (hole 2)",
+            "bob",
+            "GET",
+            "/api/v1/images/",
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "admin lists without board_id",
+            "admin",
+            "GET",
+            "/api/v1/images/",
+            None,
+            F,
+        ),
+        case(
+            "duplicate board_id is parameter pollution",
+            "bob",
+            "GET",
+            format!(
+                "/api/v1/images/?board_id=none&board_id={}",
+                w.board("alice_private")
+            ),
+            None,
+            S(400),
+        ),
+        case(
+            "delete all intermediates is admin only",
+            "bob",
+            "DELETE",
+            "/api/v1/images/intermediates",
+            None,
+            S(403),
+        ),
+        case(
+            "delete uncategorized",
+            "bob",
+            "DELETE",
+            "/api/v1/images/uncategorized",
+            None,
+            by(w, F, S(403)),
+        ),
         // Bulk download
-        case("bulk download of a foreign image", "bob", "POST", "/api/v1/images/download", Some(json!({"image_names": [w.img("alice_private_1")]})), S(403)),
-        case("bulk download of a private board", "bob", "POST", "/api/v1/images/download", Some(json!({"board_id": w.board("alice_private")})), S(403)),
-        case("bulk download of everyone's uncategorized", "bob", "POST", "/api/v1/images/download", Some(json!({"board_id": "none"})), S(403)),
-        case("bulk download of own images", "alice", "POST", "/api/v1/images/download", Some(json!({"image_names": [w.img("alice_uncat_1")]})), F),
-        case("someone else's zip", "bob", "GET", "/api/v1/images/download/zip-of-alice.zip", None, S(403)),
-        case("own zip (recorded by the guard)", "alice", "GET", "/api/v1/images/download/zip-of-alice.zip", None, F),
-        case("a zip the guard never saw", "alice", "GET", "/api/v1/images/download/unknown.zip", None, S(403)),
+        case(
+            "bulk download of a foreign image",
+            "bob",
+            "POST",
+            "/api/v1/images/download",
+            Some(json!({"image_names": [w.img("alice_private_1")]})),
+            S(403),
+        ),
+        case(
+            "bulk download of a private board",
+            "bob",
+            "POST",
+            "/api/v1/images/download",
+            Some(json!({"board_id": w.board("alice_private")})),
+            S(403),
+        ),
+        case(
+            "bulk download of everyone's uncategorized",
+            "bob",
+            "POST",
+            "/api/v1/images/download",
+            Some(json!({"board_id": "none"})),
+            S(403),
+        ),
+        case(
+            "bulk download of own images",
+            "alice",
+            "POST",
+            "/api/v1/images/download",
+            Some(json!({"image_names": [w.img("alice_uncat_1")]})),
+            F,
+        ),
+        case(
+            "someone else's zip",
+            "bob",
+            "GET",
+            "/api/v1/images/download/zip-of-alice.zip",
+            None,
+            S(403),
+        ),
+        case(
+            "own zip (recorded by the guard)",
+            "alice",
+            "GET",
+            "/api/v1/images/download/zip-of-alice.zip",
+            None,
+            F,
+        ),
+        case(
+            "a zip the guard never saw",
+            "alice",
+            "GET",
+            "/api/v1/images/download/unknown.zip",
+            None,
+            S(403),
+        ),
     ]
 }
 
 fn board_cases(w: &World) -> Vec<Case> {
     let b = |role: &str| format!("/api/v1/boards/{}", w.board(role));
-    let move_to = |board: &str, img: &str| json!({"board_id": w.board(board), "image_name": w.img(img)});
+    let move_to =
+        |board: &str, img: &str| json!({"board_id": w.board(board), "image_name": w.img(img)});
     vec![
-        case("private board: other user", "bob", "GET", b("alice_private"), None, S(403)),
-        case("private board: owner", "alice", "GET", b("alice_private"), None, F),
-        case("private board: admin", "admin", "GET", b("alice_private"), None, F),
-        case("shared board: other user reads", "bob", "GET", b("alice_shared"), None, by(w, F, S(403))),
-        case("unknown board is 404", "bob", "GET", "/api/v1/boards/no-such-board", None, S(404)),
-        case("private board image names", "bob", "GET", format!("{}/image_names", b("alice_private")), None, S(403)),
-        case("visibility change by non-owner", "bob", "PATCH", b("alice_shared"), Some(json!({"board_visibility": "public"})), S(403)),
-        case("visibility change by owner", "alice", "PATCH", b("alice_shared"), Some(json!({"board_visibility": "public"})), F),
-        case("delete foreign public board", "bob", "DELETE", b("alice_public"), None, S(403)),
-        case("owner deletes board keeping images", "alice", "DELETE", b("alice_public"), None, F),
-        case("owner deletes public board with contributions' images (hole 4)", "alice", "DELETE", format!("{}?include_images=true", b("alice_public")), None, by(w, F, S(403))),
-        case("include_images spelled 1", "alice", "DELETE", format!("{}?include_images=1", b("alice_public")), None, by(w, F, S(403))),
+        case(
+            "private board: other user",
+            "bob",
+            "GET",
+            b("alice_private"),
+            None,
+            S(403),
+        ),
+        case(
+            "private board: owner",
+            "alice",
+            "GET",
+            b("alice_private"),
+            None,
+            F,
+        ),
+        case(
+            "private board: admin",
+            "admin",
+            "GET",
+            b("alice_private"),
+            None,
+            F,
+        ),
+        case(
+            "shared board: other user reads",
+            "bob",
+            "GET",
+            b("alice_shared"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "unknown board is 404",
+            "bob",
+            "GET",
+            "/api/v1/boards/no-such-board",
+            None,
+            S(404),
+        ),
+        case(
+            "private board image names",
+            "bob",
+            "GET",
+            format!("{}/image_names", b("alice_private")),
+            None,
+            S(403),
+        ),
+        case(
+            "visibility change by non-owner",
+            "bob",
+            "PATCH",
+            b("alice_shared"),
+            Some(json!({"board_visibility": "public"})),
+            S(403),
+        ),
+        case(
+            "visibility change by owner",
+            "alice",
+            "PATCH",
+            b("alice_shared"),
+            Some(json!({"board_visibility": "public"})),
+            F,
+        ),
+        case(
+            "delete foreign public board",
+            "bob",
+            "DELETE",
+            b("alice_public"),
+            None,
+            S(403),
+        ),
+        case(
+            "owner deletes board keeping images",
+            "alice",
+            "DELETE",
+            b("alice_public"),
+            None,
+            F,
+        ),
+        case(
+            "owner deletes public board with contributions' images (hole 4)",
+            "alice",
+            "DELETE",
+            format!("{}?include_images=true", b("alice_public")),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "include_images spelled 1",
+            "alice",
+            "DELETE",
+            format!("{}?include_images=1", b("alice_public")),
+            None,
+            by(w, F, S(403)),
+        ),
         // board_images
-        case("shared-board write bypass: POST /board_images/ onto shared board", "bob", "POST", "/api/v1/board_images/", Some(move_to("alice_shared", "bob_uncat_1")), S(403)),
-        case("contribute own image to public board", "bob", "POST", "/api/v1/board_images/", Some(move_to("alice_public", "bob_uncat_1")), by(w, F, S(403))),
-        case("reassignment escalation: board owner pulls a foreign image", "alice", "POST", "/api/v1/board_images/", Some(move_to("alice_public", "bob_uncat_1")), S(403)),
-        case("move onto a private foreign board", "bob", "POST", "/api/v1/board_images/", Some(move_to("alice_private", "bob_uncat_1")), S(403)),
-        case("move onto unknown board", "bob", "POST", "/api/v1/board_images/", Some(json!({"board_id": "nope", "image_name": w.img("bob_uncat_1")})), S(404)),
-        case("batch move with a foreign image", "alice", "POST", "/api/v1/board_images/batch", Some(json!({"board_id": w.board("alice_private"), "image_names": [w.img("alice_uncat_1"), w.img("bob_uncat_1")]})), S(403)),
-        case("remove image from shared board by stranger", "bob", "DELETE", "/api/v1/board_images/", Some(json!({"image_name": w.img("alice_shared_1")})), S(403)),
-        case("remove image from own board", "alice", "DELETE", "/api/v1/board_images/", Some(json!({"image_name": w.img("alice_shared_1")})), F),
-        case("batch remove from foreign private board", "carol", "POST", "/api/v1/board_images/batch/delete", Some(json!({"image_names": [w.img("bob_private_1")]})), S(403)),
+        case(
+            "shared-board write bypass: POST /board_images/ onto shared board",
+            "bob",
+            "POST",
+            "/api/v1/board_images/",
+            Some(move_to("alice_shared", "bob_uncat_1")),
+            S(403),
+        ),
+        case(
+            "contribute own image to public board",
+            "bob",
+            "POST",
+            "/api/v1/board_images/",
+            Some(move_to("alice_public", "bob_uncat_1")),
+            by(w, F, S(403)),
+        ),
+        case(
+            "reassignment escalation: board owner pulls a foreign image",
+            "alice",
+            "POST",
+            "/api/v1/board_images/",
+            Some(move_to("alice_public", "bob_uncat_1")),
+            S(403),
+        ),
+        case(
+            "move onto a private foreign board",
+            "bob",
+            "POST",
+            "/api/v1/board_images/",
+            Some(move_to("alice_private", "bob_uncat_1")),
+            S(403),
+        ),
+        case(
+            "move onto unknown board",
+            "bob",
+            "POST",
+            "/api/v1/board_images/",
+            Some(json!({"board_id": "nope", "image_name": w.img("bob_uncat_1")})),
+            S(404),
+        ),
+        case(
+            "batch move with a foreign image",
+            "alice",
+            "POST",
+            "/api/v1/board_images/batch",
+            Some(
+                json!({"board_id": w.board("alice_private"), "image_names": [w.img("alice_uncat_1"), w.img("bob_uncat_1")]}),
+            ),
+            S(403),
+        ),
+        case(
+            "remove image from shared board by stranger",
+            "bob",
+            "DELETE",
+            "/api/v1/board_images/",
+            Some(json!({"image_name": w.img("alice_shared_1")})),
+            S(403),
+        ),
+        case(
+            "remove image from own board",
+            "alice",
+            "DELETE",
+            "/api/v1/board_images/",
+            Some(json!({"image_name": w.img("alice_shared_1")})),
+            F,
+        ),
+        case(
+            "batch remove from foreign private board",
+            "carol",
+            "POST",
+            "/api/v1/board_images/batch/delete",
+            Some(json!({"image_names": [w.img("bob_private_1")]})),
+            S(403),
+        ),
         // Uploads
-        case("public-board upload by another user", "bob", "POST", format!("/api/v1/images/upload?board_id={}", w.board("alice_public")), None, by(w, F, S(403))),
-        case("upload into a shared board", "bob", "POST", format!("/api/v1/images/upload?board_id={}", w.board("alice_shared")), None, S(403)),
-        case("upload into a private foreign board (hole 16)", "bob", "POST", format!("/api/v1/images/upload?board_id={}", w.board("alice_private")), None, S(403)),
-        case("upload uncategorized", "bob", "POST", "/api/v1/images/upload", None, F),
+        case(
+            "public-board upload by another user",
+            "bob",
+            "POST",
+            format!("/api/v1/images/upload?board_id={}", w.board("alice_public")),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "upload into a shared board",
+            "bob",
+            "POST",
+            format!("/api/v1/images/upload?board_id={}", w.board("alice_shared")),
+            None,
+            S(403),
+        ),
+        case(
+            "upload into a private foreign board (hole 16)",
+            "bob",
+            "POST",
+            format!(
+                "/api/v1/images/upload?board_id={}",
+                w.board("alice_private")
+            ),
+            None,
+            S(403),
+        ),
+        case(
+            "upload uncategorized",
+            "bob",
+            "POST",
+            "/api/v1/images/upload",
+            None,
+            F,
+        ),
     ]
 }
 
@@ -272,18 +866,102 @@ fn workflow_cases(w: &World) -> Vec<Case> {
     let wf = |role: &str| format!("/api/v1/workflows/i/{}", w.wf(role));
     // 6.12 has no owners: unknown-owner workflows are readable by all, writable by admins only.
     vec![
-        case("private workflow: other user", "bob", "GET", wf("wf_alice_private"), None, by(w, S(403), F)),
-        case("private workflow thumbnail (reviewer finding)", "bob", "GET", format!("{}/thumbnail", wf("wf_alice_private")), None, by(w, S(403), F)),
-        case("private workflow: owner", "alice", "GET", wf("wf_alice_private"), None, F),
-        case("shared workflow: other user reads", "bob", "GET", wf("wf_alice_shared"), None, F),
-        case("default workflow: anyone reads", "carol", "GET", wf("wf_default_example"), None, F),
-        case("unknown workflow is 404", "bob", "GET", "/api/v1/workflows/i/no-such-workflow", None, S(404)),
-        case("shared workflow: other user may not delete", "bob", "DELETE", wf("wf_alice_shared"), None, S(403)),
-        case("owner deletes own workflow", "alice", "DELETE", wf("wf_alice_private"), None, by(w, F, S(403))),
-        case("admin deletes any workflow", "admin", "DELETE", wf("wf_alice_private"), None, F),
-        case("PATCH authorizes the body id, not the path id", "bob", "PATCH", wf("wf_bob_private"), Some(json!({"workflow": {"id": w.wf("wf_alice_private")}})), S(403)),
-        case("opened_at by a non-owner", "bob", "PUT", format!("{}/opened_at", wf("wf_alice_shared")), None, S(403)),
-        case("workflow listing needs a login (hole 19)", "anon", "GET", "/api/v1/workflows/", None, S(401)),
+        case(
+            "private workflow: other user",
+            "bob",
+            "GET",
+            wf("wf_alice_private"),
+            None,
+            by(w, S(403), F),
+        ),
+        case(
+            "private workflow thumbnail (reviewer finding)",
+            "bob",
+            "GET",
+            format!("{}/thumbnail", wf("wf_alice_private")),
+            None,
+            by(w, S(403), F),
+        ),
+        case(
+            "private workflow: owner",
+            "alice",
+            "GET",
+            wf("wf_alice_private"),
+            None,
+            F,
+        ),
+        case(
+            "shared workflow: other user reads",
+            "bob",
+            "GET",
+            wf("wf_alice_shared"),
+            None,
+            F,
+        ),
+        case(
+            "default workflow: anyone reads",
+            "carol",
+            "GET",
+            wf("wf_default_example"),
+            None,
+            F,
+        ),
+        case(
+            "unknown workflow is 404",
+            "bob",
+            "GET",
+            "/api/v1/workflows/i/no-such-workflow",
+            None,
+            S(404),
+        ),
+        case(
+            "shared workflow: other user may not delete",
+            "bob",
+            "DELETE",
+            wf("wf_alice_shared"),
+            None,
+            S(403),
+        ),
+        case(
+            "owner deletes own workflow",
+            "alice",
+            "DELETE",
+            wf("wf_alice_private"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "admin deletes any workflow",
+            "admin",
+            "DELETE",
+            wf("wf_alice_private"),
+            None,
+            F,
+        ),
+        case(
+            "PATCH authorizes the body id, not the path id",
+            "bob",
+            "PATCH",
+            wf("wf_bob_private"),
+            Some(json!({"workflow": {"id": w.wf("wf_alice_private")}})),
+            S(403),
+        ),
+        case(
+            "opened_at by a non-owner",
+            "bob",
+            "PUT",
+            format!("{}/opened_at", wf("wf_alice_shared")),
+            None,
+            S(403),
+        ),
+        case(
+            "workflow listing needs a login (hole 19)",
+            "anon",
+            "GET",
+            "/api/v1/workflows/",
+            None,
+            S(401),
+        ),
     ]
 }
 
@@ -293,18 +971,102 @@ fn queue_cases(w: &World) -> Vec<Case> {
     let foreign_data = json!({"batch": {"graph": {"id": "g", "nodes": {}, "edges": []}, "data": [[{"node_path": "n", "field_name": "image", "items": [{"image_name": w.img("bob_uncat_1")}]}]], "runs": 1}});
     let into_foreign_board = json!({"batch": {"graph": {"id": "g", "nodes": {"n": {"id": "n", "type": "blank_image", "board": {"board_id": w.board("bob_private")}}}, "edges": []}, "runs": 1}});
     vec![
-        case("enqueue reading own image", "alice", "POST", "/api/v1/queue/default/enqueue_batch", Some(own_graph), F),
-        case("enqueue reading a foreign private image (hole 5)", "alice", "POST", "/api/v1/queue/default/enqueue_batch", Some(foreign_graph), S(403)),
-        case("enqueue with a foreign image in batch data", "alice", "POST", "/api/v1/queue/default/enqueue_batch", Some(foreign_data), S(403)),
-        case("enqueue saving into a foreign board", "alice", "POST", "/api/v1/queue/default/enqueue_batch", Some(into_foreign_board), S(403)),
-        case("cancel a foreign queue item", "alice", "PUT", "/api/v1/queue/default/i/4/cancel", None, S(403)),
-        case("cancel own queue item", "bob", "PUT", "/api/v1/queue/default/i/4/cancel", None, F),
-        case("delete a foreign queue item", "alice", "DELETE", "/api/v1/queue/default/i/4", None, S(403)),
-        case("unknown queue item is 404", "alice", "DELETE", "/api/v1/queue/default/i/999", None, S(404)),
-        case("retry foreign items", "alice", "PUT", "/api/v1/queue/default/retry_items_by_id", Some(json!([4, 1])), S(403)),
-        case("retry own items", "alice", "PUT", "/api/v1/queue/default/retry_items_by_id", Some(json!([1, 2])), F),
-        case("queue current needs a login (hole 25)", "anon", "GET", "/api/v1/queue/default/current", None, S(401)),
-        case("pause processor is admin only", "bob", "PUT", "/api/v1/queue/default/processor/pause", None, S(403)),
+        case(
+            "enqueue reading own image",
+            "alice",
+            "POST",
+            "/api/v1/queue/default/enqueue_batch",
+            Some(own_graph),
+            F,
+        ),
+        case(
+            "enqueue reading a foreign private image (hole 5)",
+            "alice",
+            "POST",
+            "/api/v1/queue/default/enqueue_batch",
+            Some(foreign_graph),
+            S(403),
+        ),
+        case(
+            "enqueue with a foreign image in batch data",
+            "alice",
+            "POST",
+            "/api/v1/queue/default/enqueue_batch",
+            Some(foreign_data),
+            S(403),
+        ),
+        case(
+            "enqueue saving into a foreign board",
+            "alice",
+            "POST",
+            "/api/v1/queue/default/enqueue_batch",
+            Some(into_foreign_board),
+            S(403),
+        ),
+        case(
+            "cancel a foreign queue item",
+            "alice",
+            "PUT",
+            "/api/v1/queue/default/i/4/cancel",
+            None,
+            S(403),
+        ),
+        case(
+            "cancel own queue item",
+            "bob",
+            "PUT",
+            "/api/v1/queue/default/i/4/cancel",
+            None,
+            F,
+        ),
+        case(
+            "delete a foreign queue item",
+            "alice",
+            "DELETE",
+            "/api/v1/queue/default/i/4",
+            None,
+            S(403),
+        ),
+        case(
+            "unknown queue item is 404",
+            "alice",
+            "DELETE",
+            "/api/v1/queue/default/i/999",
+            None,
+            S(404),
+        ),
+        case(
+            "retry foreign items",
+            "alice",
+            "PUT",
+            "/api/v1/queue/default/retry_items_by_id",
+            Some(json!([4, 1])),
+            S(403),
+        ),
+        case(
+            "retry own items",
+            "alice",
+            "PUT",
+            "/api/v1/queue/default/retry_items_by_id",
+            Some(json!([1, 2])),
+            F,
+        ),
+        case(
+            "queue current needs a login (hole 25)",
+            "anon",
+            "GET",
+            "/api/v1/queue/default/current",
+            None,
+            S(401),
+        ),
+        case(
+            "pause processor is admin only",
+            "bob",
+            "PUT",
+            "/api/v1/queue/default/processor/pause",
+            None,
+            S(403),
+        ),
     ]
 }
 
@@ -313,31 +1075,206 @@ fn misc_cases(w: &World) -> Vec<Case> {
     let recall_foreign = json!({"control_layers": [{"image_name": w.img("bob_private_1")}]});
     let recall_own = json!({"positive_prompt": "x", "reference_images": [{"image_name": w.img("alice_uncat_1")}]});
     vec![
-        case("recall with a foreign image (hole 21)", "alice", "POST", "/api/v1/recall/default", Some(recall_foreign), S(403)),
-        case("recall with own image", "alice", "POST", "/api/v1/recall/default", Some(recall_own), F),
-        case("recall needs a login", "anon", "POST", "/api/v1/recall/default", Some(json!({})), S(401)),
-        case("model install jobs are admin only", "bob", "GET", "/api/v2/models/install", None, S(403)),
-        case("one model install job is admin only", "bob", "GET", "/api/v2/models/install/1", None, S(403)),
-        case("admin sees model install jobs", "admin", "GET", "/api/v2/models/install", None, F),
-        case("sync/orphaned models listing is admin only", "bob", "GET", "/api/v2/models/sync/orphaned", None, S(403)),
-        case("sync/orphaned models deletion is admin only", "bob", "DELETE", "/api/v2/models/sync/orphaned", Some(json!({"paths": ["/"]})), S(403)),
-        case("model list needs a login (hole 11)", "anon", "GET", "/api/v2/models/", None, S(401)),
-        case("model list for users", "bob", "GET", "/api/v2/models/", None, F),
-        case("scan_folder is admin only (hole 11)", "bob", "GET", "/api/v2/models/scan_folder?scan_path=/", None, S(403)),
-        case("runtime config needs a login (hole 10)", "anon", "GET", "/api/v1/app/runtime_config", None, S(401)),
-        case("logging level is admin only", "bob", "POST", "/api/v1/app/logging", Some(json!(10)), S(403)),
-        case("app version is public", "anon", "GET", "/api/v1/app/version", None, F),
-        case("download_queue is blocked (hole 12/24)", "admin", "GET", "/api/v1/download_queue/", None, S(404)),
-        case("download_queue job is blocked", "bob", "POST", "/api/v1/download_queue/i/", Some(json!({"source": "http://x", "dest": "/tmp"})), S(404)),
-        case("model relationship changes are admin only (hole 22)", "bob", "POST", "/api/v1/model_relationships/", Some(json!({"model_key_1": "a", "model_key_2": "b"})), S(403)),
-        case("dynamicprompts needs a login", "anon", "POST", "/api/v1/utilities/dynamicprompts", Some(json!({"prompt": "x"})), S(401)),
-        case("public style preset: other user reads", "bob", "GET", sp("sp_alice"), None, F),
-        case("private style preset: other user", "alice", "GET", sp("sp_bob"), None, by(w, S(403), F)),
-        case("style preset: other user may not delete", "bob", "DELETE", sp("sp_alice"), None, S(403)),
-        case("style preset: owner deletes", "carol", "DELETE", sp("sp_carol"), None, by(w, F, S(403))),
-        case("default style preset is immutable for users", "bob", "DELETE", sp("sp_default_example"), None, S(403)),
-        case("style preset export is admin only", "bob", "GET", "/api/v1/style_presets/export", None, S(403)),
-        case("unknown route is 404", "admin", "GET", "/api/v1/nothing", None, S(404)),
+        case(
+            "recall with a foreign image (hole 21)",
+            "alice",
+            "POST",
+            "/api/v1/recall/default",
+            Some(recall_foreign),
+            S(403),
+        ),
+        case(
+            "recall with own image",
+            "alice",
+            "POST",
+            "/api/v1/recall/default",
+            Some(recall_own),
+            F,
+        ),
+        case(
+            "recall needs a login",
+            "anon",
+            "POST",
+            "/api/v1/recall/default",
+            Some(json!({})),
+            S(401),
+        ),
+        case(
+            "model install jobs are admin only",
+            "bob",
+            "GET",
+            "/api/v2/models/install",
+            None,
+            S(403),
+        ),
+        case(
+            "one model install job is admin only",
+            "bob",
+            "GET",
+            "/api/v2/models/install/1",
+            None,
+            S(403),
+        ),
+        case(
+            "admin sees model install jobs",
+            "admin",
+            "GET",
+            "/api/v2/models/install",
+            None,
+            F,
+        ),
+        case(
+            "sync/orphaned models listing is admin only",
+            "bob",
+            "GET",
+            "/api/v2/models/sync/orphaned",
+            None,
+            S(403),
+        ),
+        case(
+            "sync/orphaned models deletion is admin only",
+            "bob",
+            "DELETE",
+            "/api/v2/models/sync/orphaned",
+            Some(json!({"paths": ["/"]})),
+            S(403),
+        ),
+        case(
+            "model list needs a login (hole 11)",
+            "anon",
+            "GET",
+            "/api/v2/models/",
+            None,
+            S(401),
+        ),
+        case(
+            "model list for users",
+            "bob",
+            "GET",
+            "/api/v2/models/",
+            None,
+            F,
+        ),
+        case(
+            "scan_folder is admin only (hole 11)",
+            "bob",
+            "GET",
+            "/api/v2/models/scan_folder?scan_path=/",
+            None,
+            S(403),
+        ),
+        case(
+            "runtime config needs a login (hole 10)",
+            "anon",
+            "GET",
+            "/api/v1/app/runtime_config",
+            None,
+            S(401),
+        ),
+        case(
+            "logging level is admin only",
+            "bob",
+            "POST",
+            "/api/v1/app/logging",
+            Some(json!(10)),
+            S(403),
+        ),
+        case(
+            "app version is public",
+            "anon",
+            "GET",
+            "/api/v1/app/version",
+            None,
+            F,
+        ),
+        case(
+            "download_queue is blocked (hole 12/24)",
+            "admin",
+            "GET",
+            "/api/v1/download_queue/",
+            None,
+            S(404),
+        ),
+        case(
+            "download_queue job is blocked",
+            "bob",
+            "POST",
+            "/api/v1/download_queue/i/",
+            Some(json!({"source": "http://x", "dest": "/tmp"})),
+            S(404),
+        ),
+        case(
+            "model relationship changes are admin only (hole 22)",
+            "bob",
+            "POST",
+            "/api/v1/model_relationships/",
+            Some(json!({"model_key_1": "a", "model_key_2": "b"})),
+            S(403),
+        ),
+        case(
+            "dynamicprompts needs a login",
+            "anon",
+            "POST",
+            "/api/v1/utilities/dynamicprompts",
+            Some(json!({"prompt": "x"})),
+            S(401),
+        ),
+        case(
+            "public style preset: other user reads",
+            "bob",
+            "GET",
+            sp("sp_alice"),
+            None,
+            F,
+        ),
+        case(
+            "private style preset: other user",
+            "alice",
+            "GET",
+            sp("sp_bob"),
+            None,
+            by(w, S(403), F),
+        ),
+        case(
+            "style preset: other user may not delete",
+            "bob",
+            "DELETE",
+            sp("sp_alice"),
+            None,
+            S(403),
+        ),
+        case(
+            "style preset: owner deletes",
+            "carol",
+            "DELETE",
+            sp("sp_carol"),
+            None,
+            by(w, F, S(403)),
+        ),
+        case(
+            "default style preset is immutable for users",
+            "bob",
+            "DELETE",
+            sp("sp_default_example"),
+            None,
+            S(403),
+        ),
+        case(
+            "style preset export is admin only",
+            "bob",
+            "GET",
+            "/api/v1/style_presets/export",
+            None,
+            S(403),
+        ),
+        case(
+            "unknown route is 404",
+            "admin",
+            "GET",
+            "/api/v1/nothing",
+            None,
+            S(404),
+        ),
     ]
 }
 
@@ -351,7 +1288,13 @@ async fn run_all(version: &'static str) {
     cases.extend(misc_cases(&w));
     // The zip cases need the guard to have recorded alice's request first.
     let t = w.token("alice").unwrap();
-    let r = send("POST", &w.g.url("/api/v1/images/download"), Some(&t), Some(json!({"image_names": [w.img("alice_uncat_1")]}))).await;
+    let r = send(
+        "POST",
+        &w.g.url("/api/v1/images/download"),
+        Some(&t),
+        Some(json!({"image_names": [w.img("alice_uncat_1")]})),
+    )
+    .await;
     assert_eq!(r.status, 200);
     w.run(cases).await;
 }
@@ -373,19 +1316,49 @@ async fn ledger_gives_6_12_workflows_and_presets_their_creator() {
     let bob = w.token("bob").unwrap();
     let wf = format!("/api/v1/workflows/i/{}", w.wf("wf_alice_private"));
     // Before the guard saw its creation: unknown owner, readable by all, writable by admins.
-    assert_eq!(send("GET", &w.g.url(&wf), Some(&bob), None).await.status, 200);
+    assert_eq!(
+        send("GET", &w.g.url(&wf), Some(&bob), None).await.status,
+        200
+    );
     // alice creates it through the guard (the mock answers with that workflow id).
-    let r = send("POST", &w.g.url("/api/v1/workflows/"), Some(&alice), Some(json!({"workflow": {"name": "x"}}))).await;
+    let r = send(
+        "POST",
+        &w.g.url("/api/v1/workflows/"),
+        Some(&alice),
+        Some(json!({"workflow": {"name": "x"}})),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(send("GET", &w.g.url(&wf), Some(&bob), None).await.status, 403);
-    assert_eq!(send("DELETE", &w.g.url(&wf), Some(&alice), None).await.status, 200);
+    assert_eq!(
+        send("GET", &w.g.url(&wf), Some(&bob), None).await.status,
+        403
+    );
+    assert_eq!(
+        send("DELETE", &w.g.url(&wf), Some(&alice), None)
+            .await
+            .status,
+        200
+    );
     // A later creation response cannot re-assign it.
-    let r = send("POST", &w.g.url("/api/v1/workflows/"), Some(&bob), Some(json!({"workflow": {"name": "y"}}))).await;
+    let r = send(
+        "POST",
+        &w.g.url("/api/v1/workflows/"),
+        Some(&bob),
+        Some(json!({"workflow": {"name": "y"}})),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(send("GET", &w.g.url(&wf), Some(&bob), None).await.status, 403);
+    assert_eq!(
+        send("GET", &w.g.url(&wf), Some(&bob), None).await.status,
+        403
+    );
     // The ledger survives a restart: a new guard on the same ledger file still knows.
-    let ledger = invoke_guard::ledger::Ledger::open(&w.g.ledger_dir.path().join("ledger.db")).unwrap();
-    let owner = ledger.workflow_owner(&w.wf("wf_alice_private")).await.unwrap();
+    let ledger =
+        invoke_guard::ledger::Ledger::open(&w.g.ledger_dir.path().join("ledger.db")).unwrap();
+    let owner = ledger
+        .workflow_owner(&w.wf("wf_alice_private"))
+        .await
+        .unwrap();
     assert_eq!(owner.as_deref(), w.m["users"]["alice"]["user_id"].as_str());
 }
 
@@ -394,19 +1367,31 @@ async fn visibility_change_is_seen_by_the_next_request() {
     let w = World::new("6.14.2").await;
     let bob = w.token("bob").unwrap();
     let path = format!("/api/v1/boards/{}", w.board("alice_private"));
-    assert_eq!(send("GET", &w.g.url(&path), Some(&bob), None).await.status, 403);
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&bob), None).await.status,
+        403
+    );
     let generation = w.g.state.facts.generation();
     // InvokeAI (another connection) commits a visibility change.
     let conn = rusqlite::Connection::open(&w._db.path).unwrap();
-    conn.execute("UPDATE boards SET board_visibility = 'shared' WHERE board_id = ?1", [w.board("alice_private")])
-        .unwrap();
+    conn.execute(
+        "UPDATE boards SET board_visibility = 'shared' WHERE board_id = ?1",
+        [w.board("alice_private")],
+    )
+    .unwrap();
     // Wait (bounded) for the guard's own signal: its facts generation moves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while w.g.state.facts.generation() == generation {
-        assert!(std::time::Instant::now() < deadline, "watcher never saw the commit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher never saw the commit"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(send("GET", &w.g.url(&path), Some(&bob), None).await.status, 200);
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&bob), None).await.status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -415,11 +1400,23 @@ async fn mutation_through_the_guard_invalidates_at_once() {
     let bob = w.token("bob").unwrap();
     let alice = w.token("alice").unwrap();
     let path = format!("/api/v1/boards/{}", w.board("alice_private"));
-    assert_eq!(send("GET", &w.g.url(&path), Some(&bob), None).await.status, 403);
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&bob), None).await.status,
+        403
+    );
     let generation = w.g.state.facts.generation();
-    let r = send("PATCH", &w.g.url(&path), Some(&alice), Some(json!({"board_visibility": "shared"}))).await;
+    let r = send(
+        "PATCH",
+        &w.g.url(&path),
+        Some(&alice),
+        Some(json!({"board_visibility": "shared"})),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert!(w.g.state.facts.generation() > generation, "a forwarded mutation must bump the generation before it answers");
+    assert!(
+        w.g.state.facts.generation() > generation,
+        "a forwarded mutation must bump the generation before it answers"
+    );
 }
 
 #[tokio::test]
@@ -427,25 +1424,42 @@ async fn locked_database_fails_closed() {
     let w = World::new("6.14.2").await;
     let alice = w.token("alice").unwrap();
     let path = format!("/api/v1/images/i/{}", w.img("alice_private_1"));
-    assert_eq!(send("GET", &w.g.url(&path), Some(&alice), None).await.status, 200);
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&alice), None)
+            .await
+            .status,
+        200
+    );
     let conn = rusqlite::Connection::open(&w._db.path).unwrap();
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE users SET display_name = display_name;")
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while w.g.state.facts.is_available() {
-        assert!(std::time::Instant::now() < deadline, "watcher never noticed the lock");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher never noticed the lock"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let before = w.up.count();
     let r = send("GET", &w.g.url(&path), Some(&alice), None).await;
     assert_eq!(r.status, 503);
     assert_eq!(w.up.count(), before);
-    conn.execute_batch("COMMIT; PRAGMA locking_mode = NORMAL; SELECT 1 FROM users LIMIT 1;").unwrap();
+    conn.execute_batch("COMMIT; PRAGMA locking_mode = NORMAL; SELECT 1 FROM users LIMIT 1;")
+        .unwrap();
     drop(conn);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !w.g.state.facts.is_available() {
-        assert!(std::time::Instant::now() < deadline, "never recovered after the lock");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered after the lock"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(send("GET", &w.g.url(&path), Some(&alice), None).await.status, 200);
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&alice), None)
+            .await
+            .status,
+        200
+    );
 }

@@ -80,9 +80,16 @@ async fn setup() -> (DbCopy, Mock, Guard, Value, String) {
 #[tokio::test]
 async fn canonicalization_corpus() {
     let (_db, up, g, _m, t) = setup().await;
-    let corpus = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/canonical.tsv")).unwrap();
+    let corpus = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/canonical.tsv"
+    ))
+    .unwrap();
     let mut cases = 0;
-    for line in corpus.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in corpus
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let (input, expected) = line.split_once('\t').unwrap();
         // Route every input under the public catch-all when it is an API path, keeping the test
         // about canonicalization rather than authentication.
@@ -99,7 +106,10 @@ async fn canonicalization_corpus() {
             assert_eq!(status, 200, "{input:?} should be forwarded; got {reply:?}");
             assert_eq!(up.last().unwrap().target, expected, "{input:?}");
             // Idempotence: the canonical form canonicalizes to itself.
-            assert_eq!(invoke_guard::canonical::canonical_path(expected).unwrap(), expected);
+            assert_eq!(
+                invoke_guard::canonical::canonical_path(expected).unwrap(),
+                expected
+            );
         }
         cases += 1;
     }
@@ -109,7 +119,12 @@ async fn canonicalization_corpus() {
 #[tokio::test]
 async fn no_rule_is_404_json_and_not_forwarded() {
     let (_db, up, g, _m, t) = setup().await;
-    for (method, path) in [("GET", "/nothing/here"), ("DELETE", "/"), ("GET", "/api"), ("PUT", "/open/x")] {
+    for (method, path) in [
+        ("GET", "/nothing/here"),
+        ("DELETE", "/"),
+        ("GET", "/api"),
+        ("PUT", "/open/x"),
+    ] {
         let r = send(method, &g.url(path), Some(&t), None).await;
         assert_eq!(r.status, 404, "{method} {path}");
         assert_eq!(r.json(), json!({"detail": "Not Found"}));
@@ -159,7 +174,10 @@ async fn spoofable_and_hop_by_hop_headers_are_stripped_and_forwarding_set() {
             ("connection", "x-drop-me"),
             ("x-drop-me", "1"),
             ("x-keep-me", "1"),
-            ("cookie", "a=1; invoke_guard_session=zzz; invokeai_media_token=yyy"),
+            (
+                "cookie",
+                "a=1; invoke_guard_session=zzz; invokeai_media_token=yyy",
+            ),
         ],
     )
     .await;
@@ -168,7 +186,15 @@ async fn spoofable_and_hop_by_hop_headers_are_stripped_and_forwarding_set() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(h.get("x-forwarded-host").is_some());
-    for gone in ["x_forwarded_for", "forwarded", "x-real-ip", "x-user-id", "x.user.id", "x-remote-user", "x-drop-me"] {
+    for gone in [
+        "x_forwarded_for",
+        "forwarded",
+        "x-real-ip",
+        "x-user-id",
+        "x.user.id",
+        "x-remote-user",
+        "x-drop-me",
+    ] {
         assert!(h.get(gone).is_none(), "{gone} reached the upstream");
     }
     assert_eq!(h["x-keep-me"], "1");
@@ -186,7 +212,10 @@ async fn public_routes_drop_credentials() {
 #[tokio::test]
 async fn upstream_down_is_502_json() {
     let db = copy_fixture("invokeai-6.14.2-rich.db");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let g = guard(ROUTES, &db.path, &format!("http://{dead}")).await;
     let r = send("GET", &g.url("/open/x"), None, None).await;
     assert_eq!(r.status, 502);
@@ -219,21 +248,50 @@ async fn body_checks_read_json_and_oversize_is_413() {
     let alice_public = m["boards"]["alice_public"]["board_id"].as_str().unwrap();
     let alice_img = m["images"]["alice_uncat_1"]["image_name"].as_str().unwrap();
     let bob_img = m["images"]["bob_uncat_1"]["image_name"].as_str().unwrap();
-    let ok = send("POST", &g.url("/x/board_images/"), Some(&t), Some(json!({"board_id": alice_public, "image_name": alice_img}))).await;
+    let ok = send(
+        "POST",
+        &g.url("/x/board_images/"),
+        Some(&t),
+        Some(json!({"board_id": alice_public, "image_name": alice_img})),
+    )
+    .await;
     assert_eq!(ok.status, 200);
     let seen = up.last().unwrap();
     let forwarded: Value = serde_json::from_slice(&seen.body).unwrap();
-    assert_eq!(forwarded["image_name"], alice_img, "the buffered body is forwarded intact");
+    assert_eq!(
+        forwarded["image_name"], alice_img,
+        "the buffered body is forwarded intact"
+    );
     let n = up.count();
-    let denied = send("POST", &g.url("/x/board_images/"), Some(&t), Some(json!({"board_id": alice_public, "image_name": bob_img}))).await;
+    let denied = send(
+        "POST",
+        &g.url("/x/board_images/"),
+        Some(&t),
+        Some(json!({"board_id": alice_public, "image_name": bob_img})),
+    )
+    .await;
     assert_eq!(denied.status, 403);
-    let missing = send("POST", &g.url("/x/board_images/"), Some(&t), Some(json!({"image_name": alice_img}))).await;
+    let missing = send(
+        "POST",
+        &g.url("/x/board_images/"),
+        Some(&t),
+        Some(json!({"image_name": alice_img})),
+    )
+    .await;
     assert_eq!(missing.status, 422);
-    let bad_json = send_with("POST", &g.url("/x/board_images/"), Some(&t), None, &[("content-type", "application/json")]).await;
+    let bad_json = send_with(
+        "POST",
+        &g.url("/x/board_images/"),
+        Some(&t),
+        None,
+        &[("content-type", "application/json")],
+    )
+    .await;
     assert_eq!(bad_json.status, 422);
     assert_eq!(up.count(), n, "denied requests must not reach the upstream");
     // Over the limit: 413, declared or streamed.
-    let raw_cfg: invoke_guard::config::RawConfig = toml::from_str("[limits]\nmax_body_bytes = 64\n").unwrap();
+    let raw_cfg: invoke_guard::config::RawConfig =
+        toml::from_str("[limits]\nmax_body_bytes = 64\n").unwrap();
     let db2 = copy_fixture("invokeai-6.14.2-rich.db");
     let g2 = guard_with(ROUTES, &db2.path, &up.url(), raw_cfg).await;
     let big = json!({"board_id": alice_public, "image_name": "x".repeat(200)});
@@ -253,11 +311,18 @@ async fn refreshed_tokens_are_reminted_with_current_role() {
     let st = stale_token.clone();
     let responder: Responder = Arc::new(move |_| {
         let mut r = ok_json(json!({"ok": true}));
-        r.headers_mut().insert("x-refreshed-token", st.parse().unwrap());
+        r.headers_mut()
+            .insert("x-refreshed-token", st.parse().unwrap());
         r
     });
     let (_db, _up, g, _m, _t) = setup_with(Some(responder)).await;
-    let r = send("POST", &g.url("/api/v1/anything"), Some(&stale_token), Some(json!({}))).await;
+    let r = send(
+        "POST",
+        &g.url("/api/v1/anything"),
+        Some(&stale_token),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let refreshed = r.headers["x-refreshed-token"].to_str().unwrap();
     let (claims, _) = invoke_guard::identity::verify(refreshed, &secret).unwrap();
@@ -268,11 +333,18 @@ async fn refreshed_tokens_are_reminted_with_current_role() {
 async fn forged_refreshed_token_is_dropped() {
     let responder: Responder = Arc::new(|_| {
         let mut r = ok_json(json!({"ok": true}));
-        r.headers_mut().insert("x-refreshed-token", "not.a.token".parse().unwrap());
+        r.headers_mut()
+            .insert("x-refreshed-token", "not.a.token".parse().unwrap());
         r
     });
     let (_db, _up, g, _m, t) = setup_with(Some(responder)).await;
-    let r = send("POST", &g.url("/api/v1/anything"), Some(&t), Some(json!({}))).await;
+    let r = send(
+        "POST",
+        &g.url("/api/v1/anything"),
+        Some(&t),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.headers.get("x-refreshed-token").is_none());
 }
@@ -282,8 +354,10 @@ fn switching() -> Responder {
         if seen.headers.get("upgrade").is_some() {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-            r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
             r
         } else {
             ok_json(json!({"upgrade": false}))
@@ -299,12 +373,20 @@ async fn websocket_upgrade_needs_identity_and_tunnels_only_after_101() {
     let anonymous = raw(g.addr, format!("{WS_REQUEST}\r\n").as_bytes()).await;
     assert_eq!(raw_status(&anonymous), 401);
     assert_eq!(up.count(), 0);
-    let authed = raw(g.addr, format!("{WS_REQUEST}Authorization: Bearer {t}\r\n\r\n").as_bytes()).await;
+    let authed = raw(
+        g.addr,
+        format!("{WS_REQUEST}Authorization: Bearer {t}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(raw_status(&authed), 101, "{authed}");
     let seen = up.last().unwrap();
     assert_eq!(seen.headers["upgrade"], "websocket");
     // The session cookie is also accepted on the socket handshake (the web UI sends no header).
-    let cookie = raw(g.addr, format!("{WS_REQUEST}Cookie: invoke_guard_session={t}\r\n\r\n").as_bytes()).await;
+    let cookie = raw(
+        g.addr,
+        format!("{WS_REQUEST}Cookie: invoke_guard_session={t}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(raw_status(&cookie), 101);
 }
 
@@ -336,7 +418,10 @@ async fn smuggling_attempts_are_refused_and_not_forwarded() {
     for (name, req) in cases {
         let reply = raw(g.addr, req.as_bytes()).await;
         let status = raw_status(&reply);
-        assert!(status == 400 || status == 431 || status == 0, "{name}: got {reply:?}");
+        assert!(
+            status == 400 || status == 431 || status == 0,
+            "{name}: got {reply:?}"
+        );
         assert_eq!(up.count(), 0, "{name} reached the upstream");
     }
     // The guard is still healthy afterwards.
@@ -349,19 +434,30 @@ async fn database_gone_means_503_never_forward() {
     let (db, up, g, m, t) = setup().await;
     let bob = token_for(&m, "bob");
     // Warm the cache with a request that needs facts.
-    assert_eq!(send("GET", &g.url("/api/v1/x"), Some(&t), None).await.status, 200);
+    assert_eq!(
+        send("GET", &g.url("/api/v1/x"), Some(&t), None)
+            .await
+            .status,
+        200
+    );
     std::fs::remove_file(&db.path).unwrap();
     // Wait (bounded) for the guard's own signal that the database is unavailable.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while g.state.facts.is_available() {
-        assert!(std::time::Instant::now() < deadline, "watcher never noticed the missing database");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher never noticed the missing database"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let n = up.count();
     for token in [&t, &bob] {
         let r = send("GET", &g.url("/api/v1/x"), Some(token), None).await;
         assert_eq!(r.status, 503);
-        assert!(!r.detail().contains(db.path.to_str().unwrap()), "503 must not leak paths");
+        assert!(
+            !r.detail().contains(db.path.to_str().unwrap()),
+            "503 must not leak paths"
+        );
     }
     assert_eq!(up.count(), n);
 }

@@ -63,7 +63,11 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let _permit = self.permits.acquire().await.map_err(|_| FactsError::Closed)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| FactsError::Closed)?;
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let pooled = db.idle.lock().expect("pool lock").pop();
@@ -98,12 +102,16 @@ pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection,
     );
     let conn = Connection::open_with_flags(
         uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "query_only", true)?;
     // Touch the schema now so an unreadable or non-database file fails here, not later.
-    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
     Ok(conn)
 }
 
@@ -137,7 +145,11 @@ pub fn jwt_secret(conn: &Connection) -> rusqlite::Result<Option<String>> {
         .optional()
 }
 
-pub fn user(conn: &Connection, schema: &Schema, user_id: &str) -> rusqlite::Result<Option<UserFact>> {
+pub fn user(
+    conn: &Connection,
+    schema: &Schema,
+    user_id: &str,
+) -> rusqlite::Result<Option<UserFact>> {
     let sql = if schema.has_token_epoch {
         "SELECT is_active, is_admin, token_epoch, email FROM users WHERE user_id = ?1"
     } else {
@@ -160,11 +172,19 @@ pub fn active_admin_count(conn: &Connection) -> rusqlite::Result<i64> {
         .query_row([], |r| r.get(0))
 }
 
-pub fn image(conn: &Connection, schema: &Schema, name: &str) -> rusqlite::Result<Option<ImageFact>> {
+pub fn image(
+    conn: &Connection,
+    schema: &Schema,
+    name: &str,
+) -> rusqlite::Result<Option<ImageFact>> {
     media(conn, schema, name, "images", "image_name", "board_images")
 }
 
-pub fn video(conn: &Connection, schema: &Schema, name: &str) -> rusqlite::Result<Option<ImageFact>> {
+pub fn video(
+    conn: &Connection,
+    schema: &Schema,
+    name: &str,
+) -> rusqlite::Result<Option<ImageFact>> {
     media(conn, schema, name, "videos", "video_name", "board_videos")
 }
 
@@ -185,7 +205,9 @@ fn media(
     conn.prepare_cached(&sql)?
         .query_row([name], |r| {
             Ok(ImageFact {
-                owner: r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into()),
+                owner: r
+                    .get::<_, Option<String>>(0)?
+                    .unwrap_or_else(|| "system".into()),
                 board: board_from_row(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
             })
         })
@@ -198,12 +220,18 @@ pub fn board(conn: &Connection, schema: &Schema, id: &str) -> rusqlite::Result<O
         vis = visibility_column(schema)
     );
     conn.prepare_cached(&sql)?
-        .query_row([id], |r| Ok(board_from_row(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([id], |r| {
+            Ok(board_from_row(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()
         .map(Option::flatten)
 }
 
-pub fn workflow(conn: &Connection, schema: &Schema, id: &str) -> rusqlite::Result<Option<WorkflowFact>> {
+pub fn workflow(
+    conn: &Connection,
+    schema: &Schema,
+    id: &str,
+) -> rusqlite::Result<Option<WorkflowFact>> {
     let sql = if schema.has_workflow_owner {
         "SELECT user_id, is_public, category FROM workflow_library WHERE workflow_id = ?1"
     } else {
@@ -220,7 +248,11 @@ pub fn workflow(conn: &Connection, schema: &Schema, id: &str) -> rusqlite::Resul
         .optional()
 }
 
-pub fn queue_item(conn: &Connection, schema: &Schema, id: i64) -> rusqlite::Result<Option<QueueItemFact>> {
+pub fn queue_item(
+    conn: &Connection,
+    schema: &Schema,
+    id: i64,
+) -> rusqlite::Result<Option<QueueItemFact>> {
     let sql = if schema.has_queue_root {
         "SELECT c.user_id, c.queue_id, r.user_id FROM session_queue c \
          LEFT JOIN session_queue r ON r.item_id = COALESCE(c.root_item_id, c.item_id) WHERE c.item_id = ?1"
@@ -229,9 +261,13 @@ pub fn queue_item(conn: &Connection, schema: &Schema, id: i64) -> rusqlite::Resu
     };
     conn.prepare_cached(sql)?
         .query_row([id], |r| {
-            let owner: String = r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into());
+            let owner: String = r
+                .get::<_, Option<String>>(0)?
+                .unwrap_or_else(|| "system".into());
             Ok(QueueItemFact {
-                root_owner: r.get::<_, Option<String>>(2)?.unwrap_or_else(|| owner.clone()),
+                root_owner: r
+                    .get::<_, Option<String>>(2)?
+                    .unwrap_or_else(|| owner.clone()),
                 owner,
                 queue_id: r.get(1)?,
             })
@@ -243,9 +279,13 @@ pub fn preset(conn: &Connection, id: &str) -> rusqlite::Result<Option<PresetFact
     conn.prepare_cached("SELECT user_id, is_public, type FROM style_presets WHERE id = ?1")?
         .query_row([id], |r| {
             Ok(PresetFact {
-                owner: r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into()),
+                owner: r
+                    .get::<_, Option<String>>(0)?
+                    .unwrap_or_else(|| "system".into()),
                 is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
-                kind: r.get::<_, Option<String>>(2)?.unwrap_or_else(|| "user".into()),
+                kind: r
+                    .get::<_, Option<String>>(2)?
+                    .unwrap_or_else(|| "user".into()),
             })
         })
         .optional()
@@ -255,7 +295,9 @@ pub fn system_prompt(conn: &Connection, id: &str) -> rusqlite::Result<Option<Sys
     conn.prepare_cached("SELECT user_id, is_public FROM system_prompts WHERE id = ?1")?
         .query_row([id], |r| {
             Ok(SystemPromptFact {
-                owner: r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "system".into()),
+                owner: r
+                    .get::<_, Option<String>>(0)?
+                    .unwrap_or_else(|| "system".into()),
                 is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
             })
         })

@@ -190,7 +190,11 @@ pub struct Facts {
 impl Facts {
     /// Open the database, detect its schema and start the change watcher.
     pub fn open(config: &FactsConfig) -> Result<Self, FactsError> {
-        let db = Arc::new(Db::open(&config.db_path, config.pool_size, config.busy_timeout)?);
+        let db = Arc::new(Db::open(
+            &config.db_path,
+            config.pool_size,
+            config.busy_timeout,
+        )?);
         let schema = {
             let conn = db.connect()?;
             Schema::detect(&conn)?
@@ -258,7 +262,9 @@ impl Facts {
         F: FnOnce(&rusqlite::Connection, &Schema) -> rusqlite::Result<Fact> + Send + 'static,
     {
         if !self.is_available() {
-            return Err(FactsError::Unavailable(self.shared.unavailable_reason.load().to_string()));
+            return Err(FactsError::Unavailable(
+                self.shared.unavailable_reason.load().to_string(),
+            ));
         }
         let current = self.generation();
         if let Some(hit) = self.cache.get(&key).await {
@@ -292,7 +298,11 @@ impl Facts {
     pub async fn jwt_secret(&self) -> Result<Arc<str>, FactsError> {
         let fact = self
             .get(FactKey::JwtSecret, |c, _| {
-                Ok(Fact::Secret(db::jwt_secret(c)?.map(Arc::from).unwrap_or_else(|| Arc::from(""))))
+                Ok(Fact::Secret(
+                    db::jwt_secret(c)?
+                        .map(Arc::from)
+                        .unwrap_or_else(|| Arc::from("")),
+                ))
             })
             .await?;
         match fact {
@@ -304,7 +314,12 @@ impl Facts {
     /// A user row.
     pub async fn user(&self, user_id: &str) -> Result<Option<UserFact>, FactsError> {
         let id = user_id.to_owned();
-        match self.get(FactKey::User(id.clone()), move |c, s| Ok(Fact::User(db::user(c, s, &id)?))).await? {
+        match self
+            .get(FactKey::User(id.clone()), move |c, s| {
+                Ok(Fact::User(db::user(c, s, &id)?))
+            })
+            .await?
+        {
             Fact::User(u) => Ok(u),
             _ => unreachable!("key kind fixes the fact kind"),
         }
@@ -313,7 +328,12 @@ impl Facts {
     /// An image with its board.
     pub async fn image(&self, name: &str) -> Result<Option<ImageFact>, FactsError> {
         let id = name.to_owned();
-        match self.get(FactKey::Image(id.clone()), move |c, s| Ok(Fact::Image(db::image(c, s, &id)?))).await? {
+        match self
+            .get(FactKey::Image(id.clone()), move |c, s| {
+                Ok(Fact::Image(db::image(c, s, &id)?))
+            })
+            .await?
+        {
             Fact::Image(f) => Ok(f),
             _ => unreachable!("key kind fixes the fact kind"),
         }
@@ -325,7 +345,12 @@ impl Facts {
             return Ok(None);
         }
         let id = name.to_owned();
-        match self.get(FactKey::Video(id.clone()), move |c, s| Ok(Fact::Image(db::video(c, s, &id)?))).await? {
+        match self
+            .get(FactKey::Video(id.clone()), move |c, s| {
+                Ok(Fact::Image(db::video(c, s, &id)?))
+            })
+            .await?
+        {
             Fact::Image(f) => Ok(f),
             _ => unreachable!("key kind fixes the fact kind"),
         }
@@ -334,7 +359,12 @@ impl Facts {
     /// A board.
     pub async fn board(&self, board_id: &str) -> Result<Option<BoardFact>, FactsError> {
         let id = board_id.to_owned();
-        match self.get(FactKey::Board(id.clone()), move |c, s| Ok(Fact::Board(db::board(c, s, &id)?))).await? {
+        match self
+            .get(FactKey::Board(id.clone()), move |c, s| {
+                Ok(Fact::Board(db::board(c, s, &id)?))
+            })
+            .await?
+        {
             Fact::Board(f) => Ok(f),
             _ => unreachable!("key kind fixes the fact kind"),
         }
@@ -344,7 +374,9 @@ impl Facts {
     pub async fn workflow(&self, workflow_id: &str) -> Result<Option<WorkflowFact>, FactsError> {
         let id = workflow_id.to_owned();
         match self
-            .get(FactKey::Workflow(id.clone()), move |c, s| Ok(Fact::Workflow(db::workflow(c, s, &id)?)))
+            .get(FactKey::Workflow(id.clone()), move |c, s| {
+                Ok(Fact::Workflow(db::workflow(c, s, &id)?))
+            })
             .await?
         {
             Fact::Workflow(f) => Ok(f),
@@ -355,7 +387,9 @@ impl Facts {
     /// A queue item.
     pub async fn queue_item(&self, item_id: i64) -> Result<Option<QueueItemFact>, FactsError> {
         match self
-            .get(FactKey::QueueItem(item_id), move |c, s| Ok(Fact::QueueItem(db::queue_item(c, s, item_id)?)))
+            .get(FactKey::QueueItem(item_id), move |c, s| {
+                Ok(Fact::QueueItem(db::queue_item(c, s, item_id)?))
+            })
             .await?
         {
             Fact::QueueItem(f) => Ok(f),
@@ -366,7 +400,12 @@ impl Facts {
     /// A style preset.
     pub async fn preset(&self, id: &str) -> Result<Option<PresetFact>, FactsError> {
         let key = id.to_owned();
-        match self.get(FactKey::Preset(key.clone()), move |c, _| Ok(Fact::Preset(db::preset(c, &key)?))).await? {
+        match self
+            .get(FactKey::Preset(key.clone()), move |c, _| {
+                Ok(Fact::Preset(db::preset(c, &key)?))
+            })
+            .await?
+        {
             Fact::Preset(f) => Ok(f),
             _ => unreachable!("key kind fixes the fact kind"),
         }
@@ -392,7 +431,9 @@ impl Facts {
     /// How many active admins exist (never cached: the last-admin guard needs the truth).
     pub async fn active_admin_count(&self) -> Result<i64, FactsError> {
         if !self.is_available() {
-            return Err(FactsError::Unavailable(self.shared.unavailable_reason.load().to_string()));
+            return Err(FactsError::Unavailable(
+                self.shared.unavailable_reason.load().to_string(),
+            ));
         }
         self.db.with(db::active_admin_count).await
     }

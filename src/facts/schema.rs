@@ -48,7 +48,11 @@ impl Schema {
             Ok(false)
         };
         let migration_version = if table_exists("migrations")? {
-            conn.query_row("SELECT COALESCE(MAX(version), 0) FROM migrations", [], |r| r.get(0))?
+            conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM migrations",
+                [],
+                |r| r.get(0),
+            )?
         } else {
             0
         };
@@ -86,7 +90,9 @@ impl Schema {
             // Fixes 2 and 4 of the hole list landed in 6.14 (schema 33).
             "scopes_image_lists" | "scopes_board_deletes" => self.migration_version >= 33,
             // 6.13 scopes uncategorized deletes, queue sanitizing and preset lists by owner.
-            "scopes_uncategorized_deletes" | "sanitizes_queue" | "scopes_preset_lists" => self.has_board_visibility,
+            "scopes_uncategorized_deletes" | "sanitizes_queue" | "scopes_preset_lists" => {
+                self.has_board_visibility
+            }
             "scopes_workflow_lists" => self.has_workflow_owner,
             _ => return None,
         })

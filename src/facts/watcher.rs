@@ -44,7 +44,9 @@ fn run(facts: Facts, interval: Duration) {
                     last = None;
                     continue;
                 }
-                let schema_moved = last.as_ref().is_none_or(|l| l.schema_version != now.schema_version);
+                let schema_moved = last
+                    .as_ref()
+                    .is_none_or(|l| l.schema_version != now.schema_version);
                 if schema_moved {
                     if let Some(c) = conn.as_ref() {
                         match Schema::detect(c) {
@@ -93,7 +95,9 @@ fn poll(facts: &Facts, conn: &mut Option<Connection>) -> Result<Observed, String
     let c = conn.as_ref().expect("connection just opened");
     let read = || -> rusqlite::Result<(i64, i64)> {
         // A real read, so a lock that would block fact queries is noticed here too.
-        c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+        c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
         let data_version = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let schema_version = c.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         Ok((data_version, schema_version))

@@ -22,7 +22,9 @@ use invoke_guard::config::{self, Overrides, RawConfig};
 use invoke_guard::state::AppState;
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A writable copy of a fixture database in a temp dir (kept alive by the returned guard).
@@ -44,12 +46,16 @@ pub fn copy_fixture(name: &str) -> DbCopy {
 
 /// The JSON manifest of a rich fixture.
 pub fn manifest(version: &str) -> Value {
-    let text = std::fs::read_to_string(fixture_path(&format!("invokeai-{version}-rich.json"))).unwrap();
+    let text =
+        std::fs::read_to_string(fixture_path(&format!("invokeai-{version}-rich.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn sign(claims: &Value, secret: &str) -> String {
@@ -113,7 +119,8 @@ impl Mock {
 
 pub fn ok_json(v: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -126,7 +133,9 @@ pub async fn mock(responder: Option<Responder>) -> Mock {
     let seen2 = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let seen = seen2.clone();
             let responder = responder.clone();
             tokio::spawn(async move {
@@ -135,10 +144,18 @@ pub async fn mock(responder: Option<Responder>) -> Mock {
                     let responder = responder.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
                         let s = Seen {
                             method: parts.method,
-                            target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                            target: parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
                             headers: parts.headers,
                             body,
                         };
@@ -240,7 +257,10 @@ impl Reply {
     }
 
     pub fn detail(&self) -> String {
-        self.json()["detail"].as_str().unwrap_or_default().to_owned()
+        self.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -249,7 +269,13 @@ pub async fn send(method: &str, url: &str, token: Option<&str>, body: Option<Val
     send_with(method, url, token, body, &[]).await
 }
 
-pub async fn send_with(method: &str, url: &str, token: Option<&str>, body: Option<Value>, headers: &[(&str, &str)]) -> Reply {
+pub async fn send_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     if let Some(t) = token {
@@ -265,12 +291,19 @@ pub async fn send_with(method: &str, url: &str, token: Option<&str>, body: Optio
         }
         None => Bytes::new(),
     };
-    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(body)).unwrap()))
-        .await
-        .expect("request timed out")
-        .expect("request failed");
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
     let (parts, body) = res.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     Reply {
         status: parts.status,
         headers: parts.headers,
@@ -284,7 +317,9 @@ pub fn forwarded_claims(seen: &Seen) -> Option<Map<String, Value>> {
     let auth = seen.headers.get("authorization")?.to_str().ok()?;
     let token = auth.strip_prefix("Bearer ")?;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
