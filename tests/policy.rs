@@ -1463,3 +1463,91 @@ async fn locked_database_fails_closed() {
         200
     );
 }
+
+#[tokio::test]
+async fn session_cookie_lifecycle_for_media_and_socket() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let m = manifest("6.14.2");
+    let token = token_for(&m, "alice");
+    let t2 = token.clone();
+    let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
+        "/api/v1/auth/login" => ok_json(json!({"token": t2, "user": {}, "expires_in": 86400})),
+        _ => ok_json(json!({"ok": true})),
+    });
+    let up = mock(Some(responder)).await;
+    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
+    let login = send(
+        "POST",
+        &g.url("/api/v1/auth/login"),
+        None,
+        Some(json!({"email": "alice@example.com", "password": "x"})),
+    )
+    .await;
+    assert_eq!(login.status, 200);
+    let cookie = login.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with(&format!("invoke_guard_session={token};")),
+        "{cookie}"
+    );
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=86400"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    // A Bearer-authenticated /auth/me (the UI's hydration call) sets the cookie when it is missing...
+    let me = send("GET", &g.url("/api/v1/auth/me"), Some(&token), None).await;
+    assert!(me.headers.get("set-cookie").is_some());
+    // ...and not when the request already carries it.
+    let session = format!("invoke_guard_session={token}");
+    let me = send_with(
+        "GET",
+        &g.url("/api/v1/auth/me"),
+        Some(&token),
+        None,
+        &[("cookie", &session)],
+    )
+    .await;
+    assert!(me.headers.get("set-cookie").is_none());
+    // The cookie opens the socket handshake and media, but is not a credential for the API.
+    let sock = send_with(
+        "GET",
+        &g.url("/ws/socket.io/?EIO=4&transport=polling"),
+        None,
+        None,
+        &[("cookie", &session)],
+    )
+    .await;
+    assert_eq!(sock.status, 200);
+    assert_eq!(
+        send(
+            "GET",
+            &g.url("/ws/socket.io/?EIO=4&transport=polling"),
+            None,
+            None
+        )
+        .await
+        .status,
+        401
+    );
+    let img = format!(
+        "/api/v1/images/i/{}/full",
+        m["images"]["alice_uncat_1"]["image_name"].as_str().unwrap()
+    );
+    let media = send_with("GET", &g.url(&img), None, None, &[("cookie", &session)]).await;
+    assert_eq!(media.status, 200);
+    assert_eq!(media.headers["cache-control"], "private, no-store");
+    let api = send_with(
+        "GET",
+        &g.url("/api/v1/boards/?all=true"),
+        None,
+        None,
+        &[("cookie", &session)],
+    )
+    .await;
+    assert_eq!(api.status, 401);
+    // Logout deletes it.
+    let out = send("POST", &g.url("/api/v1/auth/logout"), Some(&token), None).await;
+    let del = out.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        del.starts_with("invoke_guard_session=;") && del.contains("Max-Age=0"),
+        "{del}"
+    );
+}

@@ -203,6 +203,26 @@ pub async fn guard(routes: &str, db: &Path, upstream: &str) -> Guard {
 }
 
 pub async fn guard_with(routes: &str, db: &Path, upstream: &str, raw: RawConfig) -> Guard {
+    start_guard(routes, db, upstream, raw, None).await
+}
+
+/// Start the guard serving HTTPS.
+pub async fn guard_tls(
+    routes: &str,
+    db: &Path,
+    upstream: &str,
+    tls: tokio_rustls::TlsAcceptor,
+) -> Guard {
+    start_guard(routes, db, upstream, RawConfig::default(), Some(tls)).await
+}
+
+async fn start_guard(
+    routes: &str,
+    db: &Path,
+    upstream: &str,
+    raw: RawConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Guard {
     let ledger_dir = tempfile::tempdir().unwrap();
     let routes_path = ledger_dir.path().join("routes.toml");
     std::fs::write(&routes_path, routes).unwrap();
@@ -225,7 +245,7 @@ pub async fn guard_with(routes: &str, db: &Path, upstream: &str, raw: RawConfig)
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let st = state.clone();
     tokio::spawn(async move {
-        let _ = invoke_guard::server::run(listener, st, None, async {
+        let _ = invoke_guard::server::run(listener, st, tls, async {
             let _ = rx.await;
         })
         .await;
