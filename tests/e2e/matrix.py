@@ -43,6 +43,8 @@ DENY = (401, 403, 404)
 
 R_REWRITE = "needs response rewriting of list bodies (spec §4 {})"
 R_SOCKET = "needs Socket.IO event filtering (spec §3.5, hole 13/26)"
+STRICTER_612 = ("6.12 deletes every user's images here; main's narrower deletion cannot be had by allowing or "
+                "denying the request, so on 6.12 a refusal (stricter than main) is accepted; data loss is a leak")
 
 
 # ============================================================================ case model
@@ -471,6 +473,8 @@ class Matrix:
                      self.st(self.r_img("bob", "alice_shared_1")))
         self.add("anon: HEAD image /full needs a login", None, "HEAD",
                  f"/api/v1/images/i/{self.img('alice_private_1')}/full", 401)
+        self.add("alice: HEAD her own image /full", "alice", "HEAD",
+                 f"/api/v1/images/i/{self.img('alice_private_1')}/full", 200)
         self.add("bob: HEAD alice's private image /full is refused", "bob", "HEAD",
                  f"/api/v1/images/i/{self.img('alice_private_1')}/full", 403)
 
@@ -771,6 +775,10 @@ class Matrix:
         self.add("bob: adding his own image to alice's shared board is refused", "bob", "POST", "/api/v1/board_images/",
                  403, body={"board_id": B("alice_shared"), "image_name": self.img("victim_bob_to_alice_shared")},
                  after=self.image_on_board("victim_bob_to_alice_shared", None))
+        self.add("bob: adding his own image to alice's private board is refused", "bob", "POST",
+                 "/api/v1/board_images/", 403,
+                 body={"board_id": B("alice_private"), "image_name": self.img("victim_bob_to_alice_private")},
+                 after=self.image_on_board("victim_bob_to_alice_private", None))
         self.add("bob: batch-adding his own image to alice's shared board is refused", "bob", "POST",
                  "/api/v1/board_images/batch", 403,
                  body={"board_id": B("alice_shared"), "image_names": [self.img("victim_bob_batch_to_alice_shared")]},
@@ -857,8 +865,9 @@ class Matrix:
             r = ctx.c.request("GET", f"/api/v1/images/i/{carol_img}", ctx.tokens["admin"])
             return None if r.status == 200 else ("leak", f"carol's contribution was deleted with bob's board ({r.status})")
         self.add("bob: DELETE his board with include_images keeps carol's contribution", "bob", "DELETE",
-                 f"/api/v1/boards/{B('bob_public_disposable')}", 200, params={"include_images": "true"},
-                 after=carol_survives)
+                 f"/api/v1/boards/{B('bob_public_disposable')}", (200, 403) if self.v612 else 200,
+                 params={"include_images": "true"}, after=carol_survives,
+                 note=STRICTER_612 if self.v612 else "")
 
         # -- workflows (mutations)
         W = lambda k: ctx.state.get(k) or "missing"  # noqa: E731
@@ -1019,6 +1028,13 @@ class Matrix:
         self.add("bob: socket subscribed to the queue sees no identifying data of alice's items", None, "SOCKET",
                  "/ws/socket.io/", (0,), check=lambda r: socket_foreign_events_check(self),
                  xfail=R_SOCKET if self.v612 else None)
+        self.add("bob: socket receives no model install events (admin-only in main)", None, "SOCKET",
+                 "/ws/socket.io/", (0,), check=lambda r: socket_model_events_check(self),
+                 xfail=R_SOCKET if self.v612 else None)
+        self.add("bob: queue status never shows the ids of alice's running item", None, "SOCKET",
+                 "/api/v1/queue/default/status", (0,), check=lambda r: queue_status_redaction_check(self),
+                 xfail=R_REWRITE.format("R7") if self.v612 else None,
+                 note="SOCKET here means a multi-request check; polls status while alice's 40-run batch executes")
 
     # ================================================================== phase 4: accounts (destructive, last)
     def account_cases(self):
@@ -1098,9 +1114,7 @@ class Matrix:
             r = ctx.c.request("GET", f"/api/v1/images/i/{alice_uncat}", ctx.tokens["alice"])
             return None if r.status == 200 else ("leak", f"bob's DELETE /images/uncategorized removed alice's image")
         self.add("bob: DELETE /images/uncategorized deletes only his own", "bob", "DELETE", "/api/v1/images/uncategorized",
-                 200, after=alice_uncat_survives,
-                 xfail=("6.12 deletes every user's uncategorized images; matching main needs the guard to rewrite "
-                        "the request (not only allow/deny)") if self.v612 else None)
+                 (200, 403) if self.v612 else 200, after=alice_uncat_survives, note=STRICTER_612 if self.v612 else "")
 
     # ================================================================== run
     def build(self):
@@ -1277,6 +1291,59 @@ def socket_foreign_events_check(mx: Matrix):
         s.close()
 
 
+def socket_model_events_check(mx: Matrix):
+    ctx = mx.ctx
+    s = PollingSocket(Client(ctx.c.base, timeout=10), ctx.tokens["bob"])
+    try:
+        if not s.open():
+            return "false_deny", f"bob's socket could not connect: {s.refused}"
+        s.emit("subscribe_queue", {"queue_id": Q})
+        s.wait(1.0)
+        # a download from a closed loopback port: the install job starts and fails at once, which emits
+        # model_install_error / download_error events (never leaves 127.0.0.1)
+        r = ctx.c.request("POST", "/api/v2/models/install", ctx.tokens["admin"],
+                          params={"source": "http://127.0.0.1:9/invoke-guard-e2e.safetensors", "inplace": "true"},
+                          json_body={})
+        if r.status >= 300:
+            return "fail", f"admin could not start a model install ({r.status} {r.detail()})"
+        s.wait(4.0)
+        with s._lock:
+            names = sorted({e[0] for e in s.events if isinstance(e, list) and e and isinstance(e[0], str)})
+        ctx.state["socket_model_events_bob"] = names
+        bad = [n for n in names if n.startswith(("model_install", "download_", "model_load"))]
+        return ("leak", f"bob received {bad}") if bad else None
+    finally:
+        s.close()
+
+
+def queue_status_redaction_check(mx: Matrix):
+    ctx = mx.ctx
+    r = ctx.c.request("POST", f"/api/v1/queue/{Q}/enqueue_batch", ctx.tokens["alice"],
+                      json_body={"batch": {"graph": g_add(7, 7), "runs": 40}, "prepend": False})
+    if r.status != 200:
+        return "fail", f"alice could not enqueue ({r.status})"
+    j = r.json()
+    alice_ids, batch_id = set(j.get("item_ids") or []), j["batch"]["batch_id"]
+    seen_running = 0
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st = ctx.c.request("GET", f"/api/v1/queue/{Q}/status", ctx.tokens["bob"])
+        if st.status != 200:
+            return "false_deny", f"bob's GET status -> {st.status}"
+        q = (st.json() or {}).get("queue") or {}
+        if q.get("in_progress"):
+            seen_running += 1
+        if q.get("item_id") in alice_ids or q.get("batch_id") == batch_id:
+            return "leak", f"bob sees alice's running item {q.get('item_id')} / batch {q.get('batch_id')}"
+        if not q.get("pending") and not q.get("in_progress"):
+            break
+        time.sleep(0.02)
+    ctx.state["status_polls_with_running_item"] = seen_running
+    if not seen_running:
+        return "fail", "inconclusive: bob's status polls never saw an item in progress"
+    return None
+
+
 # ============================================================================ runner
 def run_case(ctx: Ctx, c: Case) -> None:
     t0 = time.time()
@@ -1385,6 +1452,7 @@ def main() -> int:
     if a.report:
         Path(a.report).write_text(json.dumps({
             "invokeai_version": mx.version, "base": a.base, "direct": a.direct, "seconds": round(time.time() - t0, 1),
+            "observations": {k: v for k, v in ctx.state.items() if k.startswith(("socket_", "status_"))},
             "cases": [{"name": c.name, "who": c.who, "method": c.method, "expect": list(c.expect), "status": c.status,
                        "outcome": c.outcome, "message": c.message, "xfail": c.xfail, "note": c.note} for c in cases],
         }, indent=1))

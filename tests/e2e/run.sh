@@ -72,7 +72,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
 http_status() {  # URL -> HTTP status (000 when nothing answers)
@@ -123,9 +123,10 @@ for V in "${VERSIONS[@]}"; do
     APORT="$(free_port)"
     mkdir -p "$RUNDIR/guard"
     t=$(date +%s.%N)
-    "$GUARD_BIN" serve --listen "127.0.0.1:$GPORT" --upstream "http://127.0.0.1:$UPORT" \
+    # (run from the repo root, where the guard finds config/invoke-guard.toml; the flags override it)
+    ( cd "$REPO" && exec "$GUARD_BIN" serve --listen "127.0.0.1:$GPORT" --upstream "http://127.0.0.1:$UPORT" \
       --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/guard/ledger.db" \
-      --admin-listen "127.0.0.1:$APORT" > "$RUNDIR/guard.log" 2>&1 < /dev/null &
+      --admin-listen "127.0.0.1:$APORT" > "$RUNDIR/guard.log" 2>&1 < /dev/null ) &
     GUARD_PID=$!
     deadline=$(( $(date +%s) + READY_TIMEOUT ))
     until [[ "$(http_status "http://127.0.0.1:$APORT/readyz")" == 200 ]]; do

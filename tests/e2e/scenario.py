@@ -383,6 +383,7 @@ VICTIMS = [
     ("victim_bob_batchdel", "bob", None),                      # bob POST /images/delete own -> 200
     ("victim_bob_to_alice_public", "bob", None),               # bob POST /board_images/ onto alice_public
     ("victim_bob_to_alice_shared", "bob", None),               # bob POST /board_images/ onto alice_shared -> 403
+    ("victim_bob_to_alice_private", "bob", None),              # bob POST /board_images/ onto alice_private -> 403
     ("victim_bob_batch_to_alice_shared", "bob", None),         # bob POST /board_images/batch -> 403
     ("victim_alice_for_bob_board", "alice", None),             # bob pulls alice's image onto his board -> 403
 ]
