@@ -190,7 +190,7 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             }));
         }
         state.spawn_routes_watcher(std::time::Duration::from_secs(2));
-        spawn_signal_handlers(state.clone(), stop_tx);
+        spawn_signal_handlers(state.clone(), stop_tx)?;
         tracing::info!(
             listen = %crate::server::local_addr(&listener),
             tls = tls.is_some(),
@@ -213,17 +213,16 @@ fn serve(common: &Common) -> anyhow::Result<()> {
     })
 }
 
-fn spawn_signal_handlers(state: Arc<AppState>, stop: tokio::sync::watch::Sender<bool>) {
+fn spawn_signal_handlers(
+    state: Arc<AppState>,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Installed before `serve` reports it started, so an early SIGTERM is never the default action.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("could not install signal handlers");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -233,4 +232,5 @@ fn spawn_signal_handlers(state: Arc<AppState>, stop: tokio::sync::watch::Sender<
         }
         let _ = stop.send(true);
     });
+    Ok(())
 }

@@ -249,20 +249,35 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
         Arg::Select(sel) => sel,
     };
     let missing = |sel: &Selector| DenyReason::Unprocessable(format!("Missing {}", sel.text));
-    let root: Option<Value> = match &sel.source {
-        Source::Path(name) => data.path.get(name).cloned().map(Value::String),
-        Source::Query(name) => data
-            .query
-            .single(name)
-            .map_err(|e| DenyReason::BadRequest(e.to_string()))?
-            .map(|v| Value::String(v.to_owned())),
-        Source::Body => data.body.clone(),
+    // Only a form field holding JSON needs an owned root; everything else is walked by reference.
+    let parsed_form: Option<Value>;
+    let scalar: Option<Value>;
+    let root: Option<&Value> = match &sel.source {
+        Source::Path(name) => {
+            scalar = data.path.get(name).cloned().map(Value::String);
+            scalar.as_ref()
+        }
+        Source::Query(name) => {
+            scalar = data
+                .query
+                .single(name)
+                .map_err(|e| DenyReason::BadRequest(e.to_string()))?
+                .map(|v| Value::String(v.to_owned()));
+            scalar.as_ref()
+        }
+        Source::Body => data.body.as_ref(),
         Source::Form(name) => match data.form.get(name) {
             None => None,
-            Some(text) if sel.steps.is_empty() => Some(Value::String(text.clone())),
-            Some(text) => Some(serde_json::from_str(text).map_err(|_| {
-                DenyReason::Unprocessable(format!("form field '{name}' is not JSON"))
-            })?),
+            Some(text) if sel.steps.is_empty() => {
+                scalar = Some(Value::String(text.clone()));
+                scalar.as_ref()
+            }
+            Some(text) => {
+                parsed_form = Some(serde_json::from_str(text).map_err(|_| {
+                    DenyReason::Unprocessable(format!("form field '{name}' is not JSON"))
+                })?);
+                parsed_form.as_ref()
+            }
         },
     };
     let Some(root) = root.filter(|v| !v.is_null()) else {
@@ -278,12 +293,12 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
         let mut next = Vec::with_capacity(current.len());
         for value in current {
             match (step, value) {
-                (Step::Field(f), Value::Object(mut map)) => match map.remove(f) {
+                (Step::Field(f), Value::Object(map)) => match map.get(f) {
                     Some(v) if !v.is_null() => next.push(v),
                     _ if sel.optional => {}
                     _ => return Err(missing(sel)),
                 },
-                (Step::Each, Value::Array(items)) => next.extend(items),
+                (Step::Each, Value::Array(items)) => next.extend(items.iter()),
                 _ if sel.optional => {}
                 (_, _) => {
                     return Err(DenyReason::Unprocessable(format!(
@@ -295,10 +310,10 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
         }
         current = next;
     }
-    Ok(match (each, current.len()) {
-        (true, _) => Selected::Each(current),
-        (false, 0) => Selected::Absent,
-        (false, _) => Selected::One(current.swap_remove(0)),
+    Ok(match (each, current.first()) {
+        (true, _) => Selected::Each(current.into_iter().cloned().collect()),
+        (false, None) => Selected::Absent,
+        (false, Some(v)) => Selected::One((*v).clone()),
     })
 }
 
