@@ -1551,3 +1551,76 @@ async fn session_cookie_lifecycle_for_media_and_socket() {
         "{del}"
     );
 }
+
+async fn send_multipart(url: &str, token: &str, data: &str) -> u16 {
+    let boundary = "----guardtestboundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\n{data}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\nPNGDATA\r\n--{boundary}--\r\n"
+    );
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = http::Request::post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", ct)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    client.request(req).await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn multipart_style_preset_type_default_is_admin_only() {
+    for version in ["6.12.0", "6.14.2"] {
+        let w = World::new(version).await;
+        let url = w.g.url("/api/v1/style_presets/");
+        let bob = w.token("bob").unwrap();
+        let admin = w.token("admin").unwrap();
+        let before = w.up.count();
+        let default =
+            r#"{"name": "x", "positive_prompt": "p", "negative_prompt": "", "type": "default"}"#;
+        assert_eq!(send_multipart(&url, &bob, default).await, 403, "{version}");
+        assert_eq!(w.up.count(), before);
+        let user =
+            r#"{"name": "x", "positive_prompt": "p", "negative_prompt": "", "type": "user"}"#;
+        assert_eq!(send_multipart(&url, &bob, user).await, 200, "{version}");
+        assert_eq!(
+            send_multipart(&url, &admin, default).await,
+            200,
+            "{version}"
+        );
+        // The file part reached the upstream intact.
+        assert!(w.up.last().unwrap().body.windows(4).any(|b| b == b"PNGD"));
+    }
+}
+
+#[tokio::test]
+async fn corrupted_database_fails_closed() {
+    let w = World::new("6.14.2").await;
+    let alice = w.token("alice").unwrap();
+    let path = format!("/api/v1/images/i/{}", w.img("alice_private_1"));
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&alice), None)
+            .await
+            .status,
+        200
+    );
+    // Same inode, garbage content: every read fails.
+    std::fs::write(&w._db.path, vec![0x5a; 8192]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.g.state.facts.is_available() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher never noticed the corruption"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before = w.up.count();
+    assert_eq!(
+        send("GET", &w.g.url(&path), Some(&alice), None)
+            .await
+            .status,
+        503
+    );
+    assert_eq!(w.up.count(), before);
+}

@@ -461,3 +461,39 @@ async fn database_gone_means_503_never_forward() {
     }
     assert_eq!(up.count(), n);
 }
+
+#[tokio::test]
+async fn trusted_proxy_chain_is_extended_untrusted_is_replaced() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock(None).await;
+    let raw_cfg: invoke_guard::config::RawConfig =
+        toml::from_str("trusted_proxies = [\"127.0.0.1\"]\n").unwrap();
+    let g = guard_with(ROUTES, &db.path, &up.url(), raw_cfg).await;
+    let hdrs = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "invoke.example"),
+    ];
+    assert_eq!(
+        send_with("GET", &g.url("/open/x"), None, None, &hdrs)
+            .await
+            .status,
+        200
+    );
+    let h = up.last().unwrap().headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "invoke.example");
+    // The same request from an untrusted peer (default config) loses the client's values.
+    let (_db2, up2, g2, _m, _t) = setup().await;
+    assert_eq!(
+        send_with("GET", &g2.url("/open/x"), None, None, &hdrs)
+            .await
+            .status,
+        200
+    );
+    let h = up2.last().unwrap().headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_ne!(h["x-forwarded-host"], "invoke.example");
+}
