@@ -1409,6 +1409,20 @@ def _run_case(ctx: Ctx, c: Case) -> None:
             c.outcome, c.message = "leak", c.message + "; " + res[1]
 
 
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", required=True)
@@ -1417,8 +1431,11 @@ def main() -> int:
     ap.add_argument("-k", "--only", help="run only cases whose name matches this glob")
     ap.add_argument("--report", help="write a JSON report of every case here")
     ap.add_argument("--verbose", "-v", action="store_true", help="print passing cases too")
+    ap.add_argument("--out", help="also write everything printed to this file")
     a = ap.parse_args()
 
+    if a.out:
+        sys.stdout = _Tee(sys.stdout, open(a.out, "w", encoding="utf-8"))
     m = json.loads(Path(a.manifest).read_text())
     ctx = Ctx(m=m, c=Client(a.base, timeout=60), direct=a.direct, tokens=dict(m["tokens"]))
     mx = Matrix(ctx)

@@ -54,8 +54,24 @@ mkdir -p "$RUN_BASE"
 
 GUARD_PID=""
 ROOT=""
+CHILD=""
+# Long steps run in the background and are waited for, so Ctrl-C / SIGTERM interrupt them at once
+# (bash runs a trap only after a *foreground* child finishes); cleanup ends the current one by PID.
+run_child() {
+  "$@" &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return $rc
+}
 cleanup() {
   local rc=$?
+  if [[ -n "$CHILD" ]] && kill -0 "$CHILD" 2>/dev/null; then
+    kill -TERM "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+  fi
+  CHILD=""
   if [[ -n "$GUARD_PID" ]] && kill -0 "$GUARD_PID" 2>/dev/null; then
     kill -TERM "$GUARD_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$GUARD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -95,7 +111,8 @@ overall=0
 for V in "${VERSIONS[@]}"; do
   log "=== InvokeAI $V ==="
   t=$(date +%s.%N)
-  VENV="$("$INV/install.sh" "$V" | tail -1)" || die "install of invokeai $V failed"
+  run_child "$INV/install.sh" "$V" > "$RUN_BASE/.install-$V.out" || die "install of invokeai $V failed"
+  VENV="$(tail -1 "$RUN_BASE/.install-$V.out")"
   PY="$VENV/bin/python"
   t_install=$(secs "$t")
 
@@ -105,12 +122,13 @@ for V in "${VERSIONS[@]}"; do
   rm -rf "$RUNDIR/guard" "$RUNDIR/manifest.json" "$RUNDIR/matrix-report.json" "$RUNDIR/guard.log"
   UPORT="$(free_port)"
   t=$(date +%s.%N)
-  ready_line="$("$INV/start.sh" "$V" "$UPORT" "$ROOT")" || die "InvokeAI $V did not start (log: $ROOT/server.log)"
-  log "$ready_line"
+  run_child "$INV/start.sh" "$V" "$UPORT" "$ROOT" > "$RUNDIR/start.out" \
+    || die "InvokeAI $V did not start (log: $ROOT/server.log)"
+  log "$(cat "$RUNDIR/start.out")"
   t_start=$(secs "$t")
 
   t=$(date +%s.%N)
-  "$PY" "$E2E/scenario.py" --base "http://127.0.0.1:$UPORT" --db "$ROOT/databases/invokeai.db" --version "$V" \
+  run_child "$PY" "$E2E/scenario.py" --base "http://127.0.0.1:$UPORT" --db "$ROOT/databases/invokeai.db" --version "$V" \
     --out "$RUNDIR/manifest.json" || die "scenario failed on InvokeAI $V (log: $ROOT/server.log)"
   t_scenario=$(secs "$t")
 
@@ -146,11 +164,12 @@ for V in "${VERSIONS[@]}"; do
   t=$(date +%s.%N)
   rc=0
   # shellcheck disable=SC2086
-  "$PY" "$E2E/matrix.py" --manifest "$RUNDIR/manifest.json" --base "$BASE" "${mflags[@]}" \
-    --report "$RUNDIR/matrix-report.json" ${MATRIX_ARGS:-} | tee "$RUNDIR/matrix.out" || rc=$?
+  eval "margs=(${MATRIX_ARGS:-})"
+  run_child "$PY" "$E2E/matrix.py" --manifest "$RUNDIR/manifest.json" --base "$BASE" "${mflags[@]}" \
+    --report "$RUNDIR/matrix-report.json" --out "$RUNDIR/matrix.out" "${margs[@]}" || rc=$?
   t_matrix=$(secs "$t")
   [[ $rc == 0 ]] || overall=1
-  SUMMARY+=("$V: $(tail -1 "$RUNDIR/matrix.out") (install ${t_install}s, start ${t_start}s, scenario ${t_scenario}s, guard ${t_guard}s, matrix ${t_matrix}s)")
+  SUMMARY+=("$V: $(tail -1 "$RUNDIR/matrix.out" 2>/dev/null || echo 'matrix produced no result') (install ${t_install}s, start ${t_start}s, scenario ${t_scenario}s, guard ${t_guard}s, matrix ${t_matrix}s)")
   cleanup || true
 done
 

@@ -82,7 +82,7 @@ def main() -> int:
     def upload(key, who, board_key=None):
         nonlocal n
         n += 1
-        params = {"image_category": "user", "is_intermediate": "false"}
+        params = {"image_category": "general", "is_intermediate": "false"}
         if board_key:
             params["board_id"] = m["boards"][board_key]["board_id"]
         colour = ((70 * n + 30) % 256, (130 * n + 60) % 256, (200 * n + 90) % 256)

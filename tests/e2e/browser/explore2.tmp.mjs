@@ -1,0 +1,19 @@
+import { chromium } from 'playwright-core';
+import fs from 'fs';
+const base = process.argv[2];
+const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true,
+  args: ['--no-sandbox','--disable-gpu','--disable-quic','--no-first-run','--disable-background-networking','--disable-component-update','--disable-sync'] });
+const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+const page = await ctx.newPage();
+page.on('response', r => console.log('RESP', r.status(), r.request().method(), r.url().replace(base,'')));
+page.on('websocket', ws => { console.log('WS', ws.url()); ws.on('framereceived', f => console.log('WSF', String(f.payload).slice(0,150))); });
+await page.goto(base + '/', { waitUntil: 'load' });
+await page.locator('input[type=email]').fill('alice@example.com');
+await page.locator('input[type=password]').fill('AlicePass123');
+console.log('--- LOGIN');
+await page.locator('button[type=submit]').click();
+await page.waitForTimeout(8000);
+await page.screenshot({ path: '/tmp/bx/s2.png' });
+fs.writeFileSync('/tmp/bx/s2.html', await page.content());
+console.log('COOKIES', JSON.stringify(await ctx.cookies()));
+await browser.close();
