@@ -14,6 +14,27 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::facts::FactsError;
 
+/// What the ledger records, one table each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A workflow's creator (6.12 keeps no workflow owner).
+    Workflow,
+    /// A style preset's creator (6.12 stores every preset as `system`).
+    StylePreset,
+    /// Who requested a bulk-download zip.
+    BulkDownload,
+}
+
+impl Entry {
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Entry::Workflow => ("workflow_owner", "workflow_id"),
+            Entry::StylePreset => ("style_preset_owner", "preset_id"),
+            Entry::BulkDownload => ("bulk_download", "item_name"),
+        }
+    }
+}
+
 /// The ledger file.
 #[derive(Clone)]
 pub struct Ledger {
@@ -77,14 +98,11 @@ impl Ledger {
         .map_err(|_| FactsError::Closed)?
     }
 
-    async fn owner(
-        &self,
-        table: &'static str,
-        key: &'static str,
-        id: &str,
-    ) -> Result<Option<String>, FactsError> {
+    /// Who created (requested) an entity, if the guard saw it.
+    pub async fn owner(&self, kind: Entry, id: &str) -> Result<Option<String>, FactsError> {
         let id = id.to_owned();
         self.run(move |c| {
+            let (table, key) = kind.table();
             c.prepare_cached(&format!("SELECT user_id FROM {table} WHERE {key} = ?1"))?
                 .query_row([id], |r| r.get(0))
                 .optional()
@@ -92,15 +110,11 @@ impl Ledger {
         .await
     }
 
-    async fn record(
-        &self,
-        table: &'static str,
-        key: &'static str,
-        id: &str,
-        user_id: &str,
-    ) -> Result<(), FactsError> {
+    /// Record an entity's creator (first recording wins).
+    pub async fn record(&self, kind: Entry, id: &str, user_id: &str) -> Result<(), FactsError> {
         let (id, user) = (id.to_owned(), user_id.to_owned());
         self.run(move |c| {
+            let (table, key) = kind.table();
             c.prepare_cached(&format!(
                 "INSERT OR IGNORE INTO {table} ({key}, user_id) VALUES (?1, ?2)"
             ))?
@@ -108,52 +122,5 @@ impl Ledger {
             .map(|_| ())
         })
         .await
-    }
-
-    /// Who created a style preset (6.12 stores every preset as `system`), if the guard saw it.
-    pub async fn style_preset_owner(&self, preset_id: &str) -> Result<Option<String>, FactsError> {
-        self.owner("style_preset_owner", "preset_id", preset_id)
-            .await
-    }
-
-    /// Record a style preset's creator (first recording wins).
-    pub async fn record_style_preset_owner(
-        &self,
-        preset_id: &str,
-        user_id: &str,
-    ) -> Result<(), FactsError> {
-        self.record("style_preset_owner", "preset_id", preset_id, user_id)
-            .await
-    }
-
-    /// Who created a workflow (6.12), if the guard saw it.
-    pub async fn workflow_owner(&self, workflow_id: &str) -> Result<Option<String>, FactsError> {
-        self.owner("workflow_owner", "workflow_id", workflow_id)
-            .await
-    }
-
-    /// Record a workflow's creator (first recording wins).
-    pub async fn record_workflow_owner(
-        &self,
-        workflow_id: &str,
-        user_id: &str,
-    ) -> Result<(), FactsError> {
-        self.record("workflow_owner", "workflow_id", workflow_id, user_id)
-            .await
-    }
-
-    /// Who requested a bulk download, if the guard saw it.
-    pub async fn bulk_download_owner(&self, item_name: &str) -> Result<Option<String>, FactsError> {
-        self.owner("bulk_download", "item_name", item_name).await
-    }
-
-    /// Record a bulk download's requester (first recording wins).
-    pub async fn record_bulk_download(
-        &self,
-        item_name: &str,
-        user_id: &str,
-    ) -> Result<(), FactsError> {
-        self.record("bulk_download", "item_name", item_name, user_id)
-            .await
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::decision::{Decision, DenyReason};
 use crate::facts::{BoardFact, Facts, FactsError, ImageFact, Visibility};
 use crate::identity::Principal;
-use crate::ledger::Ledger;
+use crate::ledger::{Entry, Ledger};
 use crate::routes::{Arg, Rule, Selector, Source, Step};
 
 /// Every check a rule may name.
@@ -563,7 +563,11 @@ async fn resource_check(
             let owner = match wf.owner {
                 Some(o) => Some(o),
                 // 6.12 keeps no workflow owner: the guard's ledger may know the creator.
-                None => ctx.ledger.workflow_owner(id).await.map_err(unavailable)?,
+                None => ctx
+                    .ledger
+                    .owner(Entry::Workflow, id)
+                    .await
+                    .map_err(unavailable)?,
             };
             let allowed = match (predicate, owner.as_deref()) {
                 (P::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
@@ -585,7 +589,7 @@ async fn resource_check(
                 Some(sp.owner.clone())
             } else {
                 ctx.ledger
-                    .style_preset_owner(id)
+                    .owner(Entry::StylePreset, id)
                     .await
                     .map_err(unavailable)?
             };
@@ -628,7 +632,7 @@ async fn resource_check(
         P::BulkDownloadOwn => {
             let owner = ctx
                 .ledger
-                .bulk_download_owner(id)
+                .owner(Entry::BulkDownload, id)
                 .await
                 .map_err(unavailable)?;
             ok_or_forbidden(

@@ -14,7 +14,7 @@ use http::response::Parts;
 use serde_json::Value;
 
 use crate::identity::{self, Principal, SESSION_COOKIE};
-use crate::ledger::Ledger;
+use crate::ledger::{Entry, Ledger};
 
 /// A response filter a rule may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,39 +183,26 @@ pub async fn apply_body(
                 }
             }
             ResponseFilter::RecordWorkflowOwner => {
-                let id = json
-                    .as_ref()
-                    .and_then(|j| j.get("workflow_id"))
-                    .and_then(Value::as_str);
-                if let (Some(id), Some(p)) = (id, ctx.principal) {
-                    if let Err(e) = ctx.ledger.record_workflow_owner(id, &p.user_id).await {
-                        tracing::error!(error = %e, workflow_id = id, "could not record workflow owner");
-                    }
-                }
+                record(ctx, Entry::Workflow, json.as_ref(), "workflow_id").await
             }
             ResponseFilter::RecordStylePresetOwner => {
-                let id = json
-                    .as_ref()
-                    .and_then(|j| j.get("id"))
-                    .and_then(Value::as_str);
-                if let (Some(id), Some(p)) = (id, ctx.principal) {
-                    if let Err(e) = ctx.ledger.record_style_preset_owner(id, &p.user_id).await {
-                        tracing::error!(error = %e, preset_id = id, "could not record style preset owner");
-                    }
-                }
+                record(ctx, Entry::StylePreset, json.as_ref(), "id").await
             }
             ResponseFilter::RecordBulkDownload => {
-                let name = json
-                    .as_ref()
-                    .and_then(|j| j.get("bulk_download_item_name"))
-                    .and_then(Value::as_str);
-                if let (Some(name), Some(p)) = (name, ctx.principal) {
-                    if let Err(e) = ctx.ledger.record_bulk_download(name, &p.user_id).await {
-                        tracing::error!(error = %e, item = name, "could not record bulk download");
-                    }
-                }
+                let field = "bulk_download_item_name";
+                record(ctx, Entry::BulkDownload, json.as_ref(), field).await
             }
             _ => {}
+        }
+    }
+}
+
+/// Record `json[field] → caller` in the ledger (errors are logged: the response still goes out).
+async fn record(ctx: &FilterContext<'_>, kind: Entry, json: Option<&Value>, field: &str) {
+    let id = json.and_then(|j| j.get(field)).and_then(Value::as_str);
+    if let (Some(id), Some(p)) = (id, ctx.principal) {
+        if let Err(e) = ctx.ledger.record(kind, id, &p.user_id).await {
+            tracing::error!(error = %e, ?kind, id, "could not record in the ledger");
         }
     }
 }

@@ -1356,7 +1356,10 @@ async fn ledger_gives_6_12_workflows_and_presets_their_creator() {
     let ledger =
         invoke_guard::ledger::Ledger::open(&w.g.ledger_dir.path().join("ledger.db")).unwrap();
     let owner = ledger
-        .workflow_owner(&w.wf("wf_alice_private"))
+        .owner(
+            invoke_guard::ledger::Entry::Workflow,
+            &w.wf("wf_alice_private"),
+        )
         .await
         .unwrap();
     assert_eq!(owner.as_deref(), w.m["users"]["alice"]["user_id"].as_str());

@@ -143,7 +143,7 @@ pub enum FactKey {
 
 #[derive(Debug, Clone)]
 enum Fact {
-    Secret(Arc<str>),
+    Secret(Option<Arc<str>>),
     User(Option<UserFact>),
     Image(Option<ImageFact>),
     Board(Option<BoardFact>),
@@ -151,6 +151,50 @@ enum Fact {
     QueueItem(Option<QueueItemFact>),
     Preset(Option<PresetFact>),
     SystemPrompt(Option<SystemPromptFact>),
+}
+
+/// Run the one query a key names.
+fn read(key: &FactKey, c: &rusqlite::Connection, s: &Schema) -> rusqlite::Result<Fact> {
+    Ok(match key {
+        FactKey::JwtSecret => Fact::Secret(db::jwt_secret(c)?.map(Arc::from)),
+        FactKey::User(id) => Fact::User(db::user(c, s, id)?),
+        FactKey::Image(name) => Fact::Image(db::image(c, s, name)?),
+        FactKey::Video(name) => Fact::Image(db::video(c, s, name)?),
+        FactKey::Board(id) => Fact::Board(db::board(c, s, id)?),
+        FactKey::Workflow(id) => Fact::Workflow(db::workflow(c, s, id)?),
+        FactKey::QueueItem(id) => Fact::QueueItem(db::queue_item(c, s, *id)?),
+        FactKey::Preset(id) => Fact::Preset(db::preset(c, id)?),
+        FactKey::SystemPrompt(id) => Fact::SystemPrompt(db::system_prompt(c, id)?),
+    })
+}
+
+/// Typed extraction of a cached [`Fact`].
+trait FromFact: Sized {
+    fn from_fact(fact: Fact) -> Option<Self>;
+}
+
+macro_rules! from_fact {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        $(impl FromFact for $ty {
+            fn from_fact(fact: Fact) -> Option<Self> {
+                match fact {
+                    Fact::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+from_fact! {
+    Secret => Option<Arc<str>>,
+    User => Option<UserFact>,
+    Image => Option<ImageFact>,
+    Board => Option<BoardFact>,
+    Workflow => Option<WorkflowFact>,
+    QueueItem => Option<QueueItemFact>,
+    Preset => Option<PresetFact>,
+    SystemPrompt => Option<SystemPromptFact>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,10 +301,7 @@ impl Facts {
     }
 
     /// Read a fact through the cache.
-    async fn get<F>(&self, key: FactKey, read: F) -> Result<Fact, FactsError>
-    where
-        F: FnOnce(&rusqlite::Connection, &Schema) -> rusqlite::Result<Fact> + Send + 'static,
-    {
+    async fn get(&self, key: FactKey) -> Result<Fact, FactsError> {
         if !self.is_available() {
             return Err(FactsError::Unavailable(
                 self.shared.unavailable_reason.load().to_string(),
@@ -277,13 +318,16 @@ impl Facts {
         crate::metrics::cache_miss();
         let db = self.db.clone();
         let schema = self.schema();
+        let query_key = key.clone();
         // The loader coalesces concurrent misses for one key into one query.
         let loaded = self
             .cache
             .try_get_with(key.clone(), async move {
-                let generation = current;
-                let fact = db.with(move |conn| read(conn, &schema)).await?;
-                Ok::<_, FactsError>(Tagged { generation, fact })
+                let fact = db.with(move |conn| read(&query_key, conn, &schema)).await?;
+                Ok::<_, FactsError>(Tagged {
+                    generation: current,
+                    fact,
+                })
             })
             .await
             .map_err(|e: Arc<FactsError>| (*e).clone())?;
@@ -294,49 +338,27 @@ impl Facts {
         Ok(loaded.fact)
     }
 
+    async fn fetch<T: FromFact>(&self, key: FactKey) -> Result<T, FactsError> {
+        let fact = self.get(key).await?;
+        Ok(T::from_fact(fact).expect("a key kind always reads its own fact kind"))
+    }
+
     /// The HS256 secret InvokeAI signs its tokens with.
     pub async fn jwt_secret(&self) -> Result<Arc<str>, FactsError> {
-        let fact = self
-            .get(FactKey::JwtSecret, |c, _| {
-                Ok(Fact::Secret(
-                    db::jwt_secret(c)?
-                        .map(Arc::from)
-                        .unwrap_or_else(|| Arc::from("")),
-                ))
-            })
-            .await?;
-        match fact {
-            Fact::Secret(s) if !s.is_empty() => Ok(s),
+        match self.fetch::<Option<Arc<str>>>(FactKey::JwtSecret).await? {
+            Some(s) if !s.is_empty() => Ok(s),
             _ => Err(FactsError::NoSecret),
         }
     }
 
     /// A user row.
     pub async fn user(&self, user_id: &str) -> Result<Option<UserFact>, FactsError> {
-        let id = user_id.to_owned();
-        match self
-            .get(FactKey::User(id.clone()), move |c, s| {
-                Ok(Fact::User(db::user(c, s, &id)?))
-            })
-            .await?
-        {
-            Fact::User(u) => Ok(u),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::User(user_id.to_owned())).await
     }
 
     /// An image with its board.
     pub async fn image(&self, name: &str) -> Result<Option<ImageFact>, FactsError> {
-        let id = name.to_owned();
-        match self
-            .get(FactKey::Image(id.clone()), move |c, s| {
-                Ok(Fact::Image(db::image(c, s, &id)?))
-            })
-            .await?
-        {
-            Fact::Image(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::Image(name.to_owned())).await
     }
 
     /// A video with its board (absent before main).
@@ -344,71 +366,27 @@ impl Facts {
         if !self.schema().has_videos {
             return Ok(None);
         }
-        let id = name.to_owned();
-        match self
-            .get(FactKey::Video(id.clone()), move |c, s| {
-                Ok(Fact::Image(db::video(c, s, &id)?))
-            })
-            .await?
-        {
-            Fact::Image(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::Video(name.to_owned())).await
     }
 
     /// A board.
     pub async fn board(&self, board_id: &str) -> Result<Option<BoardFact>, FactsError> {
-        let id = board_id.to_owned();
-        match self
-            .get(FactKey::Board(id.clone()), move |c, s| {
-                Ok(Fact::Board(db::board(c, s, &id)?))
-            })
-            .await?
-        {
-            Fact::Board(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::Board(board_id.to_owned())).await
     }
 
     /// A workflow.
     pub async fn workflow(&self, workflow_id: &str) -> Result<Option<WorkflowFact>, FactsError> {
-        let id = workflow_id.to_owned();
-        match self
-            .get(FactKey::Workflow(id.clone()), move |c, s| {
-                Ok(Fact::Workflow(db::workflow(c, s, &id)?))
-            })
-            .await?
-        {
-            Fact::Workflow(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::Workflow(workflow_id.to_owned())).await
     }
 
     /// A queue item.
     pub async fn queue_item(&self, item_id: i64) -> Result<Option<QueueItemFact>, FactsError> {
-        match self
-            .get(FactKey::QueueItem(item_id), move |c, s| {
-                Ok(Fact::QueueItem(db::queue_item(c, s, item_id)?))
-            })
-            .await?
-        {
-            Fact::QueueItem(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::QueueItem(item_id)).await
     }
 
     /// A style preset.
     pub async fn preset(&self, id: &str) -> Result<Option<PresetFact>, FactsError> {
-        let key = id.to_owned();
-        match self
-            .get(FactKey::Preset(key.clone()), move |c, _| {
-                Ok(Fact::Preset(db::preset(c, &key)?))
-            })
-            .await?
-        {
-            Fact::Preset(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::Preset(id.to_owned())).await
     }
 
     /// A system prompt (absent before main).
@@ -416,16 +394,7 @@ impl Facts {
         if !self.schema().has_system_prompts {
             return Ok(None);
         }
-        let key = id.to_owned();
-        match self
-            .get(FactKey::SystemPrompt(key.clone()), move |c, _| {
-                Ok(Fact::SystemPrompt(db::system_prompt(c, &key)?))
-            })
-            .await?
-        {
-            Fact::SystemPrompt(f) => Ok(f),
-            _ => unreachable!("key kind fixes the fact kind"),
-        }
+        self.fetch(FactKey::SystemPrompt(id.to_owned())).await
     }
 
     /// How many active admins exist (never cached: the last-admin guard needs the truth).
