@@ -497,3 +497,58 @@ async fn trusted_proxy_chain_is_extended_untrusted_is_replaced() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_ne!(h["x-forwarded-host"], "invoke.example");
 }
+
+#[tokio::test]
+async fn reload_swaps_whole_tables_and_keeps_the_last_good_one() {
+    let (_db, _up, g, _m, t) = setup().await;
+    assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 200);
+    let path = g.state.routes_path.clone();
+    // A broken file is refused: the running table stays.
+    std::fs::write(&path, "[[rule]]\nid = \"broken\"\n").unwrap();
+    assert!(g.state.reload_routes().is_err());
+    assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 200);
+    // A valid file replaces the table as a whole.
+    std::fs::write(&path, "[[rule]]\nid = \"only\"\nmethods = [\"GET\"]\npath = \"/api/v1/{*rest}\"\nauth = \"user\"\n").unwrap();
+    assert_eq!(g.state.reload_routes().unwrap(), 1);
+    assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 404);
+    assert_eq!(
+        send("GET", &g.url("/api/v1/x"), Some(&t), None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_readiness_and_metrics() {
+    let (db, _up, g, _m, t) = setup().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    tokio::spawn(invoke_guard::admin::run(
+        listener,
+        g.state.clone(),
+        std::future::pending(),
+    ));
+    let url = |p: &str| format!("http://{admin}{p}");
+    assert_eq!(send("GET", &url("/healthz"), None, None).await.status, 200);
+    assert_eq!(send("GET", &url("/readyz"), None, None).await.status, 200);
+    assert_eq!(
+        send("GET", &g.url("/api/v1/x"), Some(&t), None)
+            .await
+            .status,
+        200
+    );
+    let metrics = send("GET", &url("/metrics"), None, None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("invoke_guard_authz_decisions_total{decision=\"allow\",rule_id=\"api.any\",reason=\"-\"}"), "{text}");
+    assert!(!text.contains(&t), "metrics must never carry tokens");
+    std::fs::remove_file(&db.path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while send("GET", &url("/readyz"), None, None).await.status == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed 200 without a database"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
