@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Seed a FRESH multiuser InvokeAI for the browser test, talking to it directly (never through the guard).
 
-    python setup.py --base http://127.0.0.1:UPORT --out manifest.json
+    python setup.py --base http://127.0.0.1:UPORT --out manifest.json [--version 6.14.2]
 
-Creates admin (POST /api/v1/auth/setup), alice (non-admin, the browser user) and bob (non-admin).
-alice gets two uploaded images (one uncategorized, one on her board "Alice Board"); bob gets two
-uploaded images, one on his private board "Bob Private Board" and one uncategorized. Writes a JSON
-manifest with the credentials and every id/name, which flow.mjs reads (bob's names are what must
-never reach alice).
-Standard library only (plus tests/e2e/igclient.py); run it with the InvokeAI venv's python.
+Users (role names are manifest keys):
+  admin   POST /api/v1/auth/setup
+  alice   non-admin: the user the browser logs in as THROUGH THE GUARD
+  carol   non-admin twin of alice (same kind of data): the user of the baseline run straight against InvokeAI,
+          so the guard run can be compared with what the unguarded server does for the same flow
+  bob     non-admin whose data must never reach alice
+Each of alice, carol and bob gets a private board "<Name> Board" (bob's: "Bob Private Board") with one image on it,
+uncategorized images (category "general", so the gallery's Images tab shows them) and a private workflow
+("<Name> Workflow"; bob's: "Bob Secret Workflow").
+
+Writes a JSON manifest with the credentials and every id/name; flow.mjs reads it (bob's ids and names are what
+must never appear in alice's responses). Standard library only, plus tests/e2e/igclient.py; run it with the
+InvokeAI venv's python.
 """
 from __future__ import annotations
 
@@ -23,8 +30,15 @@ from igclient import Client, png  # noqa: E402
 USERS = {
     "admin": ("admin@example.com", "Admin", "AdminPass123", True),
     "alice": ("alice@example.com", "Alice", "AlicePass123", False),
+    "carol": ("carol@example.com", "Carol", "CarolPass123", False),
     "bob": ("bob@example.com", "Bob", "BobPass1234", False),
 }
+# (role, board name, workflow name, uncategorized images)
+CONTENT = [
+    ("alice", "Alice Board", "Alice Workflow", 3),
+    ("carol", "Carol Board", "Carol Workflow", 3),
+    ("bob", "Bob Private Board", "Bob Secret Workflow", 2),
+]
 
 
 class SetupError(RuntimeError):
@@ -51,9 +65,9 @@ def main() -> int:
         raise SetupError(f"server reports InvokeAI {ver}, expected {a.version}")
     st = j("GET", "/api/v1/auth/status")
     if not st.get("multiuser_enabled") or not st.get("setup_required"):
-        raise SetupError(f"expected a fresh multiuser server, got /auth/status {st}")
+        raise SetupError(f"expected a fresh multiuser server, got /api/v1/auth/status {st}")
 
-    m: dict = {"invokeai_version": ver, "users": {}, "boards": {}, "images": {}}
+    m: dict = {"invokeai_version": ver, "users": {}, "boards": {}, "images": {}, "workflows": {}}
 
     def login(role):
         email, _, pw, _ = USERS[role]
@@ -62,20 +76,16 @@ def main() -> int:
 
     email, name, pw, _ = USERS["admin"]
     res = j("POST", "/api/v1/auth/setup", json_body={"email": email, "display_name": name, "password": pw})
-    m["users"]["admin"] = {"user_id": res["user"]["user_id"], "email": email, "password": pw, "is_admin": True}
+    m["users"]["admin"] = {"user_id": res["user"]["user_id"], "email": email, "password": pw, "is_admin": True,
+                           "display_name": name}
     login("admin")
-    for role in ("alice", "bob"):
+    for role in ("alice", "carol", "bob"):
         email, name, pw, is_admin = USERS[role]
         u = j("POST", "/api/v1/auth/users", "admin",
               json_body={"email": email, "display_name": name, "password": pw, "is_admin": is_admin})
         m["users"][role] = {"user_id": u["user_id"], "email": email, "password": pw, "is_admin": is_admin,
                             "display_name": name}
         login(role)
-
-    def board(key, who, name):
-        b = j("POST", "/api/v1/boards/", who, params={"board_name": name})
-        m["boards"][key] = {"board_id": b["board_id"], "board_name": name, "owner": who}
-        return b["board_id"]
 
     n = 0
 
@@ -85,21 +95,32 @@ def main() -> int:
         params = {"image_category": "general", "is_intermediate": "false"}
         if board_key:
             params["board_id"] = m["boards"][board_key]["board_id"]
-        colour = ((70 * n + 30) % 256, (130 * n + 60) % 256, (200 * n + 90) % 256)
+        colour = ((67 * n + 40) % 256, (131 * n + 90) % 256, (197 * n + 150) % 256)
         img = j("POST", "/api/v1/images/upload", who, params=params,
-                files=[("file", f"{key}.png", png(64, 64, colour), "image/png")])
+                files=[("file", f"{key}.png", png(96, 96, colour), "image/png")])
         m["images"][key] = {"image_name": img["image_name"], "owner": who, "board": board_key}
 
-    board("alice_board", "alice", "Alice Board")
-    upload("alice_uncategorized", "alice")
-    upload("alice_on_board", "alice", "alice_board")
-    board("bob_board", "bob", "Bob Private Board")
-    upload("bob_on_board", "bob", "bob_board")
-    upload("bob_uncategorized", "bob")
+    def workflow(key, who, name):
+        wf = {"name": name, "author": who, "description": f"browser e2e workflow of {who}", "version": "1.0.0",
+              "contact": "", "tags": "e2e", "notes": "", "exposedFields": [],
+              "meta": {"version": "3.0.0", "category": "user"}, "nodes": [], "edges": [], "form": None}
+        res = j("POST", "/api/v1/workflows/", who, json_body={"workflow": wf})
+        m["workflows"][key] = {"workflow_id": res["workflow_id"], "name": name, "owner": who,
+                               "is_public": bool(res.get("is_public", False))}
+
+    for role, board_name, wf_name, n_uncat in CONTENT:
+        b = j("POST", "/api/v1/boards/", role, params={"board_name": board_name})
+        m["boards"][f"{role}_board"] = {"board_id": b["board_id"], "board_name": board_name, "owner": role}
+        upload(f"{role}_on_board", role, f"{role}_board")
+        for i in range(n_uncat):
+            upload(f"{role}_uncategorized_{i}", role)
+        workflow(f"{role}_workflow", role, wf_name)
+        if m["workflows"][f"{role}_workflow"]["is_public"]:
+            raise SetupError(f"{role}'s new workflow is public; expected private workflows in multiuser mode")
 
     Path(a.out).write_text(json.dumps(m, indent=2))
-    print(f"seeded InvokeAI {ver}: users {', '.join(m['users'])}; "
-          f"{len(m['boards'])} boards; {len(m['images'])} images", file=sys.stderr)
+    print(f"seeded InvokeAI {ver}: users {', '.join(m['users'])}; {len(m['boards'])} boards; "
+          f"{len(m['images'])} images; {len(m['workflows'])} workflows", file=sys.stderr)
     return 0
 
 
