@@ -204,6 +204,11 @@ fn unavailable(e: FactsError) -> DenyReason {
 /// Evaluate all of a rule's checks.
 pub async fn evaluate(rule: &Rule, data: &RequestData, ctx: &Context<'_>) -> Decision {
     for check in &rule.checks {
+        if let Some(cap) = &check.unless_upstream {
+            if ctx.facts.schema().capability(cap) == Some(true) {
+                continue;
+            }
+        }
         let mut values = Vec::with_capacity(check.args.len());
         for arg in &check.args {
             match resolve(arg, data) {

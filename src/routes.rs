@@ -95,6 +95,8 @@ pub enum Arg {
 pub struct Check {
     pub predicate: Predicate,
     pub args: Vec<Arg>,
+    /// `… unless upstream.CAPABILITY`: skip the check where the upstream enforces it itself.
+    pub unless_upstream: Option<String>,
     pub text: String,
 }
 
@@ -445,9 +447,22 @@ fn check_overlaps(rules: &[Rule]) -> Result<(), (usize, String)> {
     Ok(())
 }
 
-/// Parse `name` or `name(arg, arg)`.
-fn parse_check(text: &str, params: &[String]) -> Result<Check, String> {
-    let text = text.trim();
+/// Parse `name`, `name(arg, arg)`, optionally followed by `unless upstream.CAPABILITY`.
+fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
+    let full = full.trim();
+    let (text, unless_upstream) = match full.rsplit_once(" unless ") {
+        Some((check, cond)) if cond.trim().starts_with("upstream.") => {
+            let cap = cond.trim().trim_start_matches("upstream.");
+            if !crate::facts::Schema::CAPABILITIES.contains(&cap) {
+                return Err(format!(
+                    "unknown upstream capability '{cap}' (one of {})",
+                    crate::facts::Schema::CAPABILITIES.join(", ")
+                ));
+            }
+            (check.trim(), Some(cap.to_owned()))
+        }
+        _ => (full, None),
+    };
     let (name, args_text) = match text.find('(') {
         Some(open) => {
             let inner = text[open + 1..]
@@ -471,7 +486,8 @@ fn parse_check(text: &str, params: &[String]) -> Result<Check, String> {
     Ok(Check {
         predicate,
         args,
-        text: text.to_owned(),
+        unless_upstream,
+        text: full.to_owned(),
     })
 }
 

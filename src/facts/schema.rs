@@ -82,6 +82,8 @@ impl Schema {
         "sanitizes_queue",
         "scopes_workflow_lists",
         "scopes_preset_lists",
+        "filters_images_by_names",
+        "skips_foreign_image_deletes",
     ];
 
     /// Whether the upstream enforces a named behaviour itself (`None`: unknown name).
@@ -94,6 +96,10 @@ impl Schema {
                 self.has_board_visibility
             }
             "scopes_workflow_lists" => self.has_workflow_owner,
+            // 6.13+ return only the readable names of POST /images/images_by_names.
+            "filters_images_by_names" => self.has_board_visibility,
+            // main/6.14 skip names the caller may not write in POST /images/delete.
+            "skips_foreign_image_deletes" => self.migration_version >= 33,
             _ => return None,
         })
     }
