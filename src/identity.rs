@@ -8,6 +8,10 @@
 //!   match `token_epoch` where the column exists. `is_admin` comes from the row, never the claim.
 //! - The token forwarded upstream carries the row's `is_admin` (re-minted when the claim differs),
 //!   so InvokeAI versions that trust the claim (6.12/6.13) see the truth.
+//! - Where the schema has no `token_epoch` (6.12/6.13), a password change seen by the guard
+//!   revokes the user's older tokens (ledger): a token's issue time is its `iat` (the guard adds
+//!   one to every token it hands out there), or, lacking one, the earliest time it could have
+//!   been issued (`exp` minus the longest lifetime InvokeAI mints).
 //! - Tokens and secrets are never logged.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +23,11 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::facts::{Facts, FactsError};
+use crate::ledger::Ledger;
+
+/// InvokeAI's longest token lifetime (remember-me: 7 days).
+const LONGEST_LIFETIME: u64 = 7 * 24 * 3600;
+const SHORT_LIFETIME: u64 = 24 * 3600;
 
 /// The cookie InvokeAI main sets for media routes.
 pub const MEDIA_COOKIE: &str = "invokeai_media_token";
@@ -163,6 +172,7 @@ pub async fn identify(
     headers: &HeaderMap,
     accept_cookie: bool,
     facts: &Facts,
+    ledger: &Ledger,
 ) -> Result<Principal, IdentityError> {
     let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
     let secret = facts.jwt_secret().await?;
@@ -182,6 +192,11 @@ pub async fn identify(
         if claimed != Some(row.token_epoch) {
             return Err(IdentityError::Invalid);
         }
+    } else if let Some(revoked_before) = ledger.revoked_before(&user_id) {
+        // No epochs upstream (6.12/6.13, hole 7): the guard's own revocation record.
+        if issued_at(&claims, exp) < revoked_before {
+            return Err(IdentityError::Invalid);
+        }
     }
     Ok(Principal {
         user_id,
@@ -192,6 +207,26 @@ pub async fn identify(
         exp,
         via,
     })
+}
+
+/// When a token was issued: its `iat`, else the earliest possible time given its lifetime.
+pub fn issued_at(claims: &Map<String, Value>, exp: u64) -> u64 {
+    if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
+        return iat;
+    }
+    let lifetime = match claims.get("remember_me").and_then(Value::as_bool) {
+        Some(false) => SHORT_LIFETIME,
+        _ => LONGEST_LIFETIME,
+    };
+    exp.saturating_sub(lifetime)
+}
+
+/// The same claims with `iat` set to now, signed (tokens the guard hands out on 6.12/6.13 carry
+/// their issue time so a later revocation can tell them apart; InvokeAI ignores the claim).
+pub fn with_issue_time(claims: &Map<String, Value>, secret: &str) -> String {
+    let mut claims = claims.clone();
+    claims.insert("iat".into(), Value::from(now()));
+    sign(&claims, secret)
 }
 
 impl Principal {
@@ -220,7 +255,7 @@ pub fn remint_refreshed(token: &str, secret: &str, principal: &Principal) -> Opt
         return None;
     }
     claims.insert("is_admin".into(), Value::Bool(principal.is_admin));
-    Some(sign(&claims, secret))
+    Some(with_issue_time(&claims, secret))
 }
 
 #[cfg(test)]

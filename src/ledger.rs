@@ -6,9 +6,12 @@
 //! - Entries are only recorded from upstream responses the guard itself forwarded (a 2xx to an
 //!   authenticated request), so an entry names the real creator.
 //! - A first recording wins: a later response cannot re-assign an existing owner.
+//! - Revocations (password changes seen on schemas without `token_epoch`) only move forward and
+//!   are mirrored in memory, so the per-request check never touches the disk.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -39,6 +42,8 @@ impl Entry {
 #[derive(Clone)]
 pub struct Ledger {
     conn: Arc<Mutex<Connection>>,
+    /// user id → tokens issued before this second (Unix time) are revoked.
+    revoked: Arc<RwLock<HashMap<String, u64>>>,
 }
 
 const SCHEMA: &str = "
@@ -51,6 +56,10 @@ CREATE TABLE IF NOT EXISTS style_preset_owner (
     preset_id   TEXT PRIMARY KEY,
     user_id     TEXT NOT NULL,
     recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS revocation (
+    user_id        TEXT PRIMARY KEY,
+    revoked_before INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS bulk_download (
     item_name   TEXT PRIMARY KEY,
@@ -71,18 +80,54 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
         conn.execute_batch(SCHEMA)?;
+        Self::with_connection(conn)
+    }
+
+    fn with_connection(conn: Connection) -> Result<Self, FactsError> {
+        let revoked = conn
+            .prepare("SELECT user_id, revoked_before FROM revocation")?
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })?
+            .collect::<Result<HashMap<_, _>, _>>()?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            revoked: Arc::new(RwLock::new(revoked)),
         })
+    }
+
+    /// Tokens of `user_id` issued before this Unix second are revoked (None: nothing revoked).
+    pub fn revoked_before(&self, user_id: &str) -> Option<u64> {
+        self.revoked
+            .read()
+            .expect("revocation lock")
+            .get(user_id)
+            .copied()
+    }
+
+    /// Revoke every token of `user_id` issued before `at` (Unix seconds); never moves backwards.
+    pub async fn revoke(&self, user_id: &str, at: u64) -> Result<(), FactsError> {
+        let user = user_id.to_owned();
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO revocation (user_id, revoked_before) VALUES (?1, ?2) \
+                 ON CONFLICT(user_id) DO UPDATE SET revoked_before = MAX(revoked_before, excluded.revoked_before)",
+                rusqlite::params![user, at as i64],
+            )
+            .map(|_| ())
+        })
+        .await?;
+        let mut map = self.revoked.write().expect("revocation lock");
+        let entry = map.entry(user_id.to_owned()).or_insert(at);
+        *entry = (*entry).max(at);
+        Ok(())
     }
 
     /// An in-memory ledger (tests, `check`).
     pub fn in_memory() -> Result<Self, FactsError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Self::with_connection(conn)
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, FactsError>

@@ -7,6 +7,9 @@
 //!   limit; beyond that the body streams through unfiltered and the filter is skipped (logged).
 //! - Session cookies are `HttpOnly; SameSite=Strict; Path=/` (and `Secure` behind TLS), and never
 //!   outlive the token they carry.
+//! - Where the upstream has no `token_epoch` (6.12/6.13), every token the guard hands out carries
+//!   `iat`, and a password change that succeeded through the guard revokes the user's older
+//!   tokens (ledger) and hands the caller a fresh one.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
@@ -26,6 +29,8 @@ pub enum ResponseFilter {
     RecordWorkflowOwner,
     RecordStylePresetOwner,
     RecordBulkDownload,
+    RevokeOnPasswordChange,
+    RevokeOnPasswordReset,
 }
 
 const FILTERS: &[(&str, ResponseFilter)] = &[
@@ -39,6 +44,14 @@ const FILTERS: &[(&str, ResponseFilter)] = &[
         ResponseFilter::RecordStylePresetOwner,
     ),
     ("record_bulk_download", ResponseFilter::RecordBulkDownload),
+    (
+        "revoke_on_password_change",
+        ResponseFilter::RevokeOnPasswordChange,
+    ),
+    (
+        "revoke_on_password_reset",
+        ResponseFilter::RevokeOnPasswordReset,
+    ),
 ];
 
 impl ResponseFilter {
@@ -54,6 +67,14 @@ impl ResponseFilter {
             .find(|(_, f)| *f == self)
             .map(|(n, _)| *n)
             .expect("registered")
+    }
+
+    /// Whether the filter reads the JSON request body (the pipeline then buffers it).
+    pub fn needs_request_body(self) -> bool {
+        matches!(
+            self,
+            ResponseFilter::RevokeOnPasswordChange | ResponseFilter::RevokeOnPasswordReset
+        )
     }
 
     /// Whether the filter reads the response body.
@@ -76,6 +97,12 @@ pub struct FilterContext<'a> {
     pub tls: bool,
     /// The session cookie the request carried, if any.
     pub request_session: Option<String>,
+    /// Whether the upstream revokes tokens itself (`token_epoch`, 6.14/main).
+    pub upstream_revokes: bool,
+    /// The JSON request body, when a check or filter read it.
+    pub request_body: Option<&'a Value>,
+    /// Decoded path parameters of the matched rule.
+    pub path: &'a std::collections::HashMap<String, String>,
 }
 
 /// A `Set-Cookie` value for the session cookie (`token = None` deletes it).
@@ -129,7 +156,7 @@ fn now_secs() -> u64 {
 }
 
 /// Apply header-only filters.
-pub fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &FilterContext<'_>) {
+pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &FilterContext<'_>) {
     for filter in filters {
         match filter {
             // Private pixels must not land in shared caches (6.12/6.13 send max-age=31536000).
@@ -142,6 +169,11 @@ pub fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &Filter
                 if let Some(c) = session_cookie(None, 0, ctx.tls) {
                     parts.headers.append(SET_COOKIE, c);
                 }
+            }
+            ResponseFilter::RevokeOnPasswordChange | ResponseFilter::RevokeOnPasswordReset
+                if parts.status.is_success() && !ctx.upstream_revokes =>
+            {
+                revoke_after_password_change(*filter, parts, ctx).await;
             }
             ResponseFilter::RefreshSession if parts.status.is_success() => {
                 if let Some(p) = ctx.principal {
@@ -158,17 +190,26 @@ pub fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &Filter
     }
 }
 
-/// Apply body-reading filters to a buffered 2xx body. The body itself is not changed.
+/// Apply body-reading filters to a buffered 2xx body; returns a replacement body when one
+/// was rewritten.
 pub async fn apply_body(
     filters: &[ResponseFilter],
     parts: &mut Parts,
     body: &Bytes,
     ctx: &FilterContext<'_>,
-) {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
+) -> Option<Bytes> {
+    let mut json: Option<Value> = serde_json::from_slice(body).ok();
+    let mut replaced = None;
     for filter in filters {
         match filter {
             ResponseFilter::LoginSession => {
+                if !ctx.upstream_revokes {
+                    // Give the login token an issue time so a later revocation can tell it apart.
+                    if let Some(j) = json.as_mut() {
+                        stamp_login_token(j, ctx.secret);
+                        replaced = serde_json::to_vec(j).ok().map(Bytes::from);
+                    }
+                }
                 let token = json
                     .as_ref()
                     .and_then(|j| j.get("token"))
@@ -193,6 +234,69 @@ pub async fn apply_body(
                 record(ctx, Entry::BulkDownload, json.as_ref(), field).await
             }
             _ => {}
+        }
+    }
+    if replaced.is_some() {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    replaced
+}
+
+fn stamp_login_token(json: &mut Value, secret: Option<&str>) {
+    let (Some(secret), Some(token)) = (secret, json.get("token").and_then(Value::as_str)) else {
+        return;
+    };
+    if let Ok((claims, _)) = identity::verify(token, secret) {
+        json["token"] = Value::String(identity::with_issue_time(&claims, secret));
+    }
+}
+
+/// A password changed through the guard on an upstream without epochs: revoke older tokens
+/// (hole 7) and hand the caller a fresh token when it was their own password.
+async fn revoke_after_password_change(
+    filter: ResponseFilter,
+    parts: &mut Parts,
+    ctx: &FilterContext<'_>,
+) {
+    let (Some(me), Some(secret)) = (ctx.principal, ctx.secret) else {
+        return;
+    };
+    let field = match filter {
+        ResponseFilter::RevokeOnPasswordChange => "new_password",
+        _ => "password",
+    };
+    let changed = ctx
+        .request_body
+        .and_then(|b| b.get(field))
+        .and_then(Value::as_str)
+        .is_some_and(|p| !p.is_empty());
+    if !changed {
+        return;
+    }
+    let target = match filter {
+        ResponseFilter::RevokeOnPasswordChange => me.user_id.clone(),
+        _ => match ctx.path.get("user_id") {
+            Some(id) => id.clone(),
+            None => return,
+        },
+    };
+    let now = now_secs();
+    if let Err(e) = ctx.ledger.revoke(&target, now).await {
+        tracing::error!(error = %e, user_id = %target, "could not record a revocation");
+        return;
+    }
+    tracing::info!(user_id = %target, "password changed: older tokens revoked");
+    if target == me.user_id {
+        let mut claims = me.claims.clone();
+        claims.insert("is_admin".into(), Value::Bool(me.is_admin));
+        let fresh = identity::with_issue_time(&claims, secret);
+        if let Ok(v) = HeaderValue::from_str(&fresh) {
+            parts.headers.insert("x-refreshed-token", v);
+        }
+        if ctx.request_session.is_some() {
+            if let Some(c) = session_cookie(Some(&fresh), me.remaining_secs(), ctx.tls) {
+                parts.headers.append(SET_COOKIE, c);
+            }
         }
     }
 }

@@ -311,7 +311,15 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
     if raw.auth == Auth::Admin && checks.iter().any(|c| c.predicate == Predicate::Admin) {
         return Err("auth = \"admin\" already implies the 'admin' check".into());
     }
-    let body = body_need(&checks)?;
+    let mut body = body_need(&checks)?;
+    if response.iter().any(|f| f.needs_request_body()) {
+        body = match body {
+            BodyNeed::None | BodyNeed::Json => BodyNeed::Json,
+            BodyNeed::Multipart => {
+                return Err("a filter reading the JSON body cannot go with form.* checks".into())
+            }
+        };
+    }
     Ok(Rule {
         id: raw.id,
         methods,

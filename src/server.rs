@@ -315,9 +315,14 @@ async fn pipeline(
     }
     // 3. identify
     let principal = if rule.auth.needs_identity() {
-        let p = identity::identify(req.headers(), rule.auth.accepts_cookie(), &state.facts)
-            .await
-            .map_err(identity_denial)?;
+        let p = identity::identify(
+            req.headers(),
+            rule.auth.accepts_cookie(),
+            &state.facts,
+            &state.ledger,
+        )
+        .await
+        .map_err(identity_denial)?;
         record.user_id = Some(p.user_id.clone());
         if rule.auth == Auth::Admin && !p.is_admin {
             return Err(DenyReason::Forbidden("Admin privileges required".into()));
@@ -358,15 +363,16 @@ async fn pipeline(
         Decision::Deny(reason) => return Err(reason),
     }
     // 6. forward
-    let secret = match &principal {
-        Some(_) => Some(
+    // The secret re-mints tokens (upstream Authorization, response filters).
+    let secret = match principal.is_some() || !rule.response.is_empty() {
+        true => Some(
             state
                 .facts
                 .jwt_secret()
                 .await
                 .map_err(|e| DenyReason::Unavailable(e.to_string()))?,
         ),
-        None => None,
+        false => None,
     };
     let upstream_req = upstream_request(
         &parts,
@@ -403,6 +409,9 @@ async fn pipeline(
         ledger: &state.ledger,
         tls: state.tls,
         request_session: identity::cookie(&parts.headers, SESSION_COOKIE),
+        upstream_revokes: state.facts.schema().has_token_epoch,
+        request_body: data.body.as_ref(),
+        path: &data.path,
     };
     Ok(respond(res, rule, &filter_ctx, state.limits.max_body_bytes).await)
 }
@@ -548,7 +557,7 @@ async fn respond(
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     rewrite::refreshed_token(&mut parts, ctx);
-    rewrite::apply_headers(&rule.response, &mut parts, ctx);
+    rewrite::apply_headers(&rule.response, &mut parts, ctx).await;
     let wants_body = parts.status.is_success() && rule.response.iter().any(|f| f.needs_body());
     if !wants_body {
         return Response::from_parts(parts, body.boxed());
@@ -556,8 +565,10 @@ async fn respond(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => {
             let bytes = collected.to_bytes();
-            rewrite::apply_body(&rule.response, &mut parts, &bytes, ctx).await;
-            Response::from_parts(parts, decision::full(bytes))
+            let body = rewrite::apply_body(&rule.response, &mut parts, &bytes, ctx)
+                .await
+                .unwrap_or(bytes);
+            Response::from_parts(parts, decision::full(body))
         }
         Err(e) => {
             tracing::error!(rule_id = %rule.id, error = %e, "response body over the filter limit or unreadable");

@@ -1627,3 +1627,103 @@ async fn corrupted_database_fails_closed() {
     );
     assert_eq!(w.up.count(), before);
 }
+
+#[tokio::test]
+async fn password_change_revokes_older_tokens_without_epochs() {
+    let db = copy_fixture("invokeai-6.12.0-rich.db");
+    let m = manifest("6.12.0");
+    let secret = m["jwt"]["secret"].as_str().unwrap().to_owned();
+    let carol_login = sign(&claims_for(&m, "carol"), &secret);
+    let cl = carol_login.clone();
+    let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
+        "/api/v1/auth/login" => ok_json(json!({"token": cl, "user": {}, "expires_in": 3600})),
+        _ => ok_json(json!({"ok": true})),
+    });
+    let up = mock(Some(responder)).await;
+    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
+    let old = token_for(&m, "carol"); // a session from before the change (no iat)
+    let me = g.url("/api/v1/auth/me");
+    assert_eq!(send("GET", &me, Some(&old), None).await.status, 200);
+    // A profile change without a new password revokes nothing.
+    let r = send("PATCH", &me, Some(&old), Some(json!({"display_name": "C"}))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(send("GET", &me, Some(&old), None).await.status, 200);
+    let change = json!({"current_password": "CarolPass123", "new_password": "CarolPass456!"});
+    let r = send("PATCH", &me, Some(&old), Some(change)).await;
+    assert_eq!(r.status, 200);
+    let fresh = r.headers["x-refreshed-token"].to_str().unwrap().to_owned();
+    assert_eq!(
+        send("GET", &me, Some(&old), None).await.status,
+        401,
+        "the old session must die"
+    );
+    assert_eq!(
+        send("GET", &me, Some(&fresh), None).await.status,
+        200,
+        "the fresh token works"
+    );
+    // A new login through the guard is stamped with its issue time and accepted.
+    let login = send(
+        "POST",
+        &g.url("/api/v1/auth/login"),
+        None,
+        Some(json!({"email": "carol@example.com", "password": "x"})),
+    )
+    .await;
+    let token = login.json()["token"].as_str().unwrap().to_owned();
+    assert_ne!(token, carol_login, "the login token is re-signed with iat");
+    assert!(invoke_guard::identity::verify(&token, &secret)
+        .unwrap()
+        .0
+        .contains_key("iat"));
+    assert_eq!(send("GET", &me, Some(&token), None).await.status, 200);
+    // An admin's password reset revokes the target's sessions, not the admin's.
+    let bob = token_for(&m, "bob");
+    let admin = token_for(&m, "admin");
+    let bob_id = m["users"]["bob"]["user_id"].as_str().unwrap();
+    let r = send(
+        "PATCH",
+        &g.url(&format!("/api/v1/auth/users/{bob_id}")),
+        Some(&admin),
+        Some(json!({"password": "BobPass999!"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(send("GET", &me, Some(&bob), None).await.status, 401);
+    assert_eq!(send("GET", &me, Some(&admin), None).await.status, 200);
+    // The revocations survive a restart (ledger).
+    let ledger =
+        invoke_guard::ledger::Ledger::open(&g.ledger_dir.path().join("ledger.db")).unwrap();
+    assert!(ledger.revoked_before(bob_id).is_some());
+}
+
+#[tokio::test]
+async fn with_epochs_the_upstream_revokes_and_the_guard_does_not_rewrite_logins() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let m = manifest("6.14.2");
+    let t = token_for(&m, "carol");
+    let t2 = t.clone();
+    let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
+        "/api/v1/auth/login" => ok_json(json!({"token": t2, "user": {}, "expires_in": 3600})),
+        _ => ok_json(json!({"ok": true})),
+    });
+    let up = mock(Some(responder)).await;
+    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
+    let login = send(
+        "POST",
+        &g.url("/api/v1/auth/login"),
+        None,
+        Some(json!({"email": "carol@example.com", "password": "x"})),
+    )
+    .await;
+    assert_eq!(login.json()["token"], json!(t));
+    let r = send(
+        "PATCH",
+        &g.url("/api/v1/auth/me"),
+        Some(&t),
+        Some(json!({"current_password": "a", "new_password": "b"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("x-refreshed-token").is_none());
+}
