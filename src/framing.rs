@@ -232,8 +232,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
             if !matches!(self.mode, Mode::Opaque) {
-                let fresh = buf.filled()[before..].to_vec();
-                self.observe(&fresh);
+                self.observe(&buf.filled()[before..]);
             }
         }
         poll

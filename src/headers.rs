@@ -25,7 +25,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Folded names (see module docs) a client may never send upstream.
+/// Names a client may never send upstream (compared lowercase; `_`/`.` spellings are dropped).
 const SPOOFABLE: &[&str] = &[
     "forwarded",
     "x-real-ip",
@@ -53,7 +53,7 @@ const SPOOFABLE: &[&str] = &[
     "x-refreshed-token",
 ];
 
-/// Folded prefixes a client may never send upstream.
+/// Prefixes a client may never send upstream.
 const SPOOFABLE_PREFIXES: &[&str] = &[
     "x-forwarded-",
     "x-auth-",
@@ -61,10 +61,6 @@ const SPOOFABLE_PREFIXES: &[&str] = &[
     "x-envoy-",
     "x-remote-",
 ];
-
-fn fold(name: &str) -> String {
-    name.to_ascii_lowercase().replace(['_', '.'], "-")
-}
 
 /// Remove hop-by-hop headers and any header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -90,13 +86,14 @@ pub fn strip_spoofable(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
+            // `HeaderName`s are lowercase already; a name with `_` or `.` is dropped outright, so
+            // the remaining names need no folding before the comparisons.
             let raw = name.as_str();
-            let folded = fold(raw);
             // Underscore/dot aliases (Traefik CVE-2026-39858, GHSA-rf44-j88r-hh8c): WSGI/ASGI
             // stacks fold them onto real names, so no legitimate client header needs them.
             raw.contains(['_', '.'])
-                || SPOOFABLE.contains(&folded.as_str())
-                || SPOOFABLE_PREFIXES.iter().any(|p| folded.starts_with(p))
+                || SPOOFABLE.contains(&raw)
+                || SPOOFABLE_PREFIXES.iter().any(|p| raw.starts_with(p))
         })
         .cloned()
         .collect();

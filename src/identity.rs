@@ -14,7 +14,10 @@
 //!   been issued (`exp` minus the longest lifetime InvokeAI mints).
 //! - Tokens and secrets are never logged.
 
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
 
 use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
@@ -120,7 +123,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn validation() -> Validation {
+static VALIDATION: LazyLock<Validation> = LazyLock::new(|| {
     // Algorithm pinning: HS256 only (alg:none and RS/HS confusion, jsonwebtoken #41).
     let mut v = Validation::new(Algorithm::HS256);
     // Type-confused `exp` must not count as absent (CVE-2026-25537): require it explicitly.
@@ -128,16 +131,35 @@ fn validation() -> Validation {
     v.leeway = 0;
     v.validate_aud = false;
     v
+});
+
+/// HMAC keys derived from one secret, built once per secret (not per request).
+struct Keys {
+    secret: Box<str>,
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+}
+
+static KEYS: ArcSwapOption<Keys> = ArcSwapOption::const_empty();
+
+fn keys_for(secret: &str) -> Arc<Keys> {
+    if let Some(k) = KEYS.load_full().filter(|k| &*k.secret == secret) {
+        return k;
+    }
+    let keys = Arc::new(Keys {
+        secret: secret.into(),
+        decoding: DecodingKey::from_secret(secret.as_bytes()),
+        encoding: EncodingKey::from_secret(secret.as_bytes()),
+    });
+    KEYS.store(Some(keys.clone()));
+    keys
 }
 
 /// Verify a token's signature and expiry; returns its claims.
 pub fn verify(token: &str, secret: &str) -> Result<(Map<String, Value>, u64), IdentityError> {
-    let data = jsonwebtoken::decode::<Map<String, Value>>(
-        token,
-        &DecodingKey::from_secret(secret.as_bytes()),
-        &validation(),
-    )
-    .map_err(|_| IdentityError::Invalid)?;
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, &keys_for(secret).decoding, &VALIDATION)
+            .map_err(|_| IdentityError::Invalid)?;
     let claims = data.claims;
     let exp = claims
         .get("exp")
@@ -162,7 +184,7 @@ pub fn sign(claims: &Map<String, Value>, secret: &str) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &keys_for(secret).encoding,
     )
     .expect("HS256 signing of a JSON map cannot fail")
 }

@@ -186,7 +186,7 @@ pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ConnInfo) -
     let mut record = Record {
         rule_id: "-".into(),
         user_id: None,
-        path: format!("{:?}", req.uri().path()),
+        path: String::new(),
         outcome: "allow",
         reason: "-",
         detail: None,
@@ -288,11 +288,15 @@ async fn pipeline(
 ) -> Result<Response<Body>, DenyReason> {
     // 0. framing
     if let Some(reason) = framing_error(&req, conn) {
+        record.path = format!("{:?}", req.uri().path());
         return Err(reason);
     }
     // 1. canonicalize
-    let target = canonical::canonicalize(req.uri().path(), req.uri().query())
-        .map_err(|e| DenyReason::BadTarget(e.to_string()))?;
+    let target = canonical::canonicalize(req.uri().path(), req.uri().query()).map_err(|e| {
+        // Escaped for the log: the raw target may hold control bytes.
+        record.path = format!("{:?}", req.uri().path());
+        DenyReason::BadTarget(e.to_string())
+    })?;
     record.path = target.path.clone();
     // 2. match
     let table = state.routes.load_full();
