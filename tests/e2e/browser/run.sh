@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# End-to-end, part 4: the real InvokeAI web UI works through the guard (headless Chromium).
+#
+#   tests/e2e/browser/run.sh [VERSION]            (default 6.14.2)
+#
+#   1. scripts/invokeai/install.sh VERSION (cached venv), scripts/invokeai/start.sh on a free loopback port with a
+#      fresh root ${E2E_RUN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run}/browser-VERSION/root
+#   2. setup.py seeds it DIRECTLY: admin (POST /api/v1/auth/setup), alice, carol (alice's twin), bob; each with a
+#      private board holding one image, uncategorized images and a private workflow
+#   3. starts the guard in front of it ($GUARD_BIN serve ...; ready when GET /readyz on its admin port is 200)
+#   4. flow.mjs --mode direct: the UI flow as carol straight against InvokeAI (baseline: what the server itself
+#      answers), then flow.mjs --mode guard: the same flow as alice THROUGH THE GUARD (login form, gallery with
+#      her images and none of bob's, her board, upload via the file chooser, new board, workflow library,
+#      Socket.IO, logout + reload of /login), recording every response, toast and socket frame
+#   5. stops the guard and InvokeAI by PID on every exit path
+# The last line is `PASS n/N leaks=L false_denies=F` (or FAIL ...); exit status 0 only on PASS.
+# A guard denial (401/403/404 with a JSON {"detail"} body and an outcome=deny decision-log line) counts as a
+# false deny unless InvokeAI itself refused the same (normalized) request in the baseline run, or refuses it when
+# replayed straight to it with the same credentials (GET/HEAD), or it is a listed deliberate difference (flow.mjs).
+# Artifact: tests/e2e/artifacts/gallery-VERSION.png (the gallery after login, through the guard). Logs, reports
+# and step screenshots stay in the run dir: root/server.log, guard.log, manifest.json, {direct,guard}-report.json
+# (every response: URL, status, JSON-detail flag, guard decision, classification), {direct,guard}-flow.out, shots/.
+#
+# Env: GUARD_BIN (default target/release/invoke-guard; built with `cargo build --release` when missing),
+#      ROUTES (default routes.toml), E2E_RUN_DIR, CHROMIUM (default /usr/bin/chromium),
+#      GUARD_READY_TIMEOUT (default 30 s), SOCKET_GZIP_WORKAROUND (default 1; see flow.mjs: InvokeAI 6.14.2
+#      answers 500 to Engine.IO polling requests that accept gzip, which every browser sends).
+# Prerequisites: node >= 20 + npm (playwright-core from package-lock.json, no browser download), Debian's
+# chromium (installed with apt-get when missing and running as root), python 3.11/3.12 for InvokeAI.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../../.." && pwd)"
+INV="$REPO/scripts/invokeai"
+V="${1:-6.14.2}"
+RUN_BASE="${E2E_RUN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run}"
+RUNDIR="$RUN_BASE/browser-$V"
+ROOT="$RUNDIR/root"
+ARTIFACTS="$REPO/tests/e2e/artifacts"
+ROUTES="${ROUTES:-$REPO/routes.toml}"
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+READY_TIMEOUT="${GUARD_READY_TIMEOUT:-30}"
+
+case "$V" in -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}"; exit 0 ;; -*) echo "run.sh: unknown option $V" >&2; exit 2 ;; esac
+
+log() { printf '[browser-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+secs() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+T_ALL=$(date +%s.%N)
+
+# ---------------------------------------------------------------- prerequisites (errors, never skips)
+for tool in awk flock sha256sum; do command -v "$tool" >/dev/null || die "missing tool: $tool"; done
+command -v node >/dev/null || die "node not found (Debian: apt-get install nodejs npm; playwright-core needs node >= 20)"
+command -v npm >/dev/null || die "npm not found (Debian: apt-get install npm)"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+(( node_major >= 20 )) || die "node $(node --version) is too old; playwright-core needs node >= 20"
+if [[ ! -x "$CHROMIUM" ]]; then
+  [[ "$CHROMIUM" == /usr/bin/chromium ]] || die "CHROMIUM=$CHROMIUM is not an executable"
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    log "Debian's chromium is missing; apt-get update && apt-get install chromium chromium-driver"
+    apt-get update -qq >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2 \
+      || die "apt-get install chromium chromium-driver failed"
+  fi
+  [[ -x "$CHROMIUM" ]] || die "$CHROMIUM not found: install Debian's browser with 'apt-get update && apt-get install chromium chromium-driver' (as root)"
+fi
+if [[ ! -f "$HERE/node_modules/playwright-core/package.json" ]] \
+   || ! ( cd "$HERE" && npm ls --silent playwright-core >/dev/null 2>&1 ); then
+  log "npm ci in tests/e2e/browser (playwright-core; no browser download)"
+  ( cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent >&2 ) \
+    || die "npm ci failed in $HERE (needs the npm registry)"
+fi
+[[ -f "$ROUTES" ]] || die "route table $ROUTES not found (set ROUTES=...)"
+if [[ -z "${GUARD_BIN:-}" ]]; then
+  GUARD_BIN="$REPO/target/release/invoke-guard"
+  if [[ ! -x "$GUARD_BIN" ]]; then
+    command -v cargo >/dev/null || die "no $GUARD_BIN and no cargo to build it"
+    log "building the guard: cargo build --release"
+    ( cd "$REPO" && cargo build --release --locked >&2 ) || die "cargo build --release failed"
+  fi
+fi
+[[ -x "$GUARD_BIN" ]] || die "guard binary $GUARD_BIN not found (cargo build --release, or set GUARD_BIN)"
+
+# ---------------------------------------------------------------- cleanup on every exit path
+GUARD_PID=""
+STARTED_ROOT=""
+CHILD=""
+# Long steps run in the background and are waited for, so Ctrl-C / SIGTERM interrupt them at once
+# (bash runs a trap only after a *foreground* child finishes); cleanup ends the current one by PID.
+run_child() {
+  "$@" &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return $rc
+}
+cleanup() {
+  local rc=$?
+  if [[ -n "$CHILD" ]] && kill -0 "$CHILD" 2>/dev/null; then
+    kill -TERM "$CHILD" 2>/dev/null || true   # node: playwright closes its Chromium on SIGTERM
+    wait "$CHILD" 2>/dev/null || true
+  fi
+  CHILD=""
+  if [[ -n "$GUARD_PID" ]] && kill -0 "$GUARD_PID" 2>/dev/null; then
+    kill -TERM "$GUARD_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$GUARD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$GUARD_PID" 2>/dev/null && kill -KILL "$GUARD_PID" 2>/dev/null
+    wait "$GUARD_PID" 2>/dev/null || true
+  fi
+  GUARD_PID=""
+  if [[ -n "$STARTED_ROOT" ]]; then "$INV/stop.sh" "$STARTED_ROOT" >&2 || true; fi
+  STARTED_ROOT=""
+  return $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- InvokeAI
+log "=== InvokeAI $V: web UI through the guard ==="
+mkdir -p "$RUN_BASE"
+t=$(date +%s.%N)
+run_child "$INV/install.sh" "$V" > "$RUN_BASE/.browser-install-$V.out" || die "install of invokeai $V failed"
+VENV="$(tail -1 "$RUN_BASE/.browser-install-$V.out")"
+PY="$VENV/bin/python"
+[[ -x "$PY" ]] || die "install.sh printed '$VENV', which has no bin/python"
+t_install=$(secs "$t")
+
+free_port() {
+  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+http_status() {  # URL [Accept-Encoding] -> HTTP status (000 when nothing answers)
+  "$PY" - "$1" "${2:-}" <<'PYEOF'
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": sys.argv[2]} if sys.argv[2] else {})
+try:
+    with urllib.request.urlopen(req, timeout=5) as r:
+        print(r.status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print("000")
+PYEOF
+}
+
+mkdir -p "$RUNDIR" "$ARTIFACTS"
+rm -rf "$RUNDIR/guard" "$RUNDIR/shots" "$RUNDIR"/*.json "$RUNDIR"/*.out "$RUNDIR/guard.log" "$RUNDIR"/profile-* \
+  "$ARTIFACTS/gallery-$V.png" "$ARTIFACTS/browser-failure-$V.png"
+UPORT="$(free_port)"
+t=$(date +%s.%N)
+STARTED_ROOT="$ROOT"
+run_child "$INV/start.sh" "$V" "$UPORT" "$ROOT" > "$RUNDIR/start.out" || die "InvokeAI $V did not start (log: $ROOT/server.log)"
+log "$(tail -1 "$RUNDIR/start.out")"
+t_start=$(secs "$t")
+UPSTREAM="http://127.0.0.1:$UPORT"
+
+t=$(date +%s.%N)
+run_child "$PY" "$HERE/setup.py" --base "$UPSTREAM" --version "$V" --out "$RUNDIR/manifest.json" \
+  || die "seeding InvokeAI $V failed (log: $ROOT/server.log)"
+t_setup=$(secs "$t")
+
+# ---------------------------------------------------------------- the guard
+GPORT="$(free_port)"
+APORT="$(free_port)"
+mkdir -p "$RUNDIR/guard"
+t=$(date +%s.%N)
+# Run from the repo root like tests/e2e/run.sh (config/invoke-guard.toml; the flags override it). Decision lines
+# are logged at info level: the false-deny classification reads them, so the level is pinned.
+( cd "$REPO" && INVOKE_GUARD_LOG=info exec "$GUARD_BIN" serve --listen "127.0.0.1:$GPORT" --upstream "$UPSTREAM" \
+    --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/guard/ledger.db" \
+    --admin-listen "127.0.0.1:$APORT" > "$RUNDIR/guard.log" 2>&1 < /dev/null ) &
+GUARD_PID=$!
+deadline=$(( $(date +%s) + READY_TIMEOUT ))
+until [[ "$(http_status "http://127.0.0.1:$APORT/readyz")" == 200 ]]; do
+  if ! kill -0 "$GUARD_PID" 2>/dev/null; then
+    tail -30 "$RUNDIR/guard.log" >&2 || true
+    die "the guard exited during startup (log: $RUNDIR/guard.log)"
+  fi
+  (( $(date +%s) <= deadline )) || { tail -30 "$RUNDIR/guard.log" >&2; die "guard not ready after ${READY_TIMEOUT}s"; }
+  sleep 0.2
+done
+t_guard=$(secs "$t")
+GUARD="http://127.0.0.1:$GPORT"
+log "guard pid=$GUARD_PID on $GUARD (admin 127.0.0.1:$APORT) in front of $UPSTREAM, ready in ${t_guard}s; routes $ROUTES"
+
+# The upstream bug the socket workaround is for: report whether it is (still) there.
+sock_direct="$(http_status "$UPSTREAM/ws/socket.io/?EIO=4&transport=polling" gzip)"
+sock_identity="$(http_status "$UPSTREAM/ws/socket.io/?EIO=4&transport=polling" identity)"
+if [[ "$sock_direct" == 500 && "$sock_identity" == 200 ]]; then
+  log "note: InvokeAI $V answers 500 to Engine.IO polling with Accept-Encoding: gzip (200 without): upstream bug;" \
+      "SOCKET_GZIP_WORKAROUND=${SOCKET_GZIP_WORKAROUND:-1} re-issues the UI's polling requests without gzip"
+else
+  log "note: Engine.IO polling straight to InvokeAI: $sock_direct with gzip, $sock_identity without"
+fi
+
+# ---------------------------------------------------------------- the browser
+export CHROMIUM
+t=$(date +%s.%N)
+rc_direct=0
+run_child node "$HERE/flow.mjs" --mode direct --base "$UPSTREAM" --manifest "$RUNDIR/manifest.json" --user carol \
+  --out "$RUNDIR/direct-report.json" --profile "$RUNDIR/profile-direct" --shots "$RUNDIR/shots" \
+  --log "$RUNDIR/direct-flow.out" --chromium "$CHROMIUM" >&2 || rc_direct=$?
+t_direct=$(secs "$t")
+if [[ $rc_direct != 0 ]]; then
+  log "ERROR: the flow FAILS against InvokeAI $V itself (baseline, rc=$rc_direct): a test or upstream problem, not the guard's;" \
+      "see $RUNDIR/direct-report.json and $RUNDIR/shots/direct-*.png"
+  [[ -f "$RUNDIR/direct-report.json" ]] || die "no baseline report; cannot compare"
+fi
+
+t=$(date +%s.%N)
+rc_guard=0
+run_child node "$HERE/flow.mjs" --mode guard --base "$GUARD" --manifest "$RUNDIR/manifest.json" --user alice \
+  --out "$RUNDIR/guard-report.json" --profile "$RUNDIR/profile-guard" --shots "$RUNDIR/shots" \
+  --guard-log "$RUNDIR/guard.log" --baseline "$RUNDIR/direct-report.json" --upstream "$UPSTREAM" \
+  --screenshot "$ARTIFACTS/gallery-$V.png" --log "$RUNDIR/guard-flow.out" --chromium "$CHROMIUM" >&2 || rc_guard=$?
+t_flow=$(secs "$t")
+rm -rf "$RUNDIR"/profile-*
+if [[ $rc_guard != 0 && -f "$RUNDIR/shots/guard-99-error.png" ]]; then
+  cp "$RUNDIR/shots/guard-99-error.png" "$ARTIFACTS/browser-failure-$V.png"
+  log "the page when the guard flow stopped: $ARTIFACTS/browser-failure-$V.png"
+fi
+
+cleanup || true
+log "timings: install ${t_install}s, InvokeAI start ${t_start}s, seed ${t_setup}s, guard ${t_guard}s," \
+    "browser direct ${t_direct}s, browser guard ${t_flow}s, total $(secs "$T_ALL")s"
+log "logs: $ROOT/server.log $RUNDIR/guard.log; reports: $RUNDIR/{direct,guard}-report.json; artifact: $ARTIFACTS/gallery-$V.png"
+final="$(grep -E '^(PASS|FAIL) [0-9]+/[0-9]+ ' "$RUNDIR/guard-flow.out" | tail -1 || true)"
+[[ -n "$final" ]] || final="FAIL 0/1 leaks=? false_denies=? (the guard flow printed no result; rc=$rc_guard)"
+if [[ $rc_direct != 0 && "$final" == PASS* ]]; then final="FAIL${final#PASS} (baseline against InvokeAI itself failed)"; fi
+echo "$final"
+[[ $rc_guard == 0 && $rc_direct == 0 && "$final" == PASS* ]]
