@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
-    UPGRADE,
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
@@ -384,6 +384,7 @@ async fn pipeline(
         upstream_body,
         principal.as_ref(),
         secret.as_deref(),
+        rule.auth == Auth::Socket,
         client_upgrade.is_some(),
         state,
         &conn.client,
@@ -427,6 +428,7 @@ fn upstream_request(
     body: Body,
     principal: Option<&Principal>,
     secret: Option<&str>,
+    socket: bool,
     upgrade: bool,
     state: &AppState,
     conn: &ClientConn,
@@ -442,6 +444,11 @@ fn upstream_request(
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))) {
             headers.insert(AUTHORIZATION, v);
         }
+    }
+    if socket {
+        // InvokeAI 6.14's gzip middleware answers 500 to compressed Engine.IO polling (it reads a
+        // lower-case content-type the socket layer does not send); polling frames are small.
+        headers.remove(ACCEPT_ENCODING);
     }
     if let (true, Some(value)) = (upgrade, upgrade_value) {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));

@@ -388,6 +388,17 @@ async fn websocket_upgrade_needs_identity_and_tunnels_only_after_101() {
     )
     .await;
     assert_eq!(raw_status(&cookie), 101);
+    // Engine.IO polling goes upstream uncompressed (InvokeAI 6.14's gzip middleware 500s on it).
+    let polling = send_with(
+        "GET",
+        &g.url("/ws/socket.io/?EIO=4&transport=polling"),
+        Some(&t),
+        None,
+        &[("accept-encoding", "gzip, deflate")],
+    )
+    .await;
+    assert_eq!(polling.status, 200);
+    assert!(up.last().unwrap().headers.get("accept-encoding").is_none());
 }
 
 #[tokio::test]
