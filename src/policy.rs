@@ -51,6 +51,7 @@ pub enum Predicate {
     AdminIfEq,
     AdminIfTrue,
     AdminUnlessUpstream,
+    CallerOr,
 }
 
 /// The registry: name, predicate, minimum and maximum argument counts.
@@ -91,6 +92,7 @@ const REGISTRY: &[(&str, Predicate, usize, usize)] = &[
         1,
         1,
     ),
+    ("caller_or", Predicate::CallerOr, 2, 2),
 ];
 
 impl Predicate {
@@ -135,7 +137,7 @@ impl Predicate {
             ));
         }
         let literal_positions: &[usize] = match self {
-            Predicate::AdminIfEq | Predicate::AdminIfTrue => &[1],
+            Predicate::AdminIfEq | Predicate::AdminIfTrue | Predicate::CallerOr => &[1],
             Predicate::AdminUnlessUpstream => &[0],
             _ => &[],
         };
@@ -367,6 +369,17 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
                 admin_only(me)
             } else {
                 Ok(())
+            }
+        }
+        // The value names the caller (or is the literal); applies to admins too: it guards whose
+        // data a request writes, not who may call.
+        P::CallerOr => {
+            let value = args[0].single().map(as_id).transpose()?;
+            let literal = args[1].single().and_then(Value::as_str);
+            match value {
+                Some(v) if v == me.user_id || Some(v.as_str()) == literal => Ok(()),
+                None => Ok(()),
+                Some(_) => Err(forbidden("Not authorized to write another user's data")),
             }
         }
         P::AdminUnlessUpstream => {

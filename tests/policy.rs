@@ -1092,6 +1092,22 @@ fn misc_cases(w: &World) -> Vec<Case> {
             F,
         ),
         case(
+            "recall into another user's rows via queue_id (6.12 stores under it)",
+            "alice",
+            "POST",
+            format!("/api/v1/recall/{}", w.id("users", "bob", "user_id")),
+            Some(json!({"positive_prompt": "x"})),
+            S(403),
+        ),
+        case(
+            "recall with the caller's own id as queue_id",
+            "alice",
+            "POST",
+            format!("/api/v1/recall/{}", w.id("users", "alice", "user_id")),
+            Some(json!({"positive_prompt": "x"})),
+            F,
+        ),
+        case(
             "recall needs a login",
             "anon",
             "POST",
