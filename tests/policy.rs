@@ -1483,25 +1483,41 @@ async fn locked_database_fails_closed() {
     );
 }
 
-#[tokio::test]
-async fn session_cookie_lifecycle_for_media_and_socket() {
-    let db = copy_fixture("invokeai-6.14.2-rich.db");
-    let m = manifest("6.14.2");
-    let token = token_for(&m, "alice");
-    let t2 = token.clone();
+/// A guard (shipped routes) whose mock upstream answers logins with `role`'s token.
+async fn login_world(
+    version: &str,
+    role: &str,
+    expires_in: u64,
+) -> (DbCopy, Mock, Guard, Value, String) {
+    let db = copy_fixture(&format!("invokeai-{version}-rich.db"));
+    let m = manifest(version);
+    let token = token_for(&m, role);
+    let answer = token.clone();
     let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
-        "/api/v1/auth/login" => ok_json(json!({"token": t2, "user": {}, "expires_in": 86400})),
+        "/api/v1/auth/login" => {
+            ok_json(json!({"token": answer, "user": {}, "expires_in": expires_in}))
+        }
         _ => ok_json(json!({"ok": true})),
     });
     let up = mock(Some(responder)).await;
     let g = guard(&shipped_routes(), &db.path, &up.url()).await;
-    let login = send(
+    (db, up, g, m, token)
+}
+
+async fn login(g: &Guard, email: &str) -> Reply {
+    send(
         "POST",
         &g.url("/api/v1/auth/login"),
         None,
-        Some(json!({"email": "alice@example.com", "password": "x"})),
+        Some(json!({"email": email, "password": "x"})),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn session_cookie_lifecycle_for_media_and_socket() {
+    let (_db, _up, g, m, token) = login_world("6.14.2", "alice", 86400).await;
+    let login = login(&g, "alice@example.com").await;
     assert_eq!(login.status, 200);
     let cookie = login.headers["set-cookie"].to_str().unwrap();
     assert!(
@@ -1646,17 +1662,8 @@ async fn corrupted_database_fails_closed() {
 
 #[tokio::test]
 async fn password_change_revokes_older_tokens_without_epochs() {
-    let db = copy_fixture("invokeai-6.12.0-rich.db");
-    let m = manifest("6.12.0");
+    let (_db, _up, g, m, carol_login) = login_world("6.12.0", "carol", 3600).await;
     let secret = m["jwt"]["secret"].as_str().unwrap().to_owned();
-    let carol_login = sign(&claims_for(&m, "carol"), &secret);
-    let cl = carol_login.clone();
-    let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
-        "/api/v1/auth/login" => ok_json(json!({"token": cl, "user": {}, "expires_in": 3600})),
-        _ => ok_json(json!({"ok": true})),
-    });
-    let up = mock(Some(responder)).await;
-    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
     let old = token_for(&m, "carol"); // a session from before the change (no iat)
     let me = g.url("/api/v1/auth/me");
     assert_eq!(send("GET", &me, Some(&old), None).await.status, 200);
@@ -1679,13 +1686,7 @@ async fn password_change_revokes_older_tokens_without_epochs() {
         "the fresh token works"
     );
     // A new login through the guard is stamped with its issue time and accepted.
-    let login = send(
-        "POST",
-        &g.url("/api/v1/auth/login"),
-        None,
-        Some(json!({"email": "carol@example.com", "password": "x"})),
-    )
-    .await;
+    let login = login(&g, "carol@example.com").await;
     let token = login.json()["token"].as_str().unwrap().to_owned();
     assert_ne!(token, carol_login, "the login token is re-signed with iat");
     assert!(invoke_guard::identity::verify(&token, &secret)
@@ -1715,23 +1716,8 @@ async fn password_change_revokes_older_tokens_without_epochs() {
 
 #[tokio::test]
 async fn with_epochs_the_upstream_revokes_and_the_guard_does_not_rewrite_logins() {
-    let db = copy_fixture("invokeai-6.14.2-rich.db");
-    let m = manifest("6.14.2");
-    let t = token_for(&m, "carol");
-    let t2 = t.clone();
-    let responder: Responder = Arc::new(move |seen| match seen.target.as_str() {
-        "/api/v1/auth/login" => ok_json(json!({"token": t2, "user": {}, "expires_in": 3600})),
-        _ => ok_json(json!({"ok": true})),
-    });
-    let up = mock(Some(responder)).await;
-    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
-    let login = send(
-        "POST",
-        &g.url("/api/v1/auth/login"),
-        None,
-        Some(json!({"email": "carol@example.com", "password": "x"})),
-    )
-    .await;
+    let (_db, _up, g, _m, t) = login_world("6.14.2", "carol", 3600).await;
+    let login = login(&g, "carol@example.com").await;
     assert_eq!(login.json()["token"], json!(t));
     let r = send(
         "PATCH",
