@@ -16,6 +16,8 @@ use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
 use http::response::Parts;
 use serde_json::Value;
 
+use crate::decision::DenyReason;
+use crate::facts::Facts;
 use crate::identity::{self, Principal, SESSION_COOKIE};
 use crate::ledger::{Entry, Ledger};
 
@@ -31,6 +33,9 @@ pub enum ResponseFilter {
     RecordBulkDownload,
     RevokeOnPasswordChange,
     RevokeOnPasswordReset,
+    OwnUncategorizedNames,
+    SanitizeQueueItems,
+    RedactQueueStatus,
 }
 
 const FILTERS: &[(&str, ResponseFilter)] = &[
@@ -52,6 +57,12 @@ const FILTERS: &[(&str, ResponseFilter)] = &[
         "revoke_on_password_reset",
         ResponseFilter::RevokeOnPasswordReset,
     ),
+    (
+        "own_uncategorized_names",
+        ResponseFilter::OwnUncategorizedNames,
+    ),
+    ("sanitize_queue_items", ResponseFilter::SanitizeQueueItems),
+    ("redact_queue_status", ResponseFilter::RedactQueueStatus),
 ];
 
 impl ResponseFilter {
@@ -85,6 +96,9 @@ impl ResponseFilter {
                 | ResponseFilter::RecordWorkflowOwner
                 | ResponseFilter::RecordStylePresetOwner
                 | ResponseFilter::RecordBulkDownload
+                | ResponseFilter::OwnUncategorizedNames
+                | ResponseFilter::SanitizeQueueItems
+                | ResponseFilter::RedactQueueStatus
         )
     }
 }
@@ -92,6 +106,7 @@ impl ResponseFilter {
 /// What filters may use.
 pub struct FilterContext<'a> {
     pub principal: Option<&'a Principal>,
+    pub facts: &'a Facts,
     pub secret: Option<&'a str>,
     pub ledger: &'a Ledger,
     pub tls: bool,
@@ -191,17 +206,29 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
 }
 
 /// Apply body-reading filters to a buffered 2xx body; returns a replacement body when one
-/// was rewritten.
+/// was rewritten. An error means the body could not be made safe: the caller answers it
+/// instead (fail closed), never the unfiltered body.
 pub async fn apply_body(
     filters: &[ResponseFilter],
     parts: &mut Parts,
     body: &Bytes,
     ctx: &FilterContext<'_>,
-) -> Option<Bytes> {
+) -> Result<Option<Bytes>, DenyReason> {
     let mut json: Option<Value> = serde_json::from_slice(body).ok();
     let mut replaced = None;
     for filter in filters {
         match filter {
+            ResponseFilter::OwnUncategorizedNames
+            | ResponseFilter::SanitizeQueueItems
+            | ResponseFilter::RedactQueueStatus => {
+                if let Some(j) = json.as_mut() {
+                    if filter_list(*filter, j, ctx).await? {
+                        replaced = serde_json::to_vec(j).ok().map(Bytes::from);
+                    }
+                } else if needs_filtering(*filter, ctx) {
+                    return Err(DenyReason::Unavailable("unreadable upstream list".into()));
+                }
+            }
             ResponseFilter::LoginSession => {
                 if !ctx.upstream_revokes {
                     // Give the login token an issue time so a later revocation can tell it apart.
@@ -239,7 +266,130 @@ pub async fn apply_body(
     if replaced.is_some() {
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
-    replaced
+    Ok(replaced)
+}
+
+/// Whether a list filter applies: the caller is no admin and the upstream does not do it itself.
+fn needs_filtering(filter: ResponseFilter, ctx: &FilterContext<'_>) -> bool {
+    let capability = match filter {
+        ResponseFilter::OwnUncategorizedNames => "scopes_uncategorized_names",
+        _ => "sanitizes_queue",
+    };
+    let is_admin = ctx.principal.is_none_or(|p| p.is_admin);
+    let applies = match filter {
+        ResponseFilter::OwnUncategorizedNames => {
+            ctx.path.get("board_id").map(String::as_str) == Some("none")
+        }
+        _ => true,
+    };
+    applies && !is_admin && ctx.facts.schema().capability(capability) != Some(true)
+}
+
+/// Rewrite a JSON list response in place (spec §4 R3, R5–R7); `Ok(true)` when it changed.
+async fn filter_list(
+    filter: ResponseFilter,
+    json: &mut Value,
+    ctx: &FilterContext<'_>,
+) -> Result<bool, DenyReason> {
+    if !needs_filtering(filter, ctx) {
+        return Ok(false);
+    }
+    let me = ctx
+        .principal
+        .map(|p| p.user_id.as_str())
+        .unwrap_or_default();
+    let unavailable = |e: crate::facts::FactsError| DenyReason::Unavailable(e.to_string());
+    match filter {
+        // R3: 6.12 lists every user's uncategorized image names under boards/none.
+        ResponseFilter::OwnUncategorizedNames => {
+            let own = ctx
+                .facts
+                .own_uncategorized_images(me)
+                .await
+                .map_err(unavailable)?;
+            let Value::Array(names) = json else {
+                return Err(DenyReason::Unavailable(
+                    "unexpected image_names shape".into(),
+                ));
+            };
+            names.retain(|n| n.as_str().is_some_and(|n| own.contains(n)));
+            Ok(true)
+        }
+        // R5/R6: 6.12 sanitizes other users' queue items weakly (or not at all).
+        ResponseFilter::SanitizeQueueItems => {
+            match json {
+                Value::Array(items) => items.iter_mut().for_each(|i| sanitize_queue_item(i, me)),
+                Value::Object(_) => sanitize_queue_item(json, me),
+                _ => {}
+            }
+            Ok(true)
+        }
+        // R7: 6.12 shows the running item's ids to everyone.
+        _ => {
+            let Some(queue) = json.get_mut("queue").and_then(Value::as_object_mut) else {
+                return Ok(false);
+            };
+            let Some(item_id) = queue.get("item_id").and_then(Value::as_i64) else {
+                return Ok(false);
+            };
+            let owner = ctx.facts.queue_item(item_id).await.map_err(unavailable)?;
+            if owner.is_some_and(|o| o.owner == me) {
+                return Ok(false);
+            }
+            for field in ["item_id", "batch_id", "session_id"] {
+                queue.insert(field.into(), Value::Null);
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// main's `sanitize_queue_item_for_user` redaction, applied to an item the caller does not own.
+fn sanitize_queue_item(item: &mut Value, me: &str) {
+    let Some(map) = item.as_object_mut() else {
+        return;
+    };
+    if map.get("user_id").and_then(Value::as_str) == Some(me) {
+        return;
+    }
+    let redacted = || Value::String("redacted".into());
+    for (field, value) in [
+        ("user_id", redacted()),
+        ("batch_id", redacted()),
+        ("session_id", redacted()),
+        ("priority", Value::from(0)),
+    ] {
+        if map.contains_key(field) {
+            map.insert(field.into(), value);
+        }
+    }
+    for field in [
+        "user_display_name",
+        "user_email",
+        "origin",
+        "destination",
+        "field_values",
+        "retried_from_item_id",
+        "workflow_call_id",
+        "parent_item_id",
+        "parent_session_id",
+        "root_item_id",
+        "workflow_call_depth",
+        "workflow",
+        "error_type",
+        "error_message",
+        "error_traceback",
+    ] {
+        if map.contains_key(field) {
+            map.insert(field.into(), Value::Null);
+        }
+    }
+    if map.contains_key("session") {
+        map.insert(
+            "session".into(),
+            serde_json::json!({"id": "redacted", "graph": {"id": "redacted", "nodes": {}, "edges": []}}),
+        );
+    }
 }
 
 fn stamp_login_token(json: &mut Value, secret: Option<&str>) {

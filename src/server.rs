@@ -410,6 +410,7 @@ async fn pipeline(
     // 7. rewrite
     let filter_ctx = FilterContext {
         principal: principal.as_ref(),
+        facts: &state.facts,
         secret: secret.as_deref(),
         ledger: &state.ledger,
         tls: state.tls,
@@ -576,10 +577,13 @@ async fn respond(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => {
             let bytes = collected.to_bytes();
-            let body = rewrite::apply_body(&rule.response, &mut parts, &bytes, ctx)
-                .await
-                .unwrap_or(bytes);
-            Response::from_parts(parts, decision::full(body))
+            match rewrite::apply_body(&rule.response, &mut parts, &bytes, ctx).await {
+                Ok(replaced) => {
+                    Response::from_parts(parts, decision::full(replaced.unwrap_or(bytes)))
+                }
+                // Fail closed: a body that could not be filtered is never sent.
+                Err(reason) => decision::deny_response(&reason),
+            }
         }
         Err(e) => {
             tracing::error!(rule_id = %rule.id, error = %e, "response body over the filter limit or unreadable");

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use http::StatusCode;
 use serde_json::{json, Value};
 
 /// One expectation.
@@ -1728,4 +1729,221 @@ async fn with_epochs_the_upstream_revokes_and_the_guard_does_not_rewrite_logins(
     .await;
     assert_eq!(r.status, 200);
     assert!(r.headers.get("x-refreshed-token").is_none());
+}
+
+/// A guard whose mock upstream answers the list endpoints like an unfiltering 6.12 would.
+async fn list_world(version: &'static str) -> (DbCopy, Mock, Guard, Value) {
+    let db = copy_fixture(&format!("invokeai-{version}-rich.db"));
+    let m = manifest(version);
+    let all_uncategorized: Vec<Value> = m["images"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|i| i["board_id"].is_null())
+        .map(|i| i["image_name"].clone())
+        .collect();
+    let alice_item = json!({"item_id": 1, "user_id": m["users"]["alice"]["user_id"], "user_email": "alice@example.com",
+        "batch_id": "alice-batch", "session_id": "alice-session", "priority": 5, "field_values": [{"x": 1}],
+        "workflow": {"w": 1}, "error_traceback": "secret", "session": {"id": "alice-session", "graph": {"nodes": {"n": {}}}}});
+    let bob_item = json!({"item_id": 4, "user_id": m["users"]["bob"]["user_id"], "batch_id": "bob-batch",
+        "session_id": "bob-session", "session": {"id": "bob-session", "graph": {"nodes": {"n": {}}}}});
+    let responder: Responder = Arc::new(move |seen| {
+        let path = seen.target.split('?').next().unwrap_or_default();
+        match path {
+            "/api/v1/boards/none/image_names" => ok_json(json!(all_uncategorized)),
+            "/api/v1/queue/default/list_all" => ok_json(json!([alice_item, bob_item])),
+            "/api/v1/queue/default/current" | "/api/v1/queue/default/i/1" => {
+                ok_json(alice_item.clone())
+            }
+            "/api/v1/queue/default/next" => ok_json(Value::Null),
+            "/api/v1/queue/default/status" => {
+                ok_json(json!({"queue": {"item_id": 1, "batch_id": "alice-batch",
+                "session_id": "alice-session", "pending": 0}, "processor": {"is_started": true}}))
+            }
+            "/api/v1/boards/broken/image_names" => {
+                let mut r = ok_json(json!(null));
+                *r.body_mut() = http_body_util::Full::new(bytes::Bytes::from_static(b"<html>oops"));
+                r
+            }
+            _ => ok_json(json!({"ok": true})),
+        }
+    });
+    let up = mock(Some(responder)).await;
+    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
+    (db, up, g, m)
+}
+
+fn name_set(v: &Value) -> std::collections::BTreeSet<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn uncategorized_names_are_filtered_where_the_upstream_does_not() {
+    let (_db, _up, g, m) = list_world("6.12.0").await;
+    let own = |role: &str| -> std::collections::BTreeSet<String> {
+        m["images"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|i| i["board_id"].is_null() && i["owner"] == role)
+            .map(|i| i["image_name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let url = g.url("/api/v1/boards/none/image_names");
+    let bob = send("GET", &url, Some(&token_for(&m, "bob")), None).await;
+    assert_eq!(bob.status, 200);
+    assert_eq!(name_set(&bob.json()), own("bob"));
+    assert!(!own("bob").is_empty());
+    let admin = send("GET", &url, Some(&token_for(&m, "admin")), None).await;
+    assert!(name_set(&admin.json()).len() > own("bob").len() + own("alice").len() - 1);
+    // 6.14.2 scopes it itself: the guard leaves the body alone.
+    let (_db2, _up2, g2, m2) = list_world("6.14.2").await;
+    let bob = send(
+        "GET",
+        &g2.url("/api/v1/boards/none/image_names"),
+        Some(&token_for(&m2, "bob")),
+        None,
+    )
+    .await;
+    let all = m2["images"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|i| i["board_id"].is_null())
+        .count();
+    assert_eq!(bob.json().as_array().unwrap().len(), all);
+}
+
+#[tokio::test]
+async fn queue_items_and_status_are_sanitized_where_the_upstream_does_not() {
+    let (_db, _up, g, m) = list_world("6.12.0").await;
+    let bob = token_for(&m, "bob");
+    let alice = token_for(&m, "alice");
+    let list = send(
+        "GET",
+        &g.url("/api/v1/queue/default/list_all"),
+        Some(&bob),
+        None,
+    )
+    .await
+    .json();
+    let (a, b) = (&list[0], &list[1]);
+    assert_eq!(a["user_id"], "redacted");
+    assert_eq!(a["batch_id"], "redacted");
+    assert_eq!(a["priority"], 0);
+    for gone in ["user_email", "field_values", "workflow", "error_traceback"] {
+        assert!(a[gone].is_null(), "{gone} survived: {a}");
+    }
+    assert_eq!(a["session"]["id"], "redacted");
+    assert_eq!(a["session"]["graph"]["nodes"], json!({}));
+    assert_eq!(a["item_id"], 1, "ids and statuses survive");
+    assert_eq!(b["batch_id"], "bob-batch", "his own item is untouched");
+    let current = send(
+        "GET",
+        &g.url("/api/v1/queue/default/current"),
+        Some(&bob),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(current["session_id"], "redacted");
+    let own = send(
+        "GET",
+        &g.url("/api/v1/queue/default/i/1"),
+        Some(&alice),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(own["batch_id"], "alice-batch");
+    let next = send(
+        "GET",
+        &g.url("/api/v1/queue/default/next"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!((next.status, next.json()), (StatusCode::OK, Value::Null));
+    let status = send(
+        "GET",
+        &g.url("/api/v1/queue/default/status"),
+        Some(&bob),
+        None,
+    )
+    .await
+    .json();
+    assert!(status["queue"]["item_id"].is_null() && status["queue"]["session_id"].is_null());
+    assert_eq!(status["queue"]["pending"], 0);
+    let status = send(
+        "GET",
+        &g.url("/api/v1/queue/default/status"),
+        Some(&alice),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        status["queue"]["item_id"], 1,
+        "the owner of the running item sees it"
+    );
+    let admin = send(
+        "GET",
+        &g.url("/api/v1/queue/default/list_all"),
+        Some(&token_for(&m, "admin")),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(admin[0]["batch_id"], "alice-batch");
+    // 6.14.2 sanitizes itself: bodies pass through.
+    let (_db2, _up2, g2, m2) = list_world("6.14.2").await;
+    let list = send(
+        "GET",
+        &g2.url("/api/v1/queue/default/list_all"),
+        Some(&token_for(&m2, "bob")),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(list[0]["batch_id"], "alice-batch");
+}
+
+#[tokio::test]
+async fn an_unfilterable_list_fails_closed() {
+    let (db, _up, g, m) = list_world("6.12.0").await;
+    // A board the upstream answers with garbage: the guard cannot filter, so it answers 503 … but only
+    // for lists it must filter; here "broken" is not "none", so nothing needs filtering.
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    conn.execute(
+        "INSERT INTO boards (board_id, board_name, user_id) VALUES ('broken', 'b', ?1)",
+        [m["users"]["bob"]["user_id"].as_str().unwrap()],
+    )
+    .unwrap();
+    let r = send(
+        "GET",
+        &g.url("/api/v1/boards/broken/image_names"),
+        Some(&token_for(&m, "bob")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // When the facts for a needed filter are unreadable, the list is not sent.
+    std::fs::remove_file(&db.path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while g.state.facts.is_available() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = send(
+        "GET",
+        &g.url("/api/v1/boards/none/image_names"),
+        Some(&token_for(&m, "bob")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 503);
 }

@@ -303,3 +303,15 @@ pub fn system_prompt(conn: &Connection, id: &str) -> rusqlite::Result<Option<Sys
         })
         .optional()
 }
+
+pub fn own_uncategorized_images(
+    conn: &Connection,
+    user_id: &str,
+) -> rusqlite::Result<std::collections::HashSet<String>> {
+    conn.prepare_cached(
+        "SELECT i.image_name FROM images i WHERE i.user_id = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM board_images bi WHERE bi.image_name = i.image_name)",
+    )?
+    .query_map([user_id], |r| r.get(0))?
+    .collect()
+}

@@ -397,6 +397,23 @@ impl Facts {
         self.fetch(FactKey::SystemPrompt(id.to_owned())).await
     }
 
+    /// Names of the caller's own uncategorized images (never cached: a list, read for one
+    /// response filter).
+    pub async fn own_uncategorized_images(
+        &self,
+        user_id: &str,
+    ) -> Result<std::collections::HashSet<String>, FactsError> {
+        if !self.is_available() {
+            return Err(FactsError::Unavailable(
+                self.shared.unavailable_reason.load().to_string(),
+            ));
+        }
+        let user = user_id.to_owned();
+        self.db
+            .with(move |c| db::own_uncategorized_images(c, &user))
+            .await
+    }
+
     /// How many active admins exist (never cached: the last-admin guard needs the truth).
     pub async fn active_admin_count(&self) -> Result<i64, FactsError> {
         if !self.is_available() {

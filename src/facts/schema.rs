@@ -83,6 +83,7 @@ impl Schema {
         "scopes_workflow_lists",
         "scopes_preset_lists",
         "filters_images_by_names",
+        "scopes_uncategorized_names",
         "skips_foreign_image_deletes",
     ];
 
@@ -97,7 +98,7 @@ impl Schema {
             }
             "scopes_workflow_lists" => self.has_workflow_owner,
             // 6.13+ return only the readable names of POST /images/images_by_names.
-            "filters_images_by_names" => self.has_board_visibility,
+            "filters_images_by_names" | "scopes_uncategorized_names" => self.has_board_visibility,
             // main/6.14 skip names the caller may not write in POST /images/delete.
             "skips_foreign_image_deletes" => self.migration_version >= 33,
             _ => return None,
