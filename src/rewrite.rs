@@ -36,6 +36,7 @@ pub enum ResponseFilter {
     OwnUncategorizedNames,
     SanitizeQueueItems,
     RedactQueueStatus,
+    OwnQueueCounts,
 }
 
 const FILTERS: &[(&str, ResponseFilter)] = &[
@@ -63,6 +64,7 @@ const FILTERS: &[(&str, ResponseFilter)] = &[
     ),
     ("sanitize_queue_items", ResponseFilter::SanitizeQueueItems),
     ("redact_queue_status", ResponseFilter::RedactQueueStatus),
+    ("own_queue_counts", ResponseFilter::OwnQueueCounts),
 ];
 
 impl ResponseFilter {
@@ -99,6 +101,7 @@ impl ResponseFilter {
                 | ResponseFilter::OwnUncategorizedNames
                 | ResponseFilter::SanitizeQueueItems
                 | ResponseFilter::RedactQueueStatus
+                | ResponseFilter::OwnQueueCounts
         )
     }
 }
@@ -220,7 +223,8 @@ pub async fn apply_body(
         match filter {
             ResponseFilter::OwnUncategorizedNames
             | ResponseFilter::SanitizeQueueItems
-            | ResponseFilter::RedactQueueStatus => {
+            | ResponseFilter::RedactQueueStatus
+            | ResponseFilter::OwnQueueCounts => {
                 if let Some(j) = json.as_mut() {
                     if filter_list(*filter, j, ctx).await? {
                         replaced = serde_json::to_vec(j).ok().map(Bytes::from);
@@ -322,6 +326,40 @@ async fn filter_list(
                 Value::Object(_) => sanitize_queue_item(json, me),
                 _ => {}
             }
+            Ok(true)
+        }
+        // R8: 6.12 counts every user's items of a batch or destination.
+        ResponseFilter::OwnQueueCounts => {
+            let Some(counts) = json.as_object_mut() else {
+                return Err(DenyReason::Unavailable(
+                    "unexpected queue counts shape".into(),
+                ));
+            };
+            let scope = match (
+                ctx.path.get("batch_id"),
+                counts.get("destination").and_then(Value::as_str),
+            ) {
+                (Some(batch), _) => crate::facts::CountScope::Batch(batch.clone()),
+                (None, Some(dest)) => crate::facts::CountScope::Destination(dest.to_owned()),
+                (None, None) => {
+                    return Err(DenyReason::Unavailable(
+                        "queue counts without a scope".into(),
+                    ))
+                }
+            };
+            let queue_id = ctx.path.get("queue_id").cloned().unwrap_or_default();
+            let own = ctx
+                .facts
+                .own_queue_counts(me, &queue_id, scope)
+                .await
+                .map_err(unavailable)?;
+            let mut total = 0;
+            for status in ["pending", "in_progress", "completed", "failed", "canceled"] {
+                let n = own.get(status).copied().unwrap_or(0);
+                total += n;
+                counts.insert(status.into(), Value::from(n));
+            }
+            counts.insert("total".into(), Value::from(total));
             Ok(true)
         }
         // R7: 6.12 shows the running item's ids to everyone.

@@ -1760,6 +1760,10 @@ async fn list_world(version: &'static str) -> (DbCopy, Mock, Guard, Value) {
                 ok_json(json!({"queue": {"item_id": 1, "batch_id": "alice-batch",
                 "session_id": "alice-session", "pending": 0}, "processor": {"is_started": true}}))
             }
+            p if p.starts_with("/api/v1/queue/default/b/") => {
+                ok_json(json!({"queue_id": "default",
+                "batch_id": "x", "pending": 3, "in_progress": 1, "completed": 9, "failed": 2, "canceled": 1, "total": 16}))
+            }
             "/api/v1/boards/broken/image_names" => {
                 let mut r = ok_json(json!(null));
                 *r.body_mut() = http_body_util::Full::new(bytes::Bytes::from_static(b"<html>oops"));
@@ -1946,4 +1950,31 @@ async fn an_unfilterable_list_fails_closed() {
     )
     .await;
     assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn batch_counts_cover_only_the_callers_items_where_the_upstream_counts_all() {
+    let (_db, _up, g, m) = list_world("6.12.0").await;
+    let batch = m["queue_items"]["q_alice_add_1"]["batch_id"]
+        .as_str()
+        .unwrap();
+    let url = g.url(&format!("/api/v1/queue/default/b/{batch}/status"));
+    let bob = send("GET", &url, Some(&token_for(&m, "bob")), None)
+        .await
+        .json();
+    assert_eq!(
+        (bob["total"].clone(), bob["completed"].clone()),
+        (json!(0), json!(0))
+    );
+    let alice = send("GET", &url, Some(&token_for(&m, "alice")), None)
+        .await
+        .json();
+    assert_eq!(
+        (alice["completed"].clone(), alice["total"].clone()),
+        (json!(2), json!(2))
+    );
+    let admin = send("GET", &url, Some(&token_for(&m, "admin")), None)
+        .await
+        .json();
+    assert_eq!(admin["total"], 16, "admins see the upstream's counts");
 }

@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 
 use super::schema::Schema;
 use super::{
-    BoardFact, FactsError, ImageFact, PresetFact, QueueItemFact, SystemPromptFact, UserFact,
-    Visibility, WorkflowFact,
+    BoardFact, CountScope, FactsError, ImageFact, PresetFact, QueueItemFact, SystemPromptFact,
+    UserFact, Visibility, WorkflowFact,
 };
 
 /// A small pool of read-only connections.
@@ -313,5 +313,25 @@ pub fn own_uncategorized_images(
          AND NOT EXISTS (SELECT 1 FROM board_images bi WHERE bi.image_name = i.image_name)",
     )?
     .query_map([user_id], |r| r.get(0))?
+    .collect()
+}
+
+pub fn own_queue_counts(
+    conn: &Connection,
+    user_id: &str,
+    queue_id: &str,
+    scope: &CountScope,
+) -> rusqlite::Result<std::collections::HashMap<String, i64>> {
+    let (column, value) = match scope {
+        CountScope::Batch(b) => ("batch_id", b.as_str()),
+        CountScope::Destination(d) => ("destination", d.as_str()),
+    };
+    conn.prepare_cached(&format!(
+        "SELECT status, COUNT(*) FROM session_queue \
+         WHERE queue_id = ?1 AND {column} = ?2 AND user_id = ?3 GROUP BY status"
+    ))?
+    .query_map(rusqlite::params![queue_id, value, user_id], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?
     .collect()
 }

@@ -127,6 +127,13 @@ pub struct UserFact {
     pub email: String,
 }
 
+/// Which queue items a count covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CountScope {
+    Batch(String),
+    Destination(String),
+}
+
 /// Cache key: the fact kind and the complete resource id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FactKey {
@@ -411,6 +418,24 @@ impl Facts {
         let user = user_id.to_owned();
         self.db
             .with(move |c| db::own_uncategorized_images(c, &user))
+            .await
+    }
+
+    /// The caller's own queue items of a batch or destination, counted by status (never cached).
+    pub async fn own_queue_counts(
+        &self,
+        user_id: &str,
+        queue_id: &str,
+        scope: CountScope,
+    ) -> Result<std::collections::HashMap<String, i64>, FactsError> {
+        if !self.is_available() {
+            return Err(FactsError::Unavailable(
+                self.shared.unavailable_reason.load().to_string(),
+            ));
+        }
+        let (user, queue) = (user_id.to_owned(), queue_id.to_owned());
+        self.db
+            .with(move |c| db::own_queue_counts(c, &user, &queue, &scope))
             .await
     }
 

@@ -720,8 +720,7 @@ class Matrix:
             j = resp.json() or {}
             return None if j.get("total", 0) == 0 else ("leak", f"bob sees counts of alice's batch: {j}")
         self.add("bob: status of alice's batch counts none of her items", "bob", "GET",
-                 f"/api/v1/queue/{Q}/b/{qi['q_alice_add_1']['batch_id']}/status", 200, check=batch_counts,
-                 xfail=R_REWRITE.format("R8") if self.v612 else None)
+                 f"/api/v1/queue/{Q}/b/{qi['q_alice_add_1']['batch_id']}/status", 200, check=batch_counts)
         self.add("anon: batch status needs a login", None, "GET",
                  f"/api/v1/queue/{Q}/b/{qi['q_alice_add_1']['batch_id']}/status", 401)
         self.add("anon: queue item needs a login", None, "GET", f"/api/v1/queue/{Q}/i/{qi['q_alice_add_1']['item_id']}",
