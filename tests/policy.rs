@@ -88,6 +88,13 @@ impl World {
         self.version == "6.14.2"
     }
 
+    /// The status of a body-less request as `token`.
+    async fn call(&self, method: &str, path: &str, token: &str) -> http::StatusCode {
+        send(method, &self.g.url(path), Some(token), None)
+            .await
+            .status
+    }
+
     fn token(&self, role: &str) -> Option<String> {
         let secret = self.m["jwt"]["secret"].as_str().unwrap();
         match role {
@@ -1333,10 +1340,7 @@ async fn ledger_gives_6_12_workflows_and_presets_their_creator() {
     let bob = w.token("bob").unwrap();
     let wf = format!("/api/v1/workflows/i/{}", w.wf("wf_alice_private"));
     // Before the guard saw its creation: unknown owner, readable by all, writable by admins.
-    assert_eq!(
-        send("GET", &w.g.url(&wf), Some(&bob), None).await.status,
-        200
-    );
+    assert_eq!(w.call("GET", &wf, &bob).await, 200);
     // alice creates it through the guard (the mock answers with that workflow id).
     let r = send(
         "POST",
@@ -1346,16 +1350,8 @@ async fn ledger_gives_6_12_workflows_and_presets_their_creator() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        send("GET", &w.g.url(&wf), Some(&bob), None).await.status,
-        403
-    );
-    assert_eq!(
-        send("DELETE", &w.g.url(&wf), Some(&alice), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(w.call("GET", &wf, &bob).await, 403);
+    assert_eq!(w.call("DELETE", &wf, &alice).await, 200);
     // A later creation response cannot re-assign it.
     let r = send(
         "POST",
@@ -1365,10 +1361,7 @@ async fn ledger_gives_6_12_workflows_and_presets_their_creator() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        send("GET", &w.g.url(&wf), Some(&bob), None).await.status,
-        403
-    );
+    assert_eq!(w.call("GET", &wf, &bob).await, 403);
     // The ledger survives a restart: a new guard on the same ledger file still knows.
     let ledger =
         invoke_guard::ledger::Ledger::open(&w.g.ledger_dir.path().join("ledger.db")).unwrap();
@@ -1387,10 +1380,7 @@ async fn visibility_change_is_seen_by_the_next_request() {
     let w = World::new("6.14.2").await;
     let bob = w.token("bob").unwrap();
     let path = format!("/api/v1/boards/{}", w.board("alice_private"));
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&bob), None).await.status,
-        403
-    );
+    assert_eq!(w.call("GET", &path, &bob).await, 403);
     let generation = w.g.state.facts.generation();
     // InvokeAI (another connection) commits a visibility change.
     let conn = rusqlite::Connection::open(&w._db.path).unwrap();
@@ -1408,10 +1398,7 @@ async fn visibility_change_is_seen_by_the_next_request() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&bob), None).await.status,
-        200
-    );
+    assert_eq!(w.call("GET", &path, &bob).await, 200);
 }
 
 #[tokio::test]
@@ -1420,10 +1407,7 @@ async fn mutation_through_the_guard_invalidates_at_once() {
     let bob = w.token("bob").unwrap();
     let alice = w.token("alice").unwrap();
     let path = format!("/api/v1/boards/{}", w.board("alice_private"));
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&bob), None).await.status,
-        403
-    );
+    assert_eq!(w.call("GET", &path, &bob).await, 403);
     let generation = w.g.state.facts.generation();
     let r = send(
         "PATCH",
@@ -1444,12 +1428,7 @@ async fn locked_database_fails_closed() {
     let w = World::new("6.14.2").await;
     let alice = w.token("alice").unwrap();
     let path = format!("/api/v1/images/i/{}", w.img("alice_private_1"));
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&alice), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(w.call("GET", &path, &alice).await, 200);
     let conn = rusqlite::Connection::open(&w._db.path).unwrap();
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE users SET display_name = display_name;")
         .unwrap();
@@ -1476,12 +1455,7 @@ async fn locked_database_fails_closed() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&alice), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(w.call("GET", &path, &alice).await, 200);
 }
 
 /// A guard (shipped routes) whose mock upstream answers logins with `role`'s token.
@@ -1635,12 +1609,7 @@ async fn corrupted_database_fails_closed() {
     let w = World::new("6.14.2").await;
     let alice = w.token("alice").unwrap();
     let path = format!("/api/v1/images/i/{}", w.img("alice_private_1"));
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&alice), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(w.call("GET", &path, &alice).await, 200);
     // Same inode, garbage content: every read fails.
     std::fs::write(&w._db.path, vec![0x5a; 8192]).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1652,12 +1621,7 @@ async fn corrupted_database_fails_closed() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let before = w.up.count();
-    assert_eq!(
-        send("GET", &w.g.url(&path), Some(&alice), None)
-            .await
-            .status,
-        503
-    );
+    assert_eq!(w.call("GET", &path, &alice).await, 503);
     assert_eq!(w.up.count(), before);
 }
 
