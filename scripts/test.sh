@@ -29,11 +29,25 @@ t0=$(date +%s)
 
 command -v cargo >/dev/null || { echo "test.sh: cargo not found (install Rust: https://rustup.rs)" >&2; exit 2; }
 
+LOG="$(mktemp -t invoke-guard-test.XXXXXX)"
+trap 'rm -f "$LOG"' EXIT
+
+# One plain closing line for the whole suite: "suite: N passed, N failed".
+summary() {
+  awk '
+    /^test result: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+    # e2e summaries; the browser run repeats its line, so each distinct line counts once.
+    (/^PASS [0-9]+\/[0-9]+ / || /^FAIL [0-9]+\/[0-9]+ /) && !seen[$0]++ { split($2, a, "/"); p += a[1]; f += a[2] - a[1] }
+    END { printf "suite: %d passed, %d failed\n", p, f }
+  ' "$LOG"
+}
+
 step "unit and integration tests"
-cargo test --all-targets --locked
+cargo test --all-targets --locked 2>&1 | tee -a "$LOG"
 
 if [[ $QUICK == 1 ]]; then
   echo "quick run done in $(( $(date +%s) - t0 )) s"
+  summary
   exit 0
 fi
 
@@ -44,11 +58,12 @@ step "release build"
 cargo build --release --locked
 
 step "end-to-end against real InvokeAI 6.12.0 and 6.14.2"
-GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.14.2
+GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.14.2 2>&1 | tee -a "$LOG"
 
 if [[ -x tests/e2e/browser/run.sh ]]; then
   step "web UI through the guard (headless Chromium, InvokeAI 6.14.2)"
-  GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/browser/run.sh
+  GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/browser/run.sh 2>&1 | tee -a "$LOG"
 fi
 
 echo "whole suite done in $(( $(date +%s) - t0 )) s"
+summary
