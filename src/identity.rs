@@ -196,9 +196,20 @@ pub async fn identify(
     facts: &Facts,
     ledger: &Ledger,
 ) -> Result<Principal, IdentityError> {
-    let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
     let secret = facts.jwt_secret().await?;
-    let (claims, exp) = verify(&token, &secret)?;
+    identify_with(headers, accept_cookie, &secret, facts, ledger).await
+}
+
+/// Identify the caller with an already loaded secret (the pipeline reads it once per request).
+pub async fn identify_with(
+    headers: &HeaderMap,
+    accept_cookie: bool,
+    secret: &str,
+    facts: &Facts,
+    ledger: &Ledger,
+) -> Result<Principal, IdentityError> {
+    let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
+    let (claims, exp) = verify(&token, secret)?;
     let user_id = claims["user_id"].as_str().unwrap_or_default().to_owned();
     // The `system` account owns legacy content and must never act as a caller.
     if user_id == "system" || user_id.is_empty() {

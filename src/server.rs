@@ -317,11 +317,22 @@ async fn pipeline(
     if let Some(status) = rule.block {
         return Err(DenyReason::Blocked(status));
     }
-    // 3. identify
-    let principal = if rule.auth.needs_identity() {
-        let p = identity::identify(
+    // 3. identify (the secret is read once: identity, upstream token, response filters)
+    let secret = match rule.auth.needs_identity() || !rule.response.is_empty() {
+        true => Some(
+            state
+                .facts
+                .jwt_secret()
+                .await
+                .map_err(|e| DenyReason::Unavailable(e.to_string()))?,
+        ),
+        false => None,
+    };
+    let principal = if let (true, Some(secret)) = (rule.auth.needs_identity(), &secret) {
+        let p = identity::identify_with(
             req.headers(),
             rule.auth.accepts_cookie(),
+            secret,
             &state.facts,
             &state.ledger,
         )
@@ -367,17 +378,6 @@ async fn pipeline(
         Decision::Deny(reason) => return Err(reason),
     }
     // 6. forward
-    // The secret re-mints tokens (upstream Authorization, response filters).
-    let secret = match principal.is_some() || !rule.response.is_empty() {
-        true => Some(
-            state
-                .facts
-                .jwt_secret()
-                .await
-                .map_err(|e| DenyReason::Unavailable(e.to_string()))?,
-        ),
-        false => None,
-    };
     let upstream_req = upstream_request(
         &parts,
         &target,
