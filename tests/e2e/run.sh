@@ -52,33 +52,12 @@ if [[ $DIRECT == 0 ]]; then
 fi
 mkdir -p "$RUN_BASE"
 
-GUARD_PID=""
+# shellcheck source=tests/e2e/proc.sh
+source "$E2E/proc.sh"
 ROOT=""
-CHILD=""
-# Long steps run in the background and are waited for, so Ctrl-C / SIGTERM interrupt them at once
-# (bash runs a trap only after a *foreground* child finishes); cleanup ends the current one by PID.
-run_child() {
-  "$@" &
-  CHILD=$!
-  local rc=0
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  return $rc
-}
 cleanup() {
   local rc=$?
-  if [[ -n "$CHILD" ]] && kill -0 "$CHILD" 2>/dev/null; then
-    kill -TERM "$CHILD" 2>/dev/null || true
-    wait "$CHILD" 2>/dev/null || true
-  fi
-  CHILD=""
-  if [[ -n "$GUARD_PID" ]] && kill -0 "$GUARD_PID" 2>/dev/null; then
-    kill -TERM "$GUARD_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$GUARD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$GUARD_PID" 2>/dev/null && kill -KILL "$GUARD_PID" 2>/dev/null
-    wait "$GUARD_PID" 2>/dev/null || true
-  fi
-  GUARD_PID=""
+  stop_processes
   if [[ -n "$ROOT" ]]; then "$INV/stop.sh" "$ROOT" || true; fi
   ROOT=""
   return $rc
@@ -104,7 +83,6 @@ except Exception:
 PYEOF
 }
 
-secs() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 
 SUMMARY=()
 overall=0

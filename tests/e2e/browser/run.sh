@@ -45,7 +45,6 @@ case "$V" in -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}"; exit 0 ;; -*) echo "
 
 log() { printf '[browser-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
-secs() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 T_ALL=$(date +%s.%N)
 
 # ---------------------------------------------------------------- prerequisites (errors, never skips)
@@ -82,33 +81,12 @@ fi
 [[ -x "$GUARD_BIN" ]] || die "guard binary $GUARD_BIN not found (cargo build --release, or set GUARD_BIN)"
 
 # ---------------------------------------------------------------- cleanup on every exit path
-GUARD_PID=""
+# shellcheck source=tests/e2e/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../proc.sh"
 STARTED_ROOT=""
-CHILD=""
-# Long steps run in the background and are waited for, so Ctrl-C / SIGTERM interrupt them at once
-# (bash runs a trap only after a *foreground* child finishes); cleanup ends the current one by PID.
-run_child() {
-  "$@" &
-  CHILD=$!
-  local rc=0
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  return $rc
-}
 cleanup() {
   local rc=$?
-  if [[ -n "$CHILD" ]] && kill -0 "$CHILD" 2>/dev/null; then
-    kill -TERM "$CHILD" 2>/dev/null || true   # node: playwright closes its Chromium on SIGTERM
-    wait "$CHILD" 2>/dev/null || true
-  fi
-  CHILD=""
-  if [[ -n "$GUARD_PID" ]] && kill -0 "$GUARD_PID" 2>/dev/null; then
-    kill -TERM "$GUARD_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$GUARD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$GUARD_PID" 2>/dev/null && kill -KILL "$GUARD_PID" 2>/dev/null
-    wait "$GUARD_PID" 2>/dev/null || true
-  fi
-  GUARD_PID=""
+  stop_processes
   if [[ -n "$STARTED_ROOT" ]]; then "$INV/stop.sh" "$STARTED_ROOT" >&2 || true; fi
   STARTED_ROOT=""
   return $rc
