@@ -62,6 +62,8 @@ pub struct RawLimits {
     pub upstream_idle_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    pub max_public_body_bytes: Option<usize>,
+    pub body_read_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +107,10 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    /// Body limit for rules anyone may call (`auth = "public"`): read before any identity.
+    pub max_public_body_bytes: usize,
+    /// A buffered body must arrive within this; a streamed one may not stall longer than this.
+    pub body_read_timeout: Duration,
 }
 
 /// Validated settings.
@@ -132,6 +138,17 @@ pub fn default_db_path() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join("invokeai")))
         .unwrap_or_else(|| PathBuf::from("invokeai"));
     root.join("databases").join("invokeai.db")
+}
+
+/// Default connection cap from the process's file-descriptor limit: each client connection can
+/// hold two descriptors (client and pooled upstream), and some are kept for the databases, the
+/// admin listener and logs; at most 4096.
+pub fn default_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let budget = soft.saturating_sub(64) / 2;
+    (budget as usize).clamp(1, 4096)
 }
 
 fn default_ledger_path() -> PathBuf {
@@ -260,12 +277,22 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             "limits.upstream_idle_timeout_ms",
         )?,
         shutdown_grace: ms(l.shutdown_grace_ms, 10_000, "limits.shutdown_grace_ms")?,
-        max_connections: l.max_connections.unwrap_or(4096),
+        max_connections: l.max_connections.unwrap_or_else(default_max_connections),
+        max_public_body_bytes: l.max_public_body_bytes.unwrap_or(64 * 1024),
+        body_read_timeout: ms(
+            l.body_read_timeout_ms,
+            30_000,
+            "limits.body_read_timeout_ms",
+        )?,
     };
-    if limits.max_body_bytes == 0 || limits.max_header_bytes < 8192 || limits.max_connections == 0 {
+    if limits.max_body_bytes == 0
+        || limits.max_header_bytes < 8192
+        || limits.max_connections == 0
+        || limits.max_public_body_bytes == 0
+    {
         return Err(ConfigError::Invalid {
             key: "limits",
-            message: "max_body_bytes and max_connections must be > 0, max_header_bytes >= 8192"
+            message: "max_body_bytes, max_public_body_bytes and max_connections must be > 0, max_header_bytes >= 8192"
                 .into(),
         });
     }

@@ -87,3 +87,19 @@ pub fn check(table: &RouteTable, version: &str) -> Result<usize, Vec<String>> {
         Err(missing)
     }
 }
+
+/// Endpoints (any version) that `old` covers and `new` does not: what a reload would drop.
+pub fn lost(old: &RouteTable, new: &RouteTable) -> Vec<String> {
+    let covers = |table: &RouteTable, method: &Method, path: &str| {
+        matches!(table.lookup(method, path), Lookup::Found(_))
+    };
+    endpoints()
+        .iter()
+        .filter_map(|e| {
+            let method = Method::from_bytes(e.method.as_bytes()).ok()?;
+            let path = concrete(&e.template);
+            (covers(old, &method, &path) && !covers(new, &method, &path))
+                .then(|| format!("{} {}", e.method, e.template))
+        })
+        .collect()
+}

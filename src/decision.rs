@@ -11,8 +11,11 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 
-/// The body type of every response the guard sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// The error type of bodies the guard passes on (hyper's, or the guard's own read timeout).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response the guard sends.
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,10 @@ pub enum DenyReason {
     Blocked(StatusCode),
     /// Facts could not be read: fail closed (503).
     Unavailable(String),
+    /// The client did not send its body in time (408).
+    Timeout,
+    /// An upstream answer the guard must read could not be read or made safe (502).
+    BadUpstream(String),
 }
 
 impl DenyReason {
@@ -51,6 +58,8 @@ impl DenyReason {
             DenyReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             DenyReason::Blocked(s) => *s,
             DenyReason::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DenyReason::Timeout => StatusCode::REQUEST_TIMEOUT,
+            DenyReason::BadUpstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -67,6 +76,8 @@ impl DenyReason {
             DenyReason::TooLarge => "too_large",
             DenyReason::Blocked(_) => "blocked",
             DenyReason::Unavailable(_) => "unavailable",
+            DenyReason::Timeout => "timeout",
+            DenyReason::BadUpstream(_) => "bad_upstream",
         }
     }
 
@@ -84,6 +95,8 @@ impl DenyReason {
             DenyReason::Blocked(s) => s.canonical_reason().unwrap_or("Blocked").into(),
             // The cause is logged, not sent: it may name file paths.
             DenyReason::Unavailable(_) => "Authorization data temporarily unavailable".into(),
+            DenyReason::Timeout => "Request body not received in time".into(),
+            DenyReason::BadUpstream(_) => "Upstream response could not be processed".into(),
         }
     }
 }

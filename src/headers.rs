@@ -159,30 +159,9 @@ pub fn client_host(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
         .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
 }
 
-/// Remove one cookie from every `Cookie` header (dropping headers left empty).
+/// Remove cookies by name (Starlette's reading: names are trimmed; see `cookies`).
 pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    let kept: Vec<String> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .map(str::trim)
-                .filter(|pair| {
-                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-                    !names.contains(&name)
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|v| !v.is_empty())
-        .collect();
-    headers.remove(http::header::COOKIE);
-    for v in kept {
-        if let Ok(value) = HeaderValue::from_str(&v) {
-            headers.append(http::header::COOKIE, value);
-        }
-    }
+    crate::cookies::remove(headers, names);
 }
 
 #[cfg(test)]

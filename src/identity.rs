@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -70,7 +70,7 @@ pub enum IdentityError {
     Invalid,
     #[error("User account is inactive or does not exist")]
     Inactive,
-    #[error("more than one Authorization header")]
+    #[error("ambiguous credentials (a repeated Authorization header or session cookie)")]
     Ambiguous,
     #[error(transparent)]
     Facts(#[from] FactsError),
@@ -96,7 +96,8 @@ pub fn presented_token(
     }
     if accept_cookie {
         for name in [MEDIA_COOKIE, SESSION_COOKIE] {
-            if let Some(token) = cookie(headers, name) {
+            let token = crate::cookies::get(headers, name).map_err(|_| IdentityError::Ambiguous)?;
+            if let Some(token) = token {
                 return Ok(Some((token, TokenSource::Cookie)));
             }
         }
@@ -104,16 +105,10 @@ pub fn presented_token(
     Ok(None)
 }
 
-/// The value of a cookie (first occurrence).
+/// The value of a cookie as Starlette reads it (an ambiguous one counts as absent here; the
+/// identity step refuses it).
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v.to_owned())
+    crate::cookies::get(headers, name).ok().flatten()
 }
 
 fn now() -> u64 {
@@ -294,6 +289,7 @@ pub fn remint_refreshed(token: &str, secret: &str, principal: &Principal) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
 
     fn claims(exp: u64) -> Map<String, Value> {
         serde_json::json!({"user_id": "u1", "email": "a@b", "is_admin": false, "exp": exp})

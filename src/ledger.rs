@@ -8,6 +8,12 @@
 //! - A first recording wins: a later response cannot re-assign an existing owner.
 //! - Revocations (password changes seen on schemas without `token_epoch`) only move forward and
 //!   are mirrored in memory, so the per-request check never touches the disk.
+//! - A create whose owner must be recorded is written as an *intent* before it is forwarded; when
+//!   the intent cannot be written the create is refused (503) and never reaches InvokeAI.
+//! - `legacy_before` (the ledger's birth, kept in `meta`) splits unowned entities in two: created
+//!   before it, they predate the guard (readable by all, as main's `system` items); created after
+//!   it, their owner was lost (an orphan: admins only). Losing the ledger file moves this line
+//!   forward, so older guard-created items become legacy again: keep the ledger on a volume.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,7 +50,14 @@ pub struct Ledger {
     conn: Arc<Mutex<Connection>>,
     /// user id → tokens issued before this second (Unix time) are revoked.
     revoked: Arc<RwLock<HashMap<String, u64>>>,
+    /// Unowned entities created before this instant predate the guard (InvokeAI's
+    /// `YYYY-MM-DD HH:MM:SS.fff` UTC format, so strings compare in time order).
+    legacy_before: Arc<str>,
 }
+
+/// A create the guard is about to forward, written before it goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intent(i64);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS workflow_owner (
@@ -60,6 +73,16 @@ CREATE TABLE IF NOT EXISTS style_preset_owner (
 CREATE TABLE IF NOT EXISTS revocation (
     user_id        TEXT PRIMARY KEY,
     revoked_before INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_create (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS bulk_download (
     item_name   TEXT PRIMARY KEY,
@@ -84,6 +107,22 @@ impl Ledger {
     }
 
     fn with_connection(conn: Connection) -> Result<Self, FactsError> {
+        // A ledger from before `meta` existed: its first record is the best known start of the
+        // guard (everything unowned after it lost its owner to a bug, not to history).
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('legacy_before', \
+             COALESCE((SELECT replace(replace(MIN(t), 'T', ' '), 'Z', '') FROM ( \
+                 SELECT MIN(recorded_at) AS t FROM workflow_owner \
+                 UNION ALL SELECT MIN(recorded_at) FROM style_preset_owner \
+                 UNION ALL SELECT MIN(recorded_at) FROM bulk_download)), \
+               strftime('%Y-%m-%d %H:%M:%f', 'now')))",
+            [],
+        )?;
+        let legacy_before: String = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'legacy_before'",
+            [],
+            |r| r.get(0),
+        )?;
         let revoked = conn
             .prepare("SELECT user_id, revoked_before FROM revocation")?
             .query_map([], |r| {
@@ -93,6 +132,7 @@ impl Ledger {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             revoked: Arc::new(RwLock::new(revoked)),
+            legacy_before: legacy_before.into(),
         })
     }
 
@@ -151,6 +191,58 @@ impl Ledger {
             c.prepare_cached(&format!("SELECT user_id FROM {table} WHERE {key} = ?1"))?
                 .query_row([id], |r| r.get(0))
                 .optional()
+        })
+        .await
+    }
+
+    /// Whether an entity without a recorded owner, created at `created_at` (InvokeAI's format),
+    /// predates the guard. An unreadable time is never legacy.
+    pub fn is_legacy(&self, created_at: &str) -> bool {
+        let t = created_at.trim().replace('T', " ");
+        let t = t.trim_end_matches('Z');
+        t.len() >= 19 && t < &*self.legacy_before
+    }
+
+    /// Write the intent to create an entity of `kind` for `user_id` (before forwarding it).
+    pub async fn begin(&self, kind: Entry, user_id: &str) -> Result<Intent, FactsError> {
+        let user = user_id.to_owned();
+        self.run(move |c| {
+            c.prepare_cached("INSERT INTO pending_create (kind, user_id) VALUES (?1, ?2)")?
+                .execute([kind.table().0, user.as_str()])?;
+            Ok(Intent(c.last_insert_rowid()))
+        })
+        .await
+    }
+
+    /// The create went through: record its owner and drop the intent, in one transaction.
+    pub async fn complete(
+        &self,
+        intent: Intent,
+        kind: Entry,
+        id: &str,
+        user_id: &str,
+    ) -> Result<(), FactsError> {
+        let (id, user) = (id.to_owned(), user_id.to_owned());
+        self.run(move |c| {
+            let (table, key) = kind.table();
+            let tx = c.unchecked_transaction()?;
+            tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO {table} ({key}, user_id) VALUES (?1, ?2)"
+            ))?
+            .execute([id, user])?;
+            tx.prepare_cached("DELETE FROM pending_create WHERE id = ?1")?
+                .execute([intent.0])?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The create did not happen (upstream refused it): drop the intent.
+    pub async fn abandon(&self, intent: Intent) -> Result<(), FactsError> {
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM pending_create WHERE id = ?1")?
+                .execute([intent.0])
+                .map(|_| ())
         })
         .await
     }

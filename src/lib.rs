@@ -15,18 +15,26 @@
 //! - [`server`]: the listener and the request pipeline.
 //! - [`admin`]: health, readiness and metrics on a separate listener.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
+//! - [`body`]: bounded, timed body reads; JSON, multipart and response decoding as InvokeAI reads them.
+//! - [`jsonplan`]: pruned JSON parsing (only what a rule's checks read).
+//! - [`cookies`]: cookies as Starlette reads them.
 //! - [`config`], [`cli`], [`state`], [`metrics`]: plumbing.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
+pub mod body;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod cookies;
 pub mod coverage;
 pub mod decision;
 pub mod facts;
 pub mod framing;
 pub mod headers;
 pub mod identity;
+pub mod jsonplan;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;

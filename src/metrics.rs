@@ -20,9 +20,16 @@ struct DecisionLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithheldLabels {
+    rule_id: String,
+    reason: &'static str,
+}
+
 struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    withheld: Family<WithheldLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
     duration: Histogram,
@@ -34,6 +41,7 @@ struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("invoke_guard");
     let decisions = Family::<DecisionLabels, Counter>::default();
+    let withheld = Family::<WithheldLabels, Counter>::default();
     let cache_hits = Counter::default();
     let cache_misses = Counter::default();
     let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -44,6 +52,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "authz_decisions",
         "Authorization decisions by rule and reason",
         decisions.clone(),
+    );
+    registry.register(
+        "responses_withheld",
+        "Allowed requests whose upstream answer could not be read, filtered or recorded (fail closed)",
+        withheld.clone(),
     );
     registry.register("facts_cache_hits", "Fact cache hits", cache_hits.clone());
     registry.register(
@@ -70,6 +83,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
         registry,
         decisions,
+        withheld,
         cache_hits,
         cache_misses,
         duration,
@@ -90,6 +104,17 @@ pub fn decision(decision: &'static str, rule_id: &str, reason: &'static str, sec
         })
         .inc();
     METRICS.duration.observe(seconds);
+}
+
+/// Count an upstream answer replaced by an error because it could not be made safe.
+pub fn response_withheld(rule_id: &str, reason: &'static str) {
+    METRICS
+        .withheld
+        .get_or_create(&WithheldLabels {
+            rule_id: rule_id.to_owned(),
+            reason,
+        })
+        .inc();
 }
 
 pub fn cache_hit() {

@@ -52,6 +52,7 @@ pub enum Predicate {
     AdminIfTrue,
     AdminUnlessUpstream,
     CallerOr,
+    QueueDefault,
 }
 
 /// The registry: name, predicate, minimum and maximum argument counts.
@@ -93,6 +94,7 @@ const REGISTRY: &[(&str, Predicate, usize, usize)] = &[
         1,
     ),
     ("caller_or", Predicate::CallerOr, 2, 2),
+    ("queue.default", Predicate::QueueDefault, 1, 1),
 ];
 
 impl Predicate {
@@ -348,6 +350,14 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
     match predicate {
         P::Authenticated => Ok(()),
         P::Admin => admin_only(me),
+        // Queue ids are Socket.IO room names upstream: any other id lets a caller emit events into
+        // rooms such as `admin` or `user:<id>` (room injection). Applies to admins too.
+        P::QueueDefault => match args[0].single().map(as_id).transpose()? {
+            Some(q) if q != "default" => Err(forbidden(format!(
+                "Queue '{q}' is not available (only 'default')"
+            ))),
+            _ => Ok(()),
+        },
         P::UserUpdateAllowed => user_update_allowed(args),
         P::UserNotSystem => match args[0].single().map(as_id).transpose()? {
             Some(id) if id == "system" => Err(DenyReason::BadRequest(SYSTEM_PROTECTED.into())),
@@ -365,7 +375,7 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
                 .and_then(Selected::single)
                 .and_then(Value::as_str)
                 .is_some_and(|cap| ctx.facts.schema().capability(cap) == Some(true));
-            if truthy(args[0].single()) && !upstream_handles {
+            if lax_bool(args[0].single())? == Some(true) && !upstream_handles {
                 admin_only(me)
             } else {
                 Ok(())
@@ -418,16 +428,25 @@ async fn apply(predicate: Predicate, args: &[Selected], ctx: &Context<'_>) -> Ou
     }
 }
 
-/// JSON `true`, or a query/form string pydantic parses as true (`1`, `true`, `yes`, `on`, `t`, `y`).
-fn truthy(v: Option<&Value>) -> bool {
+/// A boolean as pydantic's lax mode reads it (JSON booleans, `0`/`1` and `0.0`/`1.0`, and the
+/// strings `0 off f false n no` / `1 on t true y yes` in any case); `None` when absent or null.
+/// Anything else is refused (422), as pydantic refuses it: never guessed.
+pub fn lax_bool(v: Option<&Value>) -> Result<Option<bool>, DenyReason> {
+    let bad = || DenyReason::Unprocessable("Input should be a valid boolean".into());
     match v {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on" | "t" | "y"
-        ),
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        _ => false,
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f == 0.0 => Ok(Some(false)),
+            Some(f) if f == 1.0 => Ok(Some(true)),
+            _ => Err(bad()),
+        },
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "0" | "off" | "f" | "false" | "n" | "no" => Ok(Some(false)),
+            "1" | "on" | "t" | "true" | "y" | "yes" => Ok(Some(true)),
+            _ => Err(bad()),
+        },
+        Some(_) => Err(bad()),
     }
 }
 
@@ -456,8 +475,8 @@ fn user_update_allowed(args: &[Selected]) -> Outcome {
         return Ok(());
     }
     let sets_password = matches!(args[1].single(), Some(Value::String(p)) if !p.is_empty());
-    let promotes = matches!(args[2].single(), Some(Value::Bool(true)));
-    let deactivates = matches!(args[3].single(), Some(Value::Bool(false)));
+    let promotes = lax_bool(args[2].single())? == Some(true);
+    let deactivates = lax_bool(args[3].single())? == Some(false);
     if sets_password || promotes || deactivates {
         Err(DenyReason::BadRequest(SYSTEM_PROTECTED.into()))
     } else {
@@ -471,14 +490,8 @@ async fn keeps_an_admin(args: &[Selected], ctx: &Context<'_>) -> Outcome {
     };
     // Without body arguments the rule is a delete; otherwise only a demotion or deactivation.
     let removes = args.len() == 1
-        || matches!(
-            args.get(1).and_then(Selected::single),
-            Some(Value::Bool(false))
-        )
-        || matches!(
-            args.get(2).and_then(Selected::single),
-            Some(Value::Bool(false))
-        );
+        || lax_bool(args.get(1).and_then(Selected::single))? == Some(false)
+        || lax_bool(args.get(2).and_then(Selected::single))? == Some(false);
     if !removes {
         return Ok(());
     }
@@ -589,8 +602,9 @@ async fn resource_check(
             };
             let allowed = match (predicate, owner.as_deref()) {
                 (P::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
-                // Unknown owner (6.12, created before the guard): like main's `system` workflows.
-                (P::WorkflowRead, None) => true,
+                // Unknown owner (6.12): created before the guard, like main's `system` workflows;
+                // created since, its owner was lost (an orphan): admins only.
+                (P::WorkflowRead, None) => ctx.ledger.is_legacy(&wf.created_at),
                 (_, Some(o)) => o == uid,
                 (_, None) => false,
             };
@@ -613,8 +627,11 @@ async fn resource_check(
             };
             let allowed = match (predicate, owner.as_deref()) {
                 (P::StylePresetRead, Some(o)) => sp.kind == "default" || sp.is_public || o == uid,
-                // Unknown creator (6.12, before the guard): readable by all, writable by admins.
-                (P::StylePresetRead, None) => true,
+                // Unknown creator (6.12): from before the guard, readable by all and writable by
+                // admins; created since (an orphan), admins only.
+                (P::StylePresetRead, None) => {
+                    sp.kind == "default" || ctx.ledger.is_legacy(&sp.created_at)
+                }
                 (_, Some(o)) => sp.kind != "default" && o == uid,
                 (_, None) => false,
             };

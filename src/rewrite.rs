@@ -4,7 +4,11 @@
 //! - `X-Refreshed-Token` never leaves the guard carrying stale claims: it is re-minted with the
 //!   caller's current `is_admin`, or dropped when it does not verify or names someone else.
 //! - A filter that needs the body buffers it only for 2xx responses and only up to the configured
-//!   limit; beyond that the body streams through unfiltered and the filter is skipped (logged).
+//!   limit, decoded if the upstream compressed it; a body over the limit, undecodable, of a shape
+//!   the filter does not recognise, or whose record cannot be written is replaced by an error
+//!   (502/503): it is never passed on unfiltered.
+//! - An owner record (ledger) is written for every 2xx create that needs one, or the client gets
+//!   503 and the entity stays an orphan (admins only; see `ledger`).
 //! - Session cookies are `HttpOnly; SameSite=Strict; Path=/` (and `Secure` behind TLS), and never
 //!   outlive the token they carry.
 //! - Where the upstream has no `token_epoch` (6.12/6.13), every token the guard hands out carries
@@ -19,7 +23,7 @@ use serde_json::Value;
 use crate::decision::DenyReason;
 use crate::facts::Facts;
 use crate::identity::{self, Principal, SESSION_COOKIE};
-use crate::ledger::{Entry, Ledger};
+use crate::ledger::{Entry, Intent, Ledger};
 
 /// A response filter a rule may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +88,26 @@ impl ResponseFilter {
 
     /// Whether the filter reads the JSON request body (the pipeline then buffers it).
     pub fn needs_request_body(self) -> bool {
-        matches!(
-            self,
-            ResponseFilter::RevokeOnPasswordChange | ResponseFilter::RevokeOnPasswordReset
-        )
+        !self.request_fields().is_empty()
+    }
+
+    /// The top-level request body fields the filter reads.
+    pub fn request_fields(self) -> &'static [&'static str] {
+        match self {
+            ResponseFilter::RevokeOnPasswordChange => &["new_password"],
+            ResponseFilter::RevokeOnPasswordReset => &["password"],
+            _ => &[],
+        }
+    }
+
+    /// The ledger entry the filter records from a 2xx answer (an owner InvokeAI does not keep).
+    pub fn records(self) -> Option<Entry> {
+        match self {
+            ResponseFilter::RecordWorkflowOwner => Some(Entry::Workflow),
+            ResponseFilter::RecordStylePresetOwner => Some(Entry::StylePreset),
+            ResponseFilter::RecordBulkDownload => Some(Entry::BulkDownload),
+            _ => None,
+        }
     }
 
     /// Whether the filter reads the response body.
@@ -121,6 +141,8 @@ pub struct FilterContext<'a> {
     pub request_body: Option<&'a Value>,
     /// Decoded path parameters of the matched rule.
     pub path: &'a std::collections::HashMap<String, String>,
+    /// The ledger intent written before a create was forwarded (owner to record).
+    pub intent: Option<(Entry, Intent)>,
 }
 
 /// A `Set-Cookie` value for the session cookie (`token = None` deletes it).
@@ -218,6 +240,11 @@ pub async fn apply_body(
     ctx: &FilterContext<'_>,
 ) -> Result<Option<Bytes>, DenyReason> {
     let mut json: Option<Value> = serde_json::from_slice(body).ok();
+    if json.is_none() && filters.iter().any(|f| f.records().is_some()) && ctx.intent.is_some() {
+        return Err(DenyReason::BadUpstream(
+            "a create's answer is not JSON: its owner cannot be recorded".into(),
+        ));
+    }
     let mut replaced = None;
     for filter in filters {
         match filter {
@@ -230,7 +257,7 @@ pub async fn apply_body(
                         replaced = serde_json::to_vec(j).ok().map(Bytes::from);
                     }
                 } else if needs_filtering(*filter, ctx) {
-                    return Err(DenyReason::Unavailable("unreadable upstream list".into()));
+                    return Err(DenyReason::BadUpstream("unreadable upstream list".into()));
                 }
             }
             ResponseFilter::LoginSession => {
@@ -255,14 +282,14 @@ pub async fn apply_body(
                 }
             }
             ResponseFilter::RecordWorkflowOwner => {
-                record(ctx, Entry::Workflow, json.as_ref(), "workflow_id").await
+                record(ctx, Entry::Workflow, json.as_ref(), "workflow_id").await?
             }
             ResponseFilter::RecordStylePresetOwner => {
-                record(ctx, Entry::StylePreset, json.as_ref(), "id").await
+                record(ctx, Entry::StylePreset, json.as_ref(), "id").await?
             }
             ResponseFilter::RecordBulkDownload => {
                 let field = "bulk_download_item_name";
-                record(ctx, Entry::BulkDownload, json.as_ref(), field).await
+                record(ctx, Entry::BulkDownload, json.as_ref(), field).await?
             }
             _ => {}
         }
@@ -312,7 +339,7 @@ async fn filter_list(
                 .await
                 .map_err(unavailable)?;
             let Value::Array(names) = json else {
-                return Err(DenyReason::Unavailable(
+                return Err(DenyReason::BadUpstream(
                     "unexpected image_names shape".into(),
                 ));
             };
@@ -321,17 +348,27 @@ async fn filter_list(
         }
         // R5/R6: 6.12 sanitizes other users' queue items weakly (or not at all).
         ResponseFilter::SanitizeQueueItems => {
+            // Only shapes known to be queue items are rewritten; anything else is withheld.
+            let known = |v: &Value| v.get("item_id").is_some_and(Value::is_i64);
             match json {
-                Value::Array(items) => items.iter_mut().for_each(|i| sanitize_queue_item(i, me)),
-                Value::Object(_) => sanitize_queue_item(json, me),
-                _ => {}
+                Value::Array(items) if items.iter().all(known) => {
+                    items.iter_mut().for_each(|i| sanitize_queue_item(i, me))
+                }
+                Value::Object(_) if known(json) => sanitize_queue_item(json, me),
+                // `current`/`next` with nothing queued.
+                Value::Null => {}
+                _ => {
+                    return Err(DenyReason::BadUpstream(
+                        "unexpected queue item shape".into(),
+                    ))
+                }
             }
             Ok(true)
         }
         // R8: 6.12 counts every user's items of a batch or destination.
         ResponseFilter::OwnQueueCounts => {
             let Some(counts) = json.as_object_mut() else {
-                return Err(DenyReason::Unavailable(
+                return Err(DenyReason::BadUpstream(
                     "unexpected queue counts shape".into(),
                 ));
             };
@@ -342,7 +379,7 @@ async fn filter_list(
                 (Some(batch), _) => crate::facts::CountScope::Batch(batch.clone()),
                 (None, Some(dest)) => crate::facts::CountScope::Destination(dest.to_owned()),
                 (None, None) => {
-                    return Err(DenyReason::Unavailable(
+                    return Err(DenyReason::BadUpstream(
                         "queue counts without a scope".into(),
                     ))
                 }
@@ -360,15 +397,26 @@ async fn filter_list(
                 counts.insert(status.into(), Value::from(n));
             }
             counts.insert("total".into(), Value::from(total));
+            if total == 0 && ctx.path.contains_key("batch_id") {
+                // R8: origin/destination come from the caller's own rows (a batch has one owner).
+                for field in ["origin", "destination"] {
+                    if counts.contains_key(field) {
+                        counts.insert(field.into(), Value::Null);
+                    }
+                }
+            }
             Ok(true)
         }
         // R7: 6.12 shows the running item's ids to everyone.
         _ => {
-            let Some(queue) = json.get_mut("queue").and_then(Value::as_object_mut) else {
-                return Ok(false);
-            };
-            let Some(item_id) = queue.get("item_id").and_then(Value::as_i64) else {
-                return Ok(false);
+            let shape = || DenyReason::BadUpstream("unexpected queue status shape".into());
+            let queue = json
+                .get_mut("queue")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(shape)?;
+            let item_id = match queue.get("item_id") {
+                None | Some(Value::Null) => return Ok(false),
+                Some(v) => v.as_i64().ok_or_else(shape)?,
             };
             let owner = ctx.facts.queue_item(item_id).await.map_err(unavailable)?;
             if owner.is_some_and(|o| o.owner == me) {
@@ -489,12 +537,32 @@ async fn revoke_after_password_change(
     }
 }
 
-/// Record `json[field] → caller` in the ledger (errors are logged: the response still goes out).
-async fn record(ctx: &FilterContext<'_>, kind: Entry, json: Option<&Value>, field: &str) {
-    let id = json.and_then(|j| j.get(field)).and_then(Value::as_str);
-    if let (Some(id), Some(p)) = (id, ctx.principal) {
-        if let Err(e) = ctx.ledger.record(kind, id, &p.user_id).await {
-            tracing::error!(error = %e, ?kind, id, "could not record in the ledger");
-        }
+/// Record `json[field] → caller` for the intent written before the create was forwarded. A
+/// create that went through but cannot be recorded is answered 503 (its entity stays an orphan:
+/// admins only), never passed on as if it were owned.
+async fn record(
+    ctx: &FilterContext<'_>,
+    kind: Entry,
+    json: Option<&Value>,
+    field: &str,
+) -> Result<(), DenyReason> {
+    let (Some((intended, intent)), Some(p)) = (ctx.intent, ctx.principal) else {
+        // This upstream keeps the owner itself: nothing to record.
+        return Ok(());
+    };
+    if intended != kind {
+        return Ok(());
     }
+    let Some(id) = json.and_then(|j| j.get(field)).and_then(Value::as_str) else {
+        return Err(DenyReason::BadUpstream(format!(
+            "the create's answer has no '{field}': its owner cannot be recorded"
+        )));
+    };
+    ctx.ledger
+        .complete(intent, kind, id, &p.user_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, ?kind, id, "created upstream, but the owner could not be recorded");
+            DenyReason::Unavailable(format!("ledger: {e}"))
+        })
 }

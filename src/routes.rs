@@ -17,6 +17,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::jsonplan::{JsonPlan, Keep, PathStep};
 use crate::policy::Predicate;
 use crate::rewrite::ResponseFilter;
 
@@ -119,6 +120,8 @@ pub struct Rule {
     pub response: Vec<ResponseFilter>,
     pub block: Option<StatusCode>,
     pub body: BodyNeed,
+    /// What a JSON body parse keeps (the `body.*` selectors and what filters read).
+    pub json_plan: JsonPlan,
     pub line: usize,
 }
 
@@ -143,6 +146,8 @@ pub enum Lookup<'t> {
 pub struct RouteTable {
     rules: Vec<Rule>,
     routers: HashMap<Method, matchit::Router<usize>>,
+    /// The file says a reload may cover fewer endpoints than the table it replaces.
+    allow_coverage_loss: bool,
 }
 
 impl fmt::Debug for RouteTable {
@@ -156,6 +161,9 @@ impl fmt::Debug for RouteTable {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// A reload that drops endpoints the running table covers is refused unless this is set.
+    #[serde(default)]
+    allow_coverage_loss: bool,
     #[serde(default)]
     rule: Vec<toml::Spanned<RawRule>>,
 }
@@ -225,7 +233,16 @@ impl RouteTable {
                     .map_err(|e| err(rule.line, Some(&rule.id), format!("path: {e}")))?;
             }
         }
-        Ok(Self { rules, routers })
+        Ok(Self {
+            rules,
+            routers,
+            allow_coverage_loss: raw.allow_coverage_loss,
+        })
+    }
+
+    /// Whether the file allows a reload to cover fewer endpoints than the running table.
+    pub fn allows_coverage_loss(&self) -> bool {
+        self.allow_coverage_loss
     }
 
     /// All rules, in file order.
@@ -320,6 +337,7 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
             }
         };
     }
+    let json_plan = json_plan(&checks, &response);
     Ok(Rule {
         id: raw.id,
         methods,
@@ -329,8 +347,38 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
         response,
         block,
         body,
+        json_plan,
         line,
     })
+}
+
+/// The parts of a JSON body the rule reads: each `body.*` selector (the whole value there, or
+/// only its references for `enqueue.allowed`) and the fields response filters read.
+fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
+    let mut plan = JsonPlan::default();
+    for check in checks {
+        for arg in &check.args {
+            let Arg::Select(sel) = arg else { continue };
+            if sel.source != Source::Body {
+                continue;
+            }
+            let keep = match check.predicate {
+                Predicate::EnqueueAllowed => Keep::Refs,
+                _ => Keep::Whole,
+            };
+            let steps = sel.steps.iter().map(|s| match s {
+                Step::Field(f) => PathStep::Field(f),
+                Step::Each => PathStep::Each,
+            });
+            plan.add(steps, keep);
+        }
+    }
+    for filter in filters {
+        for field in filter.request_fields() {
+            plan.add([PathStep::Field(field)], Keep::Whole);
+        }
+    }
+    plan
 }
 
 fn body_need(checks: &[Check]) -> Result<BodyNeed, String> {

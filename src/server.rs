@@ -17,11 +17,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
-    TRANSFER_ENCODING, UPGRADE,
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
+    HOST, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,15 +31,20 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::body;
 use crate::canonical::{self, Target};
 use crate::decision::{self, Body, Decision, DenyReason};
 use crate::framing;
 use crate::headers::{self, ClientConn};
 use crate::identity::{self, IdentityError, Principal, MEDIA_COOKIE, SESSION_COOKIE};
+use crate::ledger::Entry;
 use crate::policy::{self, Context, RequestData};
 use crate::rewrite::{self, FilterContext};
 use crate::routes::{Auth, BodyNeed, Lookup, Rule};
 use crate::state::AppState;
+
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accept connections until `shutdown` resolves, then drain (bounded by the configured grace).
 pub async fn run<F>(
@@ -64,12 +70,23 @@ where
         .max_header_list_size(state.limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    pair
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends persist until something closes: retrying at once spins
+                    // a core and floods the log, so back off (doubling, capped).
+                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
@@ -196,12 +213,15 @@ pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ConnInfo) -
         Err(reason) => {
             record.outcome = "deny";
             record.reason = reason.label();
-            if let DenyReason::Unavailable(cause) = &reason {
+            if let DenyReason::Unavailable(cause) | DenyReason::BadUpstream(cause) = &reason {
                 record.detail = Some(cause.clone());
             }
             let mut res = decision::deny_response(&reason);
-            if matches!(reason, DenyReason::BadRequest(_) | DenyReason::BadTarget(_)) {
-                // After a framing or target error the connection state is suspect: close it.
+            if matches!(
+                reason,
+                DenyReason::BadRequest(_) | DenyReason::BadTarget(_) | DenyReason::Timeout
+            ) {
+                // After a framing, target or body-read error the connection state is suspect.
                 res.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
@@ -359,11 +379,30 @@ async fn pipeline(
         query: target.params.clone(),
         ..RequestData::default()
     };
+    // Anyone may call a public rule: its body is read before any identity, so it gets a small limit.
+    let body_limit = match rule.auth {
+        Auth::Public => state
+            .limits
+            .max_public_body_bytes
+            .min(state.limits.max_body_bytes),
+        _ => state.limits.max_body_bytes,
+    };
+    let timeout = state.limits.body_read_timeout;
     let upstream_body: Body = match rule.body {
-        BodyNeed::None => body.boxed(),
+        BodyNeed::None if body.is_end_stream() => body.map_err(Into::into).boxed(),
+        // Slow-body defence: a streamed upload may not stall (slowloris on the body).
+        BodyNeed::None if rule.auth == Auth::Public => {
+            Limited::new(body::IdleTimeout::new(body, timeout), body_limit).boxed()
+        }
+        BodyNeed::None => body::IdleTimeout::new(body, timeout).boxed(),
         need => {
-            let bytes = read_body(body, &parts.headers, state.limits.max_body_bytes).await?;
-            fill_body(need, &bytes, &parts.headers, &mut data).await?;
+            body::refuse_encoded(&parts.headers)?;
+            let bytes = body::read(body, &parts.headers, body_limit, timeout).await?;
+            match need {
+                BodyNeed::Json => data.body = body::json(&bytes, &rule.json_plan)?,
+                BodyNeed::Multipart => data.form = body::form(&bytes, &parts.headers).await?,
+                BodyNeed::None => {}
+            }
             decision::full(bytes)
         }
     };
@@ -377,14 +416,27 @@ async fn pipeline(
         Decision::Allow => {}
         Decision::Deny(reason) => return Err(reason),
     }
-    // 6. forward
+    // 6. forward (a create whose owner InvokeAI does not keep is first written down as an intent;
+    //    if the ledger cannot take it, the create never happens)
+    let intent = match (record_needed(rule, state), principal.as_ref()) {
+        (Some(kind), Some(p)) => Some((
+            kind,
+            state
+                .ledger
+                .begin(kind, &p.user_id)
+                .await
+                .map_err(|e| DenyReason::Unavailable(format!("ledger: {e}")))?,
+        )),
+        _ => None,
+    };
+    let reads_response = rule.response.iter().any(|f| f.needs_body());
     let upstream_req = upstream_request(
         &parts,
         &target,
         upstream_body,
         principal.as_ref(),
         secret.as_deref(),
-        rule.auth == Auth::Socket,
+        rule.auth == Auth::Socket || reads_response,
         client_upgrade.is_some(),
         state,
         &conn.client,
@@ -404,7 +456,7 @@ async fn pipeline(
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(upgrade) = client_upgrade {
             crate::proxy::tunnel(upgrade, &mut res);
-            return Ok(res.map(|b| b.boxed()));
+            return Ok(res.map(|b| b.map_err(Into::into).boxed()));
         }
     }
     // 7. rewrite
@@ -418,6 +470,7 @@ async fn pipeline(
         upstream_revokes: state.facts.schema().has_token_epoch,
         request_body: data.body.as_ref(),
         path: &data.path,
+        intent,
     };
     Ok(respond(res, rule, &filter_ctx, state.limits.max_body_bytes).await)
 }
@@ -429,7 +482,7 @@ fn upstream_request(
     body: Body,
     principal: Option<&Principal>,
     secret: Option<&str>,
-    socket: bool,
+    identity_encoding: bool,
     upgrade: bool,
     state: &AppState,
     conn: &ClientConn,
@@ -446,9 +499,10 @@ fn upstream_request(
             headers.insert(AUTHORIZATION, v);
         }
     }
-    if socket {
-        // InvokeAI 6.14's gzip middleware answers 500 to compressed Engine.IO polling (it reads a
-        // lower-case content-type the socket layer does not send); polling frames are small.
+    if identity_encoding {
+        // A response the guard must read is asked for uncompressed (it is decoded if it comes
+        // compressed anyway). InvokeAI 6.14's gzip middleware also answers 500 to compressed
+        // Engine.IO polling (it reads a lower-case content-type the socket layer does not send).
         headers.remove(ACCEPT_ENCODING);
     }
     if let (true, Some(value)) = (upgrade, upgrade_value) {
@@ -475,89 +529,17 @@ fn upstream_request(
     req
 }
 
-async fn read_body(
-    body: Incoming,
-    headers: &http::HeaderMap,
-    limit: usize,
-) -> Result<Bytes, DenyReason> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(DenyReason::TooLarge);
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(DenyReason::TooLarge)
-        }
-        Err(_) => Err(DenyReason::BadRequest(
-            "could not read the request body".into(),
-        )),
-    }
-}
-
-async fn fill_body(
-    need: BodyNeed,
-    bytes: &Bytes,
-    headers: &http::HeaderMap,
-    data: &mut RequestData,
-) -> Result<(), DenyReason> {
-    match need {
-        BodyNeed::None => Ok(()),
-        BodyNeed::Json => {
-            if !bytes.is_empty() {
-                let value = serde_json::from_slice(bytes)
-                    .map_err(|e| DenyReason::Unprocessable(format!("JSON decode error: {e}")))?;
-                data.body = Some(value);
-            }
-            Ok(())
-        }
-        BodyNeed::Multipart => {
-            let content_type = headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let boundary = multer::parse_boundary(content_type).map_err(|_| {
-                DenyReason::Unprocessable("expected a multipart/form-data body".into())
-            })?;
-            let stream =
-                futures_util::stream::once(std::future::ready(Ok::<_, Infallible>(bytes.clone())));
-            let mut multipart = multer::Multipart::new(stream, boundary);
-            loop {
-                match multipart.next_field().await {
-                    Ok(Some(field)) => {
-                        let name = field.name().map(str::to_owned);
-                        let is_file = field.file_name().is_some();
-                        let text = field
-                            .bytes()
-                            .await
-                            .map_err(|e| DenyReason::Unprocessable(format!("multipart: {e}")))?;
-                        if let (Some(name), false) = (name, is_file) {
-                            // A repeated field could be read differently upstream (pollution).
-                            if data.form.contains_key(&name) {
-                                return Err(DenyReason::BadRequest(format!(
-                                    "duplicate form field '{name}'"
-                                )));
-                            }
-                            let text = String::from_utf8(text.to_vec()).map_err(|_| {
-                                DenyReason::Unprocessable(format!(
-                                    "form field '{name}' is not UTF-8"
-                                ))
-                            })?;
-                            data.form.insert(name, text);
-                        }
-                    }
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(DenyReason::Unprocessable(format!("multipart: {e}"))),
-                }
-            }
-        }
-    }
+/// The ledger entry a rule's create must record, where InvokeAI keeps no owner of its own.
+fn record_needed(rule: &Rule, state: &AppState) -> Option<Entry> {
+    let schema = state.facts.schema();
+    rule.response
+        .iter()
+        .filter_map(|f| f.records())
+        .find(|kind| match kind {
+            Entry::Workflow => !schema.has_workflow_owner,
+            Entry::StylePreset => schema.capability("scopes_preset_lists") != Some(true),
+            Entry::BulkDownload => true,
+        })
 }
 
 async fn respond(
@@ -572,27 +554,61 @@ async fn respond(
     rewrite::apply_headers(&rule.response, &mut parts, ctx).await;
     let wants_body = parts.status.is_success() && rule.response.iter().any(|f| f.needs_body());
     if !wants_body {
-        return Response::from_parts(parts, body.boxed());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            match rewrite::apply_body(&rule.response, &mut parts, &bytes, ctx).await {
-                Ok(replaced) => {
-                    Response::from_parts(parts, decision::full(replaced.unwrap_or(bytes)))
-                }
-                // Fail closed: a body that could not be filtered is never sent.
-                Err(reason) => decision::deny_response(&reason),
+        if let Some((_, intent)) = ctx.intent {
+            // The upstream refused the create: nothing to record.
+            if let Err(e) = ctx.ledger.abandon(intent).await {
+                tracing::warn!(rule_id = %rule.id, error = %e, "could not drop a ledger intent");
             }
         }
-        Err(e) => {
-            tracing::error!(rule_id = %rule.id, error = %e, "response body over the filter limit or unreadable");
-            decision::error_response(
-                StatusCode::BAD_GATEWAY,
-                "Upstream response could not be processed",
-            )
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
+    }
+    match filtered_body(&rule.response, &mut parts, body, ctx, limit).await {
+        Ok(bytes) => Response::from_parts(parts, decision::full(bytes)),
+        // Fail closed: a body that could not be read, filtered or recorded is never sent.
+        Err(reason) => {
+            tracing::error!(rule_id = %rule.id, reason = reason.label(), detail = ?reason, "response withheld");
+            crate::metrics::response_withheld(&rule.id, reason.label());
+            decision::deny_response(&reason)
         }
     }
+}
+
+/// Read (bounded), decode and filter a 2xx body the rule's filters need.
+async fn filtered_body(
+    filters: &[rewrite::ResponseFilter],
+    parts: &mut http::response::Parts,
+    body: Incoming,
+    ctx: &FilterContext<'_>,
+    limit: usize,
+) -> Result<Bytes, DenyReason> {
+    let raw = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            DenyReason::BadUpstream(format!(
+                "response body over the filter limit or unreadable: {e}"
+            ))
+        })?
+        .to_bytes();
+    let mut encodings = parts.headers.get_all(CONTENT_ENCODING).iter();
+    let encoding = match (encodings.next(), encodings.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| DenyReason::BadUpstream("unreadable Content-Encoding".into()))?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(DenyReason::BadUpstream("stacked Content-Encoding".into()))
+        }
+    };
+    let decoded = body::decode(encoding, raw, limit)?;
+    if encoding.is_some() {
+        // What goes out is the decoded body.
+        parts.headers.remove(CONTENT_ENCODING);
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    let replaced = rewrite::apply_body(filters, parts, &decoded, ctx).await?;
+    Ok(replaced.unwrap_or(decoded))
 }
 
 /// Bind helper for tests and main: the actual local address.

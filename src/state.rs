@@ -53,9 +53,31 @@ impl AppState {
         }))
     }
 
-    /// Re-read routes.toml; on error keep the current table.
+    /// Re-read routes.toml; on error keep the current table. A table that would stop covering
+    /// endpoints the running one covers (a half-written or emptied file) is refused unless the
+    /// file sets `allow_coverage_loss = true`.
     pub fn reload_routes(&self) -> Result<usize, RouteError> {
-        match RouteTable::load(&self.routes_path) {
+        let loaded =
+            RouteTable::load(&self.routes_path).and_then(|table| {
+                let lost = crate::coverage::lost(&self.routes.load(), &table);
+                if lost.is_empty() || table.allows_coverage_loss() {
+                    return Ok(table);
+                }
+                let shown: Vec<&str> = lost.iter().take(5).map(String::as_str).collect();
+                Err(RouteError {
+                    file: self.routes_path.display().to_string(),
+                    line: 0,
+                    rule: None,
+                    message: format!(
+                    "the new table would stop covering {} endpoint(s) the running table covers \
+                     ({}{}); if intended, set `allow_coverage_loss = true` at the top of the file",
+                    lost.len(),
+                    shown.join(", "),
+                    if lost.len() > shown.len() { ", ..." } else { "" }
+                ),
+                })
+            });
+        match loaded {
             Ok(table) => {
                 let n = table.rules().len();
                 self.routes.store(Arc::new(table));

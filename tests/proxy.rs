@@ -518,8 +518,13 @@ async fn reload_swaps_whole_tables_and_keeps_the_last_good_one() {
     std::fs::write(&path, "[[rule]]\nid = \"broken\"\n").unwrap();
     assert!(g.state.reload_routes().is_err());
     assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 200);
-    // A valid file replaces the table as a whole.
-    std::fs::write(&path, "[[rule]]\nid = \"only\"\nmethods = [\"GET\"]\npath = \"/api/v1/{*rest}\"\nauth = \"user\"\n").unwrap();
+    // A valid file that covers fewer endpoints is refused unless it says so; then it replaces the
+    // table as a whole.
+    let only = "[[rule]]\nid = \"only\"\nmethods = [\"GET\"]\npath = \"/api/v1/{*rest}\"\nauth = \"user\"\n";
+    std::fs::write(&path, only).unwrap();
+    assert!(g.state.reload_routes().is_err());
+    assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 200);
+    std::fs::write(&path, format!("allow_coverage_loss = true\n{only}")).unwrap();
     assert_eq!(g.state.reload_routes().unwrap(), 1);
     assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 404);
     assert_eq!(

@@ -233,9 +233,9 @@ pub fn workflow(
     id: &str,
 ) -> rusqlite::Result<Option<WorkflowFact>> {
     let sql = if schema.has_workflow_owner {
-        "SELECT user_id, is_public, category FROM workflow_library WHERE workflow_id = ?1"
+        "SELECT user_id, is_public, category, created_at FROM workflow_library WHERE workflow_id = ?1"
     } else {
-        "SELECT NULL, 0, category FROM workflow_library WHERE workflow_id = ?1"
+        "SELECT NULL, 0, category, created_at FROM workflow_library WHERE workflow_id = ?1"
     };
     conn.prepare_cached(sql)?
         .query_row([id], |r| {
@@ -243,6 +243,7 @@ pub fn workflow(
                 owner: r.get(0)?,
                 is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
                 category: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                created_at: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
             })
         })
         .optional()
@@ -276,19 +277,22 @@ pub fn queue_item(
 }
 
 pub fn preset(conn: &Connection, id: &str) -> rusqlite::Result<Option<PresetFact>> {
-    conn.prepare_cached("SELECT user_id, is_public, type FROM style_presets WHERE id = ?1")?
-        .query_row([id], |r| {
-            Ok(PresetFact {
-                owner: r
-                    .get::<_, Option<String>>(0)?
-                    .unwrap_or_else(|| "system".into()),
-                is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
-                kind: r
-                    .get::<_, Option<String>>(2)?
-                    .unwrap_or_else(|| "user".into()),
-            })
+    conn.prepare_cached(
+        "SELECT user_id, is_public, type, created_at FROM style_presets WHERE id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok(PresetFact {
+            owner: r
+                .get::<_, Option<String>>(0)?
+                .unwrap_or_else(|| "system".into()),
+            is_public: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+            kind: r
+                .get::<_, Option<String>>(2)?
+                .unwrap_or_else(|| "user".into()),
+            created_at: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
         })
-        .optional()
+    })
+    .optional()
 }
 
 pub fn system_prompt(conn: &Connection, id: &str) -> rusqlite::Result<Option<SystemPromptFact>> {

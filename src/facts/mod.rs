@@ -93,6 +93,8 @@ pub struct WorkflowFact {
     pub owner: Option<String>,
     pub is_public: bool,
     pub category: String,
+    /// As InvokeAI stores it (`YYYY-MM-DD HH:MM:SS.fff`, UTC); decides legacy vs orphan.
+    pub created_at: String,
 }
 
 /// A queue item's owner and the owner of its workflow-call root.
@@ -109,6 +111,8 @@ pub struct PresetFact {
     pub owner: String,
     pub is_public: bool,
     pub kind: String,
+    /// As InvokeAI stores it (`YYYY-MM-DD HH:MM:SS.fff`, UTC); decides legacy vs orphan.
+    pub created_at: String,
 }
 
 /// A system prompt (main).
