@@ -282,7 +282,16 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
                 scalar.as_ref()
             }
             Some(text) => {
-                parsed_form = Some(serde_json::from_str(text).map_err(|_| {
+                // Only the selected path is kept (no amplification of a large JSON field).
+                let mut plan = crate::jsonplan::JsonPlan::default();
+                plan.add(
+                    sel.steps.iter().map(|s| match s {
+                        Step::Field(f) => crate::jsonplan::PathStep::Field(f),
+                        Step::Each => crate::jsonplan::PathStep::Each,
+                    }),
+                    crate::jsonplan::Keep::Whole,
+                );
+                parsed_form = Some(crate::jsonplan::parse(text.as_bytes(), &plan).map_err(|_| {
                     DenyReason::Unprocessable(format!("form field '{name}' is not JSON"))
                 })?);
                 parsed_form.as_ref()
