@@ -367,3 +367,217 @@ pub fn raw_status(reply: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// Send one request with a raw body (no content-type is added; pass it in `headers`).
+pub async fn send_bytes(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(req.body(Full::new(body.into())).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+impl Reply {
+    /// The body with any gzip `Content-Encoding` undone (the guard may re-encode for the client).
+    pub fn decoded(&self) -> Bytes {
+        match self.headers.get("content-encoding").map(|v| v.as_bytes()) {
+            None => self.body.clone(),
+            Some(b"gzip") => Bytes::from(gunzip(&self.body)),
+            Some(other) => panic!(
+                "unexpected content-encoding {:?}",
+                String::from_utf8_lossy(other)
+            ),
+        }
+    }
+
+    pub fn decoded_json(&self) -> Value {
+        serde_json::from_slice(&self.decoded()).unwrap_or(Value::Null)
+    }
+}
+
+/// A `RawConfig` parsed from TOML at run time (keys newer than this file fail the test, not the
+/// build).
+pub fn raw_config(text: &str) -> RawConfig {
+    toml::from_str(text).unwrap_or_else(|e| panic!("config {text:?} refused: {e}"))
+}
+
+/// CRC-32 (IEEE) as gzip's trailer needs it.
+pub fn crc32(data: &[u8]) -> u32 {
+    crc32_update(0, data)
+}
+
+fn crc32_update(crc: u32, data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *slot = c;
+        }
+        t
+    });
+    let mut c = !crc;
+    for b in data {
+        c = table[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// gzip `data` with stored (uncompressed) deflate blocks: a valid stream any decoder reads, with
+/// no compression library needed in the tests.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = GZIP_HEADER.to_vec();
+    let mut chunks = data.chunks(65_535).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let len = chunk.len() as u16;
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// A gzip stream of `1 + 258 * runs` zero bytes in about `runs * 13 / 8` bytes (fixed Huffman
+/// back-references): a decompression bomb with a correct trailer.
+pub fn gzip_zeros(runs: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u32, count: u32) {
+            self.acc |= u64::from(value) << self.n;
+            self.n += count;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        // Huffman codes go out most significant bit first.
+        fn code(&mut self, code: u32, len: u32) {
+            let reversed = code.reverse_bits() >> (32 - len);
+            self.put(reversed, len);
+        }
+    }
+    let mut bits = Bits {
+        out: GZIP_HEADER.to_vec(),
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // BFINAL
+    bits.put(1, 2); // BTYPE = fixed Huffman
+    bits.code(0x30, 8); // literal 0
+    for _ in 0..runs {
+        bits.code(0xC5, 8); // length 258 (code 285)
+        bits.code(0, 5); // distance 1
+    }
+    bits.code(0, 7); // end of block
+    if bits.n > 0 {
+        bits.put(0, 8 - bits.n);
+    }
+    let total = 1 + 258 * runs;
+    let zeros = [0u8; 65_536];
+    let mut crc = 0;
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        crc = crc32_update(crc, &zeros[..n]);
+        left -= n;
+    }
+    let mut out = bits.out;
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out
+}
+
+/// Decompress gzip with the system's `gzip` (tests only decode what the guard sends them).
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "gzip -dc failed");
+    out.stdout
+}
+
+/// Whether the request the mock received offers gzip.
+pub fn offers_gzip(seen: &Seen) -> bool {
+    seen.headers
+        .get_all("accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("gzip"))
+}
+
+/// A JSON response with `body` gzip-compressed, as InvokeAI's GZipMiddleware sends it.
+pub fn gzip_json(v: &Value) -> Response<Full<Bytes>> {
+    encoded_json(gzip(v.to_string().as_bytes()), "gzip")
+}
+
+/// A JSON response whose body is `bytes` labelled with `Content-Encoding: encoding`.
+pub fn encoded_json(bytes: impl Into<Bytes>, encoding: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(bytes.into()));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-encoding", encoding.parse().unwrap());
+    r.headers_mut()
+        .insert("vary", "Accept-Encoding".parse().unwrap());
+    r
+}
