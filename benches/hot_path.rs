@@ -18,13 +18,13 @@ use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Method};
 use serde_json::{json, Value};
 
-use invoke_guard::canonical;
+use invoke_guard::facts::ledger::Ledger;
 use invoke_guard::facts::{Facts, FactsConfig};
-use invoke_guard::headers;
+use invoke_guard::http::canonical;
+use invoke_guard::http::headers;
 use invoke_guard::identity;
-use invoke_guard::ledger::Ledger;
-use invoke_guard::policy::{self, Context, RequestData};
-use invoke_guard::routes::{Lookup, RouteTable};
+use invoke_guard::policy::{self, FactSource, RequestData};
+use invoke_guard::rules::{Lookup, RouteTable};
 
 const FIXTURE: &str = "invokeai-6.14.2-rich";
 
@@ -326,14 +326,13 @@ fn bench_policy(c: &mut Criterion) {
         ("evaluate_allow_warm", &alice, true),
         ("evaluate_deny_warm", &bob, false),
     ] {
-        let ctx = Context {
+        let src = FactSource {
             facts: &facts,
             ledger: &ledger,
-            principal: Some(who),
         };
-        let first = rt.block_on(policy::evaluate(rule, &data, &ctx));
+        let first = rt.block_on(policy::decide(rule, &data, Some(who), src));
         assert_eq!(
-            matches!(first, invoke_guard::decision::Decision::Allow),
+            matches!(first.decision, invoke_guard::decision::Decision::Allow),
             allowed,
             "{label}: unexpected decision {first:?}"
         );
@@ -342,7 +341,7 @@ fn bench_policy(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(policy::evaluate(rule, black_box(&data), &ctx).await);
+                        black_box(policy::decide(rule, black_box(&data), Some(who), src).await);
                     }
                     start.elapsed()
                 })

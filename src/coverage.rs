@@ -7,7 +7,7 @@
 use http::Method;
 
 use crate::facts::Schema;
-use crate::routes::{Lookup, RouteTable};
+use crate::rules::{Lookup, RouteTable};
 
 /// The inventory as shipped.
 pub const INVENTORY: &str = include_str!("../data/invokeai-endpoints.tsv");

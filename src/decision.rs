@@ -1,7 +1,10 @@
-//! Decisions as data, and the one place they become HTTP responses.
+//! Decisions as data, with their provenance, and the one place they become HTTP responses.
 //!
 //! Invariants:
-//! - Every request ends in exactly one [`Outcome`]; only `Forward` reaches the upstream.
+//! - Every request ends in exactly one [`Decision`]; only `Allow` reaches the upstream.
+//! - A [`Verdict`] records which check decided and the facts behind it; the decision log,
+//!   metrics (bounded labels only: rule id, check name, reason), `explain` and `test` all read
+//!   the same value. It never holds tokens, secrets, passwords or query values.
 //! - Every error body has InvokeAI's (FastAPI's) shape `{"detail": "..."}`; 401s carry
 //!   `WWW-Authenticate: Bearer`.
 //! - The same values feed the decision log and metrics labels (`reason()` is a fixed label).
@@ -10,6 +13,8 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+use crate::rules::vocab::Capability;
 
 /// The error type of bodies the guard passes on (hyper's, or the guard's own read timeout).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -108,6 +113,115 @@ pub enum Decision {
     Allow,
     /// Answer locally with an error.
     Deny(DenyReason),
+}
+
+/// One argument as a check saw it (values from the query, and passwords, are never shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgTrace {
+    pub selector: String,
+    pub value: String,
+}
+
+/// How one check ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    /// Evaluated and true.
+    Held,
+    /// Not evaluated: resource checks are true for admins.
+    AdminExempt,
+    /// Not evaluated: `unless upstream.X` and this upstream does X itself.
+    UpstreamEnforces(Capability),
+    /// Evaluated and false (or its facts could not be read): the request is denied.
+    Failed(DenyReason),
+}
+
+impl CheckResult {
+    pub fn label(&self) -> String {
+        match self {
+            CheckResult::Held => "held".into(),
+            CheckResult::AdminExempt => "held (admin)".into(),
+            CheckResult::UpstreamEnforces(c) => format!("skipped (upstream.{})", c.name()),
+            CheckResult::Failed(r) => format!("FAILED: {} {}", r.status().as_u16(), r.detail()),
+        }
+    }
+}
+
+/// What one check read and concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTrace {
+    /// The check as written in routes.toml.
+    pub check: String,
+    pub predicate: &'static str,
+    pub args: Vec<ArgTrace>,
+    /// The facts that decided it (owners, visibility, admin flag, ledger entries).
+    pub facts: Vec<String>,
+    pub result: CheckResult,
+}
+
+/// Which step decided a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The request target or framing was refused.
+    Target,
+    /// No rule matches (or the rule blocks the route).
+    Route,
+    /// The caller could not be identified.
+    Identity,
+    /// The rule's `auth = "admin"` and the caller is not.
+    Auth,
+    /// The request body was refused (size, time, shape).
+    Body,
+    /// A check (the last one in [`Verdict::checks`]), or, for an allow, all of them.
+    Check,
+}
+
+/// A decision with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// The step that denied (for an allow: `Check`, every check held).
+    pub stage: Stage,
+    /// Every check evaluated, in order; a denial's deciding check is the last one.
+    pub checks: Vec<CheckTrace>,
+}
+
+impl Verdict {
+    /// A denial before any check ran.
+    pub fn early(stage: Stage, reason: DenyReason) -> Self {
+        Verdict {
+            decision: Decision::Deny(reason),
+            stage,
+            checks: Vec::new(),
+        }
+    }
+
+    /// The check that denied, if a check did.
+    pub fn deciding(&self) -> Option<&CheckTrace> {
+        match (&self.decision, self.stage) {
+            (Decision::Deny(_), Stage::Check) => self.checks.last(),
+            _ => None,
+        }
+    }
+
+    /// A bounded label naming what decided: a predicate, a stage, or `all` (every check held).
+    pub fn decided_by(&self) -> &'static str {
+        match (&self.decision, self.stage) {
+            (Decision::Allow, _) => "all",
+            (Decision::Deny(_), Stage::Check) => self.deciding().map_or("-", |c| c.predicate),
+            (Decision::Deny(_), Stage::Target) => "target",
+            (Decision::Deny(_), Stage::Route) => "route",
+            (Decision::Deny(_), Stage::Identity) => "identity",
+            (Decision::Deny(_), Stage::Auth) => "auth",
+            (Decision::Deny(_), Stage::Body) => "body",
+        }
+    }
+
+    /// The deciding check's facts, joined for a log line (empty when none).
+    pub fn facts_line(&self) -> String {
+        self.deciding()
+            .map(|c| c.facts.join("; "))
+            .unwrap_or_default()
+    }
 }
 
 /// Upstream failures (who caused it: the upstream, not the client or the guard's policy).

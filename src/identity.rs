@@ -25,8 +25,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::facts::ledger::Ledger;
 use crate::facts::{Facts, FactsError};
-use crate::ledger::Ledger;
 
 /// InvokeAI's longest token lifetime (remember-me: 7 days).
 const LONGEST_LIFETIME: u64 = 7 * 24 * 3600;
@@ -96,7 +96,8 @@ pub fn presented_token(
     }
     if accept_cookie {
         for name in [MEDIA_COOKIE, SESSION_COOKIE] {
-            let token = crate::cookies::get(headers, name).map_err(|_| IdentityError::Ambiguous)?;
+            let token =
+                crate::http::cookies::get(headers, name).map_err(|_| IdentityError::Ambiguous)?;
             if let Some(token) = token {
                 return Ok(Some((token, TokenSource::Cookie)));
             }
@@ -108,7 +109,7 @@ pub fn presented_token(
 /// The value of a cookie as Starlette reads it (an ambiguous one counts as absent here; the
 /// identity step refuses it).
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    crate::cookies::get(headers, name).ok().flatten()
+    crate::http::cookies::get(headers, name).ok().flatten()
 }
 
 fn now() -> u64 {

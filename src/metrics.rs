@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 struct DecisionLabels {
     decision: &'static str,
     rule_id: String,
+    /// The predicate or stage that decided (`all` for an allow).
+    check: &'static str,
     reason: &'static str,
 }
 
@@ -94,12 +96,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 /// Count one decision.
-pub fn decision(decision: &'static str, rule_id: &str, reason: &'static str, seconds: f64) {
+pub fn decision(
+    decision: &'static str,
+    rule_id: &str,
+    check: &'static str,
+    reason: &'static str,
+    seconds: f64,
+) {
     METRICS
         .decisions
         .get_or_create(&DecisionLabels {
             decision,
             rule_id: rule_id.to_owned(),
+            check,
             reason,
         })
         .inc();

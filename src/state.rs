@@ -11,10 +11,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Limits, Settings};
+use crate::facts::ledger::Ledger;
 use crate::facts::Facts;
-use crate::ledger::Ledger;
-use crate::proxy::Upstream;
-use crate::routes::{RouteError, RouteTable};
+use crate::rules::{RouteError, RouteTable};
+use crate::upstream::Upstream;
 
 /// Everything a request needs.
 pub struct AppState {

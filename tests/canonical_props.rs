@@ -1,6 +1,6 @@
 //! Properties of the canonicalizer over random targets built from the characters that matter.
 
-use invoke_guard::canonical::canonical_path;
+use invoke_guard::http::canonical::canonical_path;
 use proptest::prelude::*;
 
 fn target() -> impl Strategy<Value = String> {

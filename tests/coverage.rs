@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use http::Method;
 use invoke_guard::coverage::{concrete, endpoints};
-use invoke_guard::routes::{Lookup, RouteTable};
+use invoke_guard::rules::{Lookup, RouteTable};
 
 fn table() -> RouteTable {
     RouteTable::load(std::path::Path::new(concat!(

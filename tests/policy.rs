@@ -1364,10 +1364,11 @@ async fn ledger_gives_6_12_workflows_and_presets_their_creator() {
     assert_eq!(w.call("GET", &wf, &bob).await, 403);
     // The ledger survives a restart: a new guard on the same ledger file still knows.
     let ledger =
-        invoke_guard::ledger::Ledger::open(&w.g.ledger_dir.path().join("ledger.db")).unwrap();
+        invoke_guard::facts::ledger::Ledger::open(&w.g.ledger_dir.path().join("ledger.db"))
+            .unwrap();
     let owner = ledger
         .owner(
-            invoke_guard::ledger::Entry::Workflow,
+            invoke_guard::facts::ledger::Entry::Workflow,
             &w.wf("wf_alice_private"),
         )
         .await
@@ -1675,7 +1676,7 @@ async fn password_change_revokes_older_tokens_without_epochs() {
     assert_eq!(send("GET", &me, Some(&admin), None).await.status, 200);
     // The revocations survive a restart (ledger).
     let ledger =
-        invoke_guard::ledger::Ledger::open(&g.ledger_dir.path().join("ledger.db")).unwrap();
+        invoke_guard::facts::ledger::Ledger::open(&g.ledger_dir.path().join("ledger.db")).unwrap();
     assert!(ledger.revoked_before(bob_id).is_some());
 }
 

@@ -107,7 +107,7 @@ async fn canonicalization_corpus() {
             assert_eq!(up.last().unwrap().target, expected, "{input:?}");
             // Idempotence: the canonical form canonicalizes to itself.
             assert_eq!(
-                invoke_guard::canonical::canonical_path(expected).unwrap(),
+                invoke_guard::http::canonical::canonical_path(expected).unwrap(),
                 expected
             );
         }
@@ -540,7 +540,7 @@ async fn admin_endpoints_report_readiness_and_metrics() {
     let (db, _up, g, _m, t) = setup().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = listener.local_addr().unwrap();
-    tokio::spawn(invoke_guard::admin::run(
+    tokio::spawn(invoke_guard::server::admin::run(
         listener,
         g.state.clone(),
         std::future::pending(),
@@ -556,7 +556,7 @@ async fn admin_endpoints_report_readiness_and_metrics() {
     );
     let metrics = send("GET", &url("/metrics"), None, None).await;
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("invoke_guard_authz_decisions_total{decision=\"allow\",rule_id=\"api.any\",reason=\"-\"}"), "{text}");
+    assert!(text.contains("invoke_guard_authz_decisions_total{decision=\"allow\",rule_id=\"api.any\",check=\"all\",reason=\"-\"}"), "{text}");
     assert!(!text.contains(&t), "metrics must never carry tokens");
     std::fs::remove_file(&db.path).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -13,6 +13,7 @@
 //!   callers turn it into 503, never into an allow.
 
 pub mod db;
+pub mod ledger;
 pub mod schema;
 mod watcher;
 

@@ -3,6 +3,7 @@
 //! Invariant: every SQL statement the fact source runs is chosen from these capabilities, so a
 //! query never names a column the database lacks.
 
+use crate::rules::vocab::Capability;
 use rusqlite::Connection;
 
 /// Capabilities of the InvokeAI database, detected at start and after any schema change.
@@ -68,41 +69,26 @@ impl Schema {
         })
     }
 
-    /// Whether InvokeAI itself filters image listings without `board_id` by owner (6.14 / main).
-    pub fn upstream_scopes_image_lists(&self) -> bool {
-        self.capability("scopes_image_lists").unwrap_or(false)
-    }
-
-    /// Names of behaviours the upstream enforces itself, for `admin_unless_upstream` and
-    /// `admin_if_true` (routes.toml stays version-agnostic: it names the behaviour, not a version).
-    pub const CAPABILITIES: &'static [&'static str] = &[
-        "scopes_image_lists",
-        "scopes_board_deletes",
-        "scopes_uncategorized_deletes",
-        "sanitizes_queue",
-        "scopes_workflow_lists",
-        "scopes_preset_lists",
-        "filters_images_by_names",
-        "scopes_uncategorized_names",
-        "skips_foreign_image_deletes",
-    ];
-
-    /// Whether the upstream enforces a named behaviour itself (`None`: unknown name).
-    pub fn capability(&self, name: &str) -> Option<bool> {
-        Some(match name {
+    /// Whether the upstream enforces a behaviour itself (routes.toml stays version-agnostic: it
+    /// names the behaviour, not a version).
+    pub fn has(&self, capability: Capability) -> bool {
+        match capability {
             // Fixes 2 and 4 of the hole list landed in 6.14 (schema 33).
-            "scopes_image_lists" | "scopes_board_deletes" => self.migration_version >= 33,
+            Capability::ScopesImageLists | Capability::ScopesBoardDeletes => {
+                self.migration_version >= 33
+            }
             // 6.13 scopes uncategorized deletes, queue sanitizing and preset lists by owner.
-            "scopes_uncategorized_deletes" | "sanitizes_queue" | "scopes_preset_lists" => {
+            Capability::ScopesUncategorizedDeletes
+            | Capability::SanitizesQueue
+            | Capability::ScopesPresetLists => self.has_board_visibility,
+            Capability::ScopesWorkflowLists => self.has_workflow_owner,
+            // 6.13+ return only the readable names of POST /images/images_by_names.
+            Capability::FiltersImagesByNames | Capability::ScopesUncategorizedNames => {
                 self.has_board_visibility
             }
-            "scopes_workflow_lists" => self.has_workflow_owner,
-            // 6.13+ return only the readable names of POST /images/images_by_names.
-            "filters_images_by_names" | "scopes_uncategorized_names" => self.has_board_visibility,
             // main/6.14 skip names the caller may not write in POST /images/delete.
-            "skips_foreign_image_deletes" => self.migration_version >= 33,
-            _ => return None,
-        })
+            Capability::SkipsForeignImageDeletes => self.migration_version >= 33,
+        }
     }
 
     /// A short human label for logs and `check`.

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Overrides, Settings};
 use crate::facts::{db, Schema};
-use crate::routes::RouteTable;
+use crate::rules::RouteTable;
 use crate::state::AppState;
 
 /// An authorization sidecar for a multiuser InvokeAI server.
@@ -185,9 +185,13 @@ fn serve(common: &Common) -> anyhow::Result<()> {
         if let Some(addr) = settings.admin_listen {
             let admin = tokio::net::TcpListener::bind(addr).await?;
             let mut rx = stop_rx.clone();
-            tokio::spawn(crate::admin::run(admin, state.clone(), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }));
+            tokio::spawn(crate::server::admin::run(
+                admin,
+                state.clone(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ));
         }
         state.spawn_routes_watcher(std::time::Duration::from_secs(2));
         spawn_signal_handlers(state.clone(), stop_tx)?;

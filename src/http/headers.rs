@@ -161,7 +161,7 @@ pub fn client_host(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
 
 /// Remove cookies by name (Starlette's reading: names are trimmed; see `cookies`).
 pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    crate::cookies::remove(headers, names);
+    crate::http::cookies::remove(headers, names);
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The route table: `routes.toml` parsed, validated and compiled.
+//! The route table: `routes.toml` parsed, validated and compiled (words from [`super::vocab`]).
 //!
 //! Invariants:
 //! - A table is built completely or not at all; a caller swaps whole tables (see `state`), so a
@@ -17,9 +17,8 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::jsonplan::{JsonPlan, Keep, PathStep};
-use crate::policy::Predicate;
-use crate::rewrite::ResponseFilter;
+use crate::http::jsonplan::{JsonPlan, Keep, PathStep};
+use crate::rules::vocab::{ArgKind, BodyUse, Capability, Predicate, ResponseFilter};
 
 /// A routes.toml problem, with enough context to fix it.
 #[derive(Debug, Error)]
@@ -89,6 +88,8 @@ pub struct Selector {
 pub enum Arg {
     Select(Selector),
     Literal(String),
+    /// An upstream capability named where the predicate takes one.
+    Capability(Capability),
 }
 
 /// One compiled check: a predicate applied to arguments.
@@ -97,7 +98,7 @@ pub struct Check {
     pub predicate: Predicate,
     pub args: Vec<Arg>,
     /// `… unless upstream.CAPABILITY`: skip the check where the upstream enforces it itself.
-    pub unless_upstream: Option<String>,
+    pub unless_upstream: Option<Capability>,
     pub text: String,
 }
 
@@ -266,7 +267,7 @@ impl RouteTable {
                 params,
             });
         }
-        match crate::canonical::toggle_trailing_slash(path) {
+        match crate::http::canonical::toggle_trailing_slash(path) {
             Some(other) if router.at(&other).is_ok() => Lookup::Redirect(other),
             _ => Lookup::NotFound,
         }
@@ -362,9 +363,9 @@ fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
             if sel.source != Source::Body {
                 continue;
             }
-            let keep = match check.predicate {
-                Predicate::EnqueueAllowed => Keep::Refs,
-                _ => Keep::Whole,
+            let keep = match check.predicate.info().body {
+                BodyUse::Refs => Keep::Refs,
+                BodyUse::Value => Keep::Whole,
             };
             let steps = sel.steps.iter().map(|s| match s {
                 Step::Field(f) => PathStep::Field(f),
@@ -374,7 +375,7 @@ fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
         }
     }
     for filter in filters {
-        for field in filter.request_fields() {
+        for field in filter.info().request_fields {
             plan.add([PathStep::Field(field)], Keep::Whole);
         }
     }
@@ -384,7 +385,7 @@ fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
 fn body_need(checks: &[Check]) -> Result<BodyNeed, String> {
     let sources = checks.iter().flat_map(|c| &c.args).filter_map(|a| match a {
         Arg::Select(s) => Some(&s.source),
-        Arg::Literal(_) => None,
+        Arg::Literal(_) | Arg::Capability(_) => None,
     });
     let (mut json, mut form) = (false, false);
     for source in sources {
@@ -426,7 +427,9 @@ fn template_params(template: &str) -> Result<Vec<String>, String> {
     if !template.starts_with('/') {
         return Err("path must start with '/'".into());
     }
-    if crate::canonical::canonical_path(template.replace(['{', '}', '*'], "x").as_str()).is_err() {
+    if crate::http::canonical::canonical_path(template.replace(['{', '}', '*'], "x").as_str())
+        .is_err()
+    {
         return Err(
             "path template is not a canonical path (empty or dot segment, bad character)".into(),
         );
@@ -508,14 +511,14 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
     let full = full.trim();
     let (text, unless_upstream) = match full.rsplit_once(" unless ") {
         Some((check, cond)) if cond.trim().starts_with("upstream.") => {
-            let cap = cond.trim().trim_start_matches("upstream.");
-            if !crate::facts::Schema::CAPABILITIES.contains(&cap) {
-                return Err(format!(
-                    "unknown upstream capability '{cap}' (one of {})",
-                    crate::facts::Schema::CAPABILITIES.join(", ")
-                ));
-            }
-            (check.trim(), Some(cap.to_owned()))
+            let name = cond.trim().trim_start_matches("upstream.");
+            let cap = Capability::from_name(name).ok_or_else(|| {
+                format!(
+                    "unknown upstream capability '{name}' (one of {})",
+                    Capability::names().join(", ")
+                )
+            })?;
+            (check.trim(), Some(cap))
         }
         _ => (full, None),
     };
@@ -538,13 +541,58 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
             .map(|a| parse_arg(a, params))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    predicate.check_args(&args)?;
+    let args = check_args(predicate, args)?;
     Ok(Check {
         predicate,
         args,
         unless_upstream,
         text: full.to_owned(),
     })
+}
+
+/// Validate the arguments against the predicate's descriptor; capability literals become
+/// [`Arg::Capability`].
+fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> {
+    let info = predicate.info();
+    let (min, max) = (info.required, info.args.len());
+    if args.len() < min || args.len() > max {
+        let want = if min == max {
+            min.to_string()
+        } else {
+            format!("{min} to {max}")
+        };
+        return Err(format!(
+            "'{}' takes {want} argument(s), got {}",
+            info.name,
+            args.len()
+        ));
+    }
+    args.into_iter()
+        .zip(info.args)
+        .enumerate()
+        .map(|(i, (arg, kind))| match (kind, arg) {
+            (ArgKind::Selector, arg @ Arg::Select(_))
+            | (ArgKind::Literal, arg @ Arg::Literal(_)) => Ok(arg),
+            (ArgKind::Capability, Arg::Literal(name)) => Capability::from_name(&name)
+                .map(Arg::Capability)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown upstream capability \"{name}\" (one of {})",
+                        Capability::names().join(", ")
+                    )
+                }),
+            (kind, _) => Err(format!(
+                "argument {} of '{}' must be {}",
+                i + 1,
+                info.name,
+                match kind {
+                    ArgKind::Selector => "a selector",
+                    ArgKind::Literal => "a \"literal\"",
+                    ArgKind::Capability => "a \"capability\" name",
+                }
+            )),
+        })
+        .collect()
 }
 
 fn split_args(inner: &str) -> Result<Vec<&str>, String> {

@@ -30,7 +30,7 @@ use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
 use crate::decision::{BoxError, DenyReason};
-use crate::jsonplan::{self, JsonPlan};
+use crate::http::jsonplan::{self, JsonPlan};
 
 /// Read a whole request body: at most `limit` bytes, within `timeout`.
 pub async fn read<B>(

@@ -23,16 +23,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::facts::FactsError;
 
-/// What the ledger records, one table each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entry {
-    /// A workflow's creator (6.12 keeps no workflow owner).
-    Workflow,
-    /// A style preset's creator (6.12 stores every preset as `system`).
-    StylePreset,
-    /// Who requested a bulk-download zip.
-    BulkDownload,
-}
+/// What the ledger records, one table each (the vocabulary's record kinds).
+pub use crate::rules::vocab::RecordKind as Entry;
 
 impl Entry {
     fn table(self) -> (&'static str, &'static str) {

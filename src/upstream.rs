@@ -16,8 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::canonical::Target;
 use crate::decision::{Body, UpstreamFailure};
+use crate::http::canonical::Target;
 
 /// The upstream InvokeAI server.
 #[derive(Clone)]

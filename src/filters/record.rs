@@ -1,0 +1,37 @@
+//! Owner records: the ledger entry a 2xx create needs (where InvokeAI keeps no owner).
+
+use serde_json::Value;
+
+use super::FilterContext;
+use crate::decision::DenyReason;
+use crate::facts::ledger::Entry;
+
+/// Record `json[field] → caller` for the intent written before the create was forwarded. A
+/// create that went through but cannot be recorded is answered 503 (its entity stays an orphan:
+/// admins only), never passed on as if it were owned.
+pub(super) async fn record(
+    ctx: &FilterContext<'_>,
+    kind: Entry,
+    json: Option<&Value>,
+    field: &str,
+) -> Result<(), DenyReason> {
+    let (Some((intended, intent)), Some(p)) = (ctx.intent, ctx.principal) else {
+        // This upstream keeps the owner itself: nothing to record.
+        return Ok(());
+    };
+    if intended != kind {
+        return Ok(());
+    }
+    let Some(id) = json.and_then(|j| j.get(field)).and_then(Value::as_str) else {
+        return Err(DenyReason::BadUpstream(format!(
+            "the create's answer has no '{field}': its owner cannot be recorded"
+        )));
+    };
+    ctx.ledger
+        .complete(intent, kind, id, &p.user_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, ?kind, id, "created upstream, but the owner could not be recorded");
+            DenyReason::Unavailable(format!("ledger: {e}"))
+        })
+}

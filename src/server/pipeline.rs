@@ -1,0 +1,529 @@
+//! The request pipeline, in named phases over one per-request context (Pingora's `CTX`):
+//! framing → target → route → identify → collect → decide → forward → respond → log.
+//!
+//! Invariants:
+//! - The canonical target from `target` is what `route` matches and what `forward` sends.
+//! - Nothing reaches `Upstream::send` without an `Allow` verdict from `policy::decide` for the
+//!   rule that matched.
+//! - Every request ends in one decision log line and one metric sample, both read from the
+//!   request's [`Verdict`] (deciding check, facts), never from tokens or query values.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
+    HOST, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+
+use super::ConnInfo;
+use crate::decision::{self, Body, Decision, DenyReason, Stage, Verdict};
+use crate::facts::ledger::Entry;
+use crate::filters::{self, FilterContext, ResponseFilter};
+use crate::http::body;
+use crate::http::canonical::{self, Target};
+use crate::http::headers::{self, ClientConn};
+use crate::identity::{self, IdentityError, Principal, MEDIA_COOKIE, SESSION_COOKIE};
+use crate::policy::{self, FactSource, RequestData};
+use crate::rules::{Auth, BodyNeed, Lookup, Rule};
+use crate::state::AppState;
+
+/// One request's state through the phases, and what its log line reports.
+struct RequestCtx {
+    started: Instant,
+    method: Method,
+    path: String,
+    rule_id: String,
+    user_id: Option<String>,
+    outcome: &'static str,
+    /// What decided (deny verdicts; an allow records `all`).
+    decided_by: &'static str,
+    reason: &'static str,
+    facts: String,
+    detail: Option<String>,
+}
+
+impl RequestCtx {
+    fn new(req: &Request<Incoming>) -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: String::new(),
+            rule_id: "-".into(),
+            user_id: None,
+            outcome: "allow",
+            decided_by: "-",
+            reason: "-",
+            facts: String::new(),
+            detail: None,
+        }
+    }
+
+    /// Record a verdict's provenance.
+    fn verdict(&mut self, verdict: &Verdict) {
+        self.decided_by = verdict.decided_by();
+        self.facts = verdict.facts_line();
+        if let Decision::Deny(reason) = &verdict.decision {
+            self.outcome = "deny";
+            self.reason = reason.label();
+            if let DenyReason::Unavailable(cause) | DenyReason::BadUpstream(cause) = reason {
+                self.detail = Some(cause.clone());
+            }
+        }
+    }
+
+    fn log(&self, status: StatusCode) {
+        let elapsed = self.started.elapsed();
+        crate::metrics::decision(
+            self.outcome,
+            &self.rule_id,
+            self.decided_by,
+            self.reason,
+            elapsed.as_secs_f64(),
+        );
+        tracing::info!(
+            target: "invoke_guard::decision",
+            rule_id = %self.rule_id,
+            user_id = self.user_id.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            outcome = self.outcome,
+            reason = self.reason,
+            check = self.decided_by,
+            facts = %self.facts,
+            detail = self.detail.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            micros = elapsed.as_micros() as u64,
+        );
+    }
+}
+
+/// Handle one request end to end; never fails (errors become responses).
+pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ConnInfo) -> Response<Body> {
+    let mut ctx = RequestCtx::new(&req);
+    let response = match pipeline(req, state, conn, &mut ctx).await {
+        Ok(response) => response,
+        Err(verdict) => {
+            ctx.verdict(&verdict);
+            let Decision::Deny(reason) = &verdict.decision else {
+                unreachable_allow()
+            };
+            let mut res = decision::deny_response(reason);
+            if matches!(
+                reason,
+                DenyReason::BadRequest(_) | DenyReason::BadTarget(_) | DenyReason::Timeout
+            ) {
+                // After a framing, target or body-read error the connection state is suspect.
+                res.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
+    };
+    ctx.log(response.status());
+    response
+}
+
+/// `pipeline` only returns `Err` with a denial; an allow there would be a wiring error.
+#[cold]
+fn unreachable_allow() -> ! {
+    panic!("pipeline returned an allow verdict as an error")
+}
+
+fn deny(stage: Stage, reason: DenyReason) -> Verdict {
+    Verdict::early(stage, reason)
+}
+
+async fn pipeline(
+    mut req: Request<Incoming>,
+    state: &AppState,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+) -> Result<Response<Body>, Verdict> {
+    // framing
+    if let Some(reason) = framing_error(&req, conn) {
+        // Escaped for the log: the raw target may hold control bytes.
+        ctx.path = format!("{:?}", req.uri().path());
+        return Err(deny(Stage::Target, reason));
+    }
+    // target
+    let target = canonical::canonicalize(req.uri().path(), req.uri().query()).map_err(|e| {
+        ctx.path = format!("{:?}", req.uri().path());
+        deny(Stage::Target, DenyReason::BadTarget(e.to_string()))
+    })?;
+    ctx.path.clone_from(&target.path);
+    // route
+    let table = state.routes.load_full();
+    let matched = match table.lookup(req.method(), &target.path) {
+        Lookup::Found(m) => m,
+        Lookup::Redirect(other) => {
+            ctx.outcome = "redirect";
+            let location = match &target.query {
+                Some(q) => format!("{other}?{q}"),
+                None => other,
+            };
+            return Ok(decision::redirect_response(&location));
+        }
+        Lookup::NotFound => return Err(deny(Stage::Route, DenyReason::NoRoute)),
+    };
+    let rule = matched.rule;
+    ctx.rule_id.clone_from(&rule.id);
+    if let Some(status) = rule.block {
+        return Err(deny(Stage::Route, DenyReason::Blocked(status)));
+    }
+    // identify (the secret is read once: identity, upstream token, response filters)
+    let (secret, principal) = identify(rule, req.headers(), state).await?;
+    ctx.user_id = principal.as_ref().map(|p| p.user_id.clone());
+    if let Some(reason) = policy::admin_route_denial(rule, principal.as_ref()) {
+        // Before any body is read: a non-admin never makes the guard buffer an admin route's body.
+        return Err(deny(Stage::Auth, reason));
+    }
+    // collect
+    let client_upgrade =
+        (rule.auth == Auth::Socket && is_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let params = matched
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), canonical::decode_param(v)))
+        .collect();
+    let (data, upstream_body) = collect(rule, &parts, body, params, &target, state)
+        .await
+        .map_err(|reason| deny(Stage::Body, reason))?;
+    // decide
+    let src = FactSource {
+        facts: &state.facts,
+        ledger: &state.ledger,
+    };
+    let verdict = policy::decide(rule, &data, principal.as_ref(), src).await;
+    if verdict.decision != Decision::Allow {
+        return Err(verdict);
+    }
+    ctx.verdict(&verdict);
+    // forward (a create whose owner InvokeAI does not keep is first written down as an intent;
+    // if the ledger cannot take it, the create never happens)
+    let intent = match (record_needed(rule, state), principal.as_ref()) {
+        (Some(kind), Some(p)) => Some((
+            kind,
+            state.ledger.begin(kind, &p.user_id).await.map_err(|e| {
+                deny(
+                    Stage::Check,
+                    DenyReason::Unavailable(format!("ledger: {e}")),
+                )
+            })?,
+        )),
+        _ => None,
+    };
+    let reads_response = rule.response.iter().any(|f| f.needs_body());
+    let upstream_req = upstream_request(
+        &parts,
+        &target,
+        upstream_body,
+        Credentials {
+            principal: principal.as_ref(),
+            secret: secret.as_deref(),
+        },
+        rule.auth == Auth::Socket || reads_response,
+        client_upgrade.is_some(),
+        state,
+        &conn.client,
+    );
+    let mut res = match state.upstream.send(upstream_req).await {
+        Ok(res) => res,
+        Err(failure) => {
+            ctx.outcome = "upstream_error";
+            return Ok(decision::upstream_failure_response(failure));
+        }
+    };
+    let mutation = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if mutation && res.status().is_success() {
+        // Mutations the guard forwarded invalidate facts at once (before the watcher sees them).
+        state.facts.invalidate();
+    }
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(upgrade) = client_upgrade {
+            crate::upstream::tunnel(upgrade, &mut res);
+            return Ok(res.map(|b| b.map_err(Into::into).boxed()));
+        }
+    }
+    // respond
+    let filter_ctx = FilterContext {
+        principal: principal.as_ref(),
+        facts: &state.facts,
+        secret: secret.as_deref(),
+        ledger: &state.ledger,
+        tls: state.tls,
+        request_session: identity::cookie(&parts.headers, SESSION_COOKIE),
+        upstream_revokes: state.facts.schema().has_token_epoch,
+        request_body: data.body.as_ref(),
+        path: &data.path,
+        intent,
+    };
+    Ok(respond(res, rule, &filter_ctx, state.limits.max_body_bytes, ctx).await)
+}
+
+/// Framing problems HTTP/1 parsers disagree on (request smuggling).
+fn framing_error(req: &Request<Incoming>, conn: &ConnInfo) -> Option<DenyReason> {
+    // Ambiguous framing seen on the raw bytes (hyper hides it; see `framing`).
+    if let Some(why) = conn.framing.get() {
+        return Some(DenyReason::BadRequest(why.into()));
+    }
+    let h = req.headers();
+    // CL.TE / TE.CL desync (Kettle 2019; hyper #3860/#4123): refuse both together.
+    if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
+        return Some(DenyReason::BadRequest(
+            "Content-Length with Transfer-Encoding".into(),
+        ));
+    }
+    // Duplicate Content-Length (including a comma list): refuse even when equal.
+    let lengths: Vec<&HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
+    if lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+        return Some(DenyReason::BadRequest("duplicate Content-Length".into()));
+    }
+    // Absolute-form or authority-form targets on HTTP/1 (`GET http://x/… HTTP/1.1`, CONNECT).
+    if req.version() <= Version::HTTP_11 && req.uri().authority().is_some() {
+        return Some(DenyReason::BadTarget("absolute-form request target".into()));
+    }
+    if req.method() == Method::CONNECT {
+        return Some(DenyReason::BadTarget("CONNECT is not supported".into()));
+    }
+    None
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The identify phase: the JWT secret (when the rule needs identity or filters) and the caller.
+async fn identify(
+    rule: &Rule,
+    headers: &http::HeaderMap,
+    state: &AppState,
+) -> Result<(Option<std::sync::Arc<str>>, Option<Principal>), Verdict> {
+    if !rule.auth.needs_identity() && rule.response.is_empty() {
+        return Ok((None, None));
+    }
+    let secret = state
+        .facts
+        .jwt_secret()
+        .await
+        .map_err(|e| deny(Stage::Identity, DenyReason::Unavailable(e.to_string())))?;
+    if !rule.auth.needs_identity() {
+        return Ok((Some(secret), None));
+    }
+    let principal = identity::identify_with(
+        headers,
+        rule.auth.accepts_cookie(),
+        &secret,
+        &state.facts,
+        &state.ledger,
+    )
+    .await
+    .map_err(|e| deny(Stage::Identity, identity_denial(e)))?;
+    Ok((Some(secret), Some(principal)))
+}
+
+/// How an identity error is answered.
+pub fn identity_denial(e: IdentityError) -> DenyReason {
+    match e {
+        IdentityError::Facts(f) => DenyReason::Unavailable(f.to_string()),
+        IdentityError::Ambiguous => DenyReason::BadRequest(e.to_string()),
+        other => DenyReason::Unauthenticated(other.to_string()),
+    }
+}
+
+/// The collect phase: the request data checks read, and the body to forward.
+async fn collect(
+    rule: &Rule,
+    parts: &http::request::Parts,
+    body: Incoming,
+    path: std::collections::HashMap<String, String>,
+    target: &Target,
+    state: &AppState,
+) -> Result<(RequestData, Body), DenyReason> {
+    let mut data = RequestData {
+        path,
+        query: target.params.clone(),
+        ..RequestData::default()
+    };
+    // Anyone may call a public rule: its body is read before any identity, so it gets a small limit.
+    let limit = match rule.auth {
+        Auth::Public => state
+            .limits
+            .max_public_body_bytes
+            .min(state.limits.max_body_bytes),
+        Auth::User | Auth::Media | Auth::Socket | Auth::Admin => state.limits.max_body_bytes,
+    };
+    let timeout = state.limits.body_read_timeout;
+    let upstream_body: Body = match rule.body {
+        BodyNeed::None if body.is_end_stream() => body.map_err(Into::into).boxed(),
+        // Slow-body defence: a streamed upload may not stall (slowloris on the body).
+        BodyNeed::None if rule.auth == Auth::Public => {
+            Limited::new(body::IdleTimeout::new(body, timeout), limit).boxed()
+        }
+        BodyNeed::None => body::IdleTimeout::new(body, timeout).boxed(),
+        BodyNeed::Json | BodyNeed::Multipart => {
+            body::refuse_encoded(&parts.headers)?;
+            let bytes = body::read(body, &parts.headers, limit, timeout).await?;
+            data.fill(rule, &bytes, &parts.headers).await?;
+            decision::full(bytes)
+        }
+    };
+    Ok((data, upstream_body))
+}
+
+/// The ledger entry a rule's create must record, where InvokeAI keeps no owner of its own.
+fn record_needed(rule: &Rule, state: &AppState) -> Option<Entry> {
+    let schema = state.facts.schema();
+    rule.response.iter().find_map(|f| {
+        let info = f.info();
+        let upstream_keeps_it = info.upstream_does_it.is_some_and(|c| schema.has(c));
+        info.records.filter(|_| !upstream_keeps_it)
+    })
+}
+
+/// The caller's credentials as the upstream gets them (re-minted, never as presented).
+struct Credentials<'a> {
+    principal: Option<&'a Principal>,
+    secret: Option<&'a str>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upstream_request(
+    parts: &http::request::Parts,
+    target: &Target,
+    body: Body,
+    credentials: Credentials<'_>,
+    identity_encoding: bool,
+    upgrade: bool,
+    state: &AppState,
+    conn: &ClientConn,
+) -> Request<Body> {
+    let mut headers = parts.headers.clone();
+    let upgrade_value = headers.get(UPGRADE).cloned();
+    headers::strip_hop_by_hop(&mut headers);
+    headers::strip_spoofable(&mut headers);
+    // Credentials are re-derived: the presented ones never pass through as sent.
+    headers.remove(AUTHORIZATION);
+    headers::remove_cookies(&mut headers, &[MEDIA_COOKIE, SESSION_COOKIE]);
+    if let (Some(p), Some(secret)) = (credentials.principal, credentials.secret) {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))) {
+            headers.insert(AUTHORIZATION, v);
+        }
+    }
+    if identity_encoding {
+        // A response the guard must read is asked for uncompressed (it is decoded if it comes
+        // compressed anyway). InvokeAI 6.14's gzip middleware also answers 500 to compressed
+        // Engine.IO polling (it reads a lower-case content-type the socket layer does not send).
+        headers.remove(ACCEPT_ENCODING);
+    }
+    if let (true, Some(value)) = (upgrade, upgrade_value) {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, value);
+    }
+    let host = headers::client_host(&parts.headers, &parts.uri);
+    headers::set_forwarded(
+        &mut headers,
+        &parts.headers,
+        conn,
+        &state.trusted_proxies,
+        host.as_deref(),
+    );
+    if !headers.contains_key(HOST) {
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            headers.insert(HOST, v);
+        }
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = state.upstream.uri_for(target);
+    *req.headers_mut() = headers;
+    req
+}
+
+/// The respond phase: header filters, then (for 2xx bodies a filter reads) read, decode, filter.
+async fn respond(
+    res: Response<Incoming>,
+    rule: &Rule,
+    fctx: &FilterContext<'_>,
+    limit: usize,
+    ctx: &mut RequestCtx,
+) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    filters::refreshed_token(&mut parts, fctx);
+    filters::apply_headers(&rule.response, &mut parts, fctx).await;
+    let wants_body = parts.status.is_success() && rule.response.iter().any(|f| f.needs_body());
+    if !wants_body {
+        if let Some((_, intent)) = fctx.intent {
+            // The upstream refused the create: nothing to record.
+            if let Err(e) = fctx.ledger.abandon(intent).await {
+                tracing::warn!(rule_id = %rule.id, error = %e, "could not drop a ledger intent");
+            }
+        }
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
+    }
+    match filtered_body(&rule.response, &mut parts, body, fctx, limit).await {
+        Ok(bytes) => Response::from_parts(parts, decision::full(bytes)),
+        // Fail closed: a body that could not be read, filtered or recorded is never sent.
+        Err(reason) => {
+            ctx.outcome = "withheld";
+            ctx.reason = reason.label();
+            ctx.detail = Some(format!("{reason:?}"));
+            crate::metrics::response_withheld(&rule.id, reason.label());
+            decision::deny_response(&reason)
+        }
+    }
+}
+
+/// Read (bounded), decode and filter a 2xx body the rule's filters need.
+async fn filtered_body(
+    filters: &[ResponseFilter],
+    parts: &mut http::response::Parts,
+    body: Incoming,
+    ctx: &FilterContext<'_>,
+    limit: usize,
+) -> Result<Bytes, DenyReason> {
+    let raw = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            DenyReason::BadUpstream(format!(
+                "response body over the filter limit or unreadable: {e}"
+            ))
+        })?
+        .to_bytes();
+    let mut encodings = parts.headers.get_all(CONTENT_ENCODING).iter();
+    let encoding = match (encodings.next(), encodings.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| DenyReason::BadUpstream("unreadable Content-Encoding".into()))?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(DenyReason::BadUpstream("stacked Content-Encoding".into()))
+        }
+    };
+    let decoded = body::decode(encoding, raw, limit)?;
+    if encoding.is_some() {
+        // What goes out is the decoded body.
+        parts.headers.remove(CONTENT_ENCODING);
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    let replaced = filters::apply_body(filters, parts, &decoded, ctx).await?;
+    Ok(replaced.unwrap_or(decoded))
+}
