@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine:
+#   0. cargo fmt --check and clippy -D warnings
 #   1. unit + integration tests (cargo test: real guard on 127.0.0.1:0, recording mock upstream,
-#      fixture databases written by real InvokeAI, raw-TCP smuggling cases)
+#      fixture databases written by real InvokeAI, raw-TCP smuggling cases, the rule-test matrix
+#      tests/data/policy/*.toml decision-only and through the guard)
 #   2. end-to-end: real InvokeAI 6.12.0 and 6.14.2 from PyPI (cached venvs outside the repo),
 #      the cross-user matrix through the guard (tests/e2e/run.sh)
 #   3. the official web UI through the guard in headless Chromium (tests/e2e/browser/run.sh)
@@ -42,6 +44,13 @@ summary() {
   ' "$LOG"
 }
 
+step "format and lints (cargo fmt --check, clippy -D warnings)"
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  command -v rustup >/dev/null && rustup component add clippy rustfmt
+fi
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
 step "unit and integration tests"
 cargo test --all-targets --locked 2>&1 | tee -a "$LOG"
 
@@ -56,6 +65,9 @@ scripts/setup-test-deps.sh
 
 step "release build"
 cargo build --release --locked
+
+step "rule tests as an operator runs them (invoke-guard test)"
+target/release/invoke-guard test tests/data/policy/6.12.0.toml tests/data/policy/6.14.2.toml
 
 step "end-to-end against real InvokeAI 6.12.0 and 6.14.2"
 GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.14.2 2>&1 | tee -a "$LOG"

@@ -1,6 +1,11 @@
-//! The command line: `invoke-guard serve` and `invoke-guard check`.
+//! The command line: `serve`, `check`, `explain` and `test`.
 //!
-//! Invariant: `serve` refuses to start on any problem `check` would report (same loading code).
+//! Invariants:
+//! - `serve` refuses to start on any problem `check` would report (same loading code).
+//! - `explain` and `test` run the same phases and `policy::decide` as `serve` ([`trial`]).
+
+pub mod ruletest;
+pub mod trial;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +33,49 @@ pub enum Command {
     Serve(Common),
     /// Validate config, routes and database, then exit (non-zero on any problem).
     Check(Common),
+    /// Show how the guard would decide one request, and why (no upstream needed).
+    Explain(ExplainArgs),
+    /// Run rule test files (TOML cases; see docs/rules.md); non-zero on any failure.
+    Test(TestArgs),
+}
+
+/// `invoke-guard explain METHOD PATH --as USER`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// HTTP method, e.g. GET.
+    pub method: String,
+    /// Request target as a client sends it, e.g. /api/v1/images/i/x.png (may carry ?query).
+    pub path: String,
+    /// The caller: an email or user id of the database ("anonymous" for none).
+    #[arg(long = "as", default_value = "anonymous")]
+    pub caller: String,
+    /// A query parameter NAME=VALUE (repeatable).
+    #[arg(long = "query")]
+    pub query: Vec<String>,
+    /// JSON body: inline JSON, or @FILE / a path to a file holding it.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// A multipart text field NAME=VALUE (repeatable).
+    #[arg(long = "form")]
+    pub form: Vec<String>,
+    /// Print JSON instead of the report for people.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `invoke-guard test FILE...`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files (TOML).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the report of passing cases too.
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// Options shared by `serve` and `check`; each overrides the config file.
@@ -103,6 +151,29 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain(args) => match explain(&args) {
+            Ok((text, allowed)) => {
+                print!("{text}");
+                // Like `curl --fail`: a script can tell an allow from a deny.
+                if allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                }
+            }
+            Err(e) => {
+                eprintln!("invoke-guard explain: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Test(args) => match rule_tests(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("invoke-guard test: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(common) => match serve(&common) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -111,6 +182,141 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         },
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The ledger `explain`/`test` read: the configured one only if it exists (never created here).
+fn existing_ledger(path: &Path) -> Option<&Path> {
+    path.is_file().then_some(path)
+}
+
+/// `explain`: the report (or JSON) and whether the request would be forwarded.
+pub fn explain(args: &ExplainArgs) -> anyhow::Result<(String, bool)> {
+    let settings = args.common.settings()?;
+    let mut target = args.path.clone();
+    for q in &args.query {
+        let (k, v) = q
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--query wants NAME=VALUE, got '{q}'"))?;
+        let pair = form_urlencoded::Serializer::new(String::new())
+            .append_pair(k, v)
+            .finish();
+        target.push(if target.contains('?') { '&' } else { '?' });
+        target.push_str(&pair);
+    }
+    let body = match (&args.body, args.form.is_empty()) {
+        (Some(_), false) => anyhow::bail!("--body and --form exclude each other"),
+        (Some(b), true) => {
+            let text = match b.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)?,
+                None if Path::new(b).is_file() => std::fs::read_to_string(b)?,
+                None => b.clone(),
+            };
+            Some(trial::TrialBody::Json(text))
+        }
+        (None, false) => Some(trial::TrialBody::Form(
+            args.form
+                .iter()
+                .map(|f| {
+                    f.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--form wants NAME=VALUE, got '{f}'"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        )),
+        (None, true) => None,
+    };
+    let caller = match args.caller.as_str() {
+        "anonymous" | "anon" => trial::Caller::Anonymous,
+        who => trial::Caller::User {
+            who: who.to_owned(),
+            claims: serde_json::Map::new(),
+        },
+    };
+    let request = trial::Trial {
+        caller,
+        method: args.method.to_ascii_uppercase(),
+        target,
+        body,
+    };
+    runtime()?.block_on(async {
+        let engine = trial::Engine::open(
+            &settings.routes,
+            &settings.db,
+            existing_ledger(&settings.ledger),
+        )?;
+        let ex = engine.run(&request).await?;
+        let allowed = ex.status == 200;
+        let text = if args.json {
+            format!("{}\n", serde_json::to_string_pretty(&ex.to_json())?)
+        } else {
+            ex.human()
+        };
+        Ok((text, allowed))
+    })
+}
+
+/// `test`: run every file; prints failures (diff-style) and a summary; true when all passed.
+pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
+    let settings = args.common.settings()?;
+    let rt = runtime()?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in &args.files {
+        let loaded = ruletest::load(path)?;
+        // Flags beat the file; the file beats the defaults.
+        let pick = |flag: &Option<PathBuf>, in_file: &Option<PathBuf>, default: &Path| match (
+            flag, in_file,
+        ) {
+            (Some(f), _) => f.clone(),
+            (None, Some(p)) => loaded.relative(p),
+            (None, None) => default.to_owned(),
+        };
+        let db = pick(&args.common.db, &loaded.file.db, &settings.db);
+        let routes = pick(&args.common.routes, &loaded.file.routes, &settings.routes);
+        let ledger = match (&args.common.ledger, &loaded.file.ledger) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(p)) => Some(loaded.relative(p)),
+            (None, None) => None,
+        };
+        let results = rt.block_on(async {
+            let engine = trial::Engine::open(&routes, &db, ledger.as_deref())?;
+            ruletest::run(&loaded, &engine).await
+        })?;
+        let (p, f) = results.iter().fold(
+            (0, 0),
+            |(p, f), r| {
+                if r.passed {
+                    (p + 1, f)
+                } else {
+                    (p, f + 1)
+                }
+            },
+        );
+        for r in results.iter().filter(|r| !r.passed) {
+            print!("{}", r.report);
+        }
+        if args.verbose {
+            for r in results.iter().filter(|r| r.passed) {
+                println!("ok   {}:{} \"{}\"", path.display(), r.line, r.name);
+            }
+        }
+        println!(
+            "{}: {} cases, {p} passed, {f} failed (routes {}, db {})",
+            path.display(),
+            results.len(),
+            routes.display(),
+            db.display()
+        );
+        passed += p;
+        failed += f;
+    }
+    println!("invoke-guard test: {passed} passed, {failed} failed");
+    Ok(failed == 0)
 }
 
 /// Validate everything `serve` would load; a one-line summary on success.

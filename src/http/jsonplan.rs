@@ -325,10 +325,7 @@ impl<'de> Visitor<'de> for RefsVisitor<'_> {
         while let Some(key) = map.next_key::<String>()? {
             let kept = match key.as_str() {
                 "image_name" | "video_name" => {
-                    match map.next_value_seed(RefOrNested { refs: self.refs })? {
-                        Some(v) => Some(v),
-                        None => None,
-                    }
+                    map.next_value_seed(RefOrNested { refs: self.refs })?
                 }
                 "board" => map.next_value_seed(BoardSeed { refs: self.refs })?,
                 _ => map.next_value_seed(RefsSeed { refs: self.refs })?,

@@ -19,8 +19,8 @@ pub fn lax_bool(v: Option<&Value>) -> Result<Option<bool>, DenyReason> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f == 0.0 => Ok(Some(false)),
-            Some(f) if f == 1.0 => Ok(Some(true)),
+            Some(0.0) => Ok(Some(false)),
+            Some(1.0) => Ok(Some(true)),
             _ => Err(bad()),
         },
         Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {

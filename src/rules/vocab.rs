@@ -274,6 +274,27 @@ pub enum RecordKind {
     BulkDownload,
 }
 
+impl RecordKind {
+    /// The name used in rule-test files (`[[record]] kind = ...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Workflow => "workflow",
+            RecordKind::StylePreset => "style_preset",
+            RecordKind::BulkDownload => "bulk_download",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            RecordKind::Workflow,
+            RecordKind::StylePreset,
+            RecordKind::BulkDownload,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+}
+
 /// One response filter's descriptor.
 #[derive(Debug, Clone, Copy)]
 pub struct FilterInfo {
