@@ -223,12 +223,12 @@ async fn pipeline(
         &parts,
         &target,
         upstream_body,
-        Credentials {
+        Forward {
             principal: principal.as_ref(),
             secret: secret.as_deref(),
+            identity_encoding: rule.auth == Auth::Socket || reads_response,
+            upgrade: client_upgrade.is_some(),
         },
-        rule.auth == Auth::Socket || reads_response,
-        client_upgrade.is_some(),
         state,
         &conn.client,
     );
@@ -396,23 +396,31 @@ fn record_needed(rule: &Rule, state: &AppState) -> Option<Entry> {
     })
 }
 
-/// The caller's credentials as the upstream gets them (re-minted, never as presented).
-struct Credentials<'a> {
+/// What the forwarded request carries besides the client's own: the caller's credentials
+/// (re-minted, never as presented) and how the upstream should answer.
+struct Forward<'a> {
     principal: Option<&'a Principal>,
     secret: Option<&'a str>,
+    /// Ask for an uncompressed answer (the guard reads it).
+    identity_encoding: bool,
+    /// Pass the client's `Upgrade` on (the Socket.IO websocket).
+    upgrade: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn upstream_request(
     parts: &http::request::Parts,
     target: &Target,
     body: Body,
-    credentials: Credentials<'_>,
-    identity_encoding: bool,
-    upgrade: bool,
+    forward: Forward<'_>,
     state: &AppState,
     conn: &ClientConn,
 ) -> Request<Body> {
+    let Forward {
+        principal,
+        secret,
+        identity_encoding,
+        upgrade,
+    } = forward;
     let mut headers = parts.headers.clone();
     let upgrade_value = headers.get(UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut headers);
@@ -420,7 +428,7 @@ fn upstream_request(
     // Credentials are re-derived: the presented ones never pass through as sent.
     headers.remove(AUTHORIZATION);
     headers::remove_cookies(&mut headers, &[MEDIA_COOKIE, SESSION_COOKIE]);
-    if let (Some(p), Some(secret)) = (credentials.principal, credentials.secret) {
+    if let (Some(p), Some(secret)) = (principal, secret) {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))) {
             headers.insert(AUTHORIZATION, v);
         }
