@@ -1,12 +1,26 @@
 """Tiny stdlib HTTP client for the end-to-end suite (no third-party packages).
 
-Used by scenario.py (talking to InvokeAI directly) and matrix.py (talking through the guard).
+Used by scenario.py (talking to InvokeAI directly), matrix.py (talking through the guard), differentials.py and
+browser/setup.py.
+
+Browser-like by default: every request sends `Accept-Encoding: gzip, deflate, br` (as Chromium does) unless the
+caller passes its own Accept-Encoding header (or builds the Client with another `accept_encoding`), and gzip /
+deflate response bodies are decoded transparently. `br` (or any other coding) is an error, never silently
+passed on: InvokeAI only gzips, so a brotli body means something in between re-encoded it. The wire is kept
+visible: `Response.headers` are the headers as received (Content-Encoding included), `Response.raw_body` the
+bytes as received, `Response.content_encoding` the coding that was decoded ("" for none).
+
+`Client(base, cookie_jar=True)` keeps cookies across requests like a browser (http.cookiejar: Set-Cookie,
+Max-Age/Expires, deletion, path); without it (the default) the client is stateless and sends only the cookies a
+call passes explicitly, which is what "no credentials" cases need.
 """
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import hmac
+import http.cookiejar
 import json
 import struct
 import time
@@ -18,12 +32,22 @@ import zlib
 from dataclasses import dataclass, field
 
 
+BROWSER_ACCEPT_ENCODING = "gzip, deflate, br"
+
+
+class ContentEncodingError(RuntimeError):
+    """A response body in a content coding the suite does not decode (br, zstd, ...) or that does not decode."""
+
+
 @dataclass
 class Response:
     status: int
-    headers: dict  # lower-case name -> list of values
-    body: bytes
+    headers: dict  # lower-case name -> list of values, exactly as received (Content-Encoding included)
+    body: bytes  # decoded body
     url: str = ""
+    raw_body: bytes = b""  # the body as received on the wire (compressed when content_encoding is set)
+    content_encoding: str = ""  # the coding(s) decoded, e.g. "gzip"; "" when the body came unencoded
+    request_headers: dict = field(default_factory=dict)  # what was sent (lower-case name -> value)
 
     def header(self, name: str) -> str | None:
         v = self.headers.get(name.lower())
@@ -76,11 +100,73 @@ def multipart(fields: list[tuple]) -> tuple[bytes, str]:
     return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
+def decode_body(raw: bytes, content_encoding: str | None, url: str = "") -> tuple[bytes, str]:
+    """Undo Content-Encoding (gzip, x-gzip, deflate; a list is undone right to left). Anything else raises."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    body = raw
+    if not codings or not raw:
+        return body, ",".join(codings)
+    for coding in reversed(codings):
+        try:
+            if coding in ("gzip", "x-gzip"):
+                body = gzip.decompress(body)
+            elif coding == "deflate":
+                try:
+                    body = zlib.decompress(body)  # RFC 9110 deflate = zlib stream
+                except zlib.error:
+                    body = zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+            else:
+                raise ContentEncodingError(
+                    f"{url}: response has Content-Encoding {content_encoding!r}; the e2e client decodes only gzip and "
+                    f"deflate (InvokeAI only gzips, so {coding!r} means something re-encoded the body)")
+        except (OSError, EOFError, zlib.error) as e:
+            raise ContentEncodingError(f"{url}: body does not decode as Content-Encoding {coding!r}: {e}") from e
+    return body, ",".join(codings)
+
+
+def ambiguous_multipart(data: bytes) -> dict:
+    """Three multipart/form-data requests whose one part is `data` for Starlette (python-multipart) but that a
+    parser taking the first parameter, or matching names case-sensitively, reads differently:
+      a  two `boundary` parameters (the body is framed with the second; Starlette keeps the last one)
+      b  a part with two `name` parameters, "zzz" then "data" (Starlette keeps the last one)
+      c  `content-disposition: FORM-DATA; NAME="data"` (header, type and parameter names in other cases)
+    Returns key -> (content_type, body, description)."""
+    return {
+        "a": ("multipart/form-data; boundary=AAA; boundary=BBB",
+              b'--BBB\r\nContent-Disposition: form-data; name="data"\r\n\r\n' + data + b"\r\n--BBB--\r\n",
+              "Content-Type: multipart/form-data; boundary=AAA; boundary=BBB (body framed with BBB)"),
+        "b": ("multipart/form-data; boundary=igdiffB",
+              b'--igdiffB\r\nContent-Disposition: form-data; name="zzz"; name="data"\r\n\r\n' + data
+              + b"\r\n--igdiffB--\r\n",
+              'part header Content-Disposition: form-data; name="zzz"; name="data"'),
+        "c": ("multipart/form-data; boundary=igdiffC",
+              b'--igdiffC\r\ncontent-disposition: FORM-DATA; NAME="data"\r\n\r\n' + data + b"\r\n--igdiffC--\r\n",
+              'part header content-disposition: FORM-DATA; NAME="data"'),
+    }
+
+
 @dataclass
 class Client:
     base: str
     timeout: float = 60.0
     calls: int = field(default=0)
+    # Sent on every request unless the call passes its own Accept-Encoding; None sends urllib's "identity".
+    accept_encoding: str | None = BROWSER_ACCEPT_ENCODING
+    # True: keep cookies across requests like a browser (see module doc). Or pass a CookieJar to share one.
+    cookie_jar: bool | http.cookiejar.CookieJar = False
+    jar: http.cookiejar.CookieJar | None = field(default=None, init=False, repr=False)
+    codings: dict = field(default_factory=dict)  # content coding -> number of responses decoded from it
+
+    def __post_init__(self):
+        if isinstance(self.cookie_jar, http.cookiejar.CookieJar):
+            self.jar = self.cookie_jar
+        elif self.cookie_jar:
+            self.jar = http.cookiejar.CookieJar()
+
+    def cookies(self) -> dict:
+        """The jar's cookies (name -> value); {} without a jar."""
+        return {c.name: c.value for c in self.jar} if self.jar is not None else {}
 
     def request(self, method: str, path: str, token: str | None = None, *, params=None, json_body=None,
                 data: bytes | None = None, content_type: str | None = None, files: list[tuple] | None = None,
@@ -102,15 +188,39 @@ class Client:
             hdrs["Content-Type"] = content_type
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        if cookies:
-            hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        if self.accept_encoding is not None and not any(k.lower() == "accept-encoding" for k in hdrs):
+            hdrs["Accept-Encoding"] = self.accept_encoding
         req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+        if self.jar is not None:
+            self.jar.add_cookie_header(req)  # (not when the caller sent a raw Cookie header)
+        if cookies:
+            # explicit cookies of this call, on top of (and overriding) the jar's
+            merged = {}
+            for part in (req.unredirected_hdrs.pop("Cookie", None) or "").split(";"):
+                if "=" in part:
+                    k, v = part.split("=", 1)
+                    merged[k.strip()] = v.strip()
+            merged.update(cookies)
+            req.add_unredirected_header("Cookie", "; ".join(f"{k}={v}" for k, v in merged.items()))
+        sent = {k.lower(): v for k, v in req.header_items()}
         self.calls += 1
         try:
             with _OPENER.open(req, timeout=self.timeout) as r:
-                return Response(r.status, _headers(r.headers), r.read(), url)
+                raw, status, msg, resp = r.read(), r.status, r.headers, r
+                return self._response(req, resp, status, msg, raw, url, sent)
         except urllib.error.HTTPError as e:
-            return Response(e.code, _headers(e.headers), e.read() if e.fp else b"", url)
+            raw = e.read() if e.fp else b""
+            return self._response(req, e, e.code, e.headers, raw, url, sent)
+
+    def _response(self, req, resp, status, msg, raw, url, sent) -> Response:
+        if self.jar is not None:
+            self.jar.extract_cookies(resp, req)
+        hdrs = _headers(msg)
+        ce = ", ".join(hdrs.get("content-encoding", []))
+        body, decoded = decode_body(raw, ce, url)
+        if decoded:
+            self.codings[decoded] = self.codings.get(decoded, 0) + 1
+        return Response(status, hdrs, body, url, raw_body=raw, content_encoding=decoded, request_headers=sent)
 
 
 def _headers(msg) -> dict:

@@ -22,6 +22,12 @@ Outcome of a case:
 
 Last line per run:  PASS n/N leaks=L false_denies=F   (xfail/xpass counts on the line before).
 Exit status 0 only if every non-xfail case passed.
+
+Clients: every request is browser-like (igclient: `Accept-Encoding: gzip, deflate, br`, bodies decoded, the
+Content-Encoding seen is kept per case in the report). Cases that simulate the browser's login -> cookie ->
+<img src> flow use a per-user client with a cookie jar (Case.client); every other case, and every "no
+credentials" case, goes through the shared stateless client (no cookies unless the case passes them).
+--upstream (InvokeAI itself; run.sh passes it) is used for follow-up checks that must not depend on the guard.
 """
 from __future__ import annotations
 
@@ -36,7 +42,11 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from igclient import Client, Response, cookies_from, jwt_claims, jwt_hs256, png  # noqa: E402
+from igclient import (Client, Response, ambiguous_multipart, cookies_from, jwt_claims, jwt_hs256,  # noqa: E402
+                      png)
+
+SESSION_COOKIE = "invoke_guard_session"   # the guard's session cookie (src/identity.rs)
+GZIP_MIN = 1000                            # InvokeAI's GZipMiddleware(minimum_size=1000): bodies must exceed it
 
 Q = "default"
 DENY = (401, 403, 404)
@@ -66,20 +76,33 @@ class Case:
     xfail: str | None = None
     note: str = ""
     pre_sleep: float = 0.0             # seconds to wait before the call (token timestamps)
+    client: str | None = None          # name of a browser-like client with a cookie jar (Ctx.browser)
+    data: bytes | Callable | None = None  # raw request body (with content_type), instead of body/files
+    content_type: str | None = None
+    skip_if: Callable | None = None    # skip_if() -> None | reason: decided at run time, printed, not counted
     # filled in
     outcome: str = ""
     status: int = 0
     message: str = ""
     seconds: float = 0.0
+    content_encoding: str = ""         # Content-Encoding of the response as received ("" = none)
 
 
 @dataclass
 class Ctx:
     m: dict
-    c: Client
+    c: Client                          # shared, stateless (no cookie jar): Bearer and "no credentials" cases
     direct: bool
     tokens: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
+    up: Client | None = None           # InvokeAI itself (follow-up checks); == base with --direct
+    browsers: dict = field(default_factory=dict)
+
+    def browser(self, name: str) -> Client:
+        """A browser-like client with its own cookie jar, one per name (kept for the whole run)."""
+        if name not in self.browsers:
+            self.browsers[name] = Client(self.c.base, timeout=self.c.timeout, cookie_jar=True)
+        return self.browsers[name]
 
 
 def is_deny_expected(expect: tuple) -> bool:
@@ -99,6 +122,7 @@ class Matrix:
         self.download_queue = bool(f.get("download_queue"))
         self.version = self.m["invokeai_version"]
         self.v612 = self.version.startswith("6.12.")
+        self.notes: list[str] = []  # printed before the run (e.g. why a case was not added)
 
     # ------------------------------------------------------------------ manifest helpers
     def uid(self, role):
@@ -271,6 +295,28 @@ class Matrix:
 
         self.add("setup: alice requests a bulk download of her own image", "alice", "POST", "/api/v1/images/download",
                  202, body={"image_names": [self.img("alice_uncat_2")]}, after=save_dl)
+
+        # ---- gzip regressions: ownership the guard learns from a response body InvokeAI gzips (the browser-like
+        # client accepts gzip; bodies above InvokeAI's 1000-byte threshold come back compressed)
+        big = "e2e gzip regression: this text keeps the response above InvokeAI's 1000-byte gzip threshold. " * 30
+        self.add("setup: alice creates a private workflow whose response is gzipped (>1 kB)", "alice", "POST",
+                 "/api/v1/workflows/", 200, body={"workflow": dict(wf, name="wf_gz_alice", notes=big)},
+                 after=save_wf("wf_gz_alice"))
+        data = {"name": "sp_gz_alice", "positive_prompt": "{prompt}, " + big, "negative_prompt": "", "type": "user"}
+        self.add("setup: alice creates a private style preset whose response is gzipped (>1 kB)", "alice", "POST",
+                 "/api/v1/style_presets/", 200, files=[("data", json.dumps(data))], after=save_preset("sp_gz_alice"))
+
+        def save_dl_gz(resp):
+            j = resp.json() or {}
+            if resp.status in (200, 202) and j.get("bulk_download_item_name"):
+                ctx.state["bulk_gz_alice"] = j["bulk_download_item_name"]
+                ctx.state["bulk_gz_alice_t"] = time.time()
+                return None
+            return "fail", f"no bulk_download_item_name: {resp.text[:200]}"
+        self.add("setup: alice requests a bulk download with gzip accepted (202/200 with bulk_download_item_name)",
+                 "alice", "POST", "/api/v1/images/download", (200, 202),
+                 body={"image_names": [self.img(r) for r in ("alice_uncat_1", "alice_private_1", "alice_private_2")]},
+                 after=save_dl_gz)
 
     # ================================================================== phase 1: reads and listings
     def read_cases(self):
@@ -487,7 +533,8 @@ class Matrix:
         self.add("bob: unknown image is 403 (not an existence oracle)", "bob", "GET",
                  "/api/v1/images/i/no-such-image.png", 403)
 
-        # media by cookie (the browser's <img> cannot send a Bearer header)
+        # media by cookie (the browser's <img> cannot send a Bearer header): a browser-like client whose cookie
+        # jar keeps what the login set, and no Authorization header
         def login_cookie(resp):
             jar = cookies_from(resp)
             ctx.state["alice_cookies"] = jar
@@ -497,16 +544,14 @@ class Matrix:
                 return "fail", "login response set no cookie for media"
             return None
         self.add("alice: login returns a media/session cookie", None, "POST", "/api/v1/auth/login", 200,
-                 body={"email": "alice@example.com", "password": "AlicePass123"}, check=login_cookie)
+                 body={"email": "alice@example.com", "password": "AlicePass123"}, check=login_cookie,
+                 client="alice_browser")
         self.add("alice (cookie only): GET her own image /full", None, "GET",
-                 f"/api/v1/images/i/{self.img('alice_private_1')}/full", 200,
-                 cookies=lambda: ctx.state.get("alice_cookies") or {})
+                 f"/api/v1/images/i/{self.img('alice_private_1')}/full", 200, client="alice_browser")
         self.add("alice (cookie only): GET her own image /thumbnail", None, "GET",
-                 f"/api/v1/images/i/{self.img('alice_private_1')}/thumbnail", 200,
-                 cookies=lambda: ctx.state.get("alice_cookies") or {})
+                 f"/api/v1/images/i/{self.img('alice_private_1')}/thumbnail", 200, client="alice_browser")
         self.add("alice (cookie only): GET bob's private image /full is refused", None, "GET",
-                 f"/api/v1/images/i/{self.img('bob_private_1')}/full", 403,
-                 cookies=lambda: ctx.state.get("alice_cookies") or {})
+                 f"/api/v1/images/i/{self.img('bob_private_1')}/full", 403, client="alice_browser")
 
         # ---- image listings (holes 2, 15; F_IMGLIST)
         lim = {"limit": 200, "offset": 0}
@@ -746,6 +791,90 @@ class Matrix:
         # ---- utilities image-to-prompt (main/6.14)
         # (needs a model; only the authorization step is observable: 403 before any model lookup)
 
+        # ---- 6.12 batch status: the recount must not show the origin/destination of alice's batch either
+        if self.v612:
+            def batch_nulls(resp):
+                j = resp.json() or {}
+                shown = {k: j.get(k) for k in ("origin", "destination") if j.get(k) is not None}
+                if shown:
+                    return "leak", f"bob sees alice's batch {shown}"
+                if j.get("total", 0) != 0:
+                    return "leak", f"bob sees counts of alice's batch: {j}"
+                return None
+            self.add("bob: status of alice's batch has origin and destination null (counts only his own)", "bob",
+                     "GET", f"/api/v1/queue/{Q}/b/{qi['q_alice_add_1']['batch_id']}/status", 200, check=batch_nulls)
+
+        self.gzip_read_cases(sanitized)
+
+    # ================================================================== gzip regressions (reads)
+    def gzip_read_cases(self, sanitized):
+        """The guard reads response bodies (owners, cookies, list filters): they must work when InvokeAI gzips."""
+        ctx = self.ctx
+        S = lambda k: ctx.state.get(k) or "missing"  # noqa: E731
+        self.add("gzip: bob GET alice's workflow created with a gzipped response is refused", "bob", "GET",
+                 lambda: f"/api/v1/workflows/i/{S('wf_gz_alice')}", 403)
+        self.add("gzip: alice GET her workflow created with a gzipped response", "alice", "GET",
+                 lambda: f"/api/v1/workflows/i/{S('wf_gz_alice')}", 200)
+        self.add("gzip: bob GET alice's private style preset created with a gzipped response is refused", "bob", "GET",
+                 lambda: f"/api/v1/style_presets/i/{S('sp_gz_alice')}", 403)
+        self.add("gzip: alice GET her style preset created with a gzipped response", "alice", "GET",
+                 lambda: f"/api/v1/style_presets/i/{S('sp_gz_alice')}", 200)
+
+        def zip_built():  # bob asks first (InvokeAI deletes a zip once served), 2.5 s after the request
+            t = ctx.state.get("bulk_gz_alice_t")
+            if t:
+                time.sleep(max(0.0, 2.5 - (time.time() - t)))
+            return f"/api/v1/images/download/{S('bulk_gz_alice')}"
+        self.add("gzip: bob fetching alice's zip requested with gzip is refused", "bob", "GET", zip_built, 403)
+        self.add("gzip: alice fetches her bulk-download zip requested with gzip (polled until built)", "alice", "GET",
+                 lambda: f"/api/v1/images/download/{S('bulk_gz_alice')}", 200,
+                 note="retried for up to 20 s while the zip is being built (404)")
+
+        # login with gzip accepted -> session cookie -> <img src> with that cookie only (browser-like cookie jars)
+        def session_cookie(resp):
+            names = [sc.split("=", 1)[0].strip() for sc in resp.headers.get("set-cookie", [])]
+            if SESSION_COOKIE not in names:
+                return "fail", (f"no {SESSION_COOKIE} Set-Cookie (Set-Cookie names {names}, Content-Encoding "
+                                f"{resp.header('content-encoding') or 'none'})")
+            return None
+        for who, pw in (("alice", "AlicePass123"), ("bob", "BobPass1234")):
+            self.add(f"gzip: {who} logs in with gzip accepted and gets the {SESSION_COOKIE} cookie", None, "POST",
+                     "/api/v1/auth/login", 200, client=f"{who}_gzip_browser", check=session_cookie,
+                     body={"email": f"{who}@example.com", "password": pw, "remember_me": False})
+        for suffix in ("full", "thumbnail"):
+            self.add(f"gzip: alice (cookie jar only) GET her own image /{suffix}", None, "GET",
+                     f"/api/v1/images/i/{self.img('alice_private_1')}/{suffix}", 200, client="alice_gzip_browser")
+            self.add(f"gzip: bob (cookie jar only) GET alice's private image /{suffix} is refused", None, "GET",
+                     f"/api/v1/images/i/{self.img('alice_private_1')}/{suffix}", 403, client="bob_gzip_browser")
+
+        # 6.12 list filters on gzipped bodies (200 with the filtered list, not 503). 12 more uncategorized images
+        # of carol's first, so that the unfiltered upstream name list is above the gzip threshold.
+        known = set(self.known_images())
+
+        def pad_uncategorized(_r):
+            cl = ctx.up or ctx.c
+            names = []
+            for i in range(12):
+                r = cl.request("POST", "/api/v1/images/upload", ctx.tokens["carol"],
+                               params={"image_category": "user", "is_intermediate": "false"},
+                               files=[("file", f"pad{i}.png", png(8, 8, (i, 2 * i, 3 * i)), "image/png")])
+                if r.status not in (200, 201):
+                    return "fail", f"carol's upload {i} -> {r.status} {r.detail()}"
+                names.append(r.json()["image_name"])
+            ctx.state["gzip_pad_names"] = names
+            return None
+        self.add("setup: carol uploads 12 uncategorized images (unfiltered name lists exceed the gzip threshold)",
+                 None, "MULTI", "/api/v1/images/upload", (0,), check=pad_uncategorized)
+        bob_uncat = self.images_where(lambda r, i: i["owner"] == "bob" and i["board"] is None)
+
+        def only_bobs(resp):
+            universe = known | set(ctx.state.get("gzip_pad_names", []))
+            return self.set_check(lambda j: j, bob_uncat, universe)(resp)
+        self.add("gzip: bob boards/none/image_names lists only his own names (list filter on a gzipped body)", "bob",
+                 "GET", "/api/v1/boards/none/image_names", 200, check=only_bobs)
+        self.add("gzip: bob queue list_all redacts other users' items (filter on a gzipped body)", "bob", "GET",
+                 f"/api/v1/queue/{Q}/list_all", 200, check=sanitized(lambda j: j))
+
     # ================================================================== phase 2: mutations (victims)
     def write_cases(self):
         m, ctx = self.m, self.ctx
@@ -959,6 +1088,88 @@ class Matrix:
                  body={"batch": {"graph": g_blur(self.img("bob_uncat_1")), "runs": 1}, "prepend": False},
                  after=self.queue_result_completed())
 
+        # -- queue ids: a non-admin enqueues only into the shared queue, never into "admin" or another user's id
+        def queue_total(qid):
+            r = self.upstream().request("GET", f"/api/v1/queue/{qid}/status", ctx.tokens["admin"])
+            return ((r.json() or {}).get("queue") or {}).get("total") if r.status == 200 else f"HTTP {r.status}"
+
+        def enqueue_path(qid):
+            def path():
+                ctx.state[f"qtotal_before_{qid}"] = queue_total(qid)
+                return f"/api/v1/queue/{qid}/enqueue_batch"
+            return path
+
+        def nothing_enqueued(qid):
+            def after(_resp):
+                before, now = ctx.state.get(f"qtotal_before_{qid}"), queue_total(qid)
+                if not isinstance(now, int):
+                    return "fail", f"cannot read the status of queue {qid!r} on InvokeAI ({now})"
+                return None if now == before else ("leak", f"queue {qid!r} total went from {before} to {now}")
+            return after
+        for label, qid in (("'admin'", "admin"), ("'user:<alice id>'", f"user:{self.uid('alice')}")):
+            self.add(f"bob: enqueue_batch into queue_id {label} is refused, nothing enqueued", "bob", "POST",
+                     enqueue_path(qid), 403, body={"batch": {"graph": g_add(31, 32), "runs": 1}, "prepend": False},
+                     after=nothing_enqueued(qid))
+
+        self.gzip_write_cases()
+        if self.v612:
+            self.multipart_differential_cases()
+
+    def upstream(self) -> Client:
+        if self.ctx.up is None:
+            raise RuntimeError("this check needs --upstream (InvokeAI's own URL)")
+        return self.ctx.up
+
+    # ================================================================== gzip regressions (writes)
+    def gzip_write_cases(self):
+        ctx = self.ctx
+        S = lambda k: ctx.state.get(k) or "missing"  # noqa: E731
+        self.add("gzip: alice PUT a thumbnail (multipart) on her workflow created with a gzipped response", "alice",
+                 "PUT", lambda: f"/api/v1/workflows/i/{S('wf_gz_alice')}/thumbnail", 200,
+                 files=[("image", "t.png", png(16, 16, (5, 150, 250)), "image/png")])
+
+        def preset_intact(_resp):
+            r = self.upstream().request("GET", f"/api/v1/style_presets/i/{S('sp_gz_alice')}", ctx.tokens["admin"])
+            if r.status != 200:
+                return "leak", f"alice's preset is gone (GET on InvokeAI -> {r.status})"
+            return None if (r.json() or {}).get("name") == "sp_gz_alice" else (
+                "leak", f"alice's preset was renamed to {(r.json() or {}).get('name')!r}")
+        pdata = [("data", json.dumps({"name": "pwned", "positive_prompt": "{prompt}", "negative_prompt": "",
+                                      "type": "user"}))]
+        self.add("gzip: bob PATCH alice's style preset created with a gzipped response is refused", "bob", "PATCH",
+                 lambda: f"/api/v1/style_presets/i/{S('sp_gz_alice')}", 403, files=pdata, after=preset_intact)
+        self.add("gzip: bob DELETE alice's style preset created with a gzipped response is refused", "bob", "DELETE",
+                 lambda: f"/api/v1/style_presets/i/{S('sp_gz_alice')}", 403, after=preset_intact)
+
+    # ================================================================== multipart parser agreement (6.12)
+    def multipart_differential_cases(self):
+        """bob's type=default style preset in multipart bodies that Starlette reads as `data` (tests/e2e/
+        differentials.py shows it, straight against InvokeAI): the guard must see the same `data` or refuse."""
+        ctx = self.ctx
+        stamp = time.strftime("%H%M%S")
+
+        def no_such_preset(name):
+            def after(_resp):
+                r = self.upstream().request("GET", "/api/v1/style_presets/", ctx.tokens["admin"])
+                if r.status != 200:
+                    return "fail", f"cannot list presets on InvokeAI ({r.status})"
+                hits = [p for p in r.json() or [] if p.get("name") == name]
+                if any(p.get("type") == "default" for p in hits):
+                    return "leak", f"bob created the type=default preset {name!r} on InvokeAI"
+                return ("leak", f"bob created a preset {name!r} ({hits[0].get('type')})") if hits else None
+            return after
+        expect = {"a": 400, "b": 400, "c": 403}
+        what = {"a": "two boundary parameters (Starlette uses the last)",
+                "b": "a part with two name parameters (Starlette uses the last)",
+                "c": "FORM-DATA; NAME= in other cases (Starlette ignores case)"}
+        for key in ("a", "b", "c"):
+            name = f"igdiff-{key}-bob-default-{stamp}"
+            data = json.dumps({"name": name, "positive_prompt": "{prompt}", "negative_prompt": "",
+                               "type": "default"}).encode()
+            ctype, body, _ = ambiguous_multipart(data)[key]
+            self.add(f"multipart ({key}): bob's type=default preset with {what[key]} is {expect[key]}", "bob", "POST",
+                     "/api/v1/style_presets/", expect[key], data=body, content_type=ctype, after=no_such_preset(name))
+
     def queue_result_not_completed(self, owner):
         ctx = self.ctx
 
@@ -1085,6 +1296,51 @@ class Matrix:
                  body={"email": "mallory@example.com", "display_name": "M", "password": "MalloryPass123"})
         self.add("admin: DELETE the last admin is refused", "admin", "DELETE", f"/api/v1/auth/users/{self.uid('admin')}",
                  400)
+        self.boolean_cases()
+
+    # ================================================================== booleans as pydantic reads them (last)
+    def system_user_id(self) -> str | None:
+        cl, tok = self.ctx.up or self.ctx.c, self.ctx.tokens["admin"]
+        r = cl.request("GET", "/api/v1/auth/users", tok)
+        for u in (r.json() or []) if r.status == 200 else []:
+            if isinstance(u, dict) and (u.get("user_id") == "system" or str(u.get("email", "")).startswith("system@")):
+                return u["user_id"]
+        return "system" if cl.request("GET", "/api/v1/auth/users/system", tok).status == 200 else None
+
+    def boolean_cases(self):
+        """Strings that pydantic (lax mode) turns into booleans: "true", "off". These run last: a leak here can
+        promote `system` (undone below) or deactivate the only admin (nothing runs after it)."""
+        ctx = self.ctx
+        sys_id = self.system_user_id()
+        if sys_id:
+            def system_not_admin(_resp):
+                cl = self.upstream()
+                r = cl.request("GET", f"/api/v1/auth/users/{sys_id}", ctx.tokens["admin"])
+                if r.status == 200 and (r.json() or {}).get("is_admin"):
+                    cl.request("PATCH", f"/api/v1/auth/users/{sys_id}", ctx.tokens["admin"],
+                               json_body={"is_admin": False})  # undo, so the last-admin case below still holds
+                    return "leak", "the system user became an admin (undone)"
+                return None
+            self.add('admin: PATCH the system user with is_admin "true" (a string pydantic reads as true) is 400',
+                     "admin", "PATCH", f"/api/v1/auth/users/{sys_id}", 400, body={"is_admin": "true"},
+                     after=system_not_admin)
+        else:
+            self.notes.append('case "admin: PATCH the system user with is_admin \"true\"" not added: '
+                              f"InvokeAI {self.version} lists no system user")
+        me = self.uid("admin")
+        self.add('admin: PATCH himself with is_active "maybe" (no boolean) is 422', "admin", "PATCH",
+                 f"/api/v1/auth/users/{me}", 422, body={"is_active": "maybe"})
+
+        def not_single_admin():
+            r = self.upstream().request("GET", "/api/v1/auth/users", ctx.tokens["admin"])
+            if r.status != 200:
+                return f"cannot list users on InvokeAI ({r.status})"
+            act = [u for u in r.json() or [] if u.get("is_admin") and u.get("is_active") and u.get("user_id") != "system"]
+            if [u.get("user_id") for u in act] != [me]:
+                return f"needs admin as the only active admin; active admins now: {[u.get('email') for u in act]}"
+            return None
+        self.add('admin (the last active admin): deactivating himself with is_active "off" is 400', "admin", "PATCH",
+                 f"/api/v1/auth/users/{me}", 400, body={"is_active": "off"}, skip_if=not_single_admin)
 
     def wide_destructive_cases(self):
         """Calls that, when they leak on 6.12, wipe other users' data: after everything that needs that data."""
@@ -1155,8 +1411,11 @@ class PollingSocket:
     sends the close packet, which ends that GET; no request is ever abandoned half-way (InvokeAI's
     graceful shutdown would wait for it)."""
 
-    def __init__(self, c: Client, token: str | None, path="/ws/socket.io/"):
+    def __init__(self, c: Client, token: str | None, path="/ws/socket.io/", accept_encoding: str | None = None):
         self.c, self.token, self.path = c, token, path
+        # None = the client's browser-like default (gzip). --direct passes "identity": InvokeAI 6.14.2 answers 500
+        # to Engine.IO polling that accepts gzip (the guard drops Accept-Encoding on socket requests itself).
+        self.headers = {"Accept-Encoding": accept_encoding} if accept_encoding else None
         self.sid = None
         self.events: list = []
         self.connected = False
@@ -1173,10 +1432,11 @@ class PollingSocket:
 
     def _post(self, payload: bytes):
         return Client(self.c.base, timeout=10).request("POST", self.path, self.token, params=self._q(), data=payload,
-                                                        content_type="text/plain;charset=UTF-8")
+                                                        content_type="text/plain;charset=UTF-8", headers=self.headers)
 
     def _get(self):
-        return Client(self.c.base, timeout=70).request("GET", self.path, self.token, params=self._q())
+        return Client(self.c.base, timeout=70).request("GET", self.path, self.token, params=self._q(),
+                                                        headers=self.headers)
 
     def _handle(self, text: str) -> list[str]:
         out = []
@@ -1252,8 +1512,13 @@ class PollingSocket:
                 pass
 
 
+def socket_ae(ctx: Ctx) -> str | None:
+    """Accept-Encoding of the polling socket: browser-like through the guard, identity straight to InvokeAI."""
+    return "identity" if ctx.direct else None
+
+
 def socket_anon_check(ctx: Ctx):
-    s = PollingSocket(Client(ctx.c.base, timeout=10), None)
+    s = PollingSocket(Client(ctx.c.base, timeout=10), None, accept_encoding=socket_ae(ctx))
     try:
         if s.open():
             return "leak", "an anonymous Socket.IO client was accepted"
@@ -1264,7 +1529,7 @@ def socket_anon_check(ctx: Ctx):
 
 def socket_foreign_events_check(mx: Matrix):
     ctx = mx.ctx
-    s = PollingSocket(Client(ctx.c.base, timeout=10), ctx.tokens["bob"])
+    s = PollingSocket(Client(ctx.c.base, timeout=10), ctx.tokens["bob"], accept_encoding=socket_ae(ctx))
     try:
         if not s.open():
             return "false_deny", f"bob's socket could not connect: {s.refused}"
@@ -1290,7 +1555,7 @@ def socket_foreign_events_check(mx: Matrix):
 
 def socket_model_events_check(mx: Matrix):
     ctx = mx.ctx
-    s = PollingSocket(Client(ctx.c.base, timeout=10), ctx.tokens["bob"])
+    s = PollingSocket(Client(ctx.c.base, timeout=10), ctx.tokens["bob"], accept_encoding=socket_ae(ctx))
     try:
         if not s.open():
             return "false_deny", f"bob's socket could not connect: {s.refused}"
@@ -1349,14 +1614,19 @@ def run_case(ctx: Ctx, c: Case) -> None:
     except Exception as e:  # noqa: BLE001
         c.outcome, c.message = "fail", f"exception: {type(e).__name__}: {e}"
     c.seconds = time.time() - t0
-    if c.xfail:
+    if c.xfail and c.outcome != "skip":
         c.outcome = "xpass" if c.outcome == "pass" else "xfail"
 
 
 def _run_case(ctx: Ctx, c: Case) -> None:
+    if c.skip_if:
+        why = c.skip_if()
+        if why:
+            c.outcome, c.message = "skip", why
+            return
     if getattr(c, "pre_sleep", 0):
         time.sleep(c.pre_sleep)
-    if c.method == "SOCKET":
+    if c.method in ("SOCKET", "MULTI"):  # multi-request checks: check(None) does the calls
         res = c.check(None)
         c.status = 0
         c.outcome, c.message = ("pass", "") if res is None else res
@@ -1370,14 +1640,21 @@ def _run_case(ctx: Ctx, c: Case) -> None:
     kw = dict(params=val(c.params), headers=c.headers, cookies=val(c.cookies))
     if c.files is not None:
         kw["files"] = val(c.files)
+    elif c.data is not None:
+        kw["data"], kw["content_type"] = val(c.data), c.content_type
     elif c.body is not None:
         kw["json_body"] = val(c.body)
-    r = ctx.c.request(c.method, path, token, **kw)
+    # A browser-like client with a cookie jar only where the case simulates the browser; everything else
+    # (in particular every "no credentials" case) uses the shared client, which never keeps cookies.
+    client = ctx.browser(c.client) if c.client else ctx.c
+    assert client is not ctx.c or ctx.c.jar is None, "the shared client must stay cookie-less"
+    r = client.request(c.method, path, token, **kw)
     if c.note.startswith("retried") and r.status == 404:
-        deadline = time.time() + 10
+        deadline = time.time() + (20 if "20 s" in c.note else 10)
         while r.status == 404 and time.time() < deadline:
             time.sleep(0.5)
-            r = ctx.c.request(c.method, path, token, **kw)
+            r = client.request(c.method, path, token, **kw)
+    c.content_encoding = ", ".join(r.headers.get("content-encoding", []))
     if path.startswith("/api/") and r.status == 200 and (r.header("content-type") or "").startswith("text/html"):
         # InvokeAI serves its web UI for unknown GET paths: for an API path that means "no such route"
         r.status = 404
@@ -1425,6 +1702,8 @@ def main() -> int:
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--base", required=True, help="guard URL (or InvokeAI's with --direct)")
     ap.add_argument("--direct", action="store_true", help="the base is InvokeAI itself (measures upstream leaks)")
+    ap.add_argument("--upstream", help="InvokeAI's own URL, for follow-up checks that bypass the guard "
+                                       "(default: --base with --direct; without it those checks fail)")
     ap.add_argument("-k", "--only", help="run only cases whose name matches this glob")
     ap.add_argument("--report", help="write a JSON report of every case here")
     ap.add_argument("--verbose", "-v", action="store_true", help="print passing cases too")
@@ -1434,7 +1713,9 @@ def main() -> int:
     if a.out:
         sys.stdout = _Tee(sys.stdout, open(a.out, "w", encoding="utf-8"))
     m = json.loads(Path(a.manifest).read_text())
-    ctx = Ctx(m=m, c=Client(a.base, timeout=60), direct=a.direct, tokens=dict(m["tokens"]))
+    upstream = a.upstream or (a.base if a.direct else None)
+    ctx = Ctx(m=m, c=Client(a.base, timeout=60), direct=a.direct, tokens=dict(m["tokens"]),
+              up=Client(upstream, timeout=60) if upstream else None)
     mx = Matrix(ctx)
     cases = mx.build()
     if a.only:
@@ -1448,15 +1729,18 @@ def main() -> int:
     target = "InvokeAI directly (--direct)" if a.direct else "the guard"
     print(f"matrix: InvokeAI {mx.version}, {len(cases)} cases through {target} at {a.base}", flush=True)
     t0 = time.time()
+    for note in mx.notes:
+        print(f"note: {note}", flush=True)
     for c in cases:
         run_case(ctx, c)
         if a.verbose or c.outcome not in ("pass", "xfail"):
             tag = {"pass": "ok", "leak": "LEAK", "false_deny": "FALSE_DENY", "fail": "FAIL", "xfail": "xfail",
-                   "xpass": "XPASS"}[c.outcome]
+                   "xpass": "XPASS", "skip": "skip"}[c.outcome]
             extra = f"  [{c.xfail}]" if c.xfail and c.outcome == "xpass" else ""
             print(f"{tag:10} {c.status:3} {c.method:6} {c.name}{(' — ' + c.message) if c.message else ''}{extra}",
                   flush=True)
-    counted = [c for c in cases if not c.xfail]
+    counted = [c for c in cases if not c.xfail and c.outcome != "skip"]
+    skipped = sum(c.outcome == "skip" for c in cases)
     n_pass = sum(c.outcome == "pass" for c in counted)
     leaks = sum(c.outcome == "leak" for c in counted)
     fdeny = sum(c.outcome == "false_deny" for c in counted)
@@ -1466,12 +1750,16 @@ def main() -> int:
     if a.report:
         Path(a.report).write_text(json.dumps({
             "invokeai_version": mx.version, "base": a.base, "direct": a.direct, "seconds": round(time.time() - t0, 1),
-            "observations": {k: v for k, v in ctx.state.items() if k.startswith(("socket_", "status_"))},
+            "observations": {k: v for k, v in ctx.state.items() if k.startswith(("socket_", "status_", "gzip_"))},
+            "client_codings": dict(ctx.c.codings), "notes": mx.notes,
             "cases": [{"name": c.name, "who": c.who, "method": c.method, "expect": list(c.expect), "status": c.status,
-                       "outcome": c.outcome, "message": c.message, "xfail": c.xfail, "note": c.note} for c in cases],
+                       "outcome": c.outcome, "message": c.message, "xfail": c.xfail, "note": c.note,
+                       "content_encoding": c.content_encoding} for c in cases],
         }, indent=1))
+    coded = ", ".join(f"{k} {v}" for k, v in sorted(ctx.c.codings.items())) or "none"
     print(f"InvokeAI {mx.version} via {'upstream (direct)' if a.direct else 'guard'}: "
-          f"{len(cases)} cases in {time.time() - t0:.1f}s; other failures={fails} xfail={xf} xpass={xp}")
+          f"{len(cases)} cases in {time.time() - t0:.1f}s; other failures={fails} xfail={xf} xpass={xp} "
+          f"skipped={skipped}; compressed responses decoded: {coded}")
     print(f"PASS {n_pass}/{len(counted)} leaks={leaks} false_denies={fdeny}")
     return 0 if n_pass == len(counted) else 1
 

@@ -12,7 +12,8 @@
 #   5. tests/e2e/matrix.py runs the cross-user matrix THROUGH the guard
 #   6. stops the guard and InvokeAI by PID (also on failure or Ctrl-C)
 # --direct skips the guard and runs the matrix against InvokeAI itself (shows what the guard must close;
-# expected to fail).
+# expected to fail); before the matrix it runs tests/e2e/differentials.py (how Starlette itself reads ambiguous
+# multipart bodies: evidence printed to differentials.out, never a failure).
 #
 # Env: GUARD_BIN (default target/release/invoke-guard), ROUTES (default routes.toml),
 #      E2E_RUN_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run), MATRIX_ARGS (extra
@@ -73,8 +74,9 @@ free_port() {
 http_status() {  # URL -> HTTP status (000 when nothing answers)
   "$PY" - "$1" <<'PYEOF'
 import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": "gzip, deflate, br"})  # like a browser
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+    with urllib.request.urlopen(req, timeout=2) as r:
         print(r.status)
 except urllib.error.HTTPError as e:
     print(e.code)
@@ -97,7 +99,8 @@ for V in "${VERSIONS[@]}"; do
   RUNDIR="$RUN_BASE/e2e-$V"
   ROOT="$RUNDIR/root"
   mkdir -p "$RUNDIR"
-  rm -rf "$RUNDIR/guard" "$RUNDIR/manifest.json" "$RUNDIR/matrix-report.json" "$RUNDIR/guard.log"
+  rm -rf "$RUNDIR/guard" "$RUNDIR/manifest.json" "$RUNDIR/matrix-report.json" "$RUNDIR/guard.log" \
+    "$RUNDIR/differentials.out" "$RUNDIR/differentials.json"
   UPORT="$(free_port)"
   t=$(date +%s.%N)
   run_child "$INV/start.sh" "$V" "$UPORT" "$ROOT" > "$RUNDIR/start.out" \
@@ -114,6 +117,10 @@ for V in "${VERSIONS[@]}"; do
   if [[ $DIRECT == 1 ]]; then
     BASE="http://127.0.0.1:$UPORT"
     mflags=(--direct)
+    # evidence only (how InvokeAI itself parses ambiguous multipart bodies); never fails the run
+    run_child "$PY" "$E2E/differentials.py" --base "$BASE" --manifest "$RUNDIR/manifest.json" \
+      --out "$RUNDIR/differentials.json" > "$RUNDIR/differentials.out" 2>&1 || true
+    sed 's/^/[e2e differentials] /' "$RUNDIR/differentials.out" >&2 || true
   else
     GPORT="$(free_port)"
     APORT="$(free_port)"
@@ -136,7 +143,7 @@ for V in "${VERSIONS[@]}"; do
     t_guard=$(secs "$t")
     log "guard pid=$GUARD_PID listening on 127.0.0.1:$GPORT (admin 127.0.0.1:$APORT), ready in ${t_guard}s"
     BASE="http://127.0.0.1:$GPORT"
-    mflags=()
+    mflags=(--upstream "http://127.0.0.1:$UPORT")
   fi
 
   t=$(date +%s.%N)

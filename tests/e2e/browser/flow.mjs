@@ -62,13 +62,15 @@ if (!me) {
   console.error(`flow.mjs: user ${USER} not in manifest`);
   process.exit(2);
 }
-// The Socket.IO polling workaround (SOCKET_GZIP_WORKAROUND=0 turns it off): InvokeAI 6.14.2 answers 500 to every Engine.IO
-// polling request that carries `Accept-Encoding: gzip` (its content-type-aware GZip responder reads the
-// lower-case header of a response engine.io sends as `Content-Type`, and then emits the body before the start
-// message). Chromium always sends gzip and a page cannot change that, so the polling requests of the UI's own
-// socket.io client are re-issued from Node with `Accept-Encoding: identity` (same URL, cookies, other headers)
-// and the upstream's answer is handed back to the page. The websocket upgrade stays in the browser.
-const SOCKET_WORKAROUND = process.env.SOCKET_GZIP_WORKAROUND !== '0';
+// The Socket.IO polling workaround, for the DIRECT baseline run only (SOCKET_GZIP_WORKAROUND=0 turns it off):
+// InvokeAI 6.14.2 answers 500 to every Engine.IO polling request that carries `Accept-Encoding: gzip` (its
+// content-type-aware GZip responder reads the lower-case header of a response engine.io sends as `Content-Type`,
+// and then emits the body before the start message). Chromium always sends gzip and a page cannot change that, so
+// straight against InvokeAI the polling requests of the UI's own socket.io client are re-issued from Node with
+// `Accept-Encoding: identity` (same URL, cookies, other headers) and the upstream's answer is handed back to the
+// page. The websocket upgrade stays in the browser. Through the guard the browser's requests go out unchanged
+// (gzip accepted): the guard drops Accept-Encoding on the Socket.IO requests it forwards.
+const SOCKET_WORKAROUND = MODE === 'direct' && process.env.SOCKET_GZIP_WORKAROUND !== '0';
 
 const t0 = Date.now();
 if (args.log) {
@@ -454,7 +456,7 @@ check('Socket.IO connects', sockOk && ws.connectAck,
   `session polling statuses [${[...new Set(sockHttp.map((r) => r.status))].join(',')}], websocket handshakes [${ws.handshakes.map((h) => h.status).join(',')}], `
   + `CONNECT ack ${ws.connectAck ? 'received' : 'MISSING'}${sockCreds ? `; handshake sent ${sockCreds}` : ''}`
   + `${ws.connectError ? `; a refused CONNECT (${ws.connectError})` : ''}`
-  + `${SOCKET_WORKAROUND ? '' : ' (gzip workaround off)'}`);
+  + `${SOCKET_WORKAROUND ? ' (gzip workaround on: polling re-issued without gzip)' : ' (browser polling as sent, gzip accepted)'}`);
 
 // ------------------------------------------------------------------------------------------------ toasts
 const AUTH_RE = /unauthori[sz]ed|forbidden|not authori[sz]ed|permission|access denied|not allowed|\b401\b|\b403\b|session (has )?expired|log ?in again|sign ?in again|admin privileges/i;
@@ -586,7 +588,9 @@ async function replayUpstream(r) {
   if (!args.upstream) return 'no --upstream';
   const u = new URL(r.url);
   const target = `${args.upstream.replace(/\/+$/, '')}${u.pathname}${u.search}`;
-  const headers = { 'accept-encoding': 'identity' };
+  // browser-like (fetch decodes gzip/br itself), except Engine.IO polling, which 6.14.2 answers with 500 when it
+  // accepts gzip (see SOCKET_WORKAROUND)
+  const headers = { 'accept-encoding': u.pathname.startsWith('/ws/socket.io') ? 'identity' : 'gzip, deflate, br' };
   if (r.creds?.authorization) headers.authorization = r.creds.authorization;
   if (r.creds?.cookie) headers.cookie = r.creds.cookie;
   try {

@@ -23,8 +23,9 @@
 #
 # Env: GUARD_BIN (default target/release/invoke-guard; built with `cargo build --release` when missing),
 #      ROUTES (default routes.toml), E2E_RUN_DIR, CHROMIUM (default /usr/bin/chromium),
-#      GUARD_READY_TIMEOUT (default 30 s), SOCKET_GZIP_WORKAROUND (default 1; see flow.mjs: InvokeAI 6.14.2
-#      answers 500 to Engine.IO polling requests that accept gzip, which every browser sends).
+#      GUARD_READY_TIMEOUT (default 30 s), SOCKET_GZIP_WORKAROUND (default 1; the direct baseline run only, see
+#      flow.mjs: InvokeAI 6.14.2 answers 500 to Engine.IO polling requests that accept gzip, which every browser
+#      sends; the guard drops Accept-Encoding on Socket.IO requests, so the guard run uses none).
 # Prerequisites: node >= 20 + npm (playwright-core from package-lock.json, no browser download), Debian's
 # chromium (installed with apt-get when missing and running as root), python 3.11/3.12 for InvokeAI.
 set -euo pipefail
@@ -108,10 +109,10 @@ t_install=$(secs "$t")
 free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
-http_status() {  # URL [Accept-Encoding] -> HTTP status (000 when nothing answers)
-  "$PY" - "$1" "${2:-}" <<'PYEOF'
+http_status() {  # URL [Accept-Encoding, default like a browser] -> HTTP status (000 when nothing answers)
+  "$PY" - "$1" "${2:-gzip, deflate, br}" <<'PYEOF'
 import sys, urllib.request, urllib.error
-req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": sys.argv[2]} if sys.argv[2] else {})
+req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": sys.argv[2]})
 try:
     with urllib.request.urlopen(req, timeout=5) as r:
         print(r.status)
@@ -165,12 +166,16 @@ log "guard pid=$GUARD_PID on $GUARD (admin 127.0.0.1:$APORT) in front of $UPSTRE
 # The upstream bug the socket workaround is for: report whether it is (still) there.
 sock_direct="$(http_status "$UPSTREAM/ws/socket.io/?EIO=4&transport=polling" gzip)"
 sock_identity="$(http_status "$UPSTREAM/ws/socket.io/?EIO=4&transport=polling" identity)"
+sock_guard="$(http_status "$GUARD/ws/socket.io/?EIO=4&transport=polling" gzip)"
 if [[ "$sock_direct" == 500 && "$sock_identity" == 200 ]]; then
   log "note: InvokeAI $V answers 500 to Engine.IO polling with Accept-Encoding: gzip (200 without): upstream bug;" \
-      "SOCKET_GZIP_WORKAROUND=${SOCKET_GZIP_WORKAROUND:-1} re-issues the UI's polling requests without gzip"
+      "SOCKET_GZIP_WORKAROUND=${SOCKET_GZIP_WORKAROUND:-1} re-issues the UI's polling requests without gzip in the" \
+      "direct baseline run only"
 else
   log "note: Engine.IO polling straight to InvokeAI: $sock_direct with gzip, $sock_identity without"
 fi
+# (anonymous: the guard answers 401 before forwarding; a 500 here would mean it forwarded gzip to InvokeAI)
+log "note: anonymous Engine.IO polling through the guard with gzip: $sock_guard"
 
 # ---------------------------------------------------------------- the browser
 export CHROMIUM
