@@ -11,6 +11,7 @@
 //! - [`policy`]: `decide`, a pure function of rule, request data, caller and fact source.
 //! - [`decision`]: verdicts with provenance, mapped to HTTP in one place.
 //! - [`filters`]: response filters (sessions, owner records, 6.12 list rewrites).
+//! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, rooms, per-event filtering.
 //! - [`upstream`]: the pooled upstream client and WebSocket tunnels.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
 //! - [`config`], [`state`], [`metrics`]: plumbing.
@@ -29,5 +30,6 @@ pub mod metrics;
 pub mod policy;
 pub mod rules;
 pub mod server;
+pub mod socketio;
 pub mod state;
 pub mod upstream;

@@ -28,8 +28,24 @@ struct WithheldLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrameLabels {
+    direction: &'static str,
+    event: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndingLabels {
+    ending: &'static str,
+}
+
 struct Metrics {
     registry: Registry,
+    socket_frames: Family<FrameLabels, Counter>,
+    sockets_closed: Family<EndingLabels, Counter>,
+    sockets_opened: Counter,
+    sockets_open: Gauge,
     decisions: Family<DecisionLabels, Counter>,
     withheld: Family<WithheldLabels, Counter>,
     cache_hits: Counter,
@@ -44,6 +60,30 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("invoke_guard");
     let decisions = Family::<DecisionLabels, Counter>::default();
     let withheld = Family::<WithheldLabels, Counter>::default();
+    let socket_frames = Family::<FrameLabels, Counter>::default();
+    let sockets_closed = Family::<EndingLabels, Counter>::default();
+    let sockets_opened = Counter::default();
+    let sockets_open = Gauge::default();
+    registry.register(
+        "socket_frames",
+        "Socket.IO frames by direction, event and outcome (passed, redacted, dropped, rejected)",
+        socket_frames.clone(),
+    );
+    registry.register(
+        "sockets_closed",
+        "Socket.IO sessions ended, by why",
+        sockets_closed.clone(),
+    );
+    registry.register(
+        "sockets_opened",
+        "Socket.IO sessions started",
+        sockets_opened.clone(),
+    );
+    registry.register(
+        "sockets_open",
+        "Socket.IO sessions open now",
+        sockets_open.clone(),
+    );
     let cache_hits = Counter::default();
     let cache_misses = Counter::default();
     let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
@@ -84,6 +124,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("rules", "Rules in the active route table", rules.clone());
     Metrics {
         registry,
+        socket_frames,
+        sockets_closed,
+        sockets_opened,
+        sockets_open,
         decisions,
         withheld,
         cache_hits,
@@ -124,6 +168,33 @@ pub fn response_withheld(rule_id: &str, reason: &'static str) {
             reason,
         })
         .inc();
+}
+
+/// Count one Socket.IO frame (labels are bounded: fixed directions, known event names, outcomes).
+pub fn socket_frame(direction: &'static str, event: &'static str, outcome: &'static str) {
+    METRICS
+        .socket_frames
+        .get_or_create(&FrameLabels {
+            direction,
+            event,
+            outcome,
+        })
+        .inc();
+}
+
+pub fn socket_opened() {
+    METRICS.sockets_opened.inc();
+}
+
+pub fn socket_closed(ending: &'static str) {
+    METRICS
+        .sockets_closed
+        .get_or_create(&EndingLabels { ending })
+        .inc();
+}
+
+pub fn sockets_open(n: usize) {
+    METRICS.sockets_open.set(n as i64);
 }
 
 pub fn cache_hit() {

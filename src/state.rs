@@ -26,6 +26,8 @@ pub struct AppState {
     pub limits: Limits,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub tls: bool,
+    /// Live Socket.IO sessions.
+    pub sockets: crate::socketio::registry::Registry,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             limits: settings.limits.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             tls: settings.tls.is_some(),
+            sockets: Default::default(),
         }))
     }
 

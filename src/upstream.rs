@@ -62,6 +62,11 @@ impl Upstream {
             .expect("canonical targets are valid URIs")
     }
 
+    /// The upstream's `host:port`.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
     /// Send a request and wait (bounded) for the response head.
     pub async fn send(
         &self,

@@ -339,3 +339,21 @@ pub fn own_queue_counts(
     })?
     .collect()
 }
+
+/// The owner of a batch (its first row; a batch has one owner).
+pub fn batch_owner(conn: &Connection, batch_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT user_id FROM session_queue WHERE batch_id = ?1 LIMIT 1")?
+        .query_row([batch_id], |r| r.get::<_, Option<String>>(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// The owners of the items in progress in a queue (6.12/6.13 run one at a time).
+pub fn in_progress_owners(conn: &Connection, queue_id: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached(
+        "SELECT COALESCE(user_id, 'system') FROM session_queue \
+         WHERE queue_id = ?1 AND status = 'in_progress'",
+    )?
+    .query_map([queue_id], |r| r.get(0))?
+    .collect()
+}

@@ -233,6 +233,8 @@ struct Shared {
     unavailable_reason: ArcSwap<String>,
     schema: ArcSwap<Schema>,
     stop: AtomicBool,
+    /// The generation, published for long-lived connections to select on (no polling loops).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The fact source: cached, fresh, read-only.
@@ -261,6 +263,7 @@ impl Facts {
             unavailable_reason: ArcSwap::from_pointee(String::new()),
             schema: ArcSwap::from_pointee(schema),
             stop: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(1),
         });
         let cache = Cache::builder()
             .max_capacity(config.cache_entries)
@@ -288,8 +291,14 @@ impl Facts {
 
     /// Forget everything cached (a change was observed or made through the guard).
     pub fn invalidate(&self) {
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.cache.invalidate_all();
+        self.shared.changes.send_replace(generation);
+    }
+
+    /// A receiver that wakes on every generation change (open sockets re-check their caller).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.changes.subscribe()
     }
 
     /// Stop the watcher thread.
@@ -442,6 +451,32 @@ impl Facts {
         self.db
             .with(move |c| db::own_queue_counts(c, &user, &queue, &scope))
             .await
+    }
+
+    /// The owner of a batch (never cached: rows are committed just before the event).
+    pub async fn batch_owner(&self, batch_id: &str) -> Result<Option<String>, FactsError> {
+        self.ensure_available()?;
+        let batch = batch_id.to_owned();
+        self.db.with(move |c| db::batch_owner(c, &batch)).await
+    }
+
+    /// Owners of the in-progress items of a queue (never cached: it moves every second).
+    pub async fn in_progress_owners(&self, queue_id: &str) -> Result<Vec<String>, FactsError> {
+        self.ensure_available()?;
+        let queue = queue_id.to_owned();
+        self.db
+            .with(move |c| db::in_progress_owners(c, &queue))
+            .await
+    }
+
+    fn ensure_available(&self) -> Result<(), FactsError> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(FactsError::Unavailable(
+                self.shared.unavailable_reason.load().to_string(),
+            ))
+        }
     }
 
     /// How many active admins exist (never cached: the last-admin guard needs the truth).

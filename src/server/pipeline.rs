@@ -8,6 +8,7 @@
 //! - Every request ends in one decision log line and one metric sample, both read from the
 //!   request's [`Verdict`] (deciding check, facts), never from tokens or query values.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -103,7 +104,11 @@ impl RequestCtx {
 }
 
 /// Handle one request end to end; never fails (errors become responses).
-pub async fn handle(req: Request<Incoming>, state: &AppState, conn: &ConnInfo) -> Response<Body> {
+pub async fn handle(
+    req: Request<Incoming>,
+    state: &Arc<AppState>,
+    conn: &ConnInfo,
+) -> Response<Body> {
     let mut ctx = RequestCtx::new(&req);
     let response = match pipeline(req, state, conn, &mut ctx).await {
         Ok(response) => response,
@@ -140,7 +145,7 @@ fn deny(stage: Stage, reason: DenyReason) -> Verdict {
 
 async fn pipeline(
     mut req: Request<Incoming>,
-    state: &AppState,
+    state: &Arc<AppState>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
 ) -> Result<Response<Body>, Verdict> {
@@ -174,6 +179,11 @@ async fn pipeline(
     ctx.rule_id.clone_from(&rule.id);
     if let Some(status) = rule.block {
         return Err(deny(Stage::Route, DenyReason::Blocked(status)));
+    }
+    if rule.auth == Auth::Socket {
+        // Socket.IO is terminated here: identity is checked at CONNECT, every frame is filtered.
+        ctx.outcome = "socket";
+        return Ok(crate::socketio::handle(req, &target, state).await);
     }
     // identify (the secret is read once: identity, upstream token, response filters)
     let (secret, principal) = identify(rule, req.headers(), state).await?;

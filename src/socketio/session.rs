@@ -1,0 +1,666 @@
+//! One Engine.IO session: the guard is the Engine.IO server to the client (its own sid and
+//! pings, either transport) and a websocket-only Socket.IO client to the upstream, one upstream
+//! connection per client session, opened only after the client's CONNECT was authenticated.
+//!
+//! Invariants:
+//! - Nothing reaches the upstream before CONNECT is authenticated exactly like an HTTP request
+//!   (token from `auth.token`, else the handshake's Bearer header, else the guard's session cookie;
+//!   row, active, not system, epoch, `is_admin` from the row); a refused CONNECT gets
+//!   `44{"message":"Connection rejected by server"}` and no upstream connection.
+//! - The upstream CONNECT is rewritten to the validated caller's token.
+//! - Client packets pass `rooms::client_packet`; upstream events pass `events::decide`; frame
+//!   order is kept (one actor, one upstream reader, facts resolved inline).
+//! - The caller is re-checked on every facts generation change and at token expiry: a revoked
+//!   socket gets `41` and is closed; a demoted admin stops getting admin deliveries at once.
+//! - The outbox is bounded: a client that does not read is disconnected (counted), never buffered
+//!   without limit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, HeaderValue};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::engineio::{self, Timing};
+use super::events::{self, Known, Me, Need};
+use super::packet::{self, Kind};
+use super::rooms;
+use crate::facts::ledger::Entry;
+use crate::identity::{self, Principal};
+use crate::state::AppState;
+
+/// Most packets, and bytes, waiting for a client that does not read.
+const OUTBOX_PACKETS: usize = 2048;
+const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
+/// Bound on the upstream handshake (Engine.IO open + Socket.IO CONNECT ack).
+const UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
+
+const REJECTED: &str = "44{\"message\":\"Connection rejected by server\"}";
+
+/// What a transport hands the session.
+#[derive(Debug)]
+pub enum Inbound {
+    /// An Engine.IO text packet.
+    Packet(String),
+    /// A binary frame or `b…` packet (never allowed).
+    Binary,
+    /// The client's transport went away.
+    Closed,
+}
+
+/// The session's shared half: transports push into `inbox` and drain `outbox`.
+pub struct Session {
+    pub sid: String,
+    pub inbox: mpsc::Sender<Inbound>,
+    outbox: Mutex<Outbox>,
+    pub notify: Notify,
+    closed: AtomicBool,
+    /// The client has moved to the websocket (polling GETs get a noop and stop).
+    pub upgraded: AtomicBool,
+    /// A polling GET or POST is in flight (a second one is a protocol error).
+    pub get_active: AtomicBool,
+    pub post_active: AtomicBool,
+}
+
+#[derive(Default)]
+struct Outbox {
+    packets: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Session {
+    /// Queue a packet for the client; false when the client is too slow (the session closes).
+    fn push(&self, packet: String) -> bool {
+        let mut out = self.outbox.lock().expect("outbox lock");
+        if out.packets.len() >= OUTBOX_PACKETS || out.bytes + packet.len() > OUTBOX_BYTES {
+            return false;
+        }
+        out.bytes += packet.len();
+        out.packets.push_back(packet);
+        drop(out);
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// Take everything queued.
+    pub fn drain(&self) -> Vec<String> {
+        let mut out = self.outbox.lock().expect("outbox lock");
+        out.bytes = 0;
+        out.packets.drain(..).collect()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Start a session; returns its shared half (the actor runs until the session ends).
+pub fn start(
+    state: Arc<AppState>,
+    handshake: HeaderMap,
+    upstream_path: String,
+    timing: Timing,
+) -> Arc<Session> {
+    let (tx, rx) = mpsc::channel(64);
+    let session = Arc::new(Session {
+        sid: new_sid(),
+        inbox: tx,
+        outbox: Mutex::new(Outbox::default()),
+        notify: Notify::new(),
+        closed: AtomicBool::new(false),
+        upgraded: AtomicBool::new(false),
+        get_active: AtomicBool::new(false),
+        post_active: AtomicBool::new(false),
+    });
+    state.sockets.insert(session.clone());
+    crate::metrics::socket_opened();
+    let actor = Actor {
+        session: session.clone(),
+        state,
+        handshake,
+        upstream_path,
+        timing,
+        caller: None,
+        upstream: None,
+        subscribed: false,
+    };
+    tokio::spawn(actor.run(rx));
+    session
+}
+
+/// A random session id: a polling session's only credential, so it must be unguessable.
+fn new_sid() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 18];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+type UpstreamWs = WebSocketStream<TcpStream>;
+
+/// The identified caller of a connected socket.
+struct Caller {
+    principal: Principal,
+    /// The token the client authenticated with (re-checked on every change).
+    token: String,
+}
+
+struct Actor {
+    session: Arc<Session>,
+    state: Arc<AppState>,
+    /// Authorization and Cookie of the Engine.IO handshake request.
+    handshake: HeaderMap,
+    upstream_path: String,
+    timing: Timing,
+    caller: Option<Caller>,
+    upstream: Option<UpstreamWs>,
+    subscribed: bool,
+}
+
+/// Why a session ended (a metric label).
+type Ending = &'static str;
+
+impl Actor {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>) {
+        let mut changes = self.state.facts.changes();
+        let mut ping = tokio::time::interval(self.timing.ping_interval);
+        ping.tick().await;
+        let mut last_pong = Instant::now();
+        let ending: Ending = loop {
+            let expiry = self
+                .caller
+                .as_ref()
+                .map(|c| c.principal.remaining_secs())
+                .unwrap_or(u64::MAX / 4);
+            tokio::select! {
+                inbound = inbox.recv() => match inbound {
+                    None | Some(Inbound::Closed) => break "client closed",
+                    Some(Inbound::Binary) => {
+                        crate::metrics::socket_frame("client", "binary", "dropped");
+                    }
+                    Some(Inbound::Packet(text)) => {
+                        if text.starts_with('3') {
+                            last_pong = Instant::now();
+                            continue;
+                        }
+                        if let Err(why) = self.on_client_packet(&text).await {
+                            break why;
+                        }
+                    }
+                },
+                frame = next_frame(&mut self.upstream) => {
+                    if let Err(why) = self.on_upstream_frame(frame).await {
+                        break why;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > self.timing.ping_interval + self.timing.ping_timeout {
+                        break "ping timeout";
+                    }
+                    if !self.session.push("2".into()) {
+                        break "slow client";
+                    }
+                }
+                changed = changes.changed(), if self.caller.is_some() => {
+                    if changed.is_err() {
+                        break "shutdown";
+                    }
+                    if let Err(why) = self.recheck().await {
+                        break why;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(expiry)), if self.caller.is_some() => {
+                    self.revoke("token expired");
+                    break "token expired";
+                }
+            }
+            if self.session.is_closed() {
+                break "closed";
+            }
+        };
+        tracing::info!(
+            target: "invoke_guard::socket",
+            sid = %self.session.sid,
+            user_id = self.caller.as_ref().map(|c| c.principal.user_id.as_str()).unwrap_or("-"),
+            ending,
+            "socket closed"
+        );
+        if let Some(mut up) = self.upstream.take() {
+            let _ = up.close(None).await;
+        }
+        crate::metrics::socket_closed(ending);
+        self.session.push("1".into());
+        self.session.close();
+        self.state.sockets.remove(&self.session.sid);
+    }
+
+    /// One Engine.IO packet from the client.
+    async fn on_client_packet(&mut self, text: &str) -> Result<(), Ending> {
+        let packet = engineio::decode(text).map_err(|_| "malformed client packet")?;
+        let message = match packet {
+            engineio::Packet::Message(m) => m,
+            engineio::Packet::Close => return Err("client closed"),
+            // Pings are the server's; upgrades and noops belong to the transports.
+            engineio::Packet::Ping(_)
+            | engineio::Packet::Pong(_)
+            | engineio::Packet::Upgrade
+            | engineio::Packet::Noop => return Ok(()),
+            engineio::Packet::Open(_) => return Err("malformed client packet"),
+            engineio::Packet::Binary(_) => {
+                crate::metrics::socket_frame("client", "binary", "dropped");
+                return Ok(());
+            }
+        };
+        let sio = packet::decode(message).map_err(|_| "malformed client packet")?;
+        match sio.kind {
+            Kind::Connect if sio.nsp != "/" => {
+                self.reply(format!("44{},\"Unable to connect\"", sio.nsp))
+            }
+            // One CONNECT per session (re-authenticate after a DISCONNECT).
+            Kind::Connect if self.caller.is_some() => {
+                crate::metrics::socket_frame("client", "connect", "dropped");
+                Ok(())
+            }
+            Kind::Connect => self.connect(sio.data).await,
+            Kind::Disconnect if sio.nsp == "/" => {
+                self.send_upstream("41").await;
+                self.disconnect_upstream().await;
+                Ok(())
+            }
+            _ => {
+                let action = rooms::client_packet(&sio);
+                if let Some(why) = action.dropped {
+                    crate::metrics::socket_frame("client", why, "dropped");
+                }
+                if let Some(reply) = action.reply {
+                    self.reply(format!("4{reply}"))?;
+                }
+                if self.caller.is_none() {
+                    return Ok(());
+                }
+                if let Some(s) = action.subscribed {
+                    self.subscribed = s;
+                }
+                if let Some(up) = action.upstream {
+                    self.send_upstream(&format!("4{up}")).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn reply(&self, packet: String) -> Result<(), Ending> {
+        if self.session.push(packet) {
+            Ok(())
+        } else {
+            Err("slow client")
+        }
+    }
+
+    /// Authenticate a CONNECT and open the upstream socket as that caller.
+    async fn connect(&mut self, data: &str) -> Result<(), Ending> {
+        let auth_token = serde_json::from_str::<Value>(data)
+            .ok()
+            .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned))
+            .filter(|t| !t.is_empty());
+        let mut headers = self.handshake.clone();
+        if let Some(token) = &auth_token {
+            // The server's precedence: `auth.token` first; an invalid one never falls back.
+            match HeaderValue::from_str(&format!("Bearer {token}")) {
+                Ok(v) => {
+                    headers.insert(AUTHORIZATION, v);
+                }
+                Err(_) => return self.reject("malformed token"),
+            }
+        }
+        let principal = match self.identify(&headers).await {
+            Ok(p) => p,
+            Err(why) => return self.reject(why),
+        };
+        let token = principal.token.clone();
+        match self.open_upstream(&principal).await {
+            Ok((mut ws, ack)) if ack.starts_with("44") => {
+                // The upstream refused the caller the guard accepted: pass the refusal on.
+                let _ = ws.close(None).await;
+                self.reply(ack)
+            }
+            Ok((ws, ack)) => {
+                self.upstream = Some(ws);
+                tracing::info!(
+                    target: "invoke_guard::socket",
+                    sid = %self.session.sid,
+                    user_id = %principal.user_id,
+                    is_admin = principal.is_admin,
+                    "socket connected"
+                );
+                self.caller = Some(Caller { principal, token });
+                self.reply(ack)
+            }
+            Err(e) => {
+                tracing::warn!(sid = %self.session.sid, error = %e, "upstream socket failed");
+                self.reply(REJECTED.into())
+            }
+        }
+    }
+
+    fn reject(&self, why: &'static str) -> Result<(), Ending> {
+        tracing::info!(target: "invoke_guard::socket", sid = %self.session.sid, why, "socket CONNECT rejected");
+        crate::metrics::socket_frame("client", "connect", "rejected");
+        self.reply(REJECTED.into())
+    }
+
+    async fn identify(&self, headers: &HeaderMap) -> Result<Principal, &'static str> {
+        let secret = self
+            .state
+            .facts
+            .jwt_secret()
+            .await
+            .map_err(|_| "facts unavailable")?;
+        identity::identify_with(
+            headers,
+            true,
+            &secret,
+            &self.state.facts,
+            &self.state.ledger,
+        )
+        .await
+        .map_err(|_| "identity refused")
+    }
+
+    /// Re-check the caller after a database change: revoked → `41` and close; demoted → at once.
+    async fn recheck(&mut self) -> Result<(), Ending> {
+        let Some(caller) = &self.caller else {
+            return Ok(());
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", caller.token)) {
+            headers.insert(AUTHORIZATION, v);
+        }
+        let secret = match self.state.facts.jwt_secret().await {
+            Ok(s) => s,
+            // Facts unreadable: fail closed.
+            Err(_) => {
+                self.revoke("facts unavailable");
+                return Err("facts unavailable");
+            }
+        };
+        match identity::identify_with(
+            &headers,
+            false,
+            &secret,
+            &self.state.facts,
+            &self.state.ledger,
+        )
+        .await
+        {
+            Ok(p) => {
+                if let Some(c) = self.caller.as_mut() {
+                    if c.principal.is_admin != p.is_admin {
+                        tracing::info!(target: "invoke_guard::socket", sid = %self.session.sid, user_id = %p.user_id, is_admin = p.is_admin, "socket caller's role changed");
+                    }
+                    c.principal.is_admin = p.is_admin;
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.revoke("revoked");
+                Err("revoked")
+            }
+        }
+    }
+
+    fn revoke(&self, why: &'static str) {
+        tracing::info!(target: "invoke_guard::socket", sid = %self.session.sid, why, "socket revoked");
+        self.session.push("41".into());
+    }
+
+    async fn open_upstream(&self, principal: &Principal) -> anyhow::Result<(UpstreamWs, String)> {
+        let secret = self.state.facts.jwt_secret().await?;
+        let token = principal.upstream_token(&secret);
+        let authority = self.state.upstream.authority().to_string();
+        let uri = format!(
+            "ws://{authority}{}?EIO=4&transport=websocket",
+            self.upstream_path
+        );
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(uri)?;
+        request.headers_mut().insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        request
+            .headers_mut()
+            .insert(HOST, HeaderValue::from_str(&authority)?);
+        let handshake = async {
+            let tcp = TcpStream::connect(&authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
+            // Engine.IO open, then our CONNECT with the validated token, then the ack.
+            let connect = format!("40{}", serde_json::json!({ "token": token }));
+            let mut sent = false;
+            while let Some(msg) = ws.next().await {
+                let Message::Text(text) = msg? else { continue };
+                match text.as_bytes().first() {
+                    Some(b'0') if !sent => {
+                        ws.send(Message::text(connect.clone())).await?;
+                        sent = true;
+                    }
+                    Some(b'2') => ws.send(Message::text("3")).await?,
+                    Some(b'4') if sent && (text.starts_with("40") || text.starts_with("44")) => {
+                        return anyhow::Ok((ws, text.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::bail!("upstream closed during the handshake")
+        };
+        tokio::time::timeout(UPSTREAM_HANDSHAKE, handshake)
+            .await
+            .map_err(|_| anyhow::anyhow!("upstream socket handshake timed out"))?
+    }
+
+    async fn send_upstream(&mut self, text: &str) {
+        if let Some(up) = self.upstream.as_mut() {
+            if up.send(Message::text(text.to_owned())).await.is_err() {
+                self.upstream = None;
+            }
+        }
+    }
+
+    async fn disconnect_upstream(&mut self) {
+        if let Some(mut up) = self.upstream.take() {
+            let _ = up.close(None).await;
+        }
+        self.caller = None;
+        self.subscribed = false;
+    }
+
+    /// One upstream frame (`None`: the upstream socket ended).
+    async fn on_upstream_frame(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<(), Ending> {
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            Some(Ok(Message::Binary(_))) => {
+                crate::metrics::socket_frame("upstream", "binary", "dropped");
+                return Ok(());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                // The upstream socket is gone: the client's socket is disconnected.
+                self.upstream = None;
+                if self.caller.take().is_some() {
+                    self.reply("41".into())?;
+                }
+                return Ok(());
+            }
+        };
+        match engineio::decode(&text) {
+            Ok(engineio::Packet::Ping(_)) => {
+                self.send_upstream("3").await;
+                Ok(())
+            }
+            Ok(engineio::Packet::Message(m)) => self.upstream_message(&text, m).await,
+            Ok(engineio::Packet::Close) => {
+                self.upstream = None;
+                if self.caller.take().is_some() {
+                    self.reply("41".into())?;
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(_) => {
+                crate::metrics::socket_frame("upstream", "malformed", "dropped");
+                Ok(())
+            }
+        }
+    }
+
+    async fn upstream_message(&mut self, frame: &str, message: &str) -> Result<(), Ending> {
+        let Ok(sio) = packet::decode(message) else {
+            crate::metrics::socket_frame("upstream", "malformed", "dropped");
+            return Ok(());
+        };
+        if sio.nsp != "/" {
+            crate::metrics::socket_frame("upstream", "other namespace", "dropped");
+            return Ok(());
+        }
+        match sio.kind {
+            Kind::Event => {}
+            Kind::Disconnect => {
+                // The upstream dropped the socket (main's own revocation): pass it on.
+                self.disconnect_upstream().await;
+                return self.reply("41".into());
+            }
+            Kind::ConnectError | Kind::Connect => return self.reply(frame.to_owned()),
+            Kind::Ack | Kind::BinaryEvent | Kind::BinaryAck => {
+                crate::metrics::socket_frame("upstream", "ack or binary", "dropped");
+                return Ok(());
+            }
+        }
+        let Some(event) = events::parse(sio.data) else {
+            tracing::warn!(target: "invoke_guard::socket", "unparseable upstream event dropped");
+            crate::metrics::socket_frame("upstream", "unparseable", "dropped");
+            return Ok(());
+        };
+        let Some(caller) = &self.caller else {
+            return Ok(());
+        };
+        let me = Me {
+            user_id: &caller.principal.user_id,
+            is_admin: caller.principal.is_admin,
+            subscribed: self.subscribed,
+        };
+        let known = match self.resolve(events::need(&event, &me)).await {
+            Ok(k) => k,
+            Err(()) => {
+                crate::metrics::socket_frame("upstream", metric_name(&event.name), "dropped");
+                return Ok(());
+            }
+        };
+        let action = events::decide(&event, &me, &known);
+        let name = metric_name(&event.name);
+        match action {
+            events::Action::Pass => {
+                crate::metrics::socket_frame("upstream", name, "passed");
+                self.reply(frame.to_owned())
+            }
+            events::Action::Redact(payload) => {
+                crate::metrics::socket_frame("upstream", name, "redacted");
+                let data = serde_json::json!([event.name, payload]);
+                self.reply(format!("42{data}"))
+            }
+            events::Action::Drop(why) => {
+                if why == "unknown event" {
+                    tracing::warn!(target: "invoke_guard::socket", event = %event.name, "unknown upstream event dropped");
+                }
+                crate::metrics::socket_frame("upstream", name, "dropped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolve what an event needs; an unreadable fact drops the event (fail closed).
+    async fn resolve(&self, need: Need) -> Result<Known, ()> {
+        let facts = &self.state.facts;
+        Ok(match need {
+            Need::Nothing => Known::Nothing,
+            Need::BatchOwner(b) => Known::Owner(facts.batch_owner(&b).await.map_err(|_| ())?),
+            Need::ItemOwner(id) => {
+                Known::Owner(facts.queue_item(id).await.map_err(|_| ())?.map(|i| i.owner))
+            }
+            Need::InProgressOwners => {
+                Known::Owners(facts.in_progress_owners("default").await.map_err(|_| ())?)
+            }
+            Need::BulkOwner(name) => Known::Owner(
+                self.state
+                    .ledger
+                    .owner(Entry::BulkDownload, &name)
+                    .await
+                    .map_err(|_| ())?,
+            ),
+        })
+    }
+}
+
+/// The next upstream frame, or never when there is no upstream socket.
+async fn next_frame(
+    upstream: &mut Option<UpstreamWs>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match upstream {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A bounded label for an event name (known names, else "other").
+fn metric_name(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "invocation_started",
+        "invocation_progress",
+        "invocation_complete",
+        "invocation_error",
+        "queue_item_status_changed",
+        "batch_enqueued",
+        "queue_cleared",
+        "queue_items_retried",
+        "queue_items_canceled",
+        "recall_parameters_updated",
+        "model_load_started",
+        "model_load_complete",
+        "bulk_download_started",
+        "bulk_download_complete",
+        "bulk_download_error",
+        "llm_task_progress",
+        "llm_task_complete",
+        "llm_task_error",
+        "workflow_created",
+        "workflow_updated",
+        "workflow_deleted",
+        "workflow_access_revoked",
+    ];
+    if let Some(k) = KNOWN.iter().find(|k| **k == name) {
+        return k;
+    }
+    if name.starts_with("download_") {
+        "download_*"
+    } else if name.starts_with("model_install_") {
+        "model_install_*"
+    } else {
+        "other"
+    }
+}

@@ -1,0 +1,560 @@
+//! Socket.IO through the guard, against a mock Socket.IO upstream (websocket, Engine.IO v4) that
+//! records what it receives and emits scripted events to every connection, over the rich 6.14.2
+//! fixture. Clients speak the wire protocol as socket.io-client and python-socketio do: polling
+//! first with an upgrade, websocket-only, `auth.token`, a Bearer handshake header, the cookie.
+
+// tungstenite's handshake callback returns its large error type by design.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What the mock upstream saw from one connection.
+#[derive(Debug, Clone, Default)]
+struct UpConn {
+    authorization: Option<String>,
+    connect: Option<String>,
+    messages: Vec<String>,
+}
+
+struct MockSio {
+    addr: std::net::SocketAddr,
+    conns: Arc<Mutex<Vec<UpConn>>>,
+    emit: broadcast::Sender<String>,
+}
+
+impl MockSio {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn conns(&self) -> Vec<UpConn> {
+        self.conns.lock().unwrap().clone()
+    }
+
+    /// Send an Engine.IO text frame to every connected upstream socket.
+    fn emit(&self, event: &str, payload: Value) {
+        let _ = self.emit.send(format!("42{}", json!([event, payload])));
+    }
+}
+
+/// A Socket.IO server that accepts any CONNECT (the guard decides who gets here).
+async fn mock_sio() -> MockSio {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns: Arc<Mutex<Vec<UpConn>>> = Arc::default();
+    let (emit, _) = broadcast::channel::<String>(256);
+    let (c2, e2) = (conns.clone(), emit.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let conns = c2.clone();
+            let mut rx = e2.subscribe();
+            tokio::spawn(async move {
+                let auth: Arc<Mutex<Option<String>>> = Arc::default();
+                let auth2 = auth.clone();
+                let callback =
+                    move |req: &tokio_tungstenite::tungstenite::handshake::server::Request, res| {
+                        *auth2.lock().unwrap() = req
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        Ok(res)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                    return;
+                };
+                let index = {
+                    let mut c = conns.lock().unwrap();
+                    c.push(UpConn {
+                        authorization: auth.lock().unwrap().clone(),
+                        ..UpConn::default()
+                    });
+                    c.len() - 1
+                };
+                let open = r#"0{"sid":"up","upgrades":[],"pingTimeout":20000,"pingInterval":25000,"maxPayload":1000000}"#;
+                if ws.send(Message::text(open)).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        msg = ws.next() => {
+                            let Some(Ok(Message::Text(t))) = msg else { return };
+                            let t = t.to_string();
+                            if let Some(rest) = t.strip_prefix("40") {
+                                conns.lock().unwrap()[index].connect = Some(rest.to_owned());
+                                let _ = ws.send(Message::text(r#"40{"sid":"sio-sid"}"#)).await;
+                            } else {
+                                conns.lock().unwrap()[index].messages.push(t);
+                            }
+                        }
+                        frame = rx.recv() => {
+                            let Ok(frame) = frame else { return };
+                            if ws.send(Message::text(frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    MockSio { addr, conns, emit }
+}
+
+struct World {
+    db: DbCopy,
+    up: MockSio,
+    g: Guard,
+    m: Value,
+}
+
+async fn world() -> World {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock_sio().await;
+    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
+    World {
+        db,
+        up,
+        g,
+        m: manifest("6.14.2"),
+    }
+}
+
+impl World {
+    fn token(&self, role: &str) -> String {
+        token_for(&self.m, role)
+    }
+    fn uid(&self, role: &str) -> String {
+        self.m["users"][role]["user_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A websocket-only client (python-socketio with `transports=["websocket"]`).
+struct WsClient {
+    ws: Ws,
+}
+
+impl WsClient {
+    async fn open(g: &Guard, headers: &[(&str, &str)]) -> Self {
+        let url = format!("ws://{}/ws/socket.io/?EIO=4&transport=websocket", g.addr);
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let open = next_text(&mut ws).await.unwrap();
+        assert!(open.starts_with("0{\"sid\""), "{open}");
+        assert!(open.contains("\"upgrades\":[]"), "{open}");
+        WsClient { ws }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// The next packet that is not a ping (answered), within `wait`.
+    async fn recv(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let t = tokio::time::timeout(left, next_text(&mut self.ws))
+                .await
+                .ok()??;
+            if t == "2" {
+                self.send("3").await;
+                continue;
+            }
+            return Some(t);
+        }
+    }
+
+    /// Every packet within `wait`.
+    async fn collect(&mut self, wait: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.recv(left).await {
+                Some(t) => out.push(t),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Connect as `role` with `auth.token` and subscribe to the default queue.
+async fn connected(w: &World, role: &str) -> WsClient {
+    let mut c = WsClient::open(&w.g, &[]).await;
+    c.send(&format!("40{}", json!({"token": w.token(role)})))
+        .await;
+    let ack = c.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack, r#"40{"sid":"sio-sid"}"#, "{role}");
+    c.send(r#"42["subscribe_queue",{"queue_id":"default"}]"#)
+        .await;
+    c
+}
+
+async fn wait_for_upstream(w: &World, n: usize) {
+    for _ in 0..100 {
+        if w.up.conns().iter().filter(|c| c.connect.is_some()).count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("upstream saw {} connections", w.up.conns().len());
+}
+
+fn events(frames: &[String]) -> Vec<(String, Value)> {
+    frames
+        .iter()
+        .filter_map(|f| f.strip_prefix("42"))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .map(|v| (v[0].as_str().unwrap().to_owned(), v[1].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn connect_with_auth_token_rewrites_the_upstream_connect() {
+    let w = world().await;
+    let _c = connected(&w, "alice").await;
+    wait_for_upstream(&w, 1).await;
+    let up = &w.up.conns()[0];
+    let connect: Value = serde_json::from_str(up.connect.as_deref().unwrap()).unwrap();
+    let token = connect["token"].as_str().unwrap();
+    // The upstream is told who the guard validated, in the CONNECT and the handshake header.
+    let claims = invoke_guard::identity::verify(token, w.m["jwt"]["secret"].as_str().unwrap())
+        .unwrap()
+        .0;
+    assert_eq!(claims["user_id"], w.uid("alice"));
+    assert_eq!(
+        up.authorization.as_deref(),
+        Some(format!("Bearer {token}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn bad_identities_are_rejected_and_never_reach_the_upstream() {
+    let w = world().await;
+    let secret = w.m["jwt"]["secret"].as_str().unwrap();
+    let mut forged = claims_for(&w.m, "alice");
+    forged["user_id"] = json!("system");
+    let system = sign(&forged, secret);
+    let cases = [
+        ("no credential", "40".to_owned()),
+        ("empty auth", "40{}".to_owned()),
+        ("garbage token", r#"40{"token":"x.y.z"}"#.to_owned()),
+        (
+            "deactivated user",
+            format!("40{}", json!({"token": w.token("dave")})),
+        ),
+        ("system user", format!("40{}", json!({"token": system}))),
+        (
+            "other signature",
+            format!(
+                "40{}",
+                json!({"token": sign(&claims_for(&w.m, "alice"), "nope")})
+            ),
+        ),
+    ];
+    for (what, connect) in cases {
+        let mut c = WsClient::open(&w.g, &[]).await;
+        c.send(&connect).await;
+        let reply = c.recv(Duration::from_secs(5)).await;
+        assert_eq!(
+            reply.as_deref(),
+            Some(r#"44{"message":"Connection rejected by server"}"#),
+            "{what}"
+        );
+    }
+    // An invalid auth.token does not fall back to a valid Bearer header (the server's precedence).
+    let bearer = format!("Bearer {}", w.token("alice"));
+    let mut c = WsClient::open(&w.g, &[("authorization", &bearer)]).await;
+    c.send(r#"40{"token":"x.y.z"}"#).await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"44{"message":"Connection rejected by server"}"#)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(w.up.conns().is_empty(), "{:?}", w.up.conns());
+}
+
+#[tokio::test]
+async fn bearer_header_and_session_cookie_are_the_connect_fallbacks() {
+    let w = world().await;
+    let bearer = format!("Bearer {}", w.token("alice"));
+    let mut c = WsClient::open(&w.g, &[("authorization", &bearer)]).await;
+    c.send("40").await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"40{"sid":"sio-sid"}"#)
+    );
+    let cookie = format!(
+        "{}={}",
+        invoke_guard::identity::SESSION_COOKIE,
+        w.token("bob")
+    );
+    let mut c = WsClient::open(&w.g, &[("cookie", &cookie)]).await;
+    c.send("40").await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"40{"sid":"sio-sid"}"#)
+    );
+    wait_for_upstream(&w, 2).await;
+}
+
+#[tokio::test]
+async fn only_default_rooms_reach_the_upstream() {
+    let w = world().await;
+    let mut c = connected(&w, "bob").await;
+    c.send(r#"421["subscribe_queue",{"queue_id":"admin"}]"#)
+        .await;
+    c.send(&format!(
+        r#"42["subscribe_queue",{{"queue_id":"user:{}"}}]"#,
+        w.uid("alice")
+    ))
+    .await;
+    c.send(r#"42["subscribe_bulk_download",{"bulk_download_id":"admin"}]"#)
+        .await;
+    c.send(r#"42["something_else",{}]"#).await;
+    c.send(r#"42/admin,["subscribe_queue",{"queue_id":"default"}]"#)
+        .await;
+    c.send(r#"42["subscribe_bulk_download",{"bulk_download_id":"default"}]"#)
+        .await;
+    // The injected ack is answered by the guard.
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some("431[]")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let up = &w.up.conns()[0];
+    assert_eq!(
+        up.messages,
+        vec![
+            r#"42["subscribe_queue",{"queue_id":"default"}]"#.to_owned(),
+            r#"42["subscribe_bulk_download",{"bulk_download_id":"default"}]"#.to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn each_user_receives_only_what_main_would_send_them() {
+    let w = world().await;
+    let mut alice = connected(&w, "alice").await;
+    let mut bob = connected(&w, "bob").await;
+    let mut admin = connected(&w, "admin").await;
+    wait_for_upstream(&w, 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = w.uid("alice");
+    let qisc = json!({"queue_id": "default", "item_id": 1, "batch_id": "b1", "origin": "canvas",
+        "destination": "gallery", "user_id": a, "status": "failed", "error_message": "alice's prompt",
+        "error_type": "E", "error_traceback": "tb", "session_id": "s1", "timestamp": 1,
+        "batch_status": {"queue_id": "default", "batch_id": "b1", "origin": "canvas", "destination": "gallery",
+            "pending": 0, "in_progress": 0, "completed": 0, "failed": 1, "canceled": 0, "total": 1},
+        "queue_status": {"queue_id": "default", "item_id": 1, "batch_id": "b1", "session_id": "s1",
+            "pending": 0, "in_progress": 0, "completed": 0, "failed": 1, "canceled": 0, "total": 1}});
+    w.up.emit("queue_item_status_changed", qisc.clone());
+    w.up.emit(
+        "invocation_progress",
+        json!({"user_id": a, "queue_id": "default", "image": {"dataURL": "x"}}),
+    );
+    w.up.emit(
+        "model_install_download_progress",
+        json!({"source": {"access_token": "hf_secret"}, "local_path": "/srv"}),
+    );
+    w.up.emit(
+        "recall_parameters_updated",
+        json!({"user_id": a, "queue_id": "default", "parameters": {"positive_prompt": "p"}}),
+    );
+    w.up.emit(
+        "bulk_download_complete",
+        json!({"user_id": a, "bulk_download_id": "default", "bulk_download_item_name": "z.zip"}),
+    );
+    w.up.emit("no_such_event", json!({"user_id": a}));
+    let wait = Duration::from_millis(800);
+    let (ea, eb, ec) = (
+        events(&alice.collect(wait).await),
+        events(&bob.collect(wait).await),
+        events(&admin.collect(wait).await),
+    );
+    let names = |e: &[(String, Value)]| {
+        e.iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(
+        names(&ea),
+        "queue_item_status_changed,invocation_progress,recall_parameters_updated,bulk_download_complete"
+    );
+    assert_eq!(ea[0].1, qisc, "the owner gets her event byte for byte");
+    assert_eq!(
+        names(&eb),
+        "queue_item_status_changed",
+        "bob: only the sanitized companion"
+    );
+    assert_eq!(eb[0].1["user_id"], "redacted");
+    assert_eq!(eb[0].1["error_message"], Value::Null);
+    assert_eq!(eb[0].1["batch_status"]["batch_id"], "redacted");
+    assert_eq!(eb[0].1["status"], "failed");
+    assert!(!eb.iter().any(|(_, p)| p.to_string().contains("hf_secret")));
+    assert_eq!(
+        names(&ec),
+        "queue_item_status_changed,model_install_download_progress,bulk_download_complete",
+        "admin: full status, installs, downloads; never others' progress or recall"
+    );
+}
+
+#[tokio::test]
+async fn revocation_closes_the_socket_and_demotion_stops_admin_deliveries() {
+    let w = world().await;
+    let mut bob = connected(&w, "bob").await;
+    let mut admin = connected(&w, "admin").await;
+    wait_for_upstream(&w, 2).await;
+    // A second admin, so the real one can be demoted without locking the installation.
+    let conn = rusqlite::Connection::open(&w.db.path).unwrap();
+    let started = Instant::now();
+    conn.execute(
+        "UPDATE users SET is_active = 0 WHERE user_id = ?1",
+        [w.uid("bob")],
+    )
+    .unwrap();
+    let mut closed = None;
+    while let Some(f) = bob.recv(Duration::from_secs(3)).await {
+        if f == "41" {
+            closed = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed = closed.expect("bob's socket was not closed after deactivation");
+    println!("deactivation → 41 in {} ms", closed.as_millis());
+    conn.execute(
+        "UPDATE users SET is_admin = 0 WHERE user_id = ?1",
+        [w.uid("admin")],
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    w.up.emit(
+        "download_progress",
+        json!({"source": "https://x", "download_path": "/srv"}),
+    );
+    let frames = admin.collect(Duration::from_millis(600)).await;
+    assert!(
+        events(&frames).is_empty(),
+        "a demoted admin still got {frames:?}"
+    );
+}
+
+/// Polling as socket.io-client starts: handshake, CONNECT by POST, then the websocket upgrade.
+#[tokio::test]
+async fn polling_then_upgrade_carries_the_same_session() {
+    let w = world().await;
+    let base = "/ws/socket.io/?EIO=4&transport=polling";
+    let bearer = format!("Bearer {}", w.token("alice"));
+    let open = send_with(
+        "GET",
+        &w.g.url(base),
+        None,
+        None,
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(open.status, 200);
+    let text = String::from_utf8(open.body.to_vec()).unwrap();
+    let handshake: Value = serde_json::from_str(&text[1..]).unwrap();
+    assert_eq!(handshake["upgrades"], json!(["websocket"]));
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    let with_sid = format!("{base}&sid={sid}");
+    let posted = send_bytes(
+        "POST",
+        &w.g.url(&with_sid),
+        None,
+        bytes::Bytes::from(format!(
+            "40{}\u{1e}42[\"subscribe_queue\",{{\"queue_id\":\"default\"}}]",
+            json!({"token": w.token("alice")})
+        )),
+        &[("content-type", "text/plain;charset=UTF-8")],
+    )
+    .await;
+    assert_eq!(posted.status, 200);
+    let got = send("GET", &w.g.url(&with_sid), None, None).await;
+    assert_eq!(String::from_utf8_lossy(&got.body), r#"40{"sid":"sio-sid"}"#);
+    // Unknown sids and a second concurrent GET are refused.
+    assert_eq!(
+        send("GET", &w.g.url(&format!("{base}&sid=nope")), None, None)
+            .await
+            .status,
+        400
+    );
+    // Upgrade.
+    let url = format!(
+        "ws://{}/ws/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        w.g.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("3probe"));
+    ws.send(Message::text("5")).await.unwrap();
+    wait_for_upstream(&w, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.up.emit(
+        "invocation_started",
+        json!({"user_id": w.uid("alice"), "queue_id": "default"}),
+    );
+    let mut c = WsClient { ws };
+    let frames = c.collect(Duration::from_millis(800)).await;
+    assert_eq!(events(&frames).len(), 1, "{frames:?}");
+    assert_eq!(
+        w.up.conns()[0].messages,
+        vec![r#"42["subscribe_queue",{"queue_id":"default"}]"#.to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn old_protocols_and_jsonp_are_refused() {
+    let w = world().await;
+    for target in [
+        "/ws/socket.io/?EIO=3&transport=polling",
+        "/ws/socket.io/?transport=polling",
+        "/ws/socket.io/?EIO=4&transport=polling&j=0",
+        "/ws/socket.io/?EIO=4&transport=carrier-pigeon",
+    ] {
+        assert_eq!(
+            send("GET", &w.g.url(target), None, None).await.status,
+            400,
+            "{target}"
+        );
+    }
+}
