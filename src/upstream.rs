@@ -1,20 +1,20 @@
-//! Forwarding to InvokeAI: pooled keep-alive HTTP/1.1, streamed bodies, bounded waits, and
-//! WebSocket tunnels.
+//! Forwarding to InvokeAI: pooled keep-alive HTTP/1.1, streamed bodies, bounded waits. (Socket.IO
+//! is not forwarded here: `socketio` terminates it and opens its own upstream websockets.)
 //!
 //! Invariants:
 //! - The request target sent upstream is built only from the canonical [`Target`] (never the
 //!   raw client target), on the configured upstream authority.
-//! - A tunnel is opened only after the upstream answered `101 Switching Protocols` to an upgrade
-//!   request (WebSocket smuggling: a non-101 answer leaves an ordinary HTTP response).
+//! - No upgrade is ever forwarded: an upgrade request on an ordinary route is forwarded as plain
+//!   HTTP without its `Upgrade` (WebSocket smuggling).
 //! - Upstream failures are data ([`UpstreamFailure`]) mapped to 502/504 by `decision`.
 
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 
 use crate::decision::{Body, UpstreamFailure};
 use crate::http::canonical::Target;
@@ -82,23 +82,4 @@ impl Upstream {
             Ok(Ok(res)) => Ok(res),
         }
     }
-}
-
-/// Join a client upgrade and an upstream upgrade once both are ready (after a 101).
-pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<Incoming>) {
-    debug_assert_eq!(upstream.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let upstream_upgrade = hyper::upgrade::on(upstream);
-    tokio::spawn(async move {
-        let (c, u) = match tokio::try_join!(client, upstream_upgrade) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-            tracing::debug!(error = %e, "tunnel closed with error");
-        }
-    });
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{
     HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
-    HOST, TRANSFER_ENCODING, UPGRADE,
+    HOST, TRANSFER_ENCODING,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
@@ -144,7 +144,7 @@ fn deny(stage: Stage, reason: DenyReason) -> Verdict {
 }
 
 async fn pipeline(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     state: &Arc<AppState>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
@@ -193,8 +193,6 @@ async fn pipeline(
         return Err(deny(Stage::Auth, reason));
     }
     // collect
-    let client_upgrade =
-        (rule.auth == Auth::Socket && is_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let params = matched
         .params
@@ -236,13 +234,12 @@ async fn pipeline(
         Forward {
             principal: principal.as_ref(),
             secret: secret.as_deref(),
-            identity_encoding: rule.auth == Auth::Socket || reads_response,
-            upgrade: client_upgrade.is_some(),
+            identity_encoding: reads_response,
         },
         state,
         &conn.client,
     );
-    let mut res = match state.upstream.send(upstream_req).await {
+    let res = match state.upstream.send(upstream_req).await {
         Ok(res) => res,
         Err(failure) => {
             ctx.outcome = "upstream_error";
@@ -253,12 +250,6 @@ async fn pipeline(
     if mutation && res.status().is_success() {
         // Mutations the guard forwarded invalidate facts at once (before the watcher sees them).
         state.facts.invalidate();
-    }
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(upgrade) = client_upgrade {
-            crate::upstream::tunnel(upgrade, &mut res);
-            return Ok(res.map(|b| b.map_err(Into::into).boxed()));
-        }
     }
     // respond
     let filter_ctx = FilterContext {
@@ -302,20 +293,6 @@ fn framing_error(req: &Request<Incoming>, conn: &ConnInfo) -> Option<DenyReason>
         return Some(DenyReason::BadTarget("CONNECT is not supported".into()));
     }
     None
-}
-
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
 }
 
 /// The identify phase: the JWT secret (when the rule needs identity or filters) and the caller.
@@ -413,8 +390,6 @@ struct Forward<'a> {
     secret: Option<&'a str>,
     /// Ask for an uncompressed answer (the guard reads it).
     identity_encoding: bool,
-    /// Pass the client's `Upgrade` on (the Socket.IO websocket).
-    upgrade: bool,
 }
 
 fn upstream_request(
@@ -429,10 +404,8 @@ fn upstream_request(
         principal,
         secret,
         identity_encoding,
-        upgrade,
     } = forward;
     let mut headers = parts.headers.clone();
-    let upgrade_value = headers.get(UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut headers);
     headers::strip_spoofable(&mut headers);
     // Credentials are re-derived: the presented ones never pass through as sent.
@@ -445,13 +418,8 @@ fn upstream_request(
     }
     if identity_encoding {
         // A response the guard must read is asked for uncompressed (it is decoded if it comes
-        // compressed anyway). InvokeAI 6.14's gzip middleware also answers 500 to compressed
-        // Engine.IO polling (it reads a lower-case content-type the socket layer does not send).
+        // compressed anyway).
         headers.remove(ACCEPT_ENCODING);
-    }
-    if let (true, Some(value)) = (upgrade, upgrade_value) {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, value);
     }
     let host = headers::client_host(&parts.headers, &parts.uri);
     headers::set_forwarded(
