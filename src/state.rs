@@ -28,6 +28,8 @@ pub struct AppState {
     pub tls: bool,
     /// Live Socket.IO sessions.
     pub sockets: crate::socketio::registry::Registry,
+    /// Recent requests that explain owner-less socket events (6.12).
+    pub correlations: crate::socketio::correlate::Correlations,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             trusted_proxies: settings.trusted_proxies.clone(),
             tls: settings.tls.is_some(),
             sockets: Default::default(),
+            correlations: Default::default(),
         }))
     }
 

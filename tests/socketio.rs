@@ -59,6 +59,14 @@ async fn mock_sio() -> MockSio {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            // The same port answers plain HTTP (the guard's REST calls) like InvokeAI would.
+            let mut head = [0u8; 4096];
+            let n = tcp.peek(&mut head).await.unwrap_or(0);
+            let text = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+            if !text.contains("upgrade: websocket") {
+                tokio::spawn(answer_http(tcp));
+                continue;
+            }
             let conns = c2.clone();
             let mut rx = e2.subscribe();
             tokio::spawn(async move {
@@ -113,6 +121,51 @@ async fn mock_sio() -> MockSio {
     MockSio { addr, conns, emit }
 }
 
+/// A minimal InvokeAI REST answer: `{}`, or the bulk-download item name for a zip request.
+async fn answer_http(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, length) = loop {
+        let Ok(n) = tcp.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    while buf.len() < head_end + length {
+        let Ok(n) = tcp.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let first = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let body = if first.starts_with("POST /api/v1/images/download ") {
+        r#"{"response":"ok","bulk_download_item_name":"zip-1.zip"}"#
+    } else {
+        "{}"
+    };
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(reply.as_bytes()).await;
+}
+
 struct World {
     db: DbCopy,
     up: MockSio,
@@ -121,14 +174,18 @@ struct World {
 }
 
 async fn world() -> World {
-    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    world_of("6.14.2").await
+}
+
+async fn world_of(version: &str) -> World {
+    let db = copy_fixture(&format!("invokeai-{version}-rich.db"));
     let up = mock_sio().await;
     let g = guard(&shipped_routes(), &db.path, &up.url()).await;
     World {
         db,
         up,
         g,
-        m: manifest("6.14.2"),
+        m: manifest(version),
     }
 }
 
@@ -557,4 +614,56 @@ async fn old_protocols_and_jsonp_are_refused() {
             "{target}"
         );
     }
+}
+
+/// 6.12 recall and bulk-download events name no owner: the guard attributes them to the caller of
+/// the HTTP request that caused them (spec §4.4), and to nobody else.
+#[tokio::test]
+async fn owner_less_6_12_events_go_to_the_caller_of_the_request_behind_them() {
+    let w = world_of("6.12.0").await;
+    let mut alice = connected(&w, "alice").await;
+    let mut bob = connected(&w, "bob").await;
+    wait_for_upstream(&w, 2).await;
+    // Nothing in flight: an owner-less recall is unattributable, dropped for everyone.
+    w.up.emit(
+        "recall_parameters_updated",
+        json!({"queue_id": "default", "parameters": {"seed": 1}}),
+    );
+    assert!(events(&alice.collect(Duration::from_millis(400)).await).is_empty());
+    let r = send(
+        "POST",
+        &w.g.url("/api/v1/recall/default"),
+        Some(&w.token("alice")),
+        Some(json!({"positive_prompt": "p"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.detail());
+    w.up.emit(
+        "recall_parameters_updated",
+        json!({"queue_id": "default", "parameters": {"seed": 2}}),
+    );
+    let r = send(
+        "POST",
+        &w.g.url("/api/v1/images/download"),
+        Some(&w.token("alice")),
+        Some(json!({"image_names": [w.m["images"]["alice_uncat_1"]["image_name"]]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.detail());
+    w.up.emit(
+        "bulk_download_complete",
+        json!({"bulk_download_id": "default", "bulk_download_item_id": "zip-1", "bulk_download_item_name": "zip-1.zip"}),
+    );
+    let wait = Duration::from_millis(800);
+    let (ea, eb) = (
+        events(&alice.collect(wait).await),
+        events(&bob.collect(wait).await),
+    );
+    let names: Vec<&str> = ea.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["recall_parameters_updated", "bulk_download_complete"]
+    );
+    assert_eq!(ea[0].1["parameters"]["seed"], 2);
+    assert!(eb.is_empty(), "bob got {eb:?}");
 }

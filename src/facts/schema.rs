@@ -88,6 +88,8 @@ impl Schema {
             }
             // main/6.14 skip names the caller may not write in POST /images/delete.
             Capability::SkipsForeignImageDeletes => self.migration_version >= 33,
+            // 6.13 added `user_id` to batch, recall and bulk-download events.
+            Capability::AttributesSocketEvents => self.has_board_visibility,
         }
     }
 

@@ -77,6 +77,8 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
                 session::revoke_after_password_change(PasswordChange::Reset, parts, ctx).await;
             }
             ResponseFilter::RefreshSession if ok => session::refresh_session(parts, ctx),
+            // Noted before forwarding (server::pipeline), for the socket filter.
+            ResponseFilter::CorrelateRecall => {}
             // Not 2xx, or the upstream revokes itself: nothing to do.
             ResponseFilter::LogoutSession
             | ResponseFilter::RevokeOnPasswordChange
@@ -136,7 +138,8 @@ pub async fn apply_body(
                 None
             }
             // Header filters ran in `apply_headers`.
-            ResponseFilter::PrivateMedia
+            ResponseFilter::CorrelateRecall
+            | ResponseFilter::PrivateMedia
             | ResponseFilter::RefreshSession
             | ResponseFilter::LogoutSession
             | ResponseFilter::RevokeOnPasswordChange

@@ -30,11 +30,13 @@ pub enum Capability {
     ScopesUncategorizedNames,
     /// `POST /images/delete` skips names the caller may not write (6.14+).
     SkipsForeignImageDeletes,
+    /// Socket events name their owner (`user_id` on batch, recall and bulk-download events, 6.13+).
+    AttributesSocketEvents,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Capability::ScopesImageLists,
         Capability::ScopesBoardDeletes,
         Capability::ScopesUncategorizedDeletes,
@@ -44,6 +46,7 @@ impl Capability {
         Capability::FiltersImagesByNames,
         Capability::ScopesUncategorizedNames,
         Capability::SkipsForeignImageDeletes,
+        Capability::AttributesSocketEvents,
     ];
 
     /// The `routes.toml` name (`upstream.NAME`).
@@ -58,6 +61,7 @@ impl Capability {
             Capability::FiltersImagesByNames => "filters_images_by_names",
             Capability::ScopesUncategorizedNames => "scopes_uncategorized_names",
             Capability::SkipsForeignImageDeletes => "skips_foreign_image_deletes",
+            Capability::AttributesSocketEvents => "attributes_socket_events",
         }
     }
 
@@ -295,6 +299,13 @@ impl RecordKind {
     }
 }
 
+/// Socket events the guard attributes to the HTTP request that caused them (6.12, spec §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Correlation {
+    Recall,
+    BulkDownload,
+}
+
 /// One response filter's descriptor.
 #[derive(Debug, Clone, Copy)]
 pub struct FilterInfo {
@@ -307,6 +318,8 @@ pub struct FilterInfo {
     pub records: Option<RecordKind>,
     /// Where the upstream does this itself, the filter has nothing to do.
     pub upstream_does_it: Option<Capability>,
+    /// The socket events this request explains (noted before it is forwarded).
+    pub correlates: Option<Correlation>,
 }
 
 /// A response filter a rule may name.
@@ -321,6 +334,7 @@ pub enum ResponseFilter {
     RecordBulkDownload,
     RevokeOnPasswordChange,
     RevokeOnPasswordReset,
+    CorrelateRecall,
     OwnUncategorizedNames,
     SanitizeQueueItems,
     RedactQueueStatus,
@@ -329,7 +343,7 @@ pub enum ResponseFilter {
 
 impl ResponseFilter {
     /// Every filter.
-    pub const ALL: [ResponseFilter; 13] = [
+    pub const ALL: [ResponseFilter; 14] = [
         ResponseFilter::PrivateMedia,
         ResponseFilter::LoginSession,
         ResponseFilter::RefreshSession,
@@ -339,6 +353,7 @@ impl ResponseFilter {
         ResponseFilter::RecordBulkDownload,
         ResponseFilter::RevokeOnPasswordChange,
         ResponseFilter::RevokeOnPasswordReset,
+        ResponseFilter::CorrelateRecall,
         ResponseFilter::OwnUncategorizedNames,
         ResponseFilter::SanitizeQueueItems,
         ResponseFilter::RedactQueueStatus,
@@ -354,6 +369,7 @@ impl ResponseFilter {
             request_fields: &[],
             records: None,
             upstream_does_it: None,
+            correlates: None,
         };
         let body = |name, upstream_does_it| FilterInfo {
             reads_body: true,
@@ -379,7 +395,15 @@ impl ResponseFilter {
                 RecordKind::StylePreset,
                 Some(Capability::ScopesPresetLists),
             ),
-            F::RecordBulkDownload => record("record_bulk_download", RecordKind::BulkDownload, None),
+            F::RecordBulkDownload => FilterInfo {
+                correlates: Some(Correlation::BulkDownload),
+                ..record("record_bulk_download", RecordKind::BulkDownload, None)
+            },
+            F::CorrelateRecall => FilterInfo {
+                correlates: Some(Correlation::Recall),
+                upstream_does_it: Some(Capability::AttributesSocketEvents),
+                ..headers("correlate_recall")
+            },
             F::RevokeOnPasswordChange => FilterInfo {
                 request_fields: &["new_password"],
                 ..headers("revoke_on_password_change")

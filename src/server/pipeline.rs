@@ -30,7 +30,9 @@ use crate::http::canonical::{self, Target};
 use crate::http::headers::{self, ClientConn};
 use crate::identity::{self, IdentityError, Principal, MEDIA_COOKIE, SESSION_COOKIE};
 use crate::policy::{self, FactSource, RequestData};
+use crate::rules::vocab::Correlation;
 use crate::rules::{Auth, BodyNeed, Lookup, Rule};
+use crate::socketio::correlate;
 use crate::state::AppState;
 
 /// One request's state through the phases, and what its log line reports.
@@ -226,6 +228,26 @@ async fn pipeline(
         )),
         _ => None,
     };
+    // Socket events that name no owner (6.12) are attributed to the request that caused them.
+    let tickets: Vec<_> = match principal.as_ref() {
+        Some(p) => {
+            let schema = state.facts.schema();
+            rule.response
+                .iter()
+                .map(|f| f.info())
+                .filter(|info| !info.upstream_does_it.is_some_and(|c| schema.has(c)))
+                .filter_map(|info| info.correlates)
+                .map(|kind| {
+                    let kind = match kind {
+                        Correlation::Recall => correlate::Kind::Recall,
+                        Correlation::BulkDownload => correlate::Kind::BulkDownload,
+                    };
+                    state.correlations.begin(kind, &p.user_id)
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let reads_response = rule.response.iter().any(|f| f.needs_body());
     let upstream_req = upstream_request(
         &parts,
@@ -239,7 +261,11 @@ async fn pipeline(
         state,
         &conn.client,
     );
-    let res = match state.upstream.send(upstream_req).await {
+    let sent = state.upstream.send(upstream_req).await;
+    for ticket in tickets {
+        state.correlations.end(ticket);
+    }
+    let res = match sent {
         Ok(res) => res,
         Err(failure) => {
             ctx.outcome = "upstream_error";

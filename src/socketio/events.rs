@@ -58,6 +58,8 @@ pub enum Need {
     InProgressOwners,
     /// 6.12 `bulk_download_*` carry no `user_id`: the requester the ledger recorded.
     BulkOwner(String),
+    /// 6.12 `recall_parameters_updated` carries no `user_id`: the caller of the recall request.
+    RecallOwner,
 }
 
 /// A resolved fact (`Owner(None)`: no owner known).
@@ -171,6 +173,7 @@ pub fn need(ev: &Event, me: &Me) -> Need {
             }
         }
         (Family::ModelLoad, Uid::Absent) => Need::InProgressOwners,
+        (Family::Recall, Uid::Absent) => Need::RecallOwner,
         (Family::BulkDownload, Uid::Absent) if !me.is_admin => {
             match str_field(p, "bulk_download_item_name") {
                 Some(name) => Need::BulkOwner(name.to_owned()),
@@ -244,8 +247,13 @@ pub fn decide(ev: &Event, me: &Me, known: &Known) -> Action {
         },
         Family::QueueItems => queue_items(ev, me),
         // Every frontend applies recall parameters: the owner only, admins included; 6.12's
-        // carry no owner (unattributable: dropped).
-        Family::Recall => keep_if(matches!(id, Uid::User(u) if u == me.user_id), "not owner"),
+        // carry no owner: the caller of the recall request, or nobody when it is ambiguous.
+        Family::Recall => match (id, known) {
+            (Uid::Absent, Known::Owner(owner)) => {
+                keep_if(owner.as_deref() == Some(me.user_id), "not owner")
+            }
+            (u, _) => keep_if(matches!(u, Uid::User(u) if u == me.user_id), "not owner"),
+        },
         Family::ModelLoad => match (id, known) {
             (Uid::User(u), _) => keep_if(u == me.user_id, "not owner"),
             (Uid::Absent, Known::Owners(owners)) => {

@@ -5,6 +5,7 @@
 //! - [`events`]: who receives which server event (pure).
 //! - [`session`]: one client session: identity at CONNECT, one upstream websocket, the pumps.
 //! - [`registry`]: live sessions by sid.
+//! - [`correlate`]: 6.12 events without an owner, attributed to the HTTP request behind them.
 //! - this module: the HTTP side of both transports (long-polling GET/POST, websocket, upgrade).
 //!
 //! Invariants:
@@ -15,6 +16,7 @@
 //! - Websockets never negotiate compression (no permessage-deflate), and frames are limited to
 //!   `maxPayload`.
 
+pub mod correlate;
 pub mod engineio;
 pub mod events;
 pub mod packet;

@@ -606,13 +606,27 @@ impl Actor {
             Need::InProgressOwners => {
                 Known::Owners(facts.in_progress_owners("default").await.map_err(|_| ())?)
             }
-            Need::BulkOwner(name) => Known::Owner(
-                self.state
-                    .ledger
-                    .owner(Entry::BulkDownload, &name)
-                    .await
-                    .map_err(|_| ())?,
-            ),
+            Need::RecallOwner => Known::Owner(self.state.correlations.recall_owner()),
+            Need::BulkOwner(name) => {
+                // The event can overtake the ledger record of the response that announced it:
+                // wait for it (bounded) while such a request is pending (spec §4.4).
+                let deadline = Instant::now() + super::correlate::BULK_HOLD;
+                loop {
+                    let owner = self
+                        .state
+                        .ledger
+                        .owner(Entry::BulkDownload, &name)
+                        .await
+                        .map_err(|_| ())?;
+                    if owner.is_some()
+                        || Instant::now() >= deadline
+                        || !self.state.correlations.bulk_pending()
+                    {
+                        break Known::Owner(owner);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         })
     }
 }
