@@ -667,3 +667,18 @@ async fn owner_less_6_12_events_go_to_the_caller_of_the_request_behind_them() {
     assert_eq!(ea[0].1["parameters"]["seed"], 2);
     assert!(eb.is_empty(), "bob got {eb:?}");
 }
+
+#[tokio::test]
+async fn sessions_are_capped_without_identity() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock_sio().await;
+    let raw = raw_config("[limits]\nmax_connections = 3\n");
+    let g = guard_with(&shipped_routes(), &db.path, &up.url(), raw).await;
+    let url = g.url("/ws/socket.io/?EIO=4&transport=polling");
+    for _ in 0..3 {
+        assert_eq!(send("GET", &url, None, None).await.status, 200);
+    }
+    let refused = send("GET", &url, None, None).await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.headers.contains_key("retry-after"));
+}

@@ -13,6 +13,9 @@
 //! - The handshake request itself needs no identity (clients authenticate in CONNECT); its
 //!   `Authorization` and `Cookie` are kept for the CONNECT's fallback, as the server does.
 //! - Polling allows one GET and one POST in flight per session; an unknown sid is 400.
+//! - At most `limits.max_connections` sessions exist at once (a handshake needs no identity, so
+//!   this bounds what anyone can open); beyond that a handshake is 503. A session that never
+//!   answers pings ends after `pingInterval + pingTimeout`.
 //! - Websockets never negotiate compression (no permessage-deflate), and frames are limited to
 //!   `maxPayload`.
 
@@ -98,6 +101,14 @@ pub async fn handle(
         return bad("JSONP polling is not supported");
     }
     let timing = Timing::default();
+    let new_session = q.sid.is_none();
+    if new_session && state.sockets.len() >= state.limits.max_connections {
+        // A handshake needs no identity: cap the sessions anyone can open (each holds a task).
+        let mut res = text(StatusCode::SERVICE_UNAVAILABLE, "\"Too many sessions\"");
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return res;
+    }
     match (req.method().clone(), q.transport.as_deref(), q.sid) {
         (Method::GET, Some("websocket"), sid) => {
             let existing = match &sid {
