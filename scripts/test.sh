@@ -5,7 +5,8 @@
 #      fixture databases written by real InvokeAI, raw-TCP smuggling cases, the rule-test matrix
 #      tests/data/policy/*.toml decision-only and through the guard)
 #   2. end-to-end: real InvokeAI 6.12.0 and 6.14.2 from PyPI (cached venvs outside the repo),
-#      the cross-user matrix through the guard (tests/e2e/run.sh)
+#      the cross-user matrix and the Socket.IO suite (real python-socketio clients) through the
+#      guard (tests/e2e/run.sh)
 #   3. the official web UI through the guard in headless Chromium (tests/e2e/browser/run.sh)
 #
 #   scripts/test.sh            everything
@@ -21,7 +22,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done

@@ -18,7 +18,8 @@ Outcome of a case:
                 expected items were missing
   FAIL          anything else (wrong error status, 5xx, malformed response)
   XFAIL/XPASS   cases needing a capability the guard does not have yet (response rewriting of
-                list bodies, spec §4 R1-R9; Socket.IO event filtering). Not counted in N.
+                list bodies, spec §4 R1-R9). Not counted in N. No Socket.IO case is xfail: the guard
+                terminates and filters Socket.IO (tests/e2e/sockets.py has the full socket suite).
 
 Last line per run:  PASS n/N leaks=L false_denies=F   (xfail/xpass counts on the line before).
 Exit status 0 only if every non-xfail case passed.
@@ -52,7 +53,6 @@ Q = "default"
 DENY = (401, 403, 404)
 
 R_REWRITE = "needs response rewriting of list bodies (spec §4 {})"
-R_SOCKET = "needs Socket.IO event filtering (spec §3.5, hole 13/26)"
 STRICTER_612 = ("6.12 deletes every user's images here; main's narrower deletion cannot be had by allowing or "
                 "denying the request, so on 6.12 a refusal (stricter than main) is accepted; data loss is a leak")
 
@@ -1228,18 +1228,16 @@ class Matrix:
             return ("leak", f"new image(s) on {brole}: {sorted(extra)[:3]}") if extra else None
         return after
 
-    # ================================================================== phase 3: sockets (XFAIL where filtering is needed)
+    # ================================================================== phase 3: sockets (smoke; tests/e2e/sockets.py is the suite)
     def socket_cases(self):
         ctx = self.ctx
 
         self.add("anon: Socket.IO connection is refused", None, "SOCKET", "/ws/socket.io/", (0,),
                  check=lambda r: socket_anon_check(ctx))
         self.add("bob: socket subscribed to the queue sees no identifying data of alice's items", None, "SOCKET",
-                 "/ws/socket.io/", (0,), check=lambda r: socket_foreign_events_check(self),
-                 xfail=R_SOCKET if self.v612 else None)
+                 "/ws/socket.io/", (0,), check=lambda r: socket_foreign_events_check(self))
         self.add("bob: socket receives no model install events (admin-only in main)", None, "SOCKET",
-                 "/ws/socket.io/", (0,), check=lambda r: socket_model_events_check(self),
-                 xfail=R_SOCKET if self.v612 else None)
+                 "/ws/socket.io/", (0,), check=lambda r: socket_model_events_check(self))
         self.add("bob: queue status never shows the ids of alice's running item", None, "SOCKET",
                  "/api/v1/queue/default/status", (0,), check=lambda r: queue_status_redaction_check(self),
                  note="SOCKET here means a multi-request check; polls status while alice's 40-run batch executes")

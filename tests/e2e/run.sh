@@ -10,16 +10,19 @@
 #   3. tests/e2e/scenario.py builds users/boards/images/... talking to InvokeAI DIRECTLY
 #   4. starts the guard in front of it ($GUARD_BIN serve ...) and waits for GET /readyz on its admin port
 #   5. tests/e2e/matrix.py runs the cross-user matrix THROUGH the guard
-#   6. stops the guard and InvokeAI by PID (also on failure or Ctrl-C)
-# --direct skips the guard and runs the matrix against InvokeAI itself (shows what the guard must close;
-# expected to fail); before the matrix it runs tests/e2e/differentials.py (how Starlette itself reads ambiguous
-# multipart bodies: evidence printed to differentials.out, never a failure).
+#   6. tests/e2e/sockets.py drives real python-socketio clients through the guard (every connection style,
+#      every event type, room injection, revocation; its client venv comes from tests/e2e/sockets-venv.sh)
+#   7. stops the guard and InvokeAI by PID (also on failure or Ctrl-C)
+# --direct skips the guard and runs the matrix and the socket suite against InvokeAI itself (shows what the guard
+# must close; expected to fail); before the matrix it runs tests/e2e/differentials.py (how Starlette itself reads
+# ambiguous multipart bodies: evidence printed to differentials.out, never a failure).
 #
 # Env: GUARD_BIN (default target/release/invoke-guard), ROUTES (default routes.toml),
 #      E2E_RUN_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run), MATRIX_ARGS (extra
-#      arguments for matrix.py, e.g. "-v" or "-k 'bob:*'"), GUARD_READY_TIMEOUT (default 30 s).
-# Per-version logs and the matrix report stay in the run dir: server.log, guard.log, manifest.json,
-# matrix-report.json.
+#      arguments for matrix.py, e.g. "-v" or "-k 'bob:*'"), SOCKETS_ARGS (extra arguments for sockets.py,
+#      e.g. "-v"), SOCKETS=0 (skip the socket suite; it runs by default), GUARD_READY_TIMEOUT (default 30 s).
+# Per-version logs and the reports stay in the run dir: server.log, guard.log, manifest.json,
+# matrix-report.json, matrix.out, sockets-report.json, sockets.out, sockets/sockets-frames.jsonl.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,7 +38,7 @@ VERSIONS=()
 for a in "$@"; do
   case "$a" in
     --direct) DIRECT=1 ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}"; exit 0 ;;
     -*) echo "run.sh: unknown option $a" >&2; exit 2 ;;
     *) VERSIONS+=("$a") ;;
   esac
@@ -52,6 +55,12 @@ if [[ $DIRECT == 0 ]]; then
   [[ -f "$ROUTES" ]] || die "route table $ROUTES not found (set ROUTES=...)"
 fi
 mkdir -p "$RUN_BASE"
+SOCKETS="${SOCKETS:-1}"
+if [[ $SOCKETS == 1 ]]; then
+  # python-socketio[client] + websocket-client, pinned, in a small cached venv (fast no-op when present)
+  SIO_VENV="$("$E2E/sockets-venv.sh" | tail -1)" || die "could not install the Socket.IO client (tests/e2e/sockets-venv.sh)"
+  SIO_PY="$SIO_VENV/bin/python"
+fi
 
 # shellcheck source=tests/e2e/proc.sh
 source "$E2E/proc.sh"
@@ -100,7 +109,8 @@ for V in "${VERSIONS[@]}"; do
   ROOT="$RUNDIR/root"
   mkdir -p "$RUNDIR"
   rm -rf "$RUNDIR/guard" "$RUNDIR/manifest.json" "$RUNDIR/matrix-report.json" "$RUNDIR/guard.log" \
-    "$RUNDIR/differentials.out" "$RUNDIR/differentials.json"
+    "$RUNDIR/differentials.out" "$RUNDIR/differentials.json" "$RUNDIR/sockets" "$RUNDIR/sockets.out" \
+    "$RUNDIR/sockets-report.json"
   UPORT="$(free_port)"
   t=$(date +%s.%N)
   run_child "$INV/start.sh" "$V" "$UPORT" "$ROOT" > "$RUNDIR/start.out" \
@@ -155,6 +165,22 @@ for V in "${VERSIONS[@]}"; do
   t_matrix=$(secs "$t")
   [[ $rc == 0 ]] || overall=1
   SUMMARY+=("$V: $(tail -1 "$RUNDIR/matrix.out" 2>/dev/null || echo 'matrix produced no result') (install ${t_install}s, start ${t_start}s, scenario ${t_scenario}s, guard ${t_guard}s, matrix ${t_matrix}s)")
+
+  if [[ $SOCKETS == 1 ]]; then
+    # After the matrix, on the same server: sockets.py creates, deactivates and demotes users (bob is restored).
+    t=$(date +%s.%N)
+    rc=0
+    sflags=(--upstream "http://127.0.0.1:$UPORT")
+    if [[ $DIRECT == 1 ]]; then sflags+=(--direct); else sflags+=(--metrics "http://127.0.0.1:$APORT/metrics"); fi
+    # shellcheck disable=SC2086
+    eval "sargs=(${SOCKETS_ARGS:-})"
+    run_child timeout -k 10 1200 "$SIO_PY" "$E2E/sockets.py" --manifest "$RUNDIR/manifest.json" --base "$BASE" \
+      "${sflags[@]}" --db "$ROOT/databases/invokeai.db" --workdir "$RUNDIR/sockets" \
+      --report "$RUNDIR/sockets-report.json" --out "$RUNDIR/sockets.out" "${sargs[@]}" || rc=$?
+    t_sockets=$(secs "$t")
+    [[ $rc == 0 ]] || overall=1
+    SUMMARY+=("$V sockets: $(tail -1 "$RUNDIR/sockets.out" 2>/dev/null || echo "sockets.py produced no result (exit $rc)") (${t_sockets}s)")
+  fi
   cleanup || true
 done
 
