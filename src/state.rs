@@ -40,7 +40,7 @@ impl AppState {
             settings.limits.upstream_idle_timeout,
             settings.limits.upstream_response_timeout,
         );
-        crate::metrics::routes_reloaded(routes.rules().len());
+        crate::metrics::routes_loaded(routes.rules().len(), 0, routes.checksum());
         Ok(Arc::new(Self {
             routes: ArcSwap::from_pointee(routes),
             routes_path: settings.routes.clone(),
@@ -80,8 +80,8 @@ impl AppState {
         match loaded {
             Ok(table) => {
                 let n = table.rules().len();
+                crate::metrics::routes_loaded(n, 0, table.checksum());
                 self.routes.store(Arc::new(table));
-                crate::metrics::routes_reloaded(n);
                 tracing::info!(rules = n, "routes reloaded");
                 Ok(n)
             }

@@ -69,9 +69,32 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamFailure::Timeout),
+            Err(_) => {
+                crate::metrics::upstream_error("timeout");
+                tracing::warn!(
+                    upstream = %self.authority,
+                    timeout_ms = self.response_timeout.as_millis() as u64,
+                    "upstream did not answer in time (504); raise limits.upstream_response_timeout_ms if InvokeAI is just slow"
+                );
+                Err(UpstreamFailure::Timeout)
+            }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "upstream request failed");
+                let kind = if e.is_connect() { "connect" } else { "request" };
+                crate::metrics::upstream_error(kind);
+                // The whole source chain: hyper's top-level message alone hides the cause.
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause.push_str(": ");
+                    cause.push_str(&s.to_string());
+                    source = s.source();
+                }
+                tracing::warn!(
+                    upstream = %self.authority,
+                    kind,
+                    error = %cause,
+                    "upstream request failed (502); is InvokeAI running and listening there?"
+                );
                 Err(UpstreamFailure::Unreachable)
             }
             Ok(Ok(res)) => Ok(res),
@@ -91,6 +114,7 @@ pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<Incomin
                 return;
             }
         };
+        let _open = crate::metrics::UpgradedConnection::open();
         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
         if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
             tracing::debug!(error = %e, "tunnel closed with error");

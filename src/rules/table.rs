@@ -149,6 +149,8 @@ pub struct RouteTable {
     routers: HashMap<Method, matchit::Router<usize>>,
     /// The file says a reload may cover fewer endpoints than the table it replaces.
     allow_coverage_loss: bool,
+    /// SHA-256 of the file's text, lower-case hex (what `sha256sum` prints).
+    checksum: String,
 }
 
 impl fmt::Debug for RouteTable {
@@ -238,7 +240,13 @@ impl RouteTable {
             rules,
             routers,
             allow_coverage_loss: raw.allow_coverage_loss,
+            checksum: sha256_hex(text.as_bytes()),
         })
+    }
+
+    /// SHA-256 of the source text (lower-case hex, as `sha256sum` prints it).
+    pub fn checksum(&self) -> &str {
+        &self.checksum
     }
 
     /// Whether the file allows a reload to cover fewer endpoints than the running table.
@@ -272,6 +280,14 @@ impl RouteTable {
             _ => Lookup::NotFound,
         }
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -41,7 +41,21 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                 )
             }
         }
-        "/metrics" => text(StatusCode::OK, crate::metrics::render()),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = crate::metrics::Format::negotiate(accept);
+            let mut res = text(StatusCode::OK, crate::metrics::render_as(format));
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(format.content_type()),
+            );
+            res.headers_mut()
+                .insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+            res
+        }
         "/facts/generation" => text(StatusCode::OK, format!("{}\n", state.facts.generation())),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
