@@ -61,6 +61,7 @@ pub struct RawLimits {
     pub upstream_response_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub shutdown_delay_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_public_body_bytes: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,
@@ -106,6 +107,9 @@ pub struct Limits {
     pub upstream_response_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the listeners keep serving while `/readyz` answers 503 (so load
+    /// balancers stop sending new connections) before the drain starts.
+    pub shutdown_delay: Duration,
     pub max_connections: usize,
     /// Body limit for rules anyone may call (`auth = "public"`): read before any identity.
     pub max_public_body_bytes: usize,
@@ -277,6 +281,8 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             "limits.upstream_idle_timeout_ms",
         )?,
         shutdown_grace: ms(l.shutdown_grace_ms, 10_000, "limits.shutdown_grace_ms")?,
+        // 0 is allowed: drain at once (no load balancer in front).
+        shutdown_delay: Duration::from_millis(l.shutdown_delay_ms.unwrap_or(5_000)),
         max_connections: l.max_connections.unwrap_or_else(default_max_connections),
         max_public_body_bytes: l.max_public_body_bytes.unwrap_or(64 * 1024),
         body_read_timeout: ms(

@@ -26,6 +26,8 @@ pub struct AppState {
     pub limits: Limits,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub tls: bool,
+    /// Set once shutdown began: `/readyz` answers 503 while the listeners still serve.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -50,7 +52,19 @@ impl AppState {
             limits: settings.limits.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             tls: settings.tls.is_some(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Shutdown began: readiness turns 503 (requests are still served until the drain).
+    pub fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::metrics::draining();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Re-read routes.toml; on error keep the current table. A table that would stop covering

@@ -7,7 +7,10 @@
 //! - A tunnel is opened only after the upstream answered `101 Switching Protocols` to an upgrade
 //!   request (WebSocket smuggling: a non-101 answer leaves an ordinary HTTP response).
 //! - Upstream failures are data ([`UpstreamFailure`]) mapped to 502/504 by `decision`.
+//! - Every tunnel ends when shutdown calls [`Upstream::close_tunnels`] (hyper's graceful
+//!   shutdown does not see upgraded connections).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -25,6 +28,8 @@ pub struct Upstream {
     client: Client<HttpConnector, Body>,
     authority: http::uri::Authority,
     response_timeout: Duration,
+    /// Tunnels outlive the HTTP connection hyper's graceful shutdown tracks: this closes them.
+    close_tunnels: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Upstream {
@@ -49,7 +54,42 @@ impl Upstream {
                 .expect("validated upstream has an authority")
                 .clone(),
             response_timeout,
+            close_tunnels: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Close every open tunnel now and refuse to keep any opened later (shutdown).
+    pub fn close_tunnels(&self) {
+        self.close_tunnels.send_replace(true);
+    }
+
+    /// Join a client upgrade and an upstream upgrade once both are ready (after a 101); the
+    /// tunnel ends when either side closes or [`Upstream::close_tunnels`] is called.
+    pub fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: &mut Response<Incoming>) {
+        debug_assert_eq!(upstream.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let upstream_upgrade = hyper::upgrade::on(upstream);
+        let mut closed = self.close_tunnels.subscribe();
+        tokio::spawn(async move {
+            let (c, u) = match tokio::try_join!(client, upstream_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let _open = crate::metrics::UpgradedConnection::open();
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                    if let Err(e) = copied {
+                        tracing::debug!(error = %e, "tunnel closed with error");
+                    }
+                }
+                _ = closed.wait_for(|closed| *closed) => {
+                    tracing::debug!("tunnel closed: shutting down");
+                }
+            }
+        });
     }
 
     /// The upstream URI for a canonical target.
@@ -100,24 +140,4 @@ impl Upstream {
             Ok(Ok(res)) => Ok(res),
         }
     }
-}
-
-/// Join a client upgrade and an upstream upgrade once both are ready (after a 101).
-pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<Incoming>) {
-    debug_assert_eq!(upstream.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let upstream_upgrade = hyper::upgrade::on(upstream);
-    tokio::spawn(async move {
-        let (c, u) = match tokio::try_join!(client, upstream_upgrade) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let _open = crate::metrics::UpgradedConnection::open();
-        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-            tracing::debug!(error = %e, "tunnel closed with error");
-        }
-    });
 }

@@ -9,7 +9,6 @@ pub mod trial;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -400,7 +399,13 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             ));
         }
         state.spawn_routes_watcher(std::time::Duration::from_secs(2));
-        spawn_signal_handlers(state.clone(), stop_tx)?;
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn_signal_handlers(requests_tx)?;
+        tokio::spawn(crate::server::lifecycle::run(
+            state.clone(),
+            requests_rx,
+            stop_tx,
+        ));
         tracing::info!(
             listen = %crate::server::local_addr(&listener),
             tls = tls.is_some(),
@@ -424,9 +429,9 @@ fn serve(common: &Common) -> anyhow::Result<()> {
 }
 
 fn spawn_signal_handlers(
-    state: Arc<AppState>,
-    stop: tokio::sync::watch::Sender<bool>,
+    requests: tokio::sync::mpsc::UnboundedSender<crate::server::lifecycle::Request>,
 ) -> anyhow::Result<()> {
+    use crate::server::lifecycle::Request;
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before `serve` reports it started, so an early SIGTERM is never the default action.
     let mut term = signal(SignalKind::terminate())?;
@@ -434,13 +439,15 @@ fn spawn_signal_handlers(
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => { let _ = state.reload_routes(); }
+            let request = tokio::select! {
+                _ = term.recv() => Request::Terminate("SIGTERM"),
+                _ = int.recv() => Request::Terminate("SIGINT"),
+                _ = hup.recv() => Request::Reload,
+            };
+            if requests.send(request).is_err() {
+                return;
             }
         }
-        let _ = stop.send(true);
     });
     Ok(())
 }

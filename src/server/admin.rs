@@ -2,7 +2,8 @@
 //!
 //! Invariants:
 //! - It binds its own address (loopback by default) and never proxies anything.
-//! - `/readyz` is 200 only while the route table is loaded and InvokeAI's database is readable.
+//! - `/readyz` is 200 only while the route table is loaded, InvokeAI's database is readable and
+//!   shutdown has not begun.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,7 +30,12 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let rules = state.routes.load().rules().len();
-            if rules > 0 && state.facts.is_available() {
+            if state.is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: shutting down (draining)\n".into(),
+                )
+            } else if rules > 0 && state.facts.is_available() {
                 text(StatusCode::OK, format!("ready: {rules} rules\n"))
             } else {
                 text(

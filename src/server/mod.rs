@@ -5,9 +5,12 @@
 //! - Every connection passes the raw-byte framing scanner before hyper parses it.
 //! - At most `limits.max_connections` connections are served; beyond that new ones are closed.
 //! - Accept errors (EMFILE) back off instead of spinning.
-//! - Shutdown stops accepting at once and drains in-flight connections for a bounded time.
+//! - Shutdown (see [`lifecycle`]) first turns `/readyz` to 503 while still accepting for
+//!   `limits.shutdown_delay`; then this loop stops accepting, closes upgraded tunnels and drains
+//!   in-flight connections for at most `limits.shutdown_grace`.
 
 pub mod admin;
+pub mod lifecycle;
 mod pipeline;
 
 pub use pipeline::{handle, identity_denial};
@@ -135,6 +138,9 @@ where
         });
     }
     drop(listener);
+    // Upgraded connections are invisible to hyper's graceful shutdown: close them now, so the
+    // drain below is bounded by in-flight HTTP requests only.
+    state.upstream.close_tunnels();
     tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(state.limits.shutdown_grace, graceful.shutdown())
         .await

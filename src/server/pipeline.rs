@@ -246,7 +246,7 @@ async fn pipeline(
     }
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(upgrade) = client_upgrade {
-            crate::upstream::tunnel(upgrade, &mut res);
+            state.upstream.tunnel(upgrade, &mut res);
             return Ok(res.map(|b| b.map_err(Into::into).boxed()));
         }
     }
