@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub db: Option<PathBuf>,
     pub routes: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
+    /// `enforce` (default) or `shadow`: every rule's checks are logged, not enforced.
+    pub mode: Option<crate::rules::Mode>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -132,6 +134,8 @@ pub struct Settings {
     pub facts: crate::facts::FactsConfig,
     pub log_json: bool,
     pub log_level: String,
+    /// The global mode (`shadow`: no rule's checks are enforced).
+    pub mode: crate::rules::Mode,
 }
 
 /// The default InvokeAI database path: `$INVOKEAI_ROOT/databases/invokeai.db`, else
@@ -347,5 +351,6 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
         facts,
         log_json,
         log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+        mode: raw.mode.unwrap_or_default(),
     })
 }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub limits: Limits,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub tls: bool,
+    /// The global mode (see [`crate::rules::Mode`]).
+    pub mode: crate::rules::Mode,
     /// Set once shutdown began: `/readyz` answers 503 while the listeners still serve.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -42,7 +44,11 @@ impl AppState {
             settings.limits.upstream_idle_timeout,
             settings.limits.upstream_response_timeout,
         );
-        crate::metrics::routes_loaded(routes.rules().len(), 0, routes.checksum());
+        crate::metrics::routes_loaded(
+            routes.rules().len(),
+            routes.shadow_rules(settings.mode).len(),
+            routes.checksum(),
+        );
         Ok(Arc::new(Self {
             routes: ArcSwap::from_pointee(routes),
             routes_path: settings.routes.clone(),
@@ -52,6 +58,7 @@ impl AppState {
             limits: settings.limits.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             tls: settings.tls.is_some(),
+            mode: settings.mode,
             draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -94,7 +101,15 @@ impl AppState {
         match loaded {
             Ok(table) => {
                 let n = table.rules().len();
-                crate::metrics::routes_loaded(n, 0, table.checksum());
+                let shadow = table.shadow_rules(self.mode);
+                crate::metrics::routes_loaded(n, shadow.len(), table.checksum());
+                if !shadow.is_empty() {
+                    tracing::warn!(
+                        shadow_rules = shadow.len(),
+                        rules = %shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(","),
+                        "SHADOW MODE: these rules' denials are logged as would_deny and forwarded, not enforced"
+                    );
+                }
                 self.routes.store(Arc::new(table));
                 tracing::info!(rules = n, "routes reloaded");
                 Ok(n)

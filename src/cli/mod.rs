@@ -244,11 +244,12 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<(String, bool)> {
         body,
     };
     runtime()?.block_on(async {
-        let engine = trial::Engine::open(
+        let mut engine = trial::Engine::open(
             &settings.routes,
             &settings.db,
             existing_ledger(&settings.ledger),
         )?;
+        engine.mode = settings.mode;
         let ex = engine.run(&request).await?;
         let allowed = ex.status == 200;
         let text = if args.json {
@@ -283,7 +284,8 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
             (None, None) => None,
         };
         let results = rt.block_on(async {
-            let engine = trial::Engine::open(&routes, &db, ledger.as_deref())?;
+            let mut engine = trial::Engine::open(&routes, &db, ledger.as_deref())?;
+            engine.mode = settings.mode;
             ruletest::run(&loaded, &engine).await
         })?;
         let (p, f) = results.iter().fold(
@@ -335,8 +337,19 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
             missing.join("\n  ")
         )
     })?;
+    let shadow = table.shadow_rules(settings.mode);
+    let shadow_note = match (settings.mode, shadow.len()) {
+        (crate::rules::Mode::Shadow, _) => {
+            "\nwarning: SHADOW MODE (mode = \"shadow\"): no rule's checks are enforced; denials are only logged as would_deny".to_owned()
+        }
+        (_, 0) => String::new(),
+        (_, n) => format!(
+            "\nwarning: SHADOW: {n} rule(s) not enforced (denials only logged as would_deny): {}",
+            shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    };
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),
@@ -416,6 +429,17 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             admin = ?settings.admin_listen,
             "invoke-guard started"
         );
+        let shadow = state.routes.load().shadow_rules(settings.mode).len();
+        if settings.mode == crate::rules::Mode::Shadow {
+            tracing::warn!(
+                "SHADOW MODE (mode = \"shadow\"): NO RULE IS ENFORCED; every check denial is only logged as would_deny and forwarded"
+            );
+        } else if shadow > 0 {
+            tracing::warn!(
+                shadow_rules = shadow,
+                "SHADOW: {shadow} rule(s) have mode = \"shadow\": their check denials are only logged as would_deny and forwarded"
+            );
+        }
         let mut rx = stop_rx;
         let facts = state.facts.clone();
         crate::server::run(listener, state, tls, async move {

@@ -58,6 +58,28 @@ impl Auth {
     }
 }
 
+/// Whether a rule's denials are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A denial is answered by the guard (the default; never implied by anything else).
+    #[default]
+    Enforce,
+    /// Dry run: the checks are evaluated, a denial is logged and counted as `would_deny` with
+    /// its full verdict, and the request is forwarded as if allowed. Identity, `auth`, targets,
+    /// framing and bodies are still enforced: only the `require` checks are shadowed.
+    Shadow,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
 /// Where a selector reads its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -120,10 +142,20 @@ pub struct Rule {
     pub checks: Vec<Check>,
     pub response: Vec<ResponseFilter>,
     pub block: Option<StatusCode>,
+    /// `mode = "shadow"`: the checks' denials are logged and forwarded (see [`Mode`]).
+    pub mode: Mode,
     pub body: BodyNeed,
     /// What a JSON body parse keeps (the `body.*` selectors and what filters read).
     pub json_plan: JsonPlan,
     pub line: usize,
+}
+
+impl Rule {
+    /// Whether this rule's check denials are only logged (the rule's own `mode`, or the global
+    /// one): a deny verdict is then forwarded as `would_deny`.
+    pub fn shadowed(&self, global: Mode) -> bool {
+        self.mode == Mode::Shadow || global == Mode::Shadow
+    }
 }
 
 /// A successful lookup.
@@ -184,6 +216,8 @@ struct RawRule {
     response: Vec<String>,
     #[serde(default)]
     block: Option<u16>,
+    #[serde(default)]
+    mode: Mode,
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -252,6 +286,11 @@ impl RouteTable {
     /// Whether the file allows a reload to cover fewer endpoints than the running table.
     pub fn allows_coverage_loss(&self) -> bool {
         self.allow_coverage_loss
+    }
+
+    /// Rules whose denials are not enforced under the global `mode`.
+    pub fn shadow_rules(&self, global: Mode) -> Vec<&Rule> {
+        self.rules.iter().filter(|r| r.shadowed(global)).collect()
     }
 
     /// All rules, in file order.
@@ -342,6 +381,9 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
                 .ok_or_else(|| format!("block must be a 4xx or 5xx status, got {code}"))
         })
         .transpose()?;
+    if raw.mode == Mode::Shadow && block.is_some() {
+        return Err("a blocked route cannot be in shadow mode (block is not a check)".into());
+    }
     if raw.auth == Auth::Admin && checks.iter().any(|c| c.predicate == Predicate::Admin) {
         return Err("auth = \"admin\" already implies the 'admin' check".into());
     }
@@ -363,6 +405,7 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
         checks,
         response,
         block,
+        mode: raw.mode,
         body,
         json_plan,
         line,

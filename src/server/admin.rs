@@ -36,7 +36,15 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                     "not ready: shutting down (draining)\n".into(),
                 )
             } else if rules > 0 && state.facts.is_available() {
-                text(StatusCode::OK, format!("ready: {rules} rules\n"))
+                let shadow = state.routes.load().shadow_rules(state.mode).len();
+                let note = match (state.mode, shadow) {
+                    (crate::rules::Mode::Shadow, _) => {
+                        " (SHADOW MODE: no rule is enforced, denials are only logged)".to_owned()
+                    }
+                    (_, 0) => String::new(),
+                    (_, n) => format!(" (SHADOW: {n} rule(s) not enforced, denials only logged)"),
+                };
+                text(StatusCode::OK, format!("ready: {rules} rules{note}\n"))
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
