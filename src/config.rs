@@ -202,8 +202,36 @@ fn ms(v: Option<u64>, default: u64, key: &'static str) -> Result<Duration, Confi
 fn addr(v: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|e| ConfigError::Invalid {
         key,
-        message: format!("'{v}': {e}"),
+        message: format!(
+            "'{v}': {e}; expected IP:PORT, e.g. 127.0.0.1:9091 or [::1]:9091 (no host names)"
+        ),
     })
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A log filter: a level (`info`), or tracing directives (`info,invoke_guard::decision=warn`).
+/// A bare word that is not a level is refused: tracing would read `verbose` as a target name
+/// and silence everything else, decision log included.
+pub fn log_filter(text: &str) -> Result<String, String> {
+    let is_level = |w: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w.trim()));
+    if text.trim().is_empty() {
+        return Err(format!("empty; expected one of {}", LEVELS.join(", ")));
+    }
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !is_level(level) {
+            let hint = crate::rules::did_you_mean(level, LEVELS.iter().copied());
+            return Err(format!(
+                "'{level}' is not a log level (one of {}){hint}",
+                LEVELS.join(", ")
+            ));
+        }
+        directive
+            .parse::<tracing_subscriber::filter::Directive>()
+            .map_err(|e| format!("'{directive}': {e}"))?;
+    }
+    Ok(text.trim().to_owned())
 }
 
 /// Merge file and overrides into validated settings.
@@ -350,7 +378,12 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
         limits,
         facts,
         log_json,
-        log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+        log_level: log_filter(raw.log.level.as_deref().unwrap_or("info")).map_err(|message| {
+            ConfigError::Invalid {
+                key: "log.level",
+                message,
+            }
+        })?,
         mode: raw.mode.unwrap_or_default(),
     })
 }

@@ -67,7 +67,8 @@ fn broken_routes_are_reported_with_file_line_and_rule() {
         (
             "unknown predicate",
             format!("\n\n{GOOD}require = [\"image.reed(path.x)\"]\n"),
-            &["routes.toml:3", "rule 'a'", "unknown predicate 'image.reed'"],
+            // The line of the offending `require` entry, and the nearest known name.
+            &["routes.toml:8", "rule 'a'", "unknown predicate 'image.reed' (did you mean 'image.read'?)"],
         ),
         (
             "unbound path param",
@@ -91,9 +92,19 @@ fn broken_routes_are_reported_with_file_line_and_rule() {
             &["unknown response filter 'shout'"],
         ),
         (
+            "misspelt filter",
+            format!("{GOOD}response = [\n  \"private_media\",\n  \"privat_media\",\n]\n"),
+            &["routes.toml:8", "did you mean 'private_media'?"],
+        ),
+        (
             "unknown capability",
             format!("{GOOD}require = [\"admin_unless_upstream(\\\"time_travel\\\")\"]\n"),
             &["unknown upstream capability"],
+        ),
+        (
+            "misspelt capability",
+            format!("{GOOD}require = [\"admin_unless_upstream(\\\"sanitises_queue\\\")\"]\n"),
+            &["did you mean 'sanitizes_queue'?"],
         ),
         ("bad method", GOOD.replace("GET", "BREW"), &["unknown method 'BREW'"]),
         ("bad auth", GOOD.replace("user", "anyone"), &["anyone"]),
@@ -194,7 +205,9 @@ fn serve_starts_logs_and_drains_on_sigterm() {
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     let started = lines.find_map(|l| l.ok().filter(|l| l.contains("invoke-guard started")));
+    // The first signal starts the readiness delay, the second ends it (see tests/lifecycle.rs).
     send_signal(child.id(), "TERM");
+    send_signal(child.id(), "INT");
     let status = child.wait().unwrap();
     let started = started.expect("no start line");
     for field in ["listen=127.0.0.1:", "upstream=", "schema=", "rules="] {
@@ -205,6 +218,134 @@ fn serve_starts_logs_and_drains_on_sigterm() {
     assert!(
         rest.iter().any(|l| l.contains("invoke-guard stopped")),
         "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("shutdown requested")),
+        "{rest:?}"
+    );
+}
+
+/// `check` with extra arguments; (ok, stdout, stderr).
+fn check_with(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = bin();
+    cmd.args(["check", "--routes", "routes.toml", "--db"])
+        .arg(fixture_db())
+        .args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_what_serve_would_fail_on_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.db");
+    let ledger_arg = ledger.to_str().unwrap();
+    let cfg = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    // A good baseline passes.
+    let good = cfg(
+        "good.toml",
+        "[log]\nlevel = \"info,invoke_guard::decision=warn\"\n",
+    );
+    let (ok, out, err) = check_with(&["--config", &good, "--ledger", ledger_arg], &[]);
+    assert!(ok, "{out}{err}");
+    // A log level typo would silence every log line (tracing reads it as a target name).
+    let verbose = cfg("verbose.toml", "[log]\nlevel = \"verbose\"\n");
+    let (ok, _, err) = check_with(&["--config", &verbose, "--ledger", ledger_arg], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("log.level") && err.contains("'verbose' is not a log level"),
+        "{err}"
+    );
+    let (ok, _, err) = check_with(
+        &["--config", &good, "--ledger", ledger_arg],
+        &[("INVOKE_GUARD_LOG", "wran")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("INVOKE_GUARD_LOG") && err.contains("did you mean 'warn'?"),
+        "{err}"
+    );
+    // A ledger the guard could not create: its directory is a file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let bad_ledger = file.join("ledger.db");
+    let (ok, _, err) = check_with(
+        &["--config", &good, "--ledger", bad_ledger.to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("guard ledger")
+            && err.contains("not-a-dir")
+            && err.contains("INVOKE_GUARD_LEDGER"),
+        "{err}"
+    );
+    assert!(!err.contains("InvokeAI database"), "mislabelled: {err}");
+    // TLS files that are not PEM: the file is named.
+    let junk = cfg("junk.pem", "not pem\n");
+    let (ok, _, err) = check_with(
+        &[
+            "--config",
+            &good,
+            "--ledger",
+            ledger_arg,
+            "--tls-cert",
+            &junk,
+            "--tls-key",
+            &junk,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("junk.pem") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    // Listener syntax.
+    let (ok, _, err) = check_with(&["--config", &good, "--listen", "localhost:80"], &[]);
+    assert!(!ok);
+    assert!(err.contains("'listen'") && err.contains("IP:PORT"), "{err}");
+    assert!(!ledger.exists(), "check must not create the ledger");
+}
+
+#[test]
+fn serve_names_the_listener_it_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--routes",
+            "routes.toml",
+            "--admin-listen",
+            &addr,
+            "--ledger",
+        ])
+        .arg(dir.path().join("ledger.db"))
+        .arg("--db")
+        .arg(fixture_db())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (admin_listen)"))
+            && err.contains("INVOKE_GUARD_ADMIN_LISTEN"),
+        "{err}"
     );
 }
 

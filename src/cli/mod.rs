@@ -130,10 +130,14 @@ impl Common {
         }
     }
 
-    /// Load and validate settings.
+    /// Load and validate settings (and `INVOKE_GUARD_LOG`, which overrides `log.level`).
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let raw = config::read_file(self.config_path().as_deref())?;
-        Ok(config::settings(raw, self.overrides())?)
+        let settings = config::settings(raw, self.overrides())?;
+        if let Ok(filter) = std::env::var("INVOKE_GUARD_LOG") {
+            config::log_filter(&filter).map_err(|e| anyhow::anyhow!("INVOKE_GUARD_LOG: {e}"))?;
+        }
+        Ok(settings)
     }
 }
 
@@ -328,6 +332,7 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
     if let Some((cert, key)) = &settings.tls {
         crate::server::tls_acceptor(cert, key)?;
     }
+    crate::facts::ledger::Ledger::probe_writable(&settings.ledger)?;
     let version = crate::coverage::version_of(&schema);
     let covered = crate::coverage::check(&table, version).map_err(|missing| {
         anyhow::anyhow!(
@@ -371,6 +376,7 @@ fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {
 }
 
 fn init_tracing(settings: &Settings) {
+    // Both were validated by `settings()` (a bare unknown word would silence the log).
     let filter = tracing_subscriber::EnvFilter::try_from_env("INVOKE_GUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -398,10 +404,15 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let listener = bind(settings.listen, "listen", "--listen / INVOKE_GUARD_LISTEN").await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(addr) = settings.admin_listen {
-            let admin = tokio::net::TcpListener::bind(addr).await?;
+            let admin = bind(
+                addr,
+                "admin_listen",
+                "--admin-listen / INVOKE_GUARD_ADMIN_LISTEN (\"off\" disables it)",
+            )
+            .await?;
             let mut rx = stop_rx.clone();
             tokio::spawn(crate::server::admin::run(
                 admin,
@@ -449,6 +460,27 @@ fn serve(common: &Common) -> anyhow::Result<()> {
         facts.shutdown();
         tracing::info!("invoke-guard stopped");
         Ok(())
+    })
+}
+
+/// Bind a listener; the error names the setting and what to do.
+async fn bind(
+    addr: std::net::SocketAddr,
+    key: &str,
+    set_with: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "another process (or another guard) holds this port",
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges; use a higher port"
+            }
+            std::io::ErrorKind::AddrNotAvailable => "this machine has no such address",
+            _ => "check the address",
+        };
+        anyhow::anyhow!(
+            "cannot listen on {addr} ({key}): {e}; {hint}; set another with `{key}` / {set_with}"
+        )
     })
 }
 

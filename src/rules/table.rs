@@ -211,9 +211,9 @@ struct RawRule {
     path: String,
     auth: Auth,
     #[serde(default)]
-    require: Vec<String>,
+    require: Vec<toml::Spanned<String>>,
     #[serde(default)]
-    response: Vec<String>,
+    response: Vec<toml::Spanned<String>>,
     #[serde(default)]
     block: Option<u16>,
     #[serde(default)]
@@ -253,6 +253,20 @@ impl RouteTable {
             let line = line_of(text, spanned.span().start);
             let raw_rule = spanned.into_inner();
             let id = raw_rule.id.clone();
+            // A bad check or filter is reported at its own line (the rule's line otherwise).
+            if let Ok(params) = template_params(&raw_rule.path) {
+                for c in &raw_rule.require {
+                    if let Err(m) = parse_check(c.get_ref(), &params) {
+                        let at = line_of(text, c.span().start);
+                        return Err(err(at, Some(&id), format!("check '{}': {m}", c.get_ref())));
+                    }
+                }
+            }
+            for f in &raw_rule.response {
+                if let Err(m) = response_filter(f.get_ref()) {
+                    return Err(err(line_of(text, f.span().start), Some(&id), m));
+                }
+            }
             let rule = compile_rule(raw_rule, line).map_err(|m| err(line, Some(&id), m))?;
             if !ids.insert(rule.id.clone()) {
                 return Err(err(line, Some(&id), "duplicate rule id".into()));
@@ -321,6 +335,17 @@ impl RouteTable {
     }
 }
 
+/// ` (did you mean 'x'?)` for the known name nearest to `word`, when one is close enough.
+pub fn did_you_mean<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    known
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
@@ -361,16 +386,13 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
     }
     let params = template_params(&raw.path)?;
     let mut checks = Vec::new();
-    for text in &raw.require {
+    for text in raw.require.iter().map(|s| s.get_ref()) {
         checks.push(parse_check(text, &params).map_err(|m| format!("check '{text}': {m}"))?);
     }
     let response = raw
         .response
         .iter()
-        .map(|name| {
-            ResponseFilter::from_name(name)
-                .ok_or_else(|| format!("unknown response filter '{name}'"))
-        })
+        .map(|name| response_filter(name.get_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let block = raw
         .block
@@ -409,6 +431,15 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
         body,
         json_plan,
         line,
+    })
+}
+
+fn response_filter(name: &str) -> Result<ResponseFilter, String> {
+    ResponseFilter::from_name(name).ok_or_else(|| {
+        format!(
+            "unknown response filter '{name}'{}",
+            did_you_mean(name, ResponseFilter::ALL.iter().map(|f| f.name()))
+        )
     })
 }
 
@@ -573,7 +604,8 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
             let name = cond.trim().trim_start_matches("upstream.");
             let cap = Capability::from_name(name).ok_or_else(|| {
                 format!(
-                    "unknown upstream capability '{name}' (one of {})",
+                    "unknown upstream capability '{name}'{} (one of {})",
+                    did_you_mean(name, Capability::names()),
                     Capability::names().join(", ")
                 )
             })?;
@@ -590,8 +622,13 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
         }
         None => (text, None),
     };
-    let predicate = Predicate::from_name(name.trim())
-        .ok_or_else(|| format!("unknown predicate '{}'", name.trim()))?;
+    let predicate = Predicate::from_name(name.trim()).ok_or_else(|| {
+        format!(
+            "unknown predicate '{}'{}",
+            name.trim(),
+            did_you_mean(name.trim(), Predicate::names())
+        )
+    })?;
     let args = match args_text {
         None => Vec::new(),
         Some(inner) if inner.trim().is_empty() => Vec::new(),
@@ -636,7 +673,8 @@ fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> 
                 .map(Arg::Capability)
                 .ok_or_else(|| {
                     format!(
-                        "unknown upstream capability \"{name}\" (one of {})",
+                        "unknown upstream capability \"{name}\"{} (one of {})",
+                        did_you_mean(&name, Capability::names()),
                         Capability::names().join(", ")
                     )
                 }),
@@ -733,7 +771,8 @@ fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
         "body" => Source::Body,
         other => {
             return Err(format!(
-                "unknown selector root '{other}' (path, query, body, form or \"literal\")"
+                "unknown selector root '{other}'{} (path, query, body, form or \"literal\")",
+                did_you_mean(other, ["path", "query", "body", "form"])
             ))
         }
     };

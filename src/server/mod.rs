@@ -153,19 +153,43 @@ where
 
 /// Build a TLS acceptor (HTTP/2 and HTTP/1.1 via ALPN) from PEM files.
 pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::Error as PemError;
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let explain =
+        |file: &std::path::Path, what: &str, e: PemError| match e {
+            PemError::NoItemsFound => {
+                anyhow::anyhow!(
+            "{} (tls.cert/tls.key): no PEM {what} found; expected a -----BEGIN {}----- block",
+            file.display(),
+            if what == "certificate" { "CERTIFICATE" } else { "PRIVATE KEY" }
+        )
+            }
+            other => anyhow::anyhow!(
+                "{} (tls.cert/tls.key): cannot read the {what}: {other}",
+                file.display()
+            ),
+        };
     let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?
+        .map_err(|e| explain(cert, "certificate", e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+        .map_err(|e| explain(cert, "certificate", e))?;
+    if certs.is_empty() {
+        return Err(explain(cert, "certificate", PemError::NoItemsFound));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| explain(key, "private key", e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} and {} (tls.cert/tls.key): {e}; is the key the certificate's own?",
+                cert.display(),
+                key.display()
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
