@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub db: Option<PathBuf>,
     pub routes: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
+    /// Caller groups for `caller.in` (reloaded with routes.toml); none by default.
+    pub groups: Option<PathBuf>,
     /// `enforce` (default) or `shadow`: every rule's checks are logged, not enforced.
     pub mode: Option<crate::rules::Mode>,
     #[serde(default)]
@@ -95,6 +97,7 @@ pub struct Overrides {
     pub db: Option<PathBuf>,
     pub routes: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
+    pub groups: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -128,6 +131,8 @@ pub struct Settings {
     pub db: PathBuf,
     pub routes: PathBuf,
     pub ledger: PathBuf,
+    /// The groups file for `caller.in`, when configured.
+    pub groups: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub trusted_proxies: Vec<IpAddr>,
     pub limits: Limits,
@@ -373,6 +378,7 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             .ledger
             .or(raw.ledger)
             .unwrap_or_else(default_ledger_path),
+        groups: cli.groups.or(raw.groups),
         tls,
         trusted_proxies,
         limits,

@@ -20,6 +20,8 @@ use crate::upstream::Upstream;
 pub struct AppState {
     pub routes: ArcSwap<RouteTable>,
     pub routes_path: PathBuf,
+    /// The groups file `caller.in` reads; the table is compiled against it (reloaded together).
+    pub groups_path: Option<PathBuf>,
     pub facts: Facts,
     pub ledger: Ledger,
     pub upstream: Upstream,
@@ -35,7 +37,8 @@ pub struct AppState {
 impl AppState {
     /// Build the state from validated settings (opens the database and the ledger).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
-        let routes = RouteTable::load(&settings.routes)?;
+        let groups = load_groups(settings.groups.as_deref())?;
+        let routes = RouteTable::load_with_groups(&settings.routes, &groups)?;
         let facts = Facts::open(&settings.facts)?;
         let ledger = Ledger::open(&settings.ledger)?;
         let upstream = Upstream::new(
@@ -52,6 +55,7 @@ impl AppState {
         Ok(Arc::new(Self {
             routes: ArcSwap::from_pointee(routes),
             routes_path: settings.routes.clone(),
+            groups_path: settings.groups.clone(),
             facts,
             ledger,
             upstream,
@@ -78,8 +82,9 @@ impl AppState {
     /// endpoints the running one covers (a half-written or emptied file) is refused unless the
     /// file sets `allow_coverage_loss = true`.
     pub fn reload_routes(&self) -> Result<usize, RouteError> {
-        let loaded =
-            RouteTable::load(&self.routes_path).and_then(|table| {
+        let loaded = load_groups(self.groups_path.as_deref())
+            .and_then(|groups| RouteTable::load_with_groups(&self.routes_path, &groups))
+            .and_then(|table| {
                 let lost = crate::coverage::lost(&self.routes.load(), &table);
                 if lost.is_empty() || table.allows_coverage_loss() {
                     return Ok(table);
@@ -122,21 +127,35 @@ impl AppState {
         }
     }
 
-    /// Poll routes.toml for content changes (ConfigMap symlink swaps included) and reload.
+    /// Poll routes.toml and the groups file for content changes (ConfigMap symlink swaps
+    /// included) and reload both together.
     pub fn spawn_routes_watcher(self: &Arc<Self>, every: std::time::Duration) {
         let state = Arc::downgrade(self);
-        let path = self.routes_path.clone();
+        let paths: Vec<PathBuf> = std::iter::once(self.routes_path.clone())
+            .chain(self.groups_path.clone())
+            .collect();
+        let read = move || -> Option<Vec<Vec<u8>>> {
+            paths.iter().map(|p| std::fs::read(p).ok()).collect()
+        };
         tokio::spawn(async move {
-            let mut last = std::fs::read(&path).ok();
+            let mut last = read();
             loop {
                 tokio::time::sleep(every).await;
                 let Some(state) = state.upgrade() else { return };
-                let now = std::fs::read(&path).ok();
+                let now = read();
                 if now.is_some() && now != last {
                     let _ = state.reload_routes();
                     last = now;
                 }
             }
         });
+    }
+}
+
+/// The groups file (empty groups when none is configured).
+pub fn load_groups(path: Option<&std::path::Path>) -> Result<crate::rules::Groups, RouteError> {
+    match path {
+        Some(p) => crate::rules::Groups::load(p),
+        None => Ok(crate::rules::Groups::default()),
     }
 }

@@ -101,6 +101,9 @@ pub struct Common {
     /// The guard's own ledger database [default: $XDG_STATE_HOME/invoke-guard/ledger.db].
     #[arg(long, env = "INVOKE_GUARD_LEDGER")]
     pub ledger: Option<PathBuf>,
+    /// Caller groups for `caller.in("NAME")` (TOML; reloaded with the routes) [default: none].
+    #[arg(long, env = "INVOKE_GUARD_GROUPS")]
+    pub groups: Option<PathBuf>,
     /// TLS certificate chain (PEM); serve HTTPS (HTTP/2 + HTTP/1.1).
     #[arg(long, env = "INVOKE_GUARD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -125,6 +128,7 @@ impl Common {
             db: self.db.clone(),
             routes: self.routes.clone(),
             ledger: self.ledger.clone(),
+            groups: self.groups.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
         }
@@ -248,10 +252,11 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<(String, bool)> {
         body,
     };
     runtime()?.block_on(async {
-        let mut engine = trial::Engine::open(
+        let mut engine = trial::Engine::open_with_groups(
             &settings.routes,
             &settings.db,
             existing_ledger(&settings.ledger),
+            settings.groups.as_deref(),
         )?;
         engine.mode = settings.mode;
         let ex = engine.run(&request).await?;
@@ -287,8 +292,18 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
             (None, Some(p)) => Some(loaded.relative(p)),
             (None, None) => None,
         };
+        let groups = match (&args.common.groups, &loaded.file.groups) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(p)) => Some(loaded.relative(p)),
+            (None, None) => settings.groups.clone(),
+        };
         let results = rt.block_on(async {
-            let mut engine = trial::Engine::open(&routes, &db, ledger.as_deref())?;
+            let mut engine = trial::Engine::open_with_groups(
+                &routes,
+                &db,
+                ledger.as_deref(),
+                groups.as_deref(),
+            )?;
             engine.mode = settings.mode;
             ruletest::run(&loaded, &engine).await
         })?;
@@ -327,7 +342,8 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
 /// Validate everything `serve` would load; a one-line summary on success.
 pub fn check(common: &Common) -> anyhow::Result<String> {
     let settings = common.settings()?;
-    let table = RouteTable::load(&settings.routes)?;
+    let groups = crate::state::load_groups(settings.groups.as_deref())?;
+    let table = RouteTable::load_with_groups(&settings.routes, &groups)?;
     let schema = probe_db(&settings)?;
     if let Some((cert, key)) = &settings.tls {
         crate::server::tls_acceptor(cert, key)?;

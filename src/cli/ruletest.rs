@@ -24,6 +24,8 @@ pub struct TestFile {
     pub routes: Option<PathBuf>,
     /// The guard's ledger (relative to the file); `--ledger` overrides it; default: empty.
     pub ledger: Option<PathBuf>,
+    /// The groups file `caller.in` reads (relative to the file); `--groups` overrides it.
+    pub groups: Option<PathBuf>,
     /// Ledger entries the cases assume (6.12 creators, bulk-download requesters).
     #[serde(default)]
     pub record: Vec<Record>,

@@ -88,9 +88,21 @@ impl Engine {
     /// Open `routes` and the InvokeAI database at `db` (read-only); `ledger` is the guard's
     /// ledger when given (6.12 ownership), else an empty in-memory one.
     pub fn open(routes: &Path, db_path: &Path, ledger: Option<&Path>) -> anyhow::Result<Self> {
+        Self::open_with_groups(routes, db_path, ledger, None)
+    }
+
+    /// The same, with the groups file `caller.in` reads (as `serve` would load it).
+    pub fn open_with_groups(
+        routes: &Path,
+        db_path: &Path,
+        ledger: Option<&Path>,
+        groups: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let routes_text = std::fs::read_to_string(routes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", routes.display()))?;
-        let table = RouteTable::parse(&routes.display().to_string(), &routes_text)?;
+        let groups = crate::state::load_groups(groups)?;
+        let table =
+            RouteTable::parse_with_groups(&routes.display().to_string(), &routes_text, &groups)?;
         let facts = Facts::open(&FactsConfig {
             db_path: db_path.to_owned(),
             pool_size: 1,

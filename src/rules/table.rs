@@ -18,6 +18,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::http::jsonplan::{JsonPlan, Keep, PathStep};
+use crate::rules::groups::Groups;
 use crate::rules::vocab::{ArgKind, BodyUse, Capability, Predicate, ResponseFilter};
 
 /// A routes.toml problem, with enough context to fix it.
@@ -112,6 +113,11 @@ pub enum Arg {
     Literal(String),
     /// An upstream capability named where the predicate takes one.
     Capability(Capability),
+    /// A group of the groups file, bound when the table was compiled.
+    Group {
+        name: String,
+        members: std::sync::Arc<crate::rules::groups::Members>,
+    },
 }
 
 /// One compiled check: a predicate applied to arguments.
@@ -223,8 +229,18 @@ struct RawRule {
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl RouteTable {
-    /// Read and compile a routes file.
+    /// Read and compile a routes file that names no groups.
     pub fn load(path: &Path) -> Result<Self, RouteError> {
+        Self::load_with_groups(path, &Groups::default())
+    }
+
+    /// Compile a routes file from text that names no groups.
+    pub fn parse(file: &str, text: &str) -> Result<Self, RouteError> {
+        Self::parse_with_groups(file, text, &Groups::default())
+    }
+
+    /// Read and compile a routes file, binding `caller.in` groups from `groups`.
+    pub fn load_with_groups(path: &Path, groups: &Groups) -> Result<Self, RouteError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| RouteError {
             file: file.clone(),
@@ -232,11 +248,11 @@ impl RouteTable {
             rule: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&file, &text)
+        Self::parse_with_groups(&file, &text, groups)
     }
 
     /// Compile a routes file from text (`file` names it in errors).
-    pub fn parse(file: &str, text: &str) -> Result<Self, RouteError> {
+    pub fn parse_with_groups(file: &str, text: &str, groups: &Groups) -> Result<Self, RouteError> {
         let err = |line: usize, rule: Option<&str>, message: String| RouteError {
             file: file.to_owned(),
             line,
@@ -256,7 +272,7 @@ impl RouteTable {
             // A bad check or filter is reported at its own line (the rule's line otherwise).
             if let Ok(params) = template_params(&raw_rule.path) {
                 for c in &raw_rule.require {
-                    if let Err(m) = parse_check(c.get_ref(), &params) {
+                    if let Err(m) = parse_check(c.get_ref(), &params, groups) {
                         let at = line_of(text, c.span().start);
                         return Err(err(at, Some(&id), format!("check '{}': {m}", c.get_ref())));
                     }
@@ -267,7 +283,7 @@ impl RouteTable {
                     return Err(err(line_of(text, f.span().start), Some(&id), m));
                 }
             }
-            let rule = compile_rule(raw_rule, line).map_err(|m| err(line, Some(&id), m))?;
+            let rule = compile_rule(raw_rule, line, groups).map_err(|m| err(line, Some(&id), m))?;
             if !ids.insert(rule.id.clone()) {
                 return Err(err(line, Some(&id), "duplicate rule id".into()));
             }
@@ -358,7 +374,7 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
+fn compile_rule(raw: RawRule, line: usize, groups: &Groups) -> Result<Rule, String> {
     if raw.id.is_empty()
         || !raw
             .id
@@ -387,7 +403,8 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
     let params = template_params(&raw.path)?;
     let mut checks = Vec::new();
     for text in raw.require.iter().map(|s| s.get_ref()) {
-        checks.push(parse_check(text, &params).map_err(|m| format!("check '{text}': {m}"))?);
+        checks
+            .push(parse_check(text, &params, groups).map_err(|m| format!("check '{text}': {m}"))?);
     }
     let response = raw
         .response
@@ -475,7 +492,7 @@ fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
 fn body_need(checks: &[Check]) -> Result<BodyNeed, String> {
     let sources = checks.iter().flat_map(|c| &c.args).filter_map(|a| match a {
         Arg::Select(s) => Some(&s.source),
-        Arg::Literal(_) | Arg::Capability(_) => None,
+        Arg::Literal(_) | Arg::Capability(_) | Arg::Group { .. } => None,
     });
     let (mut json, mut form) = (false, false);
     for source in sources {
@@ -597,7 +614,7 @@ fn check_overlaps(rules: &[Rule]) -> Result<(), (usize, String)> {
 }
 
 /// Parse `name`, `name(arg, arg)`, optionally followed by `unless upstream.CAPABILITY`.
-fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
+fn parse_check(full: &str, params: &[String], groups: &Groups) -> Result<Check, String> {
     let full = full.trim();
     let (text, unless_upstream) = match full.rsplit_once(" unless ") {
         Some((check, cond)) if cond.trim().starts_with("upstream.") => {
@@ -637,7 +654,7 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
             .map(|a| parse_arg(a, params))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let args = check_args(predicate, args)?;
+    let args = check_args(predicate, args, groups)?;
     Ok(Check {
         predicate,
         args,
@@ -648,7 +665,7 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
 
 /// Validate the arguments against the predicate's descriptor; capability literals become
 /// [`Arg::Capability`].
-fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> {
+fn check_args(predicate: Predicate, args: Vec<Arg>, groups: &Groups) -> Result<Vec<Arg>, String> {
     let info = predicate.info();
     let (min, max) = (info.required, info.args.len());
     if args.len() < min || args.len() > max {
@@ -678,6 +695,18 @@ fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> 
                         Capability::names().join(", ")
                     )
                 }),
+            (ArgKind::Group, Arg::Literal(name)) => match groups.get(&name) {
+                Some(members) => Ok(Arg::Group { name, members }),
+                None if groups.source.is_none() => Err(format!(
+                    "group \"{name}\": no groups file is configured (set `groups` / --groups / \
+                     INVOKE_GUARD_GROUPS)"
+                )),
+                None => Err(format!(
+                    "unknown group \"{name}\"{} (the groups file defines: {})",
+                    did_you_mean(&name, groups.names()),
+                    groups.names().collect::<Vec<_>>().join(", ")
+                )),
+            },
             (kind, _) => Err(format!(
                 "argument {} of '{}' must be {}",
                 i + 1,
@@ -686,6 +715,7 @@ fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> 
                     ArgKind::Selector => "a selector",
                     ArgKind::Literal => "a \"literal\"",
                     ArgKind::Capability => "a \"capability\" name",
+                    ArgKind::Group => "a \"group\" name",
                 }
             )),
         })
