@@ -36,6 +36,21 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run rule test files (TOML cases; see docs/rules.md); non-zero on any failure.
     Test(TestArgs),
+    /// Exit 0 when the running guard's /readyz answers 200 (for a container HEALTHCHECK).
+    Health(HealthArgs),
+}
+
+/// `invoke-guard health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The admin address to ask [default: the configured admin_listen; 0.0.0.0/:: mean loopback].
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Ask /healthz (alive) instead of /readyz (ready for traffic).
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `invoke-guard explain METHOD PATH --as USER`.
@@ -179,6 +194,16 @@ pub fn main(cli: Cli) -> ExitCode {
             Err(e) => {
                 eprintln!("invoke-guard test: {e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Health(args) => match health(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("invoke-guard health: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Serve(common) => match serve(&common) {
@@ -339,6 +364,50 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
+/// `health`: one blocking HTTP/1.1 request to the admin listener (no runtime, no TLS: the
+/// admin listener is plain HTTP); Ok only for a 200.
+pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut addr: SocketAddr = match &args.admin {
+        Some(a) => a
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--admin '{a}': {e} (expected IP:PORT)"))?,
+        None => args.common.settings()?.admin_listen.ok_or_else(|| {
+            anyhow::anyhow!("the admin listener is off (admin_listen = \"off\"); nothing to ask")
+        })?,
+    };
+    // A wildcard bind is reachable on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let path = if args.live { "/healthz" } else { "/readyz" };
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        anyhow::anyhow!("{addr}: {e} (is the guard running with this admin_listen?)")
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    // Bounded: a status line and a short body are all we need.
+    stream.take(4096).read_to_end(&mut reply)?;
+    let text = String::from_utf8_lossy(&reply);
+    let status = text.split(' ').nth(1).unwrap_or("");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status == "200" {
+        Ok(format!("{addr}{path}: {body}"))
+    } else {
+        anyhow::bail!("{addr}{path} answered {status}: {body}")
+    }
+}
+
 /// Validate everything `serve` would load; a one-line summary on success.
 pub fn check(common: &Common) -> anyhow::Result<String> {
     let settings = common.settings()?;
@@ -422,6 +491,7 @@ fn serve(common: &Common) -> anyhow::Result<()> {
         };
         let listener = bind(settings.listen, "listen", "--listen / INVOKE_GUARD_LISTEN").await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut admin_addr = None;
         if let Some(addr) = settings.admin_listen {
             let admin = bind(
                 addr,
@@ -429,6 +499,7 @@ fn serve(common: &Common) -> anyhow::Result<()> {
                 "--admin-listen / INVOKE_GUARD_ADMIN_LISTEN (\"off\" disables it)",
             )
             .await?;
+            admin_addr = Some(crate::server::local_addr(&admin));
             let mut rx = stop_rx.clone();
             tokio::spawn(crate::server::admin::run(
                 admin,
@@ -453,7 +524,7 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             db = %settings.db.display(),
             schema = state.facts.schema().label(),
             rules = state.routes.load().rules().len(),
-            admin = ?settings.admin_listen,
+            admin = %admin_addr.map_or("off".to_owned(), |a| a.to_string()),
             "invoke-guard started"
         );
         let shadow = state.routes.load().shadow_rules(settings.mode).len();
