@@ -7,6 +7,8 @@
 #   2. end-to-end: real InvokeAI 6.12.0 and 6.14.2 from PyPI (cached venvs outside the repo),
 #      the cross-user matrix through the guard (tests/e2e/run.sh)
 #   3. the official web UI through the guard in headless Chromium (tests/e2e/browser/run.sh)
+#   4. deployment artefacts: Kubernetes manifests and the Compose file against their schemas
+#      (scripts/deploy/validate.sh; cached venv outside the repo)
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    cargo tests only (no InvokeAI, no browser)
@@ -21,7 +23,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -62,6 +64,9 @@ fi
 
 step "test prerequisites"
 scripts/setup-test-deps.sh
+
+step "deployment artefacts (Kubernetes schemas, Compose schema)"
+scripts/deploy/validate.sh 2>&1 | tee -a "$LOG"
 
 step "release build"
 cargo build --release --locked

@@ -56,9 +56,10 @@ fn dockerfile_pins_bases_by_digest_runs_static_non_root_with_a_healthcheck() {
         .find(|l| l.starts_with("USER "))
         .expect("a USER in the runtime stage");
     assert!(!user.contains(" 0") && !user.contains("root"), "{user}");
+    assert!(runtime.contains("HEALTHCHECK"), "a HEALTHCHECK");
     assert!(
-        runtime.contains("HEALTHCHECK") && runtime.contains("\"invoke-guard\", \"health\"")
-            || runtime.contains("/invoke-guard\", \"health\"")
+        runtime.contains("CMD [\"/usr/local/bin/invoke-guard\", \"health\"]"),
+        "the HEALTHCHECK asks `invoke-guard health`"
     );
     assert!(
         runtime.contains("INVOKE_GUARD_ADMIN_LISTEN=127.0.0.1:"),
