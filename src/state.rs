@@ -26,7 +26,8 @@ pub struct AppState {
     pub ledger: Ledger,
     pub upstream: Upstream,
     pub limits: Limits,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Peers (addresses or ranges) whose `X-Forwarded-*` headers are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: bool,
     /// The global mode (see [`crate::rules::Mode`]).
     pub mode: crate::rules::Mode,

@@ -355,3 +355,139 @@ fn send_signal(pid: u32, sig: &str) {
         .status()
         .unwrap();
 }
+
+#[test]
+fn every_setting_is_listed_once_and_in_the_readme_table() {
+    use invoke_guard::config::{settings_table, RawConfig, SETTINGS};
+    fn keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    keys(&format!("{prefix}{k}."), v, out);
+                }
+            }
+            _ => out.push(prefix.trim_end_matches('.').to_owned()),
+        }
+    }
+    let mut in_code = Vec::new();
+    keys(
+        "",
+        &serde_json::to_value(RawConfig::default()).unwrap(),
+        &mut in_code,
+    );
+    let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+    in_code.sort();
+    listed.sort();
+    assert_eq!(in_code, listed, "config::SETTINGS and RawConfig disagree");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let table = settings_table();
+    assert!(
+        readme.contains(&table),
+        "README.md's settings table is stale; replace it with:\n{table}"
+    );
+}
+
+/// `check` with a config file text, extra environment and arguments.
+fn check_layered(file: &str, envs: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("guard.toml");
+    std::fs::write(&cfg, file).unwrap();
+    let mut cmd = bin();
+    cmd.args(["check", "--routes", "routes.toml", "--config"])
+        .arg(&cfg)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .arg("--db")
+        .arg(fixture_db())
+        .args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn settings_layer_file_then_environment_then_set_then_flags() {
+    let small = "[limits]\nmax_header_bytes = 100\n";
+    // The file alone: refused (a limit below 8192).
+    let (ok, err) = check_layered(small, &[], &[]);
+    assert!(!ok && err.contains("max_header_bytes"), "{err}");
+    // A nested environment variable beats the file.
+    let env = [("INVOKE_GUARD_LIMITS__MAX_HEADER_BYTES", "9000")];
+    let (ok, err) = check_layered(small, &env, &[]);
+    assert!(ok, "{err}");
+    // --set beats the environment.
+    let (ok, err) = check_layered(small, &env, &["--set", "limits.max_header_bytes=100"]);
+    assert!(!ok && err.contains("max_header_bytes"), "{err}");
+    // A dedicated flag beats --set.
+    let (ok, err) = check_layered(
+        "",
+        &[],
+        &["--set", "listen=nowhere", "--listen", "127.0.0.1:1"],
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = check_layered("", &[], &["--set", "listen=nowhere"]);
+    assert!(!ok && err.contains("'nowhere'"), "{err}");
+    // Lists from the environment, with CIDR ranges.
+    let (ok, err) = check_layered(
+        "",
+        &[("INVOKE_GUARD_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1")],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_TRUSTED_PROXIES", "10.0.0.0/33")], &[]);
+    assert!(
+        !ok && err.contains("trusted_proxies") && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+    // Top-level keys keep their historical names; the mode too.
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_LISTEN", "nowhere")], &[]);
+    assert!(!ok && err.contains("'listen'"), "{err}");
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_LOG__LEVEL", "verbose")], &[]);
+    assert!(!ok && err.contains("log.level"), "{err}");
+    // A typo in an environment variable or a --set key is an error, naming where it came from.
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_LIMITS__MAX_BODY_BYTE", "1")], &[]);
+    assert!(
+        !ok && err.contains("max_body_byte") && err.contains("INVOKE_GUARD_"),
+        "{err}"
+    );
+    let (ok, err) = check_layered("", &[], &["--set", "limits.max_body_byte=1"]);
+    assert!(!ok && err.contains("max_body_byte"), "{err}");
+}
+
+#[test]
+fn readme_check_example_is_what_check_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args([
+            "check",
+            "--config",
+            "/dev/null",
+            "--routes",
+            "routes.toml",
+            "--db",
+            "tests/fixtures/invokeai-6.12.0-rich.db",
+            "--ledger",
+        ])
+        .arg(dir.path().join("ledger.db"))
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!(
+            "$ invoke-guard check --db tests/fixtures/invokeai-6.12.0-rich.db\n{line}\n"
+        )),
+        "README's check example (rule and endpoint counts) is stale; it should show:\n{line}"
+    );
+}

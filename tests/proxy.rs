@@ -510,6 +510,29 @@ async fn trusted_proxy_chain_is_extended_untrusted_is_replaced() {
 }
 
 #[tokio::test]
+async fn trusted_proxies_take_cidr_ranges() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let hdrs = [("x-forwarded-for", "203.0.113.7")];
+    for (ranges, kept) in [
+        ("[\"127.0.0.0/8\"]", true),
+        ("[\"10.0.0.0/8\", \"::1/128\"]", false),
+    ] {
+        let up = mock(None).await;
+        let raw_cfg: invoke_guard::config::RawConfig =
+            toml::from_str(&format!("trusted_proxies = {ranges}\n")).unwrap();
+        let g = guard_with(ROUTES, &db.path, &up.url(), raw_cfg).await;
+        send_with("GET", &g.url("/open/x"), None, None, &hdrs).await;
+        let h = up.last().unwrap().headers;
+        let want = if kept {
+            "203.0.113.7, 127.0.0.1"
+        } else {
+            "127.0.0.1"
+        };
+        assert_eq!(h["x-forwarded-for"], want, "{ranges}");
+    }
+}
+
+#[tokio::test]
 async fn reload_swaps_whole_tables_and_keeps_the_last_good_one() {
     let (_db, _up, g, _m, t) = setup().await;
     assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 200);

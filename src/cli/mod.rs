@@ -92,32 +92,37 @@ pub struct TestArgs {
     pub common: Common,
 }
 
-/// Options shared by `serve` and `check`; each overrides the config file.
+/// Options shared by every command. Settings are layered: config file < `INVOKE_GUARD_*`
+/// environment (`__` nests: `INVOKE_GUARD_LIMITS__MAX_BODY_BYTES`) < `--set` < these flags.
 #[derive(Debug, Args)]
 pub struct Common {
+    /// Any setting as KEY=VALUE, e.g. --set limits.max_body_bytes=1048576 (repeatable; see the
+    /// README's settings table).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Config file (default: config/invoke-guard.toml when present).
     #[arg(long, env = "INVOKE_GUARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9091].
-    #[arg(long, env = "INVOKE_GUARD_LISTEN")]
+    #[arg(long)]
     pub listen: Option<String>,
     /// Admin address for /healthz, /readyz, /metrics ("off" disables) [default: 127.0.0.1:9092].
-    #[arg(long, env = "INVOKE_GUARD_ADMIN_LISTEN")]
+    #[arg(long)]
     pub admin_listen: Option<String>,
     /// InvokeAI base URL [default: http://127.0.0.1:9090].
-    #[arg(long, env = "INVOKE_GUARD_UPSTREAM")]
+    #[arg(long)]
     pub upstream: Option<String>,
     /// InvokeAI database [default: $INVOKEAI_ROOT/databases/invokeai.db, else ~/invokeai/databases/invokeai.db].
-    #[arg(long, env = "INVOKE_GUARD_DB")]
+    #[arg(long)]
     pub db: Option<PathBuf>,
     /// Route table [default: routes.toml].
-    #[arg(long, env = "INVOKE_GUARD_ROUTES")]
+    #[arg(long)]
     pub routes: Option<PathBuf>,
     /// The guard's own ledger database [default: $XDG_STATE_HOME/invoke-guard/ledger.db].
-    #[arg(long, env = "INVOKE_GUARD_LEDGER")]
+    #[arg(long)]
     pub ledger: Option<PathBuf>,
     /// Caller groups for `caller.in("NAME")` (TOML; reloaded with the routes) [default: none].
-    #[arg(long, env = "INVOKE_GUARD_GROUPS")]
+    #[arg(long)]
     pub groups: Option<PathBuf>,
     /// TLS certificate chain (PEM); serve HTTPS (HTTP/2 + HTTP/1.1).
     #[arg(long, env = "INVOKE_GUARD_TLS_CERT", requires = "tls_key")]
@@ -151,7 +156,7 @@ impl Common {
 
     /// Load and validate settings (and `INVOKE_GUARD_LOG`, which overrides `log.level`).
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let raw = config::read_file(self.config_path().as_deref())?;
+        let raw = config::load(self.config_path().as_deref(), &self.set)?;
         let settings = config::settings(raw, self.overrides())?;
         if let Ok(filter) = std::env::var("INVOKE_GUARD_LOG") {
             config::log_filter(&filter).map_err(|e| anyhow::anyhow!("INVOKE_GUARD_LOG: {e}"))?;
@@ -486,7 +491,11 @@ fn serve(common: &Common) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let state = AppState::from_settings(&settings)?;
         let tls = match &settings.tls {
-            Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
+            Some((cert, key)) => {
+                let (acceptor, reloader) = crate::server::tls_reloading(cert, key)?;
+                reloader.spawn_watcher(std::time::Duration::from_secs(2));
+                Some(acceptor)
+            }
             None => None,
         };
         let listener = bind(settings.listen, "listen", "--listen / INVOKE_GUARD_LISTEN").await?;

@@ -60,7 +60,7 @@ impl Auth {
 }
 
 /// Whether a rule's denials are enforced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A denial is answered by the guard (the default; never implied by anything else).
