@@ -5,7 +5,7 @@
 # (INVOKE_GUARD_ADMIN_LISTEN); the HEALTHCHECK asks it with `invoke-guard health`.
 #
 # Base images are pinned by digest, the tag beside it for people. These are the digests of
-# rust:1.88-bookworm and gcr.io/distroless/static-debian12:nonroot as pinned by several public
+# rust:1.91-bookworm and gcr.io/distroless/static-debian12:nonroot as pinned by several public
 # projects; refresh them (needs docker buildx or crane) with:
 #   scripts/deploy/pin-bases.sh            # rewrites the two ARG lines below to today's digests
 #
@@ -16,7 +16,7 @@
 #     -v /srv/invokeai/databases:/invokeai/databases:ro \
 #     -v invoke-guard-ledger:/var/lib/invoke-guard \
 #     -e INVOKE_GUARD_UPSTREAM=http://invokeai.internal:9090 invoke-guard:0.1.0
-ARG BUILD_IMAGE=rust:1.88-bookworm@sha256:af306cfa71d987911a781c37b59d7d67d934f49684058f96cf72079c3626bfe0
+ARG BUILD_IMAGE=rust:1.91-bookworm@sha256:c1e5f19e773b7878c3f7a805dd00a495e747acbdc76fb2337a4ebf0418896b33
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:d093aa3e30dbadd3efe1310db061a14da60299baff8450a17fe0ccc514a16639
 
 FROM ${BUILD_IMAGE} AS build

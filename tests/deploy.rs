@@ -205,3 +205,24 @@ fn health_follows_readiness_of_a_running_guard() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn the_build_image_is_new_enough_for_the_crate() {
+    let version = |s: &str| -> Vec<u32> { s.split('.').map(|p| p.parse().unwrap()).collect() };
+    let cargo = repo("Cargo.toml");
+    let msrv = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("rust-version in Cargo.toml");
+    let docker = repo("Dockerfile");
+    let tag = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG BUILD_IMAGE=rust:"))
+        .and_then(|r| r.split('-').next())
+        .expect("a rust:X.Y-... build image");
+    assert!(
+        version(tag) >= version(msrv),
+        "Dockerfile builds with Rust {tag}, Cargo.toml needs {msrv}"
+    );
+}
