@@ -168,6 +168,21 @@ async fn global_shadow_forwards_check_denials_but_not_auth_or_identity() {
     let raw: RawConfig = toml::from_str("mode = \"shadow\"").unwrap();
     let g = guard_with(ROUTES, &db.path, &up.url(), raw).await;
     assert_eq!(g.state.routes.load().shadow_rules(g.state.mode).len(), 3);
+    // Visible in the readiness body.
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_url = format!("http://{}/readyz", admin.local_addr().unwrap());
+    tokio::spawn(invoke_guard::server::admin::run(
+        admin,
+        g.state.clone(),
+        std::future::pending(),
+    ));
+    let ready = send("GET", &admin_url, None, None).await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        String::from_utf8_lossy(&ready.body).contains("SHADOW MODE"),
+        "{:?}",
+        ready.body
+    );
     let bob = token_for(&m, "bob");
     let board = m["boards"]["alice_private"]["board_id"].as_str().unwrap();
     let r = send(
