@@ -491,3 +491,52 @@ fn readme_check_example_is_what_check_prints() {
         "README's check example (rule and endpoint counts) is stale; it should show:\n{line}"
     );
 }
+
+#[test]
+fn documented_defaults_are_the_defaults() {
+    use invoke_guard::config::{settings, Overrides, RawConfig, SETTINGS};
+    let s = settings(RawConfig::default(), Overrides::default()).unwrap();
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
+    let actual = |key: &str| -> Option<String> {
+        let l = &s.limits;
+        let f = &s.facts;
+        Some(match key {
+            "listen" => format!("`{}`", s.listen),
+            "admin_listen" => format!("`{}`", s.admin_listen.unwrap()),
+            "upstream" => format!("`{}`", s.upstream.to_string().trim_end_matches('/')),
+            "routes" => format!("`{}`", s.routes.display()),
+            "mode" => format!("`{}`", s.mode.name()),
+            "limits.max_body_bytes" => l.max_body_bytes.to_string(),
+            "limits.max_public_body_bytes" => l.max_public_body_bytes.to_string(),
+            "limits.max_header_bytes" => l.max_header_bytes.to_string(),
+            "limits.header_read_timeout_ms" => ms(l.header_read_timeout),
+            "limits.body_read_timeout_ms" => ms(l.body_read_timeout),
+            "limits.upstream_connect_timeout_ms" => ms(l.upstream_connect_timeout),
+            "limits.upstream_response_timeout_ms" => ms(l.upstream_response_timeout),
+            "limits.upstream_idle_timeout_ms" => ms(l.upstream_idle_timeout),
+            "limits.shutdown_delay_ms" => ms(l.shutdown_delay),
+            "limits.shutdown_grace_ms" => ms(l.shutdown_grace),
+            "facts.pool_size" => f.pool_size.to_string(),
+            "facts.cache_entries" => f.cache_entries.to_string(),
+            "facts.cache_ttl_ms" => ms(f.cache_ttl),
+            "facts.poll_interval_ms" => ms(f.poll_interval),
+            "facts.busy_timeout_ms" => ms(f.busy_timeout),
+            "log.format" => if s.log_json { "`json`" } else { "`text`" }.to_owned(),
+            "log.level" => format!("`{}`", s.log_level),
+            "trusted_proxies" | "groups" | "tls.cert" | "tls.key" => {
+                assert!(s.trusted_proxies.is_empty() && s.groups.is_none() && s.tls.is_none());
+                "none".to_owned()
+            }
+            // Environment-derived or computed defaults, described in words.
+            _ => return None,
+        })
+    };
+    let mut compared = 0;
+    for doc in SETTINGS {
+        if let Some(value) = actual(doc.key) {
+            assert_eq!(doc.default, value, "documented default of {}", doc.key);
+            compared += 1;
+        }
+    }
+    assert!(compared >= 25, "{compared}");
+}
