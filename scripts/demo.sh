@@ -65,7 +65,7 @@ PY
 
 "$GUARD" serve --config /dev/null --listen "127.0.0.1:$GUARD_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --upstream "http://127.0.0.1:$INVOKE_PORT" --db "$ROOT/databases/invokeai.db" \
-  --routes "$REPO/routes.toml" --ledger "$STATE/ledger.db" --set log.format=json \
+  --routes "$REPO/routes.toml" --ledger "$STATE/ledger.db" --set log.format=json --set limits.shutdown_delay_ms=0 \
   2> "$STATE/guard.log" &
 GUARD_PID=$!
 for _ in $(seq 1 100); do

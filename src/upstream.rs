@@ -28,6 +28,7 @@ pub struct Upstream {
     client: Client<HttpConnector, Body>,
     authority: http::uri::Authority,
     response_timeout: Duration,
+    connect_timeout: Duration,
     /// Tunnels outlive the HTTP connection hyper's graceful shutdown tracks: this closes them.
     close_tunnels: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -54,7 +55,30 @@ impl Upstream {
                 .expect("validated upstream has an authority")
                 .clone(),
             response_timeout,
+            connect_timeout,
             close_tunnels: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// Whether InvokeAI accepts a TCP connection now (readiness; bounded by the connect timeout,
+    /// at most one second). The error names the address and the cause.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let addr = (
+            self.authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            self.authority.port_u16().unwrap_or(80),
+        );
+        let wait = self.connect_timeout.min(Duration::from_secs(1));
+        match tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.authority)),
+            Err(_) => Err(format!(
+                "{}: no answer within {} ms",
+                self.authority,
+                wait.as_millis()
+            )),
         }
     }
 

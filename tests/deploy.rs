@@ -125,6 +125,9 @@ fn health_follows_readiness_of_a_running_guard() {
         .to_string();
     let (ok, text) = health(&free);
     assert!(!ok && text.contains(&free), "{text}");
+    // An upstream that accepts connections (readiness asks for one; the kernel's backlog answers).
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
     let mut child = bin()
         .args([
             "serve",
@@ -134,6 +137,8 @@ fn health_follows_readiness_of_a_running_guard() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--upstream",
+            &upstream_url,
             "--routes",
             "routes.toml",
             "--ledger",

@@ -581,6 +581,26 @@ async fn admin_endpoints_report_readiness_and_metrics() {
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("invoke_guard_authz_decisions_total{decision=\"allow\",rule_id=\"api.any\",check=\"all\",reason=\"-\"}"), "{text}");
     assert!(!text.contains(&t), "metrics must never carry tokens");
+    // InvokeAI gone: not ready, and the body says which address failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead = guard(ROUTES, &db.path, &format!("http://{closed}")).await;
+    let dead_admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/readyz", dead_admin.local_addr().unwrap());
+    tokio::spawn(invoke_guard::server::admin::run(
+        dead_admin,
+        dead.state.clone(),
+        std::future::pending(),
+    ));
+    let r = send("GET", &dead_url, None, None).await;
+    assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains(&format!("upstream unreachable ({closed}")),
+        "{body}"
+    );
     std::fs::remove_file(&db.path).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while send("GET", &url("/readyz"), None, None).await.status == 200 {

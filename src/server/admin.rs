@@ -2,8 +2,8 @@
 //!
 //! Invariants:
 //! - It binds its own address (loopback by default) and never proxies anything.
-//! - `/readyz` is 200 only while the route table is loaded, InvokeAI's database is readable and
-//!   shutdown has not begun.
+//! - `/readyz` is 200 only while the route table is loaded, InvokeAI's database is readable,
+//!   InvokeAI accepts TCP connections and shutdown has not begun.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +25,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     res
 }
 
-fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
+async fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
@@ -35,7 +35,11 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: shutting down (draining)\n".into(),
                 )
-            } else if rules > 0 && state.facts.is_available() {
+            } else if let (true, true, Ok(())) = (
+                rules > 0,
+                state.facts.is_available(),
+                state.upstream.reachable().await,
+            ) {
                 let shadow = state.routes.load().shadow_rules(state.mode).len();
                 let note = match (state.mode, shadow) {
                     (crate::rules::Mode::Shadow, _) => {
@@ -46,10 +50,14 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                 };
                 text(StatusCode::OK, format!("ready: {rules} rules{note}\n"))
             } else {
+                let upstream = match state.upstream.reachable().await {
+                    Ok(()) => "reachable".to_owned(),
+                    Err(e) => format!("unreachable ({e})"),
+                };
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "not ready: {rules} rules, database available: {}\n",
+                        "not ready: {rules} rules, database available: {}, upstream {upstream}\n",
                         state.facts.is_available()
                     ),
                 )
@@ -87,7 +95,7 @@ pub async fn run<F: Future<Output = ()>>(listener: TcpListener, state: Arc<AppSt
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(&req, &state).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
