@@ -312,6 +312,7 @@ async fn pump<S>(ws: WebSocketStream<S>, session: Arc<Session>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let _open = crate::metrics::UpgradedConnection::open();
     let (mut sink, mut stream) = ws.split();
     loop {
         let notified = session.notify.notified();

@@ -105,6 +105,13 @@ impl Session {
         self.closed.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
+
+    /// Disconnect the client (`41`, then close) and end the session (shutdown).
+    pub fn shut_down(&self) {
+        self.push("41".into());
+        let _ = self.inbox.try_send(Inbound::Closed);
+        self.close();
+    }
 }
 
 /// Start a session; returns its shared half (the actor runs until the session ends).
