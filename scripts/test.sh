@@ -8,6 +8,9 @@
 #      the cross-user matrix and the Socket.IO suite (real python-socketio clients) through the
 #      guard (tests/e2e/run.sh)
 #   3. the official web UI through the guard in headless Chromium (tests/e2e/browser/run.sh)
+#   4. deployment artefacts: Kubernetes manifests and the Compose file against their schemas
+#      (scripts/deploy/validate.sh; cached venv outside the repo)
+#   5. scripts/demo.sh 6.12.0 (real InvokeAI behind the guard: a leak refused)
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    cargo tests only (no InvokeAI, no browser)
@@ -22,7 +25,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -64,6 +67,9 @@ fi
 step "test prerequisites"
 scripts/setup-test-deps.sh
 
+step "deployment artefacts (Kubernetes schemas, Compose schema)"
+scripts/deploy/validate.sh 2>&1 | tee -a "$LOG"
+
 step "release build"
 cargo build --release --locked
 
@@ -72,6 +78,9 @@ target/release/invoke-guard test tests/data/policy/6.12.0.toml tests/data/policy
 
 step "end-to-end against real InvokeAI 6.12.0 and 6.14.2"
 GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.14.2 2>&1 | tee -a "$LOG"
+
+step "the newcomer's demo (scripts/demo.sh 6.12.0, non-interactive)"
+DEMO_KEEP=0 GUARD_BIN="$REPO/target/release/invoke-guard" scripts/demo.sh 6.12.0 2>&1 | tee -a "$LOG"
 
 if [[ -x tests/e2e/browser/run.sh ]]; then
   step "web UI through the guard (headless Chromium, InvokeAI 6.14.2)"

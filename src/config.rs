@@ -1,9 +1,13 @@
-//! Configuration: the TOML file (raw serde structs) plus CLI/env overrides, validated into
-//! [`Settings`].
+//! Configuration: layered by figment (the TOML file, then `INVOKE_GUARD_*` environment
+//! variables with `__` for nesting, then `--set key=value` and the dedicated flags) into raw
+//! serde structs, validated into [`Settings`].
 //!
 //! Invariants:
-//! - Unknown keys are errors (`deny_unknown_fields`), so a typo never silently means a default.
-//! - Precedence: command line / environment > config file > built-in default.
+//! - Unknown keys are errors (`deny_unknown_fields`) in every layer, so a typo in a file key, an
+//!   environment variable or a `--set` never silently means a default.
+//! - Precedence: dedicated flags > `--set` > environment > config file > built-in default.
+//! - Every setting is listed once in [`SETTINGS`] (key, default, meaning); a test checks that
+//!   list against these structs and the README's table against the list.
 //! - A `Settings` value is fully validated: addresses parse, the upstream is an `http://` URL
 //!   with a host, TLS cert and key come together, limits are non-zero.
 
@@ -11,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A configuration problem.
@@ -23,7 +27,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
@@ -32,7 +36,12 @@ pub struct RawConfig {
     pub db: Option<PathBuf>,
     pub routes: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
-    #[serde(default)]
+    /// Caller groups for `caller.in` (reloaded with routes.toml); none by default.
+    pub groups: Option<PathBuf>,
+    /// `enforce` (default) or `shadow`: every rule's checks are logged, not enforced.
+    pub mode: Option<crate::rules::Mode>,
+    /// IP addresses or CIDR ranges; a list, or one comma-separated string (environment).
+    #[serde(default, deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub tls: RawTls,
@@ -44,14 +53,14 @@ pub struct RawConfig {
     pub log: RawLog,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_body_bytes: Option<usize>,
@@ -61,12 +70,13 @@ pub struct RawLimits {
     pub upstream_response_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub shutdown_delay_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_public_body_bytes: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFacts {
     pub pool_size: Option<usize>,
@@ -76,7 +86,7 @@ pub struct RawFacts {
     pub busy_timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub format: Option<String>,
@@ -92,6 +102,7 @@ pub struct Overrides {
     pub db: Option<PathBuf>,
     pub routes: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
+    pub groups: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -106,6 +117,9 @@ pub struct Limits {
     pub upstream_response_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the listeners keep serving while `/readyz` answers 503 (so load
+    /// balancers stop sending new connections) before the drain starts.
+    pub shutdown_delay: Duration,
     pub max_connections: usize,
     /// Body limit for rules anyone may call (`auth = "public"`): read before any identity.
     pub max_public_body_bytes: usize,
@@ -122,12 +136,16 @@ pub struct Settings {
     pub db: PathBuf,
     pub routes: PathBuf,
     pub ledger: PathBuf,
+    /// The groups file for `caller.in`, when configured.
+    pub groups: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: Limits,
     pub facts: crate::facts::FactsConfig,
     pub log_json: bool,
     pub log_level: String,
+    /// The global mode (`shadow`: no rule's checks are enforced).
+    pub mode: crate::rules::Mode,
 }
 
 /// The default InvokeAI database path: `$INVOKEAI_ROOT/databases/invokeai.db`, else
@@ -157,6 +175,87 @@ fn default_ledger_path() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("."));
     state.join("invoke-guard").join("ledger.db")
+}
+
+/// A list of strings, or one string of comma-separated items (how an environment variable or
+/// `--set` spells a list).
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// Environment variables that are not settings: the config file path, the tracing filter
+/// (`INVOKE_GUARD_LOG`; `log.level` is `INVOKE_GUARD_LOG__LEVEL`) and the flat TLS aliases the
+/// `--tls-cert`/`--tls-key` flags read.
+const NOT_SETTINGS: [&str; 4] = ["config", "log", "tls_cert", "tls_key"];
+
+/// Layer the config file (if any), `INVOKE_GUARD_*` environment variables and `--set key=value`
+/// pairs, later layers winning.
+pub fn load(path: Option<&Path>, sets: &[String]) -> Result<RawConfig, ConfigError> {
+    use figment::providers::{Env, Format, Toml};
+    use figment::Figment;
+    // The file is read (and its TOML errors reported with their line) by `read_file`; figment
+    // gets it back as data so its keys and the other layers merge key by key.
+    let file = read_file(path)?;
+    let mut figment = Figment::from(figment::providers::Serialized::defaults(file)).merge(
+        Env::prefixed("INVOKE_GUARD_")
+            .ignore(&NOT_SETTINGS)
+            .split("__"),
+    );
+    for set in sets {
+        let (key, value) = set.split_once('=').ok_or_else(|| ConfigError::File {
+            path: "--set".into(),
+            message: format!("'{set}': expected KEY=VALUE, e.g. limits.max_body_bytes=1048576"),
+        })?;
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        {
+            return Err(ConfigError::File {
+                path: "--set".into(),
+                message: format!("'{key}' is not a setting name (see the README's table)"),
+            });
+        }
+        // A TOML value (number, boolean, array, quoted string) as written, else a plain string.
+        let line = format!("{key} = {value}");
+        let line = if toml::from_str::<toml::Table>(&line).is_ok() {
+            line
+        } else {
+            format!("{key} = {}", toml::Value::String(value.to_owned()))
+        };
+        figment = figment.merge(Toml::string(&line));
+    }
+    figment.extract().map_err(|e| {
+        let from = e
+            .metadata
+            .as_ref()
+            .map(|m| m.name.to_string())
+            .unwrap_or_else(|| "configuration".into());
+        let key = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!(" (key '{}')", e.path.join("."))
+        };
+        ConfigError::File {
+            path: from,
+            message: format!("{}{key}", e.kind),
+        }
+    })
 }
 
 /// Read the config file (`None`: no file).
@@ -194,8 +293,36 @@ fn ms(v: Option<u64>, default: u64, key: &'static str) -> Result<Duration, Confi
 fn addr(v: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|e| ConfigError::Invalid {
         key,
-        message: format!("'{v}': {e}"),
+        message: format!(
+            "'{v}': {e}; expected IP:PORT, e.g. 127.0.0.1:9091 or [::1]:9091 (no host names)"
+        ),
     })
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A log filter: a level (`info`), or tracing directives (`info,invoke_guard::decision=warn`).
+/// A bare word that is not a level is refused: tracing would read `verbose` as a target name
+/// and silence everything else, decision log included.
+pub fn log_filter(text: &str) -> Result<String, String> {
+    let is_level = |w: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w.trim()));
+    if text.trim().is_empty() {
+        return Err(format!("empty; expected one of {}", LEVELS.join(", ")));
+    }
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !is_level(level) {
+            let hint = crate::rules::did_you_mean(level, LEVELS.iter().copied());
+            return Err(format!(
+                "'{level}' is not a log level (one of {}){hint}",
+                LEVELS.join(", ")
+            ));
+        }
+        directive
+            .parse::<tracing_subscriber::filter::Directive>()
+            .map_err(|e| format!("'{directive}': {e}"))?;
+    }
+    Ok(text.trim().to_owned())
 }
 
 /// Merge file and overrides into validated settings.
@@ -246,9 +373,17 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
         .trusted_proxies
         .iter()
         .map(|s| {
-            s.parse::<IpAddr>().map_err(|e| ConfigError::Invalid {
+            // A bare address is a one-address range.
+            let parsed = if s.contains('/') {
+                s.parse::<ipnet::IpNet>().map_err(|e| e.to_string())
+            } else {
+                s.parse::<IpAddr>()
+                    .map(ipnet::IpNet::from)
+                    .map_err(|e| e.to_string())
+            };
+            parsed.map_err(|e| ConfigError::Invalid {
                 key: "trusted_proxies",
-                message: format!("'{s}': {e}"),
+                message: format!("'{s}': {e} (an IP address or a CIDR range such as 10.0.0.0/8)"),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -277,6 +412,8 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             "limits.upstream_idle_timeout_ms",
         )?,
         shutdown_grace: ms(l.shutdown_grace_ms, 10_000, "limits.shutdown_grace_ms")?,
+        // 0 is allowed: drain at once (no load balancer in front).
+        shutdown_delay: Duration::from_millis(l.shutdown_delay_ms.unwrap_or(5_000)),
         max_connections: l.max_connections.unwrap_or_else(default_max_connections),
         max_public_body_bytes: l.max_public_body_bytes.unwrap_or(64 * 1024),
         body_read_timeout: ms(
@@ -335,11 +472,236 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             .ledger
             .or(raw.ledger)
             .unwrap_or_else(default_ledger_path),
+        groups: cli.groups.or(raw.groups),
         tls,
         trusted_proxies,
         limits,
         facts,
         log_json,
-        log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+        log_level: log_filter(raw.log.level.as_deref().unwrap_or("info")).map_err(|message| {
+            ConfigError::Invalid {
+                key: "log.level",
+                message,
+            }
+        })?,
+        mode: raw.mode.unwrap_or_default(),
     })
+}
+
+// === the settings table ===
+
+/// One setting, as the README documents it.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDoc {
+    /// The file key (`limits.max_body_bytes`); also `--set KEY=VALUE`.
+    pub key: &'static str,
+    /// A dedicated flag, where there is one.
+    pub flag: Option<&'static str>,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every setting, once (checked against [`RawConfig`] by a test; the README's table is
+/// [`settings_table`]'s output, checked by another).
+pub const SETTINGS: &[SettingDoc] = &[
+    SettingDoc {
+        key: "listen",
+        flag: Some("--listen"),
+        default: "`127.0.0.1:9091`",
+        meaning: "where clients connect (IP:PORT)",
+    },
+    SettingDoc {
+        key: "admin_listen",
+        flag: Some("--admin-listen"),
+        default: "`127.0.0.1:9092`",
+        meaning: "/healthz, /readyz, /metrics; `off` disables",
+    },
+    SettingDoc {
+        key: "upstream",
+        flag: Some("--upstream"),
+        default: "`http://127.0.0.1:9090`",
+        meaning: "InvokeAI's base URL (plain HTTP, no path)",
+    },
+    SettingDoc {
+        key: "db",
+        flag: Some("--db"),
+        default: "`$INVOKEAI_ROOT/databases/invokeai.db`, else `~/invokeai/databases/invokeai.db`",
+        meaning: "InvokeAI's database, opened read-only",
+    },
+    SettingDoc {
+        key: "routes",
+        flag: Some("--routes"),
+        default: "`routes.toml`",
+        meaning: "the policy (reloaded on change and SIGHUP)",
+    },
+    SettingDoc {
+        key: "ledger",
+        flag: Some("--ledger"),
+        default: "`$XDG_STATE_HOME/invoke-guard/ledger.db`",
+        meaning: "the guard's own database (must be writable and persistent)",
+    },
+    SettingDoc {
+        key: "groups",
+        flag: Some("--groups"),
+        default: "none",
+        meaning: "caller groups for `caller.in` (reloaded with the routes)",
+    },
+    SettingDoc {
+        key: "mode",
+        flag: None,
+        default: "`enforce`",
+        meaning: "`shadow`: no rule's checks are enforced, denials are logged as would_deny",
+    },
+    SettingDoc {
+        key: "trusted_proxies",
+        flag: None,
+        default: "none",
+        meaning: "IPs or CIDR ranges whose X-Forwarded-* are kept (list, or comma-separated)",
+    },
+    SettingDoc {
+        key: "tls.cert",
+        flag: Some("--tls-cert"),
+        default: "none",
+        meaning: "PEM certificate chain: serve HTTPS (reloaded on change)",
+    },
+    SettingDoc {
+        key: "tls.key",
+        flag: Some("--tls-key"),
+        default: "none",
+        meaning: "PEM private key (with `tls.cert`)",
+    },
+    SettingDoc {
+        key: "limits.max_body_bytes",
+        flag: None,
+        default: "16777216",
+        meaning: "bodies a rule reads; 413 beyond",
+    },
+    SettingDoc {
+        key: "limits.max_public_body_bytes",
+        flag: None,
+        default: "65536",
+        meaning: "bodies of `auth = \"public\"` rules; 413 beyond",
+    },
+    SettingDoc {
+        key: "limits.max_header_bytes",
+        flag: None,
+        default: "65536",
+        meaning: "request head size (at least 8192)",
+    },
+    SettingDoc {
+        key: "limits.header_read_timeout_ms",
+        flag: None,
+        default: "30000",
+        meaning: "slow headers: connection closed",
+    },
+    SettingDoc {
+        key: "limits.body_read_timeout_ms",
+        flag: None,
+        default: "30000",
+        meaning: "a read body must arrive within this (408); a streamed one may not stall longer",
+    },
+    SettingDoc {
+        key: "limits.upstream_connect_timeout_ms",
+        flag: None,
+        default: "5000",
+        meaning: "502 beyond",
+    },
+    SettingDoc {
+        key: "limits.upstream_response_timeout_ms",
+        flag: None,
+        default: "300000",
+        meaning: "504 beyond",
+    },
+    SettingDoc {
+        key: "limits.upstream_idle_timeout_ms",
+        flag: None,
+        default: "60000",
+        meaning: "pooled keep-alive connections",
+    },
+    SettingDoc {
+        key: "limits.shutdown_delay_ms",
+        flag: None,
+        default: "5000",
+        meaning: "after SIGTERM: /readyz 503 but still serving (0: drain at once)",
+    },
+    SettingDoc {
+        key: "limits.shutdown_grace_ms",
+        flag: None,
+        default: "10000",
+        meaning: "then: the drain bound",
+    },
+    SettingDoc {
+        key: "limits.max_connections",
+        flag: None,
+        default: "(fd soft limit − 64) / 2, at most 4096",
+        meaning: "new connections beyond it are closed",
+    },
+    SettingDoc {
+        key: "facts.pool_size",
+        flag: None,
+        default: "4",
+        meaning: "read-only SQLite connections",
+    },
+    SettingDoc {
+        key: "facts.cache_entries",
+        flag: None,
+        default: "100000",
+        meaning: "fact cache size",
+    },
+    SettingDoc {
+        key: "facts.cache_ttl_ms",
+        flag: None,
+        default: "30000",
+        meaning: "cache backstop (changes are seen by the watcher first)",
+    },
+    SettingDoc {
+        key: "facts.poll_interval_ms",
+        flag: None,
+        default: "50",
+        meaning: "database change polling (at most 100)",
+    },
+    SettingDoc {
+        key: "facts.busy_timeout_ms",
+        flag: None,
+        default: "1000",
+        meaning: "a locked database beyond this is 503",
+    },
+    SettingDoc {
+        key: "log.format",
+        flag: None,
+        default: "`text`",
+        meaning: "`text` or `json`",
+    },
+    SettingDoc {
+        key: "log.level",
+        flag: None,
+        default: "`info`",
+        meaning: "a level or tracing directives; `INVOKE_GUARD_LOG` overrides",
+    },
+];
+
+/// The environment variable of a setting: `INVOKE_GUARD_` + key, `.` → `__`, upper case.
+pub fn env_name(key: &str) -> String {
+    format!(
+        "INVOKE_GUARD_{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// The README's settings table (Markdown), generated from [`SETTINGS`].
+pub fn settings_table() -> String {
+    let mut out = String::from(
+        "| file key (`--set KEY=VALUE`) | flag | environment | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "| `{}` | {} | `{}` | {} | {} |\n",
+            s.key,
+            s.flag.map_or("—".to_owned(), |f| format!("`{f}`")),
+            env_name(s.key),
+            s.default,
+            s.meaning
+        ));
+    }
+    out
 }

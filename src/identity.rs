@@ -41,6 +41,7 @@ pub const SESSION_COOKIE: &str = "invoke_guard_session";
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user_id: String,
+    /// From the user row, never from the token (group membership may name emails).
     pub email: String,
     /// From the user row, never from the token.
     pub is_admin: bool,
@@ -229,7 +230,7 @@ pub async fn identify_with(
     }
     Ok(Principal {
         user_id,
-        email: claims["email"].as_str().unwrap_or_default().to_owned(),
+        email: row.email,
         is_admin: row.is_admin,
         token,
         claims,

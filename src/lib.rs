@@ -1,10 +1,12 @@
 //! invoke-guard: an authorization reverse proxy for a multiuser InvokeAI server.
 //!
 //! Layout (folders show the architecture; each module states its invariants in its `//!` header):
-//! - [`cli`]: `serve`, `check`, `explain`, `test` (a thin `main` hands over here).
-//! - [`server`]: the accept loop, the request pipeline in named phases, the admin listener.
+//! - [`cli`]: `serve`, `check`, `explain`, `test`, `health` (a thin `main` hands over here).
+//! - [`server`]: the accept loop, the request pipeline in named phases, the admin listener, the
+//!   lifecycle (readiness first, then drain) and TLS certificates that follow their files.
 //! - [`http`]: canonical targets, framing, headers, cookies, bodies (what the guard reads, and how).
-//! - [`rules`]: the policy language: vocabulary (a leaf), `routes.toml` parsing and the table.
+//! - [`rules`]: the policy language: vocabulary (a leaf), `routes.toml` parsing and the table,
+//!   caller groups.
 //! - [`identity`]: InvokeAI's JWT verified against the user's current row.
 //! - [`facts`]: ownership facts from InvokeAI's database (read-only, cached, fresh) and the
 //!   guard's own ledger.
@@ -14,7 +16,8 @@
 //! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, rooms, per-event filtering.
 //! - [`upstream`]: the pooled upstream client and WebSocket tunnels.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
-//! - [`config`], [`state`], [`metrics`]: plumbing.
+//! - [`config`] (layered by figment, every setting listed once), [`state`], [`metrics`]
+//!   (negotiated exposition format): plumbing.
 
 #![forbid(unsafe_code)]
 

@@ -20,22 +20,30 @@ use crate::upstream::Upstream;
 pub struct AppState {
     pub routes: ArcSwap<RouteTable>,
     pub routes_path: PathBuf,
+    /// The groups file `caller.in` reads; the table is compiled against it (reloaded together).
+    pub groups_path: Option<PathBuf>,
     pub facts: Facts,
     pub ledger: Ledger,
     pub upstream: Upstream,
     pub limits: Limits,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Peers (addresses or ranges) whose `X-Forwarded-*` headers are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: bool,
     /// Live Socket.IO sessions.
     pub sockets: crate::socketio::registry::Registry,
     /// Recent requests that explain owner-less socket events (6.12).
     pub correlations: crate::socketio::correlate::Correlations,
+    /// The global mode (see [`crate::rules::Mode`]).
+    pub mode: crate::rules::Mode,
+    /// Set once shutdown began: `/readyz` answers 503 while the listeners still serve.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
     /// Build the state from validated settings (opens the database and the ledger).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
-        let routes = RouteTable::load(&settings.routes)?;
+        let groups = load_groups(settings.groups.as_deref())?;
+        let routes = RouteTable::load_with_groups(&settings.routes, &groups)?;
         let facts = Facts::open(&settings.facts)?;
         let ledger = Ledger::open(&settings.ledger)?;
         let upstream = Upstream::new(
@@ -44,10 +52,15 @@ impl AppState {
             settings.limits.upstream_idle_timeout,
             settings.limits.upstream_response_timeout,
         );
-        crate::metrics::routes_reloaded(routes.rules().len());
+        crate::metrics::routes_loaded(
+            routes.rules().len(),
+            routes.shadow_rules(settings.mode).len(),
+            routes.checksum(),
+        );
         Ok(Arc::new(Self {
             routes: ArcSwap::from_pointee(routes),
             routes_path: settings.routes.clone(),
+            groups_path: settings.groups.clone(),
             facts,
             ledger,
             upstream,
@@ -56,15 +69,29 @@ impl AppState {
             tls: settings.tls.is_some(),
             sockets: Default::default(),
             correlations: Default::default(),
+            mode: settings.mode,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Shutdown began: readiness turns 503 (requests are still served until the drain).
+    pub fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::metrics::draining();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Re-read routes.toml; on error keep the current table. A table that would stop covering
     /// endpoints the running one covers (a half-written or emptied file) is refused unless the
     /// file sets `allow_coverage_loss = true`.
     pub fn reload_routes(&self) -> Result<usize, RouteError> {
-        let loaded =
-            RouteTable::load(&self.routes_path).and_then(|table| {
+        let loaded = load_groups(self.groups_path.as_deref())
+            .and_then(|groups| RouteTable::load_with_groups(&self.routes_path, &groups))
+            .and_then(|table| {
                 let lost = crate::coverage::lost(&self.routes.load(), &table);
                 if lost.is_empty() || table.allows_coverage_loss() {
                     return Ok(table);
@@ -86,8 +113,16 @@ impl AppState {
         match loaded {
             Ok(table) => {
                 let n = table.rules().len();
+                let shadow = table.shadow_rules(self.mode);
+                crate::metrics::routes_loaded(n, shadow.len(), table.checksum());
+                if !shadow.is_empty() {
+                    tracing::warn!(
+                        shadow_rules = shadow.len(),
+                        rules = %shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(","),
+                        "SHADOW MODE: these rules' denials are logged as would_deny and forwarded, not enforced"
+                    );
+                }
                 self.routes.store(Arc::new(table));
-                crate::metrics::routes_reloaded(n);
                 tracing::info!(rules = n, "routes reloaded");
                 Ok(n)
             }
@@ -99,21 +134,35 @@ impl AppState {
         }
     }
 
-    /// Poll routes.toml for content changes (ConfigMap symlink swaps included) and reload.
+    /// Poll routes.toml and the groups file for content changes (ConfigMap symlink swaps
+    /// included) and reload both together.
     pub fn spawn_routes_watcher(self: &Arc<Self>, every: std::time::Duration) {
         let state = Arc::downgrade(self);
-        let path = self.routes_path.clone();
+        let paths: Vec<PathBuf> = std::iter::once(self.routes_path.clone())
+            .chain(self.groups_path.clone())
+            .collect();
+        let read = move || -> Option<Vec<Vec<u8>>> {
+            paths.iter().map(|p| std::fs::read(p).ok()).collect()
+        };
         tokio::spawn(async move {
-            let mut last = std::fs::read(&path).ok();
+            let mut last = read();
             loop {
                 tokio::time::sleep(every).await;
                 let Some(state) = state.upgrade() else { return };
-                let now = std::fs::read(&path).ok();
+                let now = read();
                 if now.is_some() && now != last {
                     let _ = state.reload_routes();
                     last = now;
                 }
             }
         });
+    }
+}
+
+/// The groups file (empty groups when none is configured).
+pub fn load_groups(path: Option<&std::path::Path>) -> Result<crate::rules::Groups, RouteError> {
+    match path {
+        Some(p) => crate::rules::Groups::load(p),
+        None => Ok(crate::rules::Groups::default()),
     }
 }

@@ -25,6 +25,7 @@ pub struct Upstream {
     client: Client<HttpConnector, Body>,
     authority: http::uri::Authority,
     response_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Upstream {
@@ -49,6 +50,29 @@ impl Upstream {
                 .expect("validated upstream has an authority")
                 .clone(),
             response_timeout,
+            connect_timeout,
+        }
+    }
+
+    /// Whether InvokeAI accepts a TCP connection now (readiness; bounded by the connect timeout,
+    /// at most one second). The error names the address and the cause.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let addr = (
+            self.authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            self.authority.port_u16().unwrap_or(80),
+        );
+        let wait = self.connect_timeout.min(Duration::from_secs(1));
+        match tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.authority)),
+            Err(_) => Err(format!(
+                "{}: no answer within {} ms",
+                self.authority,
+                wait.as_millis()
+            )),
         }
     }
 
@@ -74,9 +98,32 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamFailure::Timeout),
+            Err(_) => {
+                crate::metrics::upstream_error("timeout");
+                tracing::warn!(
+                    upstream = %self.authority,
+                    timeout_ms = self.response_timeout.as_millis() as u64,
+                    "upstream did not answer in time (504); raise limits.upstream_response_timeout_ms if InvokeAI is just slow"
+                );
+                Err(UpstreamFailure::Timeout)
+            }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "upstream request failed");
+                let kind = if e.is_connect() { "connect" } else { "request" };
+                crate::metrics::upstream_error(kind);
+                // The whole source chain: hyper's top-level message alone hides the cause.
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause.push_str(": ");
+                    cause.push_str(&s.to_string());
+                    source = s.source();
+                }
+                tracing::warn!(
+                    upstream = %self.authority,
+                    kind,
+                    error = %cause,
+                    "upstream request failed (502); is InvokeAI running and listening there?"
+                );
                 Err(UpstreamFailure::Unreachable)
             }
             Ok(Ok(res)) => Ok(res),

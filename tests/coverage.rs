@@ -99,3 +99,18 @@ fn real_server_route_lists_are_covered() {
         assert!(n >= 145, "{file}: only {n} routes");
     }
 }
+
+#[test]
+fn docs_name_every_word_of_the_vocabulary() {
+    use invoke_guard::rules::vocab::{Capability, Predicate, ResponseFilter};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rules.md")).unwrap();
+    let words = Predicate::names()
+        .chain(ResponseFilter::ALL.iter().map(|f| f.name()))
+        .chain(Capability::names());
+    let missing: Vec<&str> = words.filter(|w| !doc.contains(&format!("`{w}"))).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/rules.md does not document: {missing:?}"
+    );
+}

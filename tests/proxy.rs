@@ -498,6 +498,29 @@ async fn trusted_proxy_chain_is_extended_untrusted_is_replaced() {
 }
 
 #[tokio::test]
+async fn trusted_proxies_take_cidr_ranges() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let hdrs = [("x-forwarded-for", "203.0.113.7")];
+    for (ranges, kept) in [
+        ("[\"127.0.0.0/8\"]", true),
+        ("[\"10.0.0.0/8\", \"::1/128\"]", false),
+    ] {
+        let up = mock(None).await;
+        let raw_cfg: invoke_guard::config::RawConfig =
+            toml::from_str(&format!("trusted_proxies = {ranges}\n")).unwrap();
+        let g = guard_with(ROUTES, &db.path, &up.url(), raw_cfg).await;
+        send_with("GET", &g.url("/open/x"), None, None, &hdrs).await;
+        let h = up.last().unwrap().headers;
+        let want = if kept {
+            "203.0.113.7, 127.0.0.1"
+        } else {
+            "127.0.0.1"
+        };
+        assert_eq!(h["x-forwarded-for"], want, "{ranges}");
+    }
+}
+
+#[tokio::test]
 async fn reload_swaps_whole_tables_and_keeps_the_last_good_one() {
     let (_db, _up, g, _m, t) = setup().await;
     assert_eq!(send("GET", &g.url("/open/x"), None, None).await.status, 200);
@@ -546,6 +569,26 @@ async fn admin_endpoints_report_readiness_and_metrics() {
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("invoke_guard_authz_decisions_total{decision=\"allow\",rule_id=\"api.any\",check=\"all\",reason=\"-\"}"), "{text}");
     assert!(!text.contains(&t), "metrics must never carry tokens");
+    // InvokeAI gone: not ready, and the body says which address failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead = guard(ROUTES, &db.path, &format!("http://{closed}")).await;
+    let dead_admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/readyz", dead_admin.local_addr().unwrap());
+    tokio::spawn(invoke_guard::server::admin::run(
+        dead_admin,
+        dead.state.clone(),
+        std::future::pending(),
+    ));
+    let r = send("GET", &dead_url, None, None).await;
+    assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains(&format!("upstream unreachable ({closed}")),
+        "{body}"
+    );
     std::fs::remove_file(&db.path).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while send("GET", &url("/readyz"), None, None).await.status == 200 {

@@ -682,3 +682,58 @@ async fn sessions_are_capped_without_identity() {
     assert_eq!(refused.status, 503);
     assert!(refused.headers.contains_key("retry-after"));
 }
+
+/// python-engineio clients refuse a polling payload of more than 16 packets: the guard spreads a
+/// burst over several responses, in order.
+#[tokio::test]
+async fn polling_responses_carry_at_most_16_packets_in_order() {
+    let w = world().await;
+    let base = "/ws/socket.io/?EIO=4&transport=polling";
+    let open = send("GET", &w.g.url(base), None, None).await;
+    let text = String::from_utf8(open.body.to_vec()).unwrap();
+    let sid = serde_json::from_str::<Value>(&text[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let with_sid = format!("{base}&sid={sid}");
+    let connect = format!(
+        "40{}\u{1e}42[\"subscribe_queue\",{{\"queue_id\":\"default\"}}]",
+        json!({"token": w.token("alice")})
+    );
+    let posted = send_bytes(
+        "POST",
+        &w.g.url(&with_sid),
+        None,
+        bytes::Bytes::from(connect),
+        &[],
+    )
+    .await;
+    assert_eq!(posted.status, 200);
+    let ack = send("GET", &w.g.url(&with_sid), None, None).await;
+    assert_eq!(String::from_utf8_lossy(&ack.body), r#"40{"sid":"sio-sid"}"#);
+    wait_for_upstream(&w, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..40 {
+        w.up.emit(
+            "invocation_started",
+            json!({"user_id": w.uid("alice"), "queue_id": "default", "n": i}),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let got = send("GET", &w.g.url(&with_sid), None, None).await;
+        let body = String::from_utf8(got.body.to_vec()).unwrap();
+        let packets: Vec<&str> = body.split('\u{1e}').collect();
+        assert!(
+            packets.len() <= 16,
+            "{} packets in one response",
+            packets.len()
+        );
+        seen.extend(events(
+            &packets.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        ));
+    }
+    let order: Vec<i64> = seen.iter().map(|(_, p)| p["n"].as_i64().unwrap()).collect();
+    assert_eq!(order, (0..40).collect::<Vec<_>>());
+}

@@ -116,3 +116,36 @@ async fn http1_over_tls_with_alpn() {
         .unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn certificates_are_reloaded_on_change_and_a_bad_pair_keeps_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&cert_path, first.cert.pem()).unwrap();
+    std::fs::write(&key_path, first.signing_key.serialize_pem()).unwrap();
+    let (acceptor, reloader) = invoke_guard::server::tls_reloading(&cert_path, &key_path).unwrap();
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock(None).await;
+    let g = guard_tls(ROUTES, &db.path, &up.url(), acceptor).await;
+    let served = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        s.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let s = connect(&g, first.cert.der(), b"http/1.1").await;
+    assert_eq!(&served(&s), first.cert.der());
+    assert!(!reloader.reload_if_changed().unwrap(), "nothing changed");
+    // A renewal: new files, and new connections get the new certificate.
+    let second = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&cert_path, second.cert.pem()).unwrap();
+    std::fs::write(&key_path, second.signing_key.serialize_pem()).unwrap();
+    assert!(reloader.reload_if_changed().unwrap());
+    let s = connect(&g, second.cert.der(), b"http/1.1").await;
+    assert_eq!(&served(&s), second.cert.der());
+    // Half-way through a rotation (the key of another certificate): refused, second kept.
+    let third = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&key_path, third.signing_key.serialize_pem()).unwrap();
+    let e = reloader.reload_if_changed().unwrap_err().to_string();
+    assert!(e.contains("cert.pem") && e.contains("key.pem"), "{e}");
+    let s = connect(&g, second.cert.der(), b"http/1.1").await;
+    assert_eq!(&served(&s), second.cert.der());
+}

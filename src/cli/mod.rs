@@ -9,7 +9,6 @@ pub mod trial;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -37,6 +36,21 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run rule test files (TOML cases; see docs/rules.md); non-zero on any failure.
     Test(TestArgs),
+    /// Exit 0 when the running guard's /readyz answers 200 (for a container HEALTHCHECK).
+    Health(HealthArgs),
+}
+
+/// `invoke-guard health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The admin address to ask [default: the configured admin_listen; 0.0.0.0/:: mean loopback].
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Ask /healthz (alive) instead of /readyz (ready for traffic).
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `invoke-guard explain METHOD PATH --as USER`.
@@ -78,30 +92,38 @@ pub struct TestArgs {
     pub common: Common,
 }
 
-/// Options shared by `serve` and `check`; each overrides the config file.
+/// Options shared by every command. Settings are layered: config file < `INVOKE_GUARD_*`
+/// environment (`__` nests: `INVOKE_GUARD_LIMITS__MAX_BODY_BYTES`) < `--set` < these flags.
 #[derive(Debug, Args)]
 pub struct Common {
+    /// Any setting as KEY=VALUE, e.g. --set limits.max_body_bytes=1048576 (repeatable; see the
+    /// README's settings table).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Config file (default: config/invoke-guard.toml when present).
     #[arg(long, env = "INVOKE_GUARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:9091].
-    #[arg(long, env = "INVOKE_GUARD_LISTEN")]
+    #[arg(long)]
     pub listen: Option<String>,
     /// Admin address for /healthz, /readyz, /metrics ("off" disables) [default: 127.0.0.1:9092].
-    #[arg(long, env = "INVOKE_GUARD_ADMIN_LISTEN")]
+    #[arg(long)]
     pub admin_listen: Option<String>,
     /// InvokeAI base URL [default: http://127.0.0.1:9090].
-    #[arg(long, env = "INVOKE_GUARD_UPSTREAM")]
+    #[arg(long)]
     pub upstream: Option<String>,
     /// InvokeAI database [default: $INVOKEAI_ROOT/databases/invokeai.db, else ~/invokeai/databases/invokeai.db].
-    #[arg(long, env = "INVOKE_GUARD_DB")]
+    #[arg(long)]
     pub db: Option<PathBuf>,
     /// Route table [default: routes.toml].
-    #[arg(long, env = "INVOKE_GUARD_ROUTES")]
+    #[arg(long)]
     pub routes: Option<PathBuf>,
     /// The guard's own ledger database [default: $XDG_STATE_HOME/invoke-guard/ledger.db].
-    #[arg(long, env = "INVOKE_GUARD_LEDGER")]
+    #[arg(long)]
     pub ledger: Option<PathBuf>,
+    /// Caller groups for `caller.in("NAME")` (TOML; reloaded with the routes) [default: none].
+    #[arg(long)]
+    pub groups: Option<PathBuf>,
     /// TLS certificate chain (PEM); serve HTTPS (HTTP/2 + HTTP/1.1).
     #[arg(long, env = "INVOKE_GUARD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -126,15 +148,20 @@ impl Common {
             db: self.db.clone(),
             routes: self.routes.clone(),
             ledger: self.ledger.clone(),
+            groups: self.groups.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
         }
     }
 
-    /// Load and validate settings.
+    /// Load and validate settings (and `INVOKE_GUARD_LOG`, which overrides `log.level`).
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let raw = config::read_file(self.config_path().as_deref())?;
-        Ok(config::settings(raw, self.overrides())?)
+        let raw = config::load(self.config_path().as_deref(), &self.set)?;
+        let settings = config::settings(raw, self.overrides())?;
+        if let Ok(filter) = std::env::var("INVOKE_GUARD_LOG") {
+            config::log_filter(&filter).map_err(|e| anyhow::anyhow!("INVOKE_GUARD_LOG: {e}"))?;
+        }
+        Ok(settings)
     }
 }
 
@@ -172,6 +199,16 @@ pub fn main(cli: Cli) -> ExitCode {
             Err(e) => {
                 eprintln!("invoke-guard test: {e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Health(args) => match health(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("invoke-guard health: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Serve(common) => match serve(&common) {
@@ -245,11 +282,13 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<(String, bool)> {
         body,
     };
     runtime()?.block_on(async {
-        let engine = trial::Engine::open(
+        let mut engine = trial::Engine::open_with_groups(
             &settings.routes,
             &settings.db,
             existing_ledger(&settings.ledger),
+            settings.groups.as_deref(),
         )?;
+        engine.mode = settings.mode;
         let ex = engine.run(&request).await?;
         let allowed = ex.status == 200;
         let text = if args.json {
@@ -283,8 +322,19 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
             (None, Some(p)) => Some(loaded.relative(p)),
             (None, None) => None,
         };
+        let groups = match (&args.common.groups, &loaded.file.groups) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(p)) => Some(loaded.relative(p)),
+            (None, None) => settings.groups.clone(),
+        };
         let results = rt.block_on(async {
-            let engine = trial::Engine::open(&routes, &db, ledger.as_deref())?;
+            let mut engine = trial::Engine::open_with_groups(
+                &routes,
+                &db,
+                ledger.as_deref(),
+                groups.as_deref(),
+            )?;
+            engine.mode = settings.mode;
             ruletest::run(&loaded, &engine).await
         })?;
         let (p, f) = results.iter().fold(
@@ -319,14 +369,60 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
+/// `health`: one blocking HTTP/1.1 request to the admin listener (no runtime, no TLS: the
+/// admin listener is plain HTTP); Ok only for a 200.
+pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut addr: SocketAddr = match &args.admin {
+        Some(a) => a
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--admin '{a}': {e} (expected IP:PORT)"))?,
+        None => args.common.settings()?.admin_listen.ok_or_else(|| {
+            anyhow::anyhow!("the admin listener is off (admin_listen = \"off\"); nothing to ask")
+        })?,
+    };
+    // A wildcard bind is reachable on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let path = if args.live { "/healthz" } else { "/readyz" };
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        anyhow::anyhow!("{addr}: {e} (is the guard running with this admin_listen?)")
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    // Bounded: a status line and a short body are all we need.
+    stream.take(4096).read_to_end(&mut reply)?;
+    let text = String::from_utf8_lossy(&reply);
+    let status = text.split(' ').nth(1).unwrap_or("");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status == "200" {
+        Ok(format!("{addr}{path}: {body}"))
+    } else {
+        anyhow::bail!("{addr}{path} answered {status}: {body}")
+    }
+}
+
 /// Validate everything `serve` would load; a one-line summary on success.
 pub fn check(common: &Common) -> anyhow::Result<String> {
     let settings = common.settings()?;
-    let table = RouteTable::load(&settings.routes)?;
+    let groups = crate::state::load_groups(settings.groups.as_deref())?;
+    let table = RouteTable::load_with_groups(&settings.routes, &groups)?;
     let schema = probe_db(&settings)?;
     if let Some((cert, key)) = &settings.tls {
         crate::server::tls_acceptor(cert, key)?;
     }
+    crate::facts::ledger::Ledger::probe_writable(&settings.ledger)?;
     let version = crate::coverage::version_of(&schema);
     let covered = crate::coverage::check(&table, version).map_err(|missing| {
         anyhow::anyhow!(
@@ -336,8 +432,19 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
             missing.join("\n  ")
         )
     })?;
+    let shadow = table.shadow_rules(settings.mode);
+    let shadow_note = match (settings.mode, shadow.len()) {
+        (crate::rules::Mode::Shadow, _) => {
+            "\nwarning: SHADOW MODE (mode = \"shadow\"): no rule's checks are enforced; denials are only logged as would_deny".to_owned()
+        }
+        (_, 0) => String::new(),
+        (_, n) => format!(
+            "\nwarning: SHADOW: {n} rule(s) not enforced (denials only logged as would_deny): {}",
+            shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    };
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),
@@ -359,6 +466,7 @@ fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {
 }
 
 fn init_tracing(settings: &Settings) {
+    // Both were validated by `settings()` (a bare unknown word would silence the log).
     let filter = tracing_subscriber::EnvFilter::try_from_env("INVOKE_GUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -383,13 +491,24 @@ fn serve(common: &Common) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let state = AppState::from_settings(&settings)?;
         let tls = match &settings.tls {
-            Some((cert, key)) => Some(crate::server::tls_acceptor(cert, key)?),
+            Some((cert, key)) => {
+                let (acceptor, reloader) = crate::server::tls_reloading(cert, key)?;
+                reloader.spawn_watcher(std::time::Duration::from_secs(2));
+                Some(acceptor)
+            }
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let listener = bind(settings.listen, "listen", "--listen / INVOKE_GUARD_LISTEN").await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut admin_addr = None;
         if let Some(addr) = settings.admin_listen {
-            let admin = tokio::net::TcpListener::bind(addr).await?;
+            let admin = bind(
+                addr,
+                "admin_listen",
+                "--admin-listen / INVOKE_GUARD_ADMIN_LISTEN (\"off\" disables it)",
+            )
+            .await?;
+            admin_addr = Some(crate::server::local_addr(&admin));
             let mut rx = stop_rx.clone();
             tokio::spawn(crate::server::admin::run(
                 admin,
@@ -400,7 +519,13 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             ));
         }
         state.spawn_routes_watcher(std::time::Duration::from_secs(2));
-        spawn_signal_handlers(state.clone(), stop_tx)?;
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn_signal_handlers(requests_tx)?;
+        tokio::spawn(crate::server::lifecycle::run(
+            state.clone(),
+            requests_rx,
+            stop_tx,
+        ));
         tracing::info!(
             listen = %crate::server::local_addr(&listener),
             tls = tls.is_some(),
@@ -408,9 +533,20 @@ fn serve(common: &Common) -> anyhow::Result<()> {
             db = %settings.db.display(),
             schema = state.facts.schema().label(),
             rules = state.routes.load().rules().len(),
-            admin = ?settings.admin_listen,
+            admin = %admin_addr.map_or("off".to_owned(), |a| a.to_string()),
             "invoke-guard started"
         );
+        let shadow = state.routes.load().shadow_rules(settings.mode).len();
+        if settings.mode == crate::rules::Mode::Shadow {
+            tracing::warn!(
+                "SHADOW MODE (mode = \"shadow\"): NO RULE IS ENFORCED; every check denial is only logged as would_deny and forwarded"
+            );
+        } else if shadow > 0 {
+            tracing::warn!(
+                shadow_rules = shadow,
+                "SHADOW: {shadow} rule(s) have mode = \"shadow\": their check denials are only logged as would_deny and forwarded"
+            );
+        }
         let mut rx = stop_rx;
         let facts = state.facts.clone();
         crate::server::run(listener, state, tls, async move {
@@ -423,10 +559,31 @@ fn serve(common: &Common) -> anyhow::Result<()> {
     })
 }
 
+/// Bind a listener; the error names the setting and what to do.
+async fn bind(
+    addr: std::net::SocketAddr,
+    key: &str,
+    set_with: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "another process (or another guard) holds this port",
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges; use a higher port"
+            }
+            std::io::ErrorKind::AddrNotAvailable => "this machine has no such address",
+            _ => "check the address",
+        };
+        anyhow::anyhow!(
+            "cannot listen on {addr} ({key}): {e}; {hint}; set another with `{key}` / {set_with}"
+        )
+    })
+}
+
 fn spawn_signal_handlers(
-    state: Arc<AppState>,
-    stop: tokio::sync::watch::Sender<bool>,
+    requests: tokio::sync::mpsc::UnboundedSender<crate::server::lifecycle::Request>,
 ) -> anyhow::Result<()> {
+    use crate::server::lifecycle::Request;
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before `serve` reports it started, so an early SIGTERM is never the default action.
     let mut term = signal(SignalKind::terminate())?;
@@ -434,13 +591,15 @@ fn spawn_signal_handlers(
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => { let _ = state.reload_routes(); }
+            let request = tokio::select! {
+                _ = term.recv() => Request::Terminate("SIGTERM"),
+                _ = int.recv() => Request::Terminate("SIGINT"),
+                _ = hup.recv() => Request::Reload,
+            };
+            if requests.send(request).is_err() {
+                return;
             }
         }
-        let _ = stop.send(true);
     });
     Ok(())
 }

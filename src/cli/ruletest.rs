@@ -24,6 +24,8 @@ pub struct TestFile {
     pub routes: Option<PathBuf>,
     /// The guard's ledger (relative to the file); `--ledger` overrides it; default: empty.
     pub ledger: Option<PathBuf>,
+    /// The groups file `caller.in` reads (relative to the file); `--groups` overrides it.
+    pub groups: Option<PathBuf>,
     /// Ledger entries the cases assume (6.12 creators, bulk-download requesters).
     #[serde(default)]
     pub record: Vec<Record>,
@@ -80,12 +82,14 @@ pub enum Expect {
 }
 
 impl Expect {
-    fn matches(&self, status: u16) -> Result<bool, String> {
+    /// `would_deny` is the status a shadow rule's checks denied with (the request was forwarded).
+    fn matches(&self, status: u16, would_deny: Option<u16>) -> Result<bool, String> {
         match self {
-            Expect::Status(s) => Ok(*s == status),
-            Expect::Word(w) if w == "allow" => Ok(status == 200),
+            Expect::Status(s) => Ok(*s == status && would_deny.is_none()),
+            Expect::Word(w) if w == "allow" => Ok(status == 200 && would_deny.is_none()),
+            Expect::Word(w) if w == "would_deny" => Ok(would_deny.is_some()),
             Expect::Word(w) => Err(format!(
-                "expect must be \"allow\" or a status code, got \"{w}\""
+                "expect must be \"allow\", \"would_deny\" or a status code, got \"{w}\""
             )),
         }
     }
@@ -261,7 +265,7 @@ fn judge(
         Err(e) => return fail(format!("{head}\n  error: {e}\n")),
     };
     let got_check = ex.verdict.decided_by();
-    let status_ok = match case.expect.matches(ex.status) {
+    let status_ok = match case.expect.matches(ex.status, ex.would_deny) {
         Ok(ok) => ok,
         Err(e) => return fail(format!("{head}\n  error: {e}\n")),
     };
@@ -278,7 +282,9 @@ fn judge(
         Some(c) => format!("{} ({c})", case.expect.text()),
         None => case.expect.text(),
     };
-    let got = if ex.status == 200 {
+    let got = if let Some(status) = ex.would_deny {
+        format!("would_deny {status} (shadow mode)")
+    } else if ex.status == 200 {
         "allow".to_owned()
     } else {
         ex.status.to_string()

@@ -69,6 +69,8 @@ pub struct Explanation {
     pub status: u16,
     /// The guard's own answer body, for a denial.
     pub answer: Option<String>,
+    /// Shadow mode: the checks denied with this status, and the request is forwarded anyway.
+    pub would_deny: Option<u16>,
 }
 
 /// The routes, database and ledger a trial runs against.
@@ -78,15 +80,29 @@ pub struct Engine {
     facts: Facts,
     ledger: Ledger,
     db_path: std::path::PathBuf,
+    /// The global mode `serve` would run with (a rule's own `mode` applies on top).
+    pub mode: crate::rules::Mode,
 }
 
 impl Engine {
     /// Open `routes` and the InvokeAI database at `db` (read-only); `ledger` is the guard's
     /// ledger when given (6.12 ownership), else an empty in-memory one.
     pub fn open(routes: &Path, db_path: &Path, ledger: Option<&Path>) -> anyhow::Result<Self> {
+        Self::open_with_groups(routes, db_path, ledger, None)
+    }
+
+    /// The same, with the groups file `caller.in` reads (as `serve` would load it).
+    pub fn open_with_groups(
+        routes: &Path,
+        db_path: &Path,
+        ledger: Option<&Path>,
+        groups: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let routes_text = std::fs::read_to_string(routes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", routes.display()))?;
-        let table = RouteTable::parse(&routes.display().to_string(), &routes_text)?;
+        let groups = crate::state::load_groups(groups)?;
+        let table =
+            RouteTable::parse_with_groups(&routes.display().to_string(), &routes_text, &groups)?;
         let facts = Facts::open(&FactsConfig {
             db_path: db_path.to_owned(),
             pool_size: 1,
@@ -105,6 +121,7 @@ impl Engine {
             facts,
             ledger,
             db_path: db_path.to_owned(),
+            mode: crate::rules::Mode::Enforce,
         })
     }
 
@@ -202,6 +219,7 @@ impl Engine {
             verdict: Verdict::early(Stage::Route, DenyReason::NoRoute),
             status: 0,
             answer: None,
+            would_deny: None,
         };
         let finish = |mut out: Explanation, verdict: Verdict| {
             match &verdict.decision {
@@ -327,7 +345,16 @@ impl Engine {
             ledger: &self.ledger,
         };
         let verdict = policy::decide(rule, &data, principal.as_ref(), src).await;
-        finish(out, verdict)
+        match &verdict.decision {
+            // The same rule as the pipeline: a shadowed check denial is forwarded.
+            Decision::Deny(reason) if rule.shadowed(self.mode) => {
+                out.would_deny = Some(reason.status().as_u16());
+                out.status = 200;
+                out.verdict = verdict;
+                Ok(out)
+            }
+            Decision::Allow | Decision::Deny(_) => finish(out, verdict),
+        }
     }
 }
 
@@ -383,6 +410,11 @@ impl Explanation {
             s.push_str(&format!("        => {}\n", c.result.label()));
         }
         s.push_str(&format!("decided   {}\n", self.verdict.decided_by()));
+        if let Some(status) = self.would_deny {
+            s.push_str(&format!(
+                "shadow    the rule is in shadow mode: would deny with {status}, logged as would_deny\n"
+            ));
+        }
         match &self.answer {
             Some(body) => s.push_str(&format!("answer    {} {body}\n", self.status)),
             None => s.push_str(&format!(
@@ -411,7 +443,11 @@ impl Explanation {
                 "facts": c.facts,
                 "result": c.result.label(),
             })).collect::<Vec<_>>(),
-            "decision": match &self.verdict.decision { Decision::Allow => "allow", Decision::Deny(_) => "deny" },
+            "decision": match (&self.verdict.decision, self.would_deny) {
+                (Decision::Allow, _) => "allow",
+                (Decision::Deny(_), Some(_)) => "would_deny",
+                (Decision::Deny(_), None) => "deny",
+            },
             "decided_by": self.verdict.decided_by(),
             "status": self.status,
             "answer": self.answer,

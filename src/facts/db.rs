@@ -100,19 +100,44 @@ pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection,
         "file:{}?mode=ro",
         percent_encoding::utf8_percent_encode(&path.to_string_lossy(), PATH_CHARS)
     );
-    let conn = Connection::open_with_flags(
+    let opened = Connection::open_with_flags(
         uri,
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(busy_timeout)?;
-    conn.pragma_update(None, "query_only", true)?;
-    // Touch the schema now so an unreadable or non-database file fails here, not later.
-    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })?;
-    Ok(conn)
+    )
+    .and_then(|conn| {
+        conn.busy_timeout(busy_timeout)?;
+        conn.pragma_update(None, "query_only", true)?;
+        // Touch the schema now so an unreadable or non-database file fails here, not later.
+        conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok(conn)
+    });
+    opened
+        .map_err(|e| FactsError::Sqlite(format!("{}: {e}{}", path.display(), open_hint(path, &e))))
+}
+
+/// What an operator can do about a database that does not open.
+fn open_hint(path: &Path, e: &rusqlite::Error) -> &'static str {
+    let text = e.to_string();
+    let wal = {
+        let mut p = path.as_os_str().to_owned();
+        p.push("-wal");
+        Path::new(&p).exists()
+    };
+    if text.contains("readonly") || (wal && text.contains("unable to open")) {
+        // A WAL database needs its -shm file even to read; SQLite must create it when absent.
+        " (a WAL database in a read-only directory needs its -wal and -shm files: start InvokeAI \
+         first so they exist, or mount databases/ read-write; the guard still opens it read-only)"
+    } else if text.contains("not a database") || text.contains("malformed") {
+        " (is this InvokeAI's databases/invokeai.db? set `db` / --db / INVOKE_GUARD_DB)"
+    } else if text.contains("unable to open") {
+        " (the guard needs read access to the file and its directory)"
+    } else {
+        ""
+    }
 }
 
 // === queries ===
@@ -356,4 +381,27 @@ pub fn in_progress_owners(conn: &Connection, queue_id: &str) -> rusqlite::Result
     )?
     .query_map([queue_id], |r| r.get(0))?
     .collect()
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_wal_mount_gets_an_actionable_hint() {
+        let e = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(8),
+            Some("attempt to write a readonly database".into()),
+        );
+        let hint = open_hint(Path::new("/nonexistent/invokeai.db"), &e);
+        assert!(
+            hint.contains("-shm") && hint.contains("start InvokeAI"),
+            "{hint}"
+        );
+        let e = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(26),
+            Some("file is not a database".into()),
+        );
+        assert!(open_hint(Path::new("x.db"), &e).contains("INVOKE_GUARD_DB"));
+    }
 }

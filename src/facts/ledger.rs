@@ -86,16 +86,60 @@ CREATE TABLE IF NOT EXISTS bulk_download (
 impl Ledger {
     /// Open (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, FactsError> {
+        let named = |e: &dyn std::fmt::Display| {
+            FactsError::Ledger(format!(
+                "{}: {e}; the guard must be able to create and write its ledger there (a \
+                 persistent writable volume), or set `ledger` / --ledger / INVOKE_GUARD_LEDGER",
+                path.display()
+            ))
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                FactsError::Unavailable(format!("ledger dir {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| named(&e))?;
         }
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let conn = Connection::open(path).map_err(|e| named(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| named(&e))?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SCHEMA).map_err(|e| named(&e))?;
         Self::with_connection(conn)
+    }
+
+    /// What `check` verifies without creating anything: the ledger file (if it exists) can be
+    /// written, else its directory (or the nearest existing ancestor `open` would create it
+    /// under) is writable.
+    pub fn probe_writable(path: &Path) -> Result<(), FactsError> {
+        let named = |what: String| {
+            FactsError::Ledger(format!(
+                "{}: {what}; give the guard a writable directory for its ledger (a persistent \
+                 volume), or set `ledger` / --ledger / INVOKE_GUARD_LEDGER",
+                path.display()
+            ))
+        };
+        if path.exists() {
+            let conn =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+                    .map_err(|e| named(e.to_string()))?;
+            conn.busy_timeout(std::time::Duration::from_secs(2))?;
+            // A write lock proves the file (and its -wal/-shm directory) is writable.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                .map_err(|e| named(format!("cannot be written: {e}")))?;
+            return Ok(());
+        }
+        let mut dir = path.parent().unwrap_or(Path::new("."));
+        if dir.as_os_str().is_empty() {
+            dir = Path::new(".");
+        }
+        while !dir.exists() {
+            dir = dir.parent().unwrap_or(Path::new("/"));
+        }
+        let probe = dir.join(format!(".invoke-guard-check.{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| named(format!("directory {} is not writable: {e}", dir.display())))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
     }
 
     fn with_connection(conn: Connection) -> Result<Self, FactsError> {

@@ -43,6 +43,9 @@ pub enum FactsError {
     Closed,
     #[error("InvokeAI database has no jwt_secret (not a multiuser-capable InvokeAI)")]
     NoSecret,
+    /// The guard's own ledger (not InvokeAI's database).
+    #[error("guard ledger: {0}")]
+    Ledger(String),
 }
 
 impl From<rusqlite::Error> for FactsError {

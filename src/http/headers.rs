@@ -115,10 +115,10 @@ pub fn set_forwarded(
     headers: &mut HeaderMap,
     incoming: &HeaderMap,
     conn: &ClientConn,
-    trusted: &[IpAddr],
+    trusted: &[ipnet::IpNet],
     host: Option<&str>,
 ) {
-    let peer_trusted = trusted.contains(&conn.peer);
+    let peer_trusted = trusted.iter().any(|net| net.contains(&conn.peer));
     let prior_for = incoming
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())

@@ -53,6 +53,8 @@ pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
         | P::ImageWrite
         | P::ImageOwn
         | P::ImageBoardWrite
+        | P::ImageWriteOwner
+        | P::ImageBoardWriteOwner
         | P::BoardRead
         | P::BoardWrite
         | P::BoardOwn
@@ -66,10 +68,13 @@ pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
         | P::VideoWrite
         | P::VideoOwn
         | P::VideoBoardWrite
+        | P::VideoWriteOwner
+        | P::VideoBoardWriteOwner
         | P::SystemPromptRead
         | P::SystemPromptOwn
         | P::BulkDownloadOwn
         | P::EnqueueAllowed
+        | P::EnqueueAllowedOwner
         | P::ImagesListScoped
         | P::UserUpdateAllowed
         | P::UserNotSystem
@@ -78,6 +83,7 @@ pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
         | P::AdminIfTrue
         | P::AdminUnlessUpstream
         | P::CallerOr
+        | P::CallerIn
         | P::QueueDefault => Err(DenyReason::Unauthenticated(
             "Authentication required".into(),
         )),
@@ -143,6 +149,23 @@ pub(super) fn caller_or(args: &[Selected], me: &Principal) -> Outcome {
         Some(v) if v == me.user_id || Some(v.as_str()) == literal => Ok(()),
         None => Ok(()),
         Some(_) => Err(forbidden("Not authorized to write another user's data")),
+    }
+}
+
+/// `caller.in("group")`: the caller is a member of the group (by user id or email).
+pub(super) fn caller_in(args: &[Selected], me: &Principal, facts: &mut Vec<String>) -> Outcome {
+    let admitted = match args.first() {
+        Some(Selected::Group(members)) => members.admits(&me.user_id, &me.email),
+        // Not bound (cannot happen for a compiled table): deny, never allow.
+        _ => false,
+    };
+    facts.push(format!("caller in group: {admitted}"));
+    if admitted {
+        Ok(())
+    } else {
+        Err(forbidden(
+            "Not authorized for this operation (not in the required group)",
+        ))
     }
 }
 

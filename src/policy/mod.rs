@@ -190,10 +190,13 @@ async fn apply(
         P::AdminIfTrue => accounts::admin_if_true(args, me, src, facts),
         P::AdminUnlessUpstream => accounts::admin_unless_upstream(args, me, src, facts),
         P::CallerOr => accounts::caller_or(args, me),
+        P::CallerIn => accounts::caller_in(args, me, facts),
         P::ImagesListScoped => accounts::images_list_scoped(args, src, facts),
-        P::EnqueueAllowed => {
+        P::EnqueueAllowed | P::EnqueueAllowedOwner => {
+            // `_owner`: node boards must be the caller's own, a public board is not enough.
+            let public_writable = predicate == P::EnqueueAllowed;
             for batch in args[0].items() {
-                resources::enqueue_allowed(batch, me, src, facts).await?;
+                resources::enqueue_allowed(batch, public_writable, me, src, facts).await?;
             }
             Ok(())
         }
@@ -201,10 +204,14 @@ async fn apply(
         | P::ImageWrite
         | P::ImageOwn
         | P::ImageBoardWrite
+        | P::ImageWriteOwner
+        | P::ImageBoardWriteOwner
         | P::VideoRead
         | P::VideoWrite
         | P::VideoOwn
         | P::VideoBoardWrite
+        | P::VideoWriteOwner
+        | P::VideoBoardWriteOwner
         | P::BoardRead
         | P::BoardWrite
         | P::BoardOwn
@@ -235,12 +242,14 @@ pub enum Selected {
     Each(Vec<Value>),
     /// A capability argument.
     Capability(crate::rules::vocab::Capability),
+    /// A group argument (bound from the groups file).
+    Group(std::sync::Arc<crate::rules::groups::Members>),
 }
 
 impl Selected {
     fn items(&self) -> Vec<&Value> {
         match self {
-            Selected::Absent | Selected::Capability(_) => Vec::new(),
+            Selected::Absent | Selected::Capability(_) | Selected::Group(_) => Vec::new(),
             Selected::One(v) => vec![v],
             Selected::Each(vs) => vs.iter().collect(),
         }
@@ -249,7 +258,9 @@ impl Selected {
     fn single(&self) -> Option<&Value> {
         match self {
             Selected::One(v) => Some(v),
-            Selected::Absent | Selected::Each(_) | Selected::Capability(_) => None,
+            Selected::Absent | Selected::Each(_) | Selected::Capability(_) | Selected::Group(_) => {
+                None
+            }
         }
     }
 }
@@ -263,6 +274,7 @@ fn arg_trace(arg: &Arg, value: &Selected) -> ArgTrace {
         ),
         Arg::Literal(l) => (format!("\"{l}\""), false),
         Arg::Capability(c) => (format!("\"{}\"", c.name()), false),
+        Arg::Group { name, .. } => (format!("\"{name}\""), false),
     };
     let shown = |v: &Value| {
         let mut text = v.to_string();
@@ -278,6 +290,7 @@ fn arg_trace(arg: &Arg, value: &Selected) -> ArgTrace {
         Selected::One(v) => shown(v),
         Selected::Each(vs) => format!("[{} item(s)]", vs.len()),
         Selected::Capability(c) => c.name().into(),
+        Selected::Group(members) => format!("group of {} member(s)", members.len()),
     };
     ArgTrace { selector, value }
 }
@@ -286,6 +299,7 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
     let sel = match arg {
         Arg::Literal(s) => return Ok(Selected::One(Value::String(s.clone()))),
         Arg::Capability(c) => return Ok(Selected::Capability(*c)),
+        Arg::Group { members, .. } => return Ok(Selected::Group(members.clone())),
         Arg::Select(sel) => sel,
     };
     let missing = |sel: &Selector| DenyReason::Unprocessable(format!("Missing {}", sel.text));

@@ -79,10 +79,14 @@ pub(super) async fn check(
         P::ImageWrite => image(Access::Write, id, uid, src, facts).await,
         P::ImageOwn => image(Access::Own, id, uid, src, facts).await,
         P::ImageBoardWrite => image(Access::BoardWrite, id, uid, src, facts).await,
+        P::ImageWriteOwner => image(Access::WriteOwner, id, uid, src, facts).await,
+        P::ImageBoardWriteOwner => image(Access::BoardWriteOwner, id, uid, src, facts).await,
         P::VideoRead => video(Access::Read, id, uid, src, facts).await,
         P::VideoWrite => video(Access::Write, id, uid, src, facts).await,
         P::VideoOwn => video(Access::Own, id, uid, src, facts).await,
         P::VideoBoardWrite => video(Access::BoardWrite, id, uid, src, facts).await,
+        P::VideoWriteOwner => video(Access::WriteOwner, id, uid, src, facts).await,
+        P::VideoBoardWriteOwner => video(Access::BoardWriteOwner, id, uid, src, facts).await,
         P::BoardRead => {
             // `none` is the uncategorized pseudo-board: listing it is scoped by InvokeAI.
             if id == "none" {
@@ -164,6 +168,8 @@ pub(super) async fn check(
         P::Authenticated
         | P::Admin
         | P::EnqueueAllowed
+        | P::EnqueueAllowedOwner
+        | P::CallerIn
         | P::ImagesListScoped
         | P::UserUpdateAllowed
         | P::UserNotSystem
@@ -286,6 +292,10 @@ enum Access {
     Own,
     /// Moving it off its board: needs write access to that board.
     BoardWrite,
+    /// `Write` without the public-board exception: owner of the media or of its board.
+    WriteOwner,
+    /// `BoardWrite` without the public-board exception: the board is the caller's own.
+    BoardWriteOwner,
 }
 
 async fn image(
@@ -338,6 +348,8 @@ fn media_check(
         Access::Own => img.owner == me,
         // No board, nothing to guard.
         Access::BoardWrite => img.board.as_ref().is_none_or(|b| board_writable(b, me)),
+        Access::WriteOwner => img.owner == me || img.board.as_ref().is_some_and(|b| b.owner == me),
+        Access::BoardWriteOwner => img.board.as_ref().is_none_or(|b| b.owner == me),
     };
     if allowed {
         Ok(())
@@ -350,6 +362,7 @@ fn media_check(
 /// writable (closes hole 5: queue-time authorization absent before main).
 pub(super) async fn enqueue_allowed(
     batch: &Value,
+    public_boards_writable: bool,
     me: &Principal,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
@@ -369,9 +382,15 @@ pub(super) async fn enqueue_allowed(
     for (predicate, name) in media {
         check(predicate, &name, me, src, facts).await?;
     }
+    // Without the public-board exception, a node board must be the caller's own.
+    let board_check = if public_boards_writable {
+        Predicate::BoardWrite
+    } else {
+        Predicate::BoardOwn
+    };
     for board in boards {
         if board != "none" {
-            check(Predicate::BoardWrite, &board, me, src, facts).await?;
+            check(board_check, &board, me, src, facts).await?;
         }
     }
     Ok(())

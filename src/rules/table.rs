@@ -18,6 +18,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::http::jsonplan::{JsonPlan, Keep, PathStep};
+use crate::rules::groups::Groups;
 use crate::rules::vocab::{ArgKind, BodyUse, Capability, Predicate, ResponseFilter};
 
 /// A routes.toml problem, with enough context to fix it.
@@ -58,6 +59,28 @@ impl Auth {
     }
 }
 
+/// Whether a rule's denials are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A denial is answered by the guard (the default; never implied by anything else).
+    #[default]
+    Enforce,
+    /// Dry run: the checks are evaluated, a denial is logged and counted as `would_deny` with
+    /// its full verdict, and the request is forwarded as if allowed. Identity, `auth`, targets,
+    /// framing and bodies are still enforced: only the `require` checks are shadowed.
+    Shadow,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
 /// Where a selector reads its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -90,6 +113,11 @@ pub enum Arg {
     Literal(String),
     /// An upstream capability named where the predicate takes one.
     Capability(Capability),
+    /// A group of the groups file, bound when the table was compiled.
+    Group {
+        name: String,
+        members: std::sync::Arc<crate::rules::groups::Members>,
+    },
 }
 
 /// One compiled check: a predicate applied to arguments.
@@ -120,10 +148,20 @@ pub struct Rule {
     pub checks: Vec<Check>,
     pub response: Vec<ResponseFilter>,
     pub block: Option<StatusCode>,
+    /// `mode = "shadow"`: the checks' denials are logged and forwarded (see [`Mode`]).
+    pub mode: Mode,
     pub body: BodyNeed,
     /// What a JSON body parse keeps (the `body.*` selectors and what filters read).
     pub json_plan: JsonPlan,
     pub line: usize,
+}
+
+impl Rule {
+    /// Whether this rule's check denials are only logged (the rule's own `mode`, or the global
+    /// one): a deny verdict is then forwarded as `would_deny`.
+    pub fn shadowed(&self, global: Mode) -> bool {
+        self.mode == Mode::Shadow || global == Mode::Shadow
+    }
 }
 
 /// A successful lookup.
@@ -149,6 +187,8 @@ pub struct RouteTable {
     routers: HashMap<Method, matchit::Router<usize>>,
     /// The file says a reload may cover fewer endpoints than the table it replaces.
     allow_coverage_loss: bool,
+    /// SHA-256 of the file's text, lower-case hex (what `sha256sum` prints).
+    checksum: String,
 }
 
 impl fmt::Debug for RouteTable {
@@ -177,18 +217,30 @@ struct RawRule {
     path: String,
     auth: Auth,
     #[serde(default)]
-    require: Vec<String>,
+    require: Vec<toml::Spanned<String>>,
     #[serde(default)]
-    response: Vec<String>,
+    response: Vec<toml::Spanned<String>>,
     #[serde(default)]
     block: Option<u16>,
+    #[serde(default)]
+    mode: Mode,
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl RouteTable {
-    /// Read and compile a routes file.
+    /// Read and compile a routes file that names no groups.
     pub fn load(path: &Path) -> Result<Self, RouteError> {
+        Self::load_with_groups(path, &Groups::default())
+    }
+
+    /// Compile a routes file from text that names no groups.
+    pub fn parse(file: &str, text: &str) -> Result<Self, RouteError> {
+        Self::parse_with_groups(file, text, &Groups::default())
+    }
+
+    /// Read and compile a routes file, binding `caller.in` groups from `groups`.
+    pub fn load_with_groups(path: &Path, groups: &Groups) -> Result<Self, RouteError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| RouteError {
             file: file.clone(),
@@ -196,11 +248,11 @@ impl RouteTable {
             rule: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&file, &text)
+        Self::parse_with_groups(&file, &text, groups)
     }
 
     /// Compile a routes file from text (`file` names it in errors).
-    pub fn parse(file: &str, text: &str) -> Result<Self, RouteError> {
+    pub fn parse_with_groups(file: &str, text: &str, groups: &Groups) -> Result<Self, RouteError> {
         let err = |line: usize, rule: Option<&str>, message: String| RouteError {
             file: file.to_owned(),
             line,
@@ -217,7 +269,21 @@ impl RouteTable {
             let line = line_of(text, spanned.span().start);
             let raw_rule = spanned.into_inner();
             let id = raw_rule.id.clone();
-            let rule = compile_rule(raw_rule, line).map_err(|m| err(line, Some(&id), m))?;
+            // A bad check or filter is reported at its own line (the rule's line otherwise).
+            if let Ok(params) = template_params(&raw_rule.path) {
+                for c in &raw_rule.require {
+                    if let Err(m) = parse_check(c.get_ref(), &params, groups) {
+                        let at = line_of(text, c.span().start);
+                        return Err(err(at, Some(&id), format!("check '{}': {m}", c.get_ref())));
+                    }
+                }
+            }
+            for f in &raw_rule.response {
+                if let Err(m) = response_filter(f.get_ref()) {
+                    return Err(err(line_of(text, f.span().start), Some(&id), m));
+                }
+            }
+            let rule = compile_rule(raw_rule, line, groups).map_err(|m| err(line, Some(&id), m))?;
             if !ids.insert(rule.id.clone()) {
                 return Err(err(line, Some(&id), "duplicate rule id".into()));
             }
@@ -238,12 +304,23 @@ impl RouteTable {
             rules,
             routers,
             allow_coverage_loss: raw.allow_coverage_loss,
+            checksum: sha256_hex(text.as_bytes()),
         })
+    }
+
+    /// SHA-256 of the source text (lower-case hex, as `sha256sum` prints it).
+    pub fn checksum(&self) -> &str {
+        &self.checksum
     }
 
     /// Whether the file allows a reload to cover fewer endpoints than the running table.
     pub fn allows_coverage_loss(&self) -> bool {
         self.allow_coverage_loss
+    }
+
+    /// Rules whose denials are not enforced under the global `mode`.
+    pub fn shadow_rules(&self, global: Mode) -> Vec<&Rule> {
+        self.rules.iter().filter(|r| r.shadowed(global)).collect()
     }
 
     /// All rules, in file order.
@@ -274,11 +351,30 @@ impl RouteTable {
     }
 }
 
+/// ` (did you mean 'x'?)` for the known name nearest to `word`, when one is close enough.
+pub fn did_you_mean<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    known
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
+fn compile_rule(raw: RawRule, line: usize, groups: &Groups) -> Result<Rule, String> {
     if raw.id.is_empty()
         || !raw
             .id
@@ -306,16 +402,14 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
     }
     let params = template_params(&raw.path)?;
     let mut checks = Vec::new();
-    for text in &raw.require {
-        checks.push(parse_check(text, &params).map_err(|m| format!("check '{text}': {m}"))?);
+    for text in raw.require.iter().map(|s| s.get_ref()) {
+        checks
+            .push(parse_check(text, &params, groups).map_err(|m| format!("check '{text}': {m}"))?);
     }
     let response = raw
         .response
         .iter()
-        .map(|name| {
-            ResponseFilter::from_name(name)
-                .ok_or_else(|| format!("unknown response filter '{name}'"))
-        })
+        .map(|name| response_filter(name.get_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let block = raw
         .block
@@ -326,6 +420,9 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
                 .ok_or_else(|| format!("block must be a 4xx or 5xx status, got {code}"))
         })
         .transpose()?;
+    if raw.mode == Mode::Shadow && block.is_some() {
+        return Err("a blocked route cannot be in shadow mode (block is not a check)".into());
+    }
     if raw.auth == Auth::Admin && checks.iter().any(|c| c.predicate == Predicate::Admin) {
         return Err("auth = \"admin\" already implies the 'admin' check".into());
     }
@@ -347,9 +444,19 @@ fn compile_rule(raw: RawRule, line: usize) -> Result<Rule, String> {
         checks,
         response,
         block,
+        mode: raw.mode,
         body,
         json_plan,
         line,
+    })
+}
+
+fn response_filter(name: &str) -> Result<ResponseFilter, String> {
+    ResponseFilter::from_name(name).ok_or_else(|| {
+        format!(
+            "unknown response filter '{name}'{}",
+            did_you_mean(name, ResponseFilter::ALL.iter().map(|f| f.name()))
+        )
     })
 }
 
@@ -385,7 +492,7 @@ fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
 fn body_need(checks: &[Check]) -> Result<BodyNeed, String> {
     let sources = checks.iter().flat_map(|c| &c.args).filter_map(|a| match a {
         Arg::Select(s) => Some(&s.source),
-        Arg::Literal(_) | Arg::Capability(_) => None,
+        Arg::Literal(_) | Arg::Capability(_) | Arg::Group { .. } => None,
     });
     let (mut json, mut form) = (false, false);
     for source in sources {
@@ -507,14 +614,15 @@ fn check_overlaps(rules: &[Rule]) -> Result<(), (usize, String)> {
 }
 
 /// Parse `name`, `name(arg, arg)`, optionally followed by `unless upstream.CAPABILITY`.
-fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
+fn parse_check(full: &str, params: &[String], groups: &Groups) -> Result<Check, String> {
     let full = full.trim();
     let (text, unless_upstream) = match full.rsplit_once(" unless ") {
         Some((check, cond)) if cond.trim().starts_with("upstream.") => {
             let name = cond.trim().trim_start_matches("upstream.");
             let cap = Capability::from_name(name).ok_or_else(|| {
                 format!(
-                    "unknown upstream capability '{name}' (one of {})",
+                    "unknown upstream capability '{name}'{} (one of {})",
+                    did_you_mean(name, Capability::names()),
                     Capability::names().join(", ")
                 )
             })?;
@@ -531,8 +639,13 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
         }
         None => (text, None),
     };
-    let predicate = Predicate::from_name(name.trim())
-        .ok_or_else(|| format!("unknown predicate '{}'", name.trim()))?;
+    let predicate = Predicate::from_name(name.trim()).ok_or_else(|| {
+        format!(
+            "unknown predicate '{}'{}",
+            name.trim(),
+            did_you_mean(name.trim(), Predicate::names())
+        )
+    })?;
     let args = match args_text {
         None => Vec::new(),
         Some(inner) if inner.trim().is_empty() => Vec::new(),
@@ -541,7 +654,7 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
             .map(|a| parse_arg(a, params))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let args = check_args(predicate, args)?;
+    let args = check_args(predicate, args, groups)?;
     Ok(Check {
         predicate,
         args,
@@ -552,7 +665,7 @@ fn parse_check(full: &str, params: &[String]) -> Result<Check, String> {
 
 /// Validate the arguments against the predicate's descriptor; capability literals become
 /// [`Arg::Capability`].
-fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> {
+fn check_args(predicate: Predicate, args: Vec<Arg>, groups: &Groups) -> Result<Vec<Arg>, String> {
     let info = predicate.info();
     let (min, max) = (info.required, info.args.len());
     if args.len() < min || args.len() > max {
@@ -577,10 +690,23 @@ fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> 
                 .map(Arg::Capability)
                 .ok_or_else(|| {
                     format!(
-                        "unknown upstream capability \"{name}\" (one of {})",
+                        "unknown upstream capability \"{name}\"{} (one of {})",
+                        did_you_mean(&name, Capability::names()),
                         Capability::names().join(", ")
                     )
                 }),
+            (ArgKind::Group, Arg::Literal(name)) => match groups.get(&name) {
+                Some(members) => Ok(Arg::Group { name, members }),
+                None if groups.source.is_none() => Err(format!(
+                    "group \"{name}\": no groups file is configured (set `groups` / --groups / \
+                     INVOKE_GUARD_GROUPS)"
+                )),
+                None => Err(format!(
+                    "unknown group \"{name}\"{} (the groups file defines: {})",
+                    did_you_mean(&name, groups.names()),
+                    groups.names().collect::<Vec<_>>().join(", ")
+                )),
+            },
             (kind, _) => Err(format!(
                 "argument {} of '{}' must be {}",
                 i + 1,
@@ -589,6 +715,7 @@ fn check_args(predicate: Predicate, args: Vec<Arg>) -> Result<Vec<Arg>, String> 
                     ArgKind::Selector => "a selector",
                     ArgKind::Literal => "a \"literal\"",
                     ArgKind::Capability => "a \"capability\" name",
+                    ArgKind::Group => "a \"group\" name",
                 }
             )),
         })
@@ -674,7 +801,8 @@ fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
         "body" => Source::Body,
         other => {
             return Err(format!(
-                "unknown selector root '{other}' (path, query, body, form or \"literal\")"
+                "unknown selector root '{other}'{} (path, query, body, form or \"literal\")",
+                did_you_mean(other, ["path", "query", "body", "form"])
             ))
         }
     };

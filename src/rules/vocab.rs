@@ -84,6 +84,8 @@ pub enum ArgKind {
     Literal,
     /// A `"capability"` name (see [`Capability`]).
     Capability,
+    /// A `"group"` name of the groups file (bound when the table is compiled).
+    Group,
 }
 
 /// How a `body.*` selector of a check is read from a JSON body.
@@ -124,6 +126,8 @@ pub enum Predicate {
     ImageWrite,
     ImageOwn,
     ImageBoardWrite,
+    ImageWriteOwner,
+    ImageBoardWriteOwner,
     BoardRead,
     BoardWrite,
     BoardOwn,
@@ -137,10 +141,13 @@ pub enum Predicate {
     VideoWrite,
     VideoOwn,
     VideoBoardWrite,
+    VideoWriteOwner,
+    VideoBoardWriteOwner,
     SystemPromptRead,
     SystemPromptOwn,
     BulkDownloadOwn,
     EnqueueAllowed,
+    EnqueueAllowedOwner,
     ImagesListScoped,
     UserUpdateAllowed,
     UserNotSystem,
@@ -150,6 +157,7 @@ pub enum Predicate {
     AdminIfTrue,
     AdminUnlessUpstream,
     CallerOr,
+    CallerIn,
     QueueDefault,
 }
 
@@ -158,13 +166,15 @@ const ONE: &[ArgKind] = &[ArgKind::Selector];
 
 impl Predicate {
     /// Every predicate.
-    pub const ALL: [Predicate; 33] = [
+    pub const ALL: [Predicate; 39] = [
         Predicate::Authenticated,
         Predicate::Admin,
         Predicate::ImageRead,
         Predicate::ImageWrite,
         Predicate::ImageOwn,
         Predicate::ImageBoardWrite,
+        Predicate::ImageWriteOwner,
+        Predicate::ImageBoardWriteOwner,
         Predicate::BoardRead,
         Predicate::BoardWrite,
         Predicate::BoardOwn,
@@ -178,10 +188,13 @@ impl Predicate {
         Predicate::VideoWrite,
         Predicate::VideoOwn,
         Predicate::VideoBoardWrite,
+        Predicate::VideoWriteOwner,
+        Predicate::VideoBoardWriteOwner,
         Predicate::SystemPromptRead,
         Predicate::SystemPromptOwn,
         Predicate::BulkDownloadOwn,
         Predicate::EnqueueAllowed,
+        Predicate::EnqueueAllowedOwner,
         Predicate::ImagesListScoped,
         Predicate::UserUpdateAllowed,
         Predicate::UserNotSystem,
@@ -191,13 +204,14 @@ impl Predicate {
         Predicate::AdminIfTrue,
         Predicate::AdminUnlessUpstream,
         Predicate::CallerOr,
+        Predicate::CallerIn,
         Predicate::QueueDefault,
     ];
 
     /// The descriptor.
     pub fn info(self) -> PredicateInfo {
         use AdminRule::{Applies, Exempt};
-        use ArgKind::{Capability as Cap, Literal as Lit, Selector as Sel};
+        use ArgKind::{Capability as Cap, Group, Literal as Lit, Selector as Sel};
         use Predicate as P;
         let resource = |name| PredicateInfo {
             name,
@@ -220,6 +234,10 @@ impl Predicate {
             P::ImageWrite => resource("image.write"),
             P::ImageOwn => resource("image.own"),
             P::ImageBoardWrite => resource("image.board_write"),
+            // `_owner`: the same check without the public-board exception (a public board is
+            // readable by all, writable only by its owner).
+            P::ImageWriteOwner => resource("image.write_owner"),
+            P::ImageBoardWriteOwner => resource("image.board_write_owner"),
             P::BoardRead => resource("board.read"),
             P::BoardWrite => resource("board.write"),
             P::BoardOwn => resource("board.own"),
@@ -233,12 +251,18 @@ impl Predicate {
             P::VideoWrite => resource("video.write"),
             P::VideoOwn => resource("video.own"),
             P::VideoBoardWrite => resource("video.board_write"),
+            P::VideoWriteOwner => resource("video.write_owner"),
+            P::VideoBoardWriteOwner => resource("video.board_write_owner"),
             P::SystemPromptRead => resource("system_prompt.read"),
             P::SystemPromptOwn => resource("system_prompt.own"),
             P::BulkDownloadOwn => resource("bulk_download.own"),
             P::EnqueueAllowed => PredicateInfo {
                 body: BodyUse::Refs,
                 ..resource("enqueue.allowed")
+            },
+            P::EnqueueAllowedOwner => PredicateInfo {
+                body: BodyUse::Refs,
+                ..resource("enqueue.allowed_owner")
             },
             P::ImagesListScoped => resource("images.list_scoped"),
             P::UserUpdateAllowed => account("user.update_allowed", &[Sel, Sel, Sel, Sel], 4),
@@ -249,6 +273,12 @@ impl Predicate {
             P::AdminIfTrue => account("admin_if_true", &[Sel, Cap], 1),
             P::AdminUnlessUpstream => account("admin_unless_upstream", &[Cap], 1),
             P::CallerOr => account("caller_or", &[Sel, Lit], 2),
+            // Like a resource check, true for admins: a group widens access, it never narrows
+            // what an admin may do.
+            P::CallerIn => PredicateInfo {
+                args: &[Group],
+                ..resource("caller.in")
+            },
             P::QueueDefault => account("queue.default", ONE, 1),
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Invariants:
 //! - It binds its own address (loopback by default) and never proxies anything.
-//! - `/readyz` is 200 only while the route table is loaded and InvokeAI's database is readable.
+//! - `/readyz` is 200 only while the route table is loaded, InvokeAI's database is readable,
+//!   InvokeAI accepts TCP connections and shutdown has not begun.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,24 +25,59 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     res
 }
 
-fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
+async fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let rules = state.routes.load().rules().len();
-            if rules > 0 && state.facts.is_available() {
-                text(StatusCode::OK, format!("ready: {rules} rules\n"))
+            if state.is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: shutting down (draining)\n".into(),
+                )
+            } else if let (true, true, Ok(())) = (
+                rules > 0,
+                state.facts.is_available(),
+                state.upstream.reachable().await,
+            ) {
+                let shadow = state.routes.load().shadow_rules(state.mode).len();
+                let note = match (state.mode, shadow) {
+                    (crate::rules::Mode::Shadow, _) => {
+                        " (SHADOW MODE: no rule is enforced, denials are only logged)".to_owned()
+                    }
+                    (_, 0) => String::new(),
+                    (_, n) => format!(" (SHADOW: {n} rule(s) not enforced, denials only logged)"),
+                };
+                text(StatusCode::OK, format!("ready: {rules} rules{note}\n"))
             } else {
+                let upstream = match state.upstream.reachable().await {
+                    Ok(()) => "reachable".to_owned(),
+                    Err(e) => format!("unreachable ({e})"),
+                };
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "not ready: {rules} rules, database available: {}\n",
+                        "not ready: {rules} rules, database available: {}, upstream {upstream}\n",
                         state.facts.is_available()
                     ),
                 )
             }
         }
-        "/metrics" => text(StatusCode::OK, crate::metrics::render()),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = crate::metrics::Format::negotiate(accept);
+            let mut res = text(StatusCode::OK, crate::metrics::render_as(format));
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(format.content_type()),
+            );
+            res.headers_mut()
+                .insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+            res
+        }
         "/facts/generation" => text(StatusCode::OK, format!("{}\n", state.facts.generation())),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
@@ -59,7 +95,7 @@ pub async fn run<F: Future<Output = ()>>(listener: TcpListener, state: Arc<AppSt
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(&req, &state).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

@@ -5,9 +5,12 @@
 //! - Every connection passes the raw-byte framing scanner before hyper parses it.
 //! - At most `limits.max_connections` connections are served; beyond that new ones are closed.
 //! - Accept errors (EMFILE) back off instead of spinning.
-//! - Shutdown stops accepting at once and drains in-flight connections for a bounded time.
+//! - Shutdown (see [`lifecycle`]) first turns `/readyz` to 503 while still accepting for
+//!   `limits.shutdown_delay`; then this loop stops accepting, closes every Socket.IO session (`41`) and drains
+//!   in-flight connections for at most `limits.shutdown_grace`.
 
 pub mod admin;
+pub mod lifecycle;
 mod pipeline;
 
 pub use pipeline::{handle, identity_denial};
@@ -135,6 +138,9 @@ where
         });
     }
     drop(listener);
+    // Upgraded connections are invisible to hyper's graceful shutdown: close them now, so the
+    // drain below is bounded by in-flight HTTP requests only.
+    state.sockets.close_all();
     tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(state.limits.shutdown_grace, graceful.shutdown())
         .await
@@ -147,21 +153,147 @@ where
 
 /// Build a TLS acceptor (HTTP/2 and HTTP/1.1 via ALPN) from PEM files.
 pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    Ok(tls_reloading(cert, key)?.0)
+}
+
+/// A TLS acceptor whose certificate comes from `cert`/`key` and follows them: call
+/// [`CertReloader::reload_if_changed`] (serve polls it) after the files change.
+pub fn tls_reloading(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<(TlsAcceptor, Arc<CertReloader>)> {
+    let reloader = Arc::new(CertReloader::open(cert, key)?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(reloader.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), reloader))
+}
+
+/// The serving certificate, swapped whole when its files change (cert-manager renewals, a
+/// Secret update). A pair that does not load (half-written, key not matching) is refused and
+/// the current certificate kept.
+#[derive(Debug)]
+pub struct CertReloader {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
+    /// The file contents the current certificate was built from.
+    loaded: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CertReloader {
+    fn open(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Self> {
+        let files = read_pair(cert, key)?;
+        let certified = certified_key(cert, key, &files)?;
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: arc_swap::ArcSwap::from_pointee(certified),
+            loaded: std::sync::Mutex::new(files),
+        })
+    }
+
+    /// Re-read both files; swap the certificate when they changed and load. `Ok(true)` when a
+    /// new certificate is now served; an error leaves the current one in place.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let files = read_pair(&self.cert, &self.key)?;
+        let mut loaded = self.loaded.lock().expect("cert reloader lock");
+        if *loaded == files {
+            return Ok(false);
+        }
+        let certified = certified_key(&self.cert, &self.key, &files)?;
+        self.current.store(Arc::new(certified));
+        *loaded = files;
+        Ok(true)
+    }
+
+    /// Poll the files every `every` and reload on change (errors are logged, the current
+    /// certificate is kept).
+    pub fn spawn_watcher(self: &Arc<Self>, every: std::time::Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(me) = me.upgrade() else { return };
+                match me.reload_if_changed() {
+                    Ok(true) => {
+                        tracing::info!(cert = %me.cert.display(), "TLS certificate reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "TLS certificate reload failed; still serving the previous certificate"
+                    ),
+                }
+            }
+        });
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertReloader {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn read_pair(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| {
+            anyhow::anyhow!(
+                "{} (tls.cert/tls.key): cannot read the {what}: {e}",
+                p.display()
+            )
+        })
+    };
+    Ok((read(cert, "certificate")?, read(key, "private key")?))
+}
+
+/// Parse a PEM certificate chain and key into what rustls serves; errors name the file.
+fn certified_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    (cert_pem, key_pem): &(Vec<u8>, Vec<u8>),
+) -> anyhow::Result<rustls::sign::CertifiedKey> {
+    use rustls_pki_types::pem::Error as PemError;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let explain = |file: &std::path::Path, what: &str, e: PemError| match e {
+        PemError::NoItemsFound => anyhow::anyhow!(
+            "{} (tls.cert/tls.key): no PEM {what} found; expected a -----BEGIN {}----- block",
+            file.display(),
+            if what == "certificate" {
+                "CERTIFICATE"
+            } else {
+                "PRIVATE KEY"
+            }
+        ),
+        other => anyhow::anyhow!(
+            "{} (tls.cert/tls.key): cannot read the {what}: {other}",
+            file.display()
+        ),
+    };
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| explain(cert, "certificate", e))?;
+    if certs.is_empty() {
+        return Err(explain(cert, "certificate", PemError::NoItemsFound));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| explain(key, "private key", e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, key_der, &provider).map_err(|e| {
+        anyhow::anyhow!(
+            "{} and {} (tls.cert/tls.key): {e}; is the key the certificate's own?",
+            cert.display(),
+            key.display()
+        )
+    })
 }
 
 /// What the pipeline knows about the client connection.

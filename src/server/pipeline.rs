@@ -4,7 +4,7 @@
 //! Invariants:
 //! - The canonical target from `target` is what `route` matches and what `forward` sends.
 //! - Nothing reaches `Upstream::send` without an `Allow` verdict from `policy::decide` for the
-//!   rule that matched.
+//!   rule that matched, or a check denial of a rule in shadow mode (logged as `would_deny`).
 //! - Every request ends in one decision log line and one metric sample, both read from the
 //!   request's [`Verdict`] (deciding check, facts), never from tokens or query values.
 
@@ -210,10 +210,15 @@ async fn pipeline(
         ledger: &state.ledger,
     };
     let verdict = policy::decide(rule, &data, principal.as_ref(), src).await;
-    if verdict.decision != Decision::Allow {
+    // Shadow mode: a denial by the checks is logged and counted (`would_deny`), then forwarded.
+    let shadowed = verdict.decision != Decision::Allow && rule.shadowed(state.mode);
+    if verdict.decision != Decision::Allow && !shadowed {
         return Err(verdict);
     }
     ctx.verdict(&verdict);
+    if shadowed {
+        ctx.outcome = "would_deny";
+    }
     // forward (a create whose owner InvokeAI does not keep is first written down as an intent;
     // if the ledger cannot take it, the create never happens)
     let intent = match (record_needed(rule, state), principal.as_ref()) {

@@ -12,7 +12,8 @@
 //! - Only Engine.IO v4 is served (`EIO=3` and JSONP polling are refused with 400).
 //! - The handshake request itself needs no identity (clients authenticate in CONNECT); its
 //!   `Authorization` and `Cookie` are kept for the CONNECT's fallback, as the server does.
-//! - Polling allows one GET and one POST in flight per session; an unknown sid is 400.
+//! - Polling allows one GET and one POST in flight per session; an unknown sid is 400; a polling
+//!   response carries at most 16 packets and about `maxPayload` bytes (what clients accept).
 //! - At most `limits.max_connections` sessions exist at once (a handshake needs no identity, so
 //!   this bounds what anyone can open); beyond that a handshake is 503. A session that never
 //!   answers pings ends after `pingInterval + pingTimeout`.
@@ -49,6 +50,9 @@ use crate::http::canonical::Target;
 use crate::state::AppState;
 use engineio::Timing;
 use session::{Inbound, Session};
+
+/// Packets per polling response: python-engineio clients refuse more (`max_decode_packets`).
+const POLL_MAX_PACKETS: usize = 16;
 
 /// What a transport request asks for.
 struct Query {
@@ -165,7 +169,7 @@ async fn poll(session: Arc<Session>, timing: &Timing) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + timing.ping_interval + timing.ping_timeout;
     let body = loop {
         let notified = session.notify.notified();
-        let packets = session.drain();
+        let packets = session.drain_some(POLL_MAX_PACKETS, timing.max_payload);
         if !packets.is_empty() {
             break engineio::encode_payload(&packets);
         }
@@ -312,6 +316,7 @@ async fn pump<S>(ws: WebSocketStream<S>, session: Arc<Session>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let _open = crate::metrics::UpgradedConnection::open();
     let (mut sink, mut stream) = ws.split();
     loop {
         let notified = session.notify.notified();

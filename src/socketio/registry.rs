@@ -29,6 +29,14 @@ impl Registry {
         crate::metrics::sockets_open(self.len());
     }
 
+    /// Disconnect every session (shutdown: upgraded connections are not drained by hyper).
+    pub fn close_all(&self) {
+        let sessions: Vec<Arc<Session>> = self.lock().values().cloned().collect();
+        for s in sessions {
+            s.shut_down();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

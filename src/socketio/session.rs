@@ -97,6 +97,27 @@ impl Session {
         out.packets.drain(..).collect()
     }
 
+    /// Take at most `max` packets (and roughly `max_bytes`) for one polling response; the rest
+    /// waits for the next GET. python-engineio clients refuse a payload of more than 16 packets.
+    pub fn drain_some(&self, max: usize, max_bytes: usize) -> Vec<String> {
+        let mut out = self.outbox.lock().expect("outbox lock");
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while taken.len() < max {
+            let Some(next) = out.packets.front() else {
+                break;
+            };
+            if !taken.is_empty() && bytes + next.len() > max_bytes {
+                break;
+            }
+            let p = out.packets.pop_front().expect("front exists");
+            bytes += p.len();
+            out.bytes = out.bytes.saturating_sub(p.len());
+            taken.push(p);
+        }
+        taken
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -104,6 +125,13 @@ impl Session {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.notify.notify_waiters();
+    }
+
+    /// Disconnect the client (`41`, then close) and end the session (shutdown).
+    pub fn shut_down(&self) {
+        self.push("41".into());
+        let _ = self.inbox.try_send(Inbound::Closed);
+        self.close();
     }
 }
 

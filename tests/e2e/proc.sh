@@ -22,7 +22,9 @@ stop_processes() {
   fi
   CHILD=""
   if [[ -n "$GUARD_PID" ]] && kill -0 "$GUARD_PID" 2>/dev/null; then
+    # The second signal skips the guard's readiness delay (limits.shutdown_delay_ms): drain now.
     kill -TERM "$GUARD_PID" 2>/dev/null || true
+    kill -INT "$GUARD_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$GUARD_PID" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$GUARD_PID" 2>/dev/null && kill -KILL "$GUARD_PID" 2>/dev/null
     wait "$GUARD_PID" 2>/dev/null || true

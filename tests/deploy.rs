@@ -1,0 +1,233 @@
+//! Deployment artefacts, as far as this machine can check them without a container engine
+//! (scripts/deploy/validate.sh checks the Kubernetes and Compose files against their schemas):
+//! the Dockerfile's promises, the routes ConfigMap in sync with routes.toml, and
+//! `invoke-guard health` against a running guard.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn repo(p: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap()
+}
+
+#[test]
+fn dockerfile_pins_bases_by_digest_runs_static_non_root_with_a_healthcheck() {
+    let text = repo("Dockerfile");
+    let args: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ARG ") && l.contains("_IMAGE="))
+        .collect();
+    assert_eq!(args.len(), 2, "{args:?}");
+    for arg in &args {
+        let (_, reference) = arg.split_once('=').unwrap();
+        let (tag, digest) = reference
+            .split_once("@sha256:")
+            .unwrap_or_else(|| panic!("not pinned: {arg}"));
+        assert!(tag.contains(':'), "keep the tag beside the digest: {arg}");
+        assert!(
+            digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{arg}"
+        );
+    }
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(
+        froms,
+        ["FROM ${BUILD_IMAGE} AS build", "FROM ${RUNTIME_IMAGE}"],
+        "every base comes from a pinned ARG"
+    );
+    assert!(text.contains("distroless/static"), "static runtime");
+    assert!(
+        text.contains("-unknown-linux-musl"),
+        "a static (musl) binary"
+    );
+    assert!(
+        text.contains("not a dynamic executable|statically linked"),
+        "the build proves it is static"
+    );
+    let runtime = &text[text.find("FROM ${RUNTIME_IMAGE}").unwrap()..];
+    let user = runtime
+        .lines()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER in the runtime stage");
+    assert!(!user.contains(" 0") && !user.contains("root"), "{user}");
+    assert!(runtime.contains("HEALTHCHECK"), "a HEALTHCHECK");
+    assert!(
+        runtime.contains("CMD [\"/usr/local/bin/invoke-guard\", \"health\"]"),
+        "the HEALTHCHECK asks `invoke-guard health`"
+    );
+    assert!(
+        runtime.contains("INVOKE_GUARD_ADMIN_LISTEN=127.0.0.1:"),
+        "admin on loopback unless configured"
+    );
+    assert!(!runtime.contains("0.0.0.0:9092"));
+    assert!(
+        runtime.contains("--chown=65532:65532 /rootfs/var/lib/invoke-guard"),
+        "a writable ledger volume"
+    );
+}
+
+#[test]
+fn routes_configmap_matches_routes_toml() {
+    let routes = repo("routes.toml");
+    let cm = repo("deploy/kubernetes/routes-configmap.yaml");
+    let (_, body) = cm
+        .split_once("  routes.toml: |\n")
+        .expect("data.routes.toml block");
+    let expected: String = routes
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("    {l}\n")
+            }
+        })
+        .collect();
+    assert!(
+        body == expected,
+        "deploy/kubernetes/routes-configmap.yaml is stale: run deploy/kubernetes/gen-routes-configmap.sh"
+    );
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("INVOKE_GUARD_LOG")
+        .env_remove("INVOKE_GUARD_CONFIG");
+    c
+}
+
+fn health(admin: &str) -> (bool, String) {
+    let out = bin()
+        .args(["health", "--config", "/dev/null", "--admin", admin])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn health_follows_readiness_of_a_running_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there (yet): unhealthy, and the message says where it asked.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (ok, text) = health(&free);
+    assert!(!ok && text.contains(&free), "{text}");
+    // An upstream that accepts connections (readiness asks for one; the kernel's backlog answers).
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            "/dev/null",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream_url,
+            "--routes",
+            "routes.toml",
+            "--ledger",
+        ])
+        .arg(dir.path().join("ledger.db"))
+        .arg("--db")
+        .arg(common::fixture_path("invokeai-6.14.2-rich.db"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .find_map(|l| l.ok().filter(|l| l.contains("invoke-guard started")))
+        .expect("a start line");
+    let field = |name: &str| {
+        let at = started
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{started}"))
+            + name.len()
+            + 1;
+        started[at..].split_whitespace().next().unwrap().to_owned()
+    };
+    let admin = field("admin");
+    let (ok, text) = health(&admin);
+    assert!(ok, "{text}");
+    assert!(text.contains("ready: "), "{text}");
+    // Shutdown begins: not ready any more, while the process still serves.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (ok, text) = health(&admin);
+        if !ok {
+            assert!(
+                text.contains("503") && text.contains("shutting down"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still healthy after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (alive, text) = {
+        let out = bin()
+            .args([
+                "health",
+                "--config",
+                "/dev/null",
+                "--live",
+                "--admin",
+                &admin,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(alive, "alive during the delay: {text}");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn the_build_image_is_new_enough_for_the_crate() {
+    let version = |s: &str| -> Vec<u32> { s.split('.').map(|p| p.parse().unwrap()).collect() };
+    let cargo = repo("Cargo.toml");
+    let msrv = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("rust-version in Cargo.toml");
+    let docker = repo("Dockerfile");
+    let tag = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG BUILD_IMAGE=rust:"))
+        .and_then(|r| r.split('-').next())
+        .expect("a rust:X.Y-... build image");
+    assert!(
+        version(tag) >= version(msrv),
+        "Dockerfile builds with Rust {tag}, Cargo.toml needs {msrv}"
+    );
+}

@@ -1,0 +1,299 @@
+//! Shadow mode: a shadowed rule's check denials are logged, counted as `would_deny` and
+//! forwarded; enforced rules answer exactly as before, and identity is never shadowed.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use invoke_guard::cli::{ruletest, trial};
+use invoke_guard::config::RawConfig;
+use invoke_guard::rules::Mode;
+
+/// The shipped routes with every other rule in shadow mode (blocked routes cannot be).
+fn half_shadowed(routes: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in routes.split("[[rule]]\n").enumerate() {
+        if i > 0 {
+            out.push_str("[[rule]]\n");
+            if i % 2 == 0 && !part.contains("\nblock") {
+                out.push_str("mode = \"shadow\"\n");
+            }
+        }
+        out.push_str(part);
+    }
+    out
+}
+
+/// For every case of the policy matrix: a rule that is not shadowed answers exactly as with the
+/// shipped table (status, deciding check); a shadowed rule forwards, and what it would have
+/// answered is the enforced answer.
+async fn shadow_keeps_enforced_answers(version: &str) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/policy/{version}.toml"));
+    let loaded = ruletest::load(&path).unwrap();
+    let routes = loaded.relative(loaded.file.routes.as_ref().unwrap());
+    let db = loaded.relative(loaded.file.db.as_ref().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let shadowed_routes = dir.path().join("routes.toml");
+    let text = std::fs::read_to_string(&routes).unwrap();
+    std::fs::write(&shadowed_routes, half_shadowed(&text)).unwrap();
+    let enforced = trial::Engine::open(&routes, &db, None).unwrap();
+    let shadowed = trial::Engine::open(&shadowed_routes, &db, None).unwrap();
+    ruletest::seed(&loaded, &enforced).await.unwrap();
+    ruletest::seed(&loaded, &shadowed).await.unwrap();
+    let shadow_ids: Vec<String> = shadowed
+        .routes
+        .shadow_rules(Mode::Enforce)
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    assert!(shadow_ids.len() > 50, "{}", shadow_ids.len());
+    let (mut same, mut would_deny) = (0, 0);
+    for case in &loaded.file.case {
+        let t = case.get_ref().trial().unwrap();
+        let a = enforced.run(&t).await.unwrap();
+        let b = shadowed.run(&t).await.unwrap();
+        assert_eq!(a.rule_id, b.rule_id);
+        assert_eq!(a.would_deny, None);
+        let name = &case.get_ref().name;
+        let in_shadow = b.rule_id.as_ref().is_some_and(|id| shadow_ids.contains(id));
+        let check_denial =
+            a.status != 200 && a.verdict.stage == invoke_guard::decision::Stage::Check;
+        if in_shadow && check_denial {
+            // Forwarded, and the would-be answer is the enforced one, with the same provenance.
+            assert_eq!(b.status, 200, "{name}");
+            assert_eq!(b.would_deny, Some(a.status), "{name}");
+            assert_eq!(b.verdict, a.verdict, "{name}");
+            would_deny += 1;
+        } else {
+            assert_eq!(
+                (b.status, b.would_deny, b.verdict.decided_by()),
+                (a.status, None, a.verdict.decided_by()),
+                "{name}: the answer changed"
+            );
+            same += 1;
+        }
+    }
+    assert!(would_deny > 10 && same > 10, "{would_deny} {same}");
+}
+
+#[tokio::test]
+async fn shadow_never_changes_an_enforced_rule_answer_6_14() {
+    shadow_keeps_enforced_answers("6.14.2").await;
+}
+
+#[tokio::test]
+async fn shadow_never_changes_an_enforced_rule_answer_6_12() {
+    shadow_keeps_enforced_answers("6.12.0").await;
+}
+
+const ROUTES: &str = r#"
+[[rule]]
+id = "images.get"
+methods = ["GET"]
+path = "/api/v1/images/i/{image_name}"
+auth = "user"
+require = ["image.read(path.image_name)"]
+mode = "shadow"
+
+[[rule]]
+id = "boards.get"
+methods = ["GET"]
+path = "/api/v1/boards/{board_id}"
+auth = "user"
+require = ["board.read(path.board_id)"]
+
+[[rule]]
+id = "users.list"
+methods = ["GET"]
+path = "/api/v1/auth/users"
+auth = "admin"
+"#;
+
+#[tokio::test]
+async fn a_shadow_rule_forwards_and_counts_would_deny_while_others_enforce() {
+    let m = manifest("6.14.2");
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock(None).await;
+    let g = guard(ROUTES, &db.path, &up.url()).await;
+    let bob = token_for(&m, "bob");
+    let image = m["images"]["alice_private_1"]["image_name"]
+        .as_str()
+        .unwrap();
+    let board = m["boards"]["alice_private"]["board_id"].as_str().unwrap();
+    // Shadowed: bob may not read alice's private image, but the request is forwarded.
+    let before = up.count();
+    let r = send(
+        "GET",
+        &g.url(&format!("/api/v1/images/i/{image}")),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), before + 1);
+    // Enforced: the same caller on a rule without `mode` is refused and nothing is forwarded.
+    let r = send(
+        "GET",
+        &g.url(&format!("/api/v1/boards/{board}")),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(up.count(), before + 1);
+    // Identity is never shadowed.
+    let r = send(
+        "GET",
+        &g.url(&format!("/api/v1/images/i/{image}")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(up.count(), before + 1);
+    let metrics = invoke_guard::metrics::render();
+    assert!(
+        metrics.contains("invoke_guard_authz_decisions_total{decision=\"would_deny\",rule_id=\"images.get\",check=\"image.read\",reason=\"forbidden\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn global_shadow_forwards_check_denials_but_not_auth_or_identity() {
+    let m = manifest("6.14.2");
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock(None).await;
+    let raw: RawConfig = toml::from_str("mode = \"shadow\"").unwrap();
+    let g = guard_with(ROUTES, &db.path, &up.url(), raw).await;
+    assert_eq!(g.state.routes.load().shadow_rules(g.state.mode).len(), 3);
+    // Visible in the readiness body.
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_url = format!("http://{}/readyz", admin.local_addr().unwrap());
+    tokio::spawn(invoke_guard::server::admin::run(
+        admin,
+        g.state.clone(),
+        std::future::pending(),
+    ));
+    let ready = send("GET", &admin_url, None, None).await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        String::from_utf8_lossy(&ready.body).contains("SHADOW MODE"),
+        "{:?}",
+        ready.body
+    );
+    let bob = token_for(&m, "bob");
+    let board = m["boards"]["alice_private"]["board_id"].as_str().unwrap();
+    let r = send(
+        "GET",
+        &g.url(&format!("/api/v1/boards/{board}")),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "a check denial is forwarded under global shadow"
+    );
+    let before = up.count();
+    // `auth = "admin"` and identity stay enforced; so does deny-by-default.
+    assert_eq!(
+        send("GET", &g.url("/api/v1/auth/users"), Some(&bob), None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        send("GET", &g.url("/api/v1/auth/users"), None, None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send("GET", &g.url("/api/v1/nowhere"), Some(&bob), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(up.count(), before);
+}
+
+#[test]
+fn shadow_mode_is_never_the_default_and_only_takes_known_words() {
+    let table = invoke_guard::rules::RouteTable::parse("r.toml", ROUTES).unwrap();
+    let modes: Vec<Mode> = table.rules().iter().map(|r| r.mode).collect();
+    assert_eq!(modes, [Mode::Shadow, Mode::Enforce, Mode::Enforce]);
+    let settings =
+        invoke_guard::config::settings(RawConfig::default(), Default::default()).unwrap();
+    assert_eq!(settings.mode, Mode::Enforce);
+    let bad = ROUTES.replace("mode = \"shadow\"", "mode = \"dry\"");
+    let e = invoke_guard::rules::RouteTable::parse("r.toml", &bad).unwrap_err();
+    assert!(e.to_string().contains("unknown variant `dry`"), "{e}");
+    assert!(toml::from_str::<RawConfig>("mode = \"off\"").is_err());
+}
+
+#[test]
+fn check_and_rule_tests_show_shadow_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = shipped_routes();
+    let marked = shipped.replacen(
+        "id      = \"images.get\"\n",
+        "id      = \"images.get\"\nmode    = \"shadow\"\n",
+        1,
+    );
+    assert_ne!(marked, shipped, "images.get not found");
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, marked).unwrap();
+    let db = fixture_path("invokeai-6.14.2-rich.db");
+    let bin = env!("CARGO_BIN_EXE_invoke-guard");
+    let out = std::process::Command::new(bin)
+        .args(["check", "--config", "/dev/null", "--routes"])
+        .arg(&routes)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: SHADOW: 1 rule(s) not enforced") && stdout.contains("images.get"),
+        "{stdout}"
+    );
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "shadowed: forwarded, would deny"
+caller = "bob@example.com"
+method = "GET"
+path = "/api/v1/images/i/fa7a7dec-f502-46f8-96a4-df8191e8b2ad.png"
+expect = "would_deny"
+check = "image.read"
+
+[[case]]
+name = "a 403 expectation fails loudly on a shadowed rule"
+caller = "bob@example.com"
+method = "GET"
+path = "/api/v1/images/i/fa7a7dec-f502-46f8-96a4-df8191e8b2ad.png"
+expect = 403
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["test", "--config", "/dev/null", "--routes"])
+        .arg(&routes)
+        .arg("--db")
+        .arg(&db)
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+    assert!(
+        stdout.contains("+ got    would_deny 403 (shadow mode)"),
+        "{stdout}"
+    );
+}
