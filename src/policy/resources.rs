@@ -186,6 +186,46 @@ pub(super) async fn check(
     }
 }
 
+/// Who created an entity: the database's owner column where it has one, else the guard's ledger;
+/// unknown creators are legacy (before the ledger) or orphans (since).
+struct Creator {
+    owner: Option<String>,
+    from: &'static str,
+    legacy: bool,
+}
+
+impl Creator {
+    fn label(&self, created_at: &str) -> String {
+        match (&self.owner, self.legacy) {
+            (Some(o), _) => format!("{o} ({})", self.from),
+            (None, true) => format!("unknown, legacy (created_at={created_at})"),
+            (None, false) => format!("unknown, orphan (created_at={created_at})"),
+        }
+    }
+}
+
+async fn creator(
+    src: FactSource<'_>,
+    in_db: Option<String>,
+    kind: Entry,
+    id: &str,
+    created_at: &str,
+) -> Result<Creator, DenyReason> {
+    let (owner, from) = match in_db {
+        Some(o) => (Some(o), "database"),
+        None => (
+            src.ledger.owner(kind, id).await.map_err(unavailable)?,
+            "ledger",
+        ),
+    };
+    let legacy = owner.is_none() && src.ledger.is_legacy(created_at);
+    Ok(Creator {
+        owner,
+        from,
+        legacy,
+    })
+}
+
 async fn workflow(
     predicate: Predicate,
     id: &str,
@@ -199,33 +239,15 @@ async fn workflow(
         .await
         .map_err(unavailable)?
         .ok_or_else(|| DenyReason::NotFound(format!("Workflow {id} not found")))?;
-    let (owner, from) = match wf.owner {
-        Some(o) => (Some(o), "database"),
-        // 6.12 keeps no workflow owner: the guard's ledger may know the creator.
-        None => (
-            src.ledger
-                .owner(Entry::Workflow, id)
-                .await
-                .map_err(unavailable)?,
-            "ledger",
-        ),
-    };
-    let legacy = owner.is_none() && src.ledger.is_legacy(&wf.created_at);
+    // 6.12 keeps no workflow owner: the guard's ledger may know the creator.
+    let c = creator(src, wf.owner, Entry::Workflow, id, &wf.created_at).await?;
     facts.push(format!(
-        "workflow {id}: owner={} ({from}) public={} category={}{}",
-        owner.as_deref().unwrap_or(if legacy {
-            "unknown, legacy"
-        } else {
-            "unknown, orphan"
-        }),
+        "workflow {id}: owner={} public={} category={}",
+        c.label(&wf.created_at),
         wf.is_public,
-        wf.category,
-        if owner.is_none() {
-            format!(" created_at={}", wf.created_at)
-        } else {
-            String::new()
-        }
+        wf.category
     ));
+    let (owner, legacy) = (c.owner, c.legacy);
     let allowed = match (predicate, owner.as_deref()) {
         (Predicate::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
         // Unknown owner (6.12): created before the guard, like main's `system` workflows;
@@ -251,28 +273,19 @@ async fn preset(
         .map_err(unavailable)?
         .ok_or_else(|| DenyReason::NotFound(format!("Style preset {id} not found")))?;
     // 6.12 stores every preset as `system`: the guard's ledger may know the creator.
-    let (owner, from) = if src.facts.schema().has(Capability::ScopesPresetLists) {
-        (Some(sp.owner.clone()), "database")
-    } else {
-        (
-            src.ledger
-                .owner(Entry::StylePreset, id)
-                .await
-                .map_err(unavailable)?,
-            "ledger",
-        )
-    };
-    let legacy = owner.is_none() && src.ledger.is_legacy(&sp.created_at);
+    let in_db = src
+        .facts
+        .schema()
+        .has(Capability::ScopesPresetLists)
+        .then(|| sp.owner.clone());
+    let c = creator(src, in_db, Entry::StylePreset, id, &sp.created_at).await?;
     facts.push(format!(
-        "style preset {id}: owner={} ({from}) public={} type={}",
-        owner.as_deref().unwrap_or(if legacy {
-            "unknown, legacy"
-        } else {
-            "unknown, orphan"
-        }),
+        "style preset {id}: owner={} public={} type={}",
+        c.label(&sp.created_at),
         sp.is_public,
         sp.kind
     ));
+    let (owner, legacy) = (c.owner, c.legacy);
     let allowed = match (predicate, owner.as_deref()) {
         (Predicate::StylePresetRead, Some(o)) => sp.kind == "default" || sp.is_public || o == uid,
         // Unknown creator (6.12): from before the guard, readable by all and writable by admins;
