@@ -737,3 +737,47 @@ async fn polling_responses_carry_at_most_16_packets_in_order() {
     let order: Vec<i64> = seen.iter().map(|(_, p)| p["n"].as_i64().unwrap()).collect();
     assert_eq!(order, (0..40).collect::<Vec<_>>());
 }
+
+/// 6.12/6.13 model-load events name no owner: they belong to the item the stream reported in
+/// progress (both `started` and `complete`, however late a socket processes them).
+#[tokio::test]
+async fn model_loads_follow_the_running_item_of_the_stream() {
+    let w = world_of("6.12.0").await;
+    let mut alice = connected(&w, "alice").await;
+    let mut bob = connected(&w, "bob").await;
+    let mut admin = connected(&w, "admin").await;
+    wait_for_upstream(&w, 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let qisc = |status: &str| {
+        json!({"queue_id": "default", "item_id": 77, "batch_id": "b", "user_id": w.uid("alice"),
+            "status": status, "origin": null, "destination": null, "session_id": "s", "timestamp": 1})
+    };
+    w.up.emit("queue_item_status_changed", qisc("in_progress"));
+    w.up.emit(
+        "model_load_started",
+        json!({"config": {"key": "k"}, "submodel_type": null}),
+    );
+    w.up.emit(
+        "model_load_complete",
+        json!({"config": {"key": "k"}, "submodel_type": null}),
+    );
+    w.up.emit("queue_item_status_changed", qisc("completed"));
+    // After the item ended, an owner-less load can no longer be attributed from the stream.
+    w.up.emit(
+        "model_load_started",
+        json!({"config": {"key": "late"}, "submodel_type": null}),
+    );
+    let wait = Duration::from_millis(800);
+    let loads = |e: Vec<(String, Value)>| {
+        e.into_iter()
+            .filter(|(n, _)| n.starts_with("model_load"))
+            .map(|(n, p)| format!("{n}:{}", p["config"]["key"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        loads(events(&alice.collect(wait).await)),
+        ["model_load_started:k", "model_load_complete:k"]
+    );
+    assert!(loads(events(&bob.collect(wait).await)).is_empty());
+    assert!(loads(events(&admin.collect(wait).await)).is_empty());
+}

@@ -164,6 +164,7 @@ pub fn start(
         caller: None,
         upstream: None,
         subscribed: false,
+        running: None,
     };
     tokio::spawn(actor.run(rx));
     session
@@ -196,6 +197,9 @@ struct Actor {
     caller: Option<Caller>,
     upstream: Option<UpstreamWs>,
     subscribed: bool,
+    /// The item this session's upstream stream last reported in progress, and its owner
+    /// (6.12/6.13 run one item at a time; model loads in between belong to it).
+    running: Option<(i64, String)>,
 }
 
 /// Why a session ended (a metric label).
@@ -585,6 +589,9 @@ impl Actor {
             crate::metrics::socket_frame("upstream", "unparseable", "dropped");
             return Ok(());
         };
+        if event.name == "queue_item_status_changed" {
+            self.track_running(&event);
+        }
         let Some(caller) = &self.caller else {
             return Ok(());
         };
@@ -622,6 +629,25 @@ impl Actor {
         }
     }
 
+    /// Follow the running item from the upstream's status events (before any filtering).
+    fn track_running(&mut self, event: &events::Event) {
+        let p = &event.payload;
+        let (Some(item), Some(status)) = (
+            p.get("item_id").and_then(Value::as_i64),
+            p.get("status").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        match (status, p.get("user_id").and_then(Value::as_str)) {
+            ("in_progress", Some(owner)) if owner != "redacted" => {
+                self.running = Some((item, owner.to_owned()));
+            }
+            ("in_progress", _) => self.running = None,
+            _ if self.running.as_ref().is_some_and(|(i, _)| *i == item) => self.running = None,
+            _ => {}
+        }
+    }
+
     /// Resolve what an event needs; an unreadable fact drops the event (fail closed).
     async fn resolve(&self, need: Need) -> Result<Known, ()> {
         let facts = &self.state.facts;
@@ -631,9 +657,12 @@ impl Actor {
             Need::ItemOwner(id) => {
                 Known::Owner(facts.queue_item(id).await.map_err(|_| ())?.map(|i| i.owner))
             }
-            Need::InProgressOwners => {
-                Known::Owners(facts.in_progress_owners("default").await.map_err(|_| ())?)
-            }
+            // The stream itself says whose item is running (its status events come before and
+            // after the model loads); the database is the fallback when this session saw none.
+            Need::InProgressOwners => match &self.running {
+                Some((_, owner)) => Known::Owners(vec![owner.clone()]),
+                None => Known::Owners(facts.in_progress_owners("default").await.map_err(|_| ())?),
+            },
             Need::RecallOwner => Known::Owner(self.state.correlations.recall_owner()),
             Need::BulkOwner(name) => {
                 // The event can overtake the ledger record of the response that announced it:
