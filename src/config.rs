@@ -406,9 +406,11 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             300_000,
             "limits.upstream_response_timeout_ms",
         )?,
+        // Below uvicorn's 5 s keep-alive: a pooled connection the server is closing must not be
+        // picked for the next request (a spurious 502).
         upstream_idle_timeout: ms(
             l.upstream_idle_timeout_ms,
-            60_000,
+            4_000,
             "limits.upstream_idle_timeout_ms",
         )?,
         shutdown_grace: ms(l.shutdown_grace_ms, 10_000, "limits.shutdown_grace_ms")?,
@@ -615,8 +617,8 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "limits.upstream_idle_timeout_ms",
         flag: None,
-        default: "60000",
-        meaning: "pooled keep-alive connections",
+        default: "4000",
+        meaning: "pooled keep-alive connections (below uvicorn's 5 s keep-alive)",
     },
     SettingDoc {
         key: "limits.shutdown_delay_ms",

@@ -71,6 +71,7 @@ SIO_PATH = "/ws/socket.io"
 REJECTED = {"message": "Connection rejected by server"}
 SESSION_COOKIE = "invoke_guard_session"
 REVOKE_TARGET_S = 1.0
+EXPIRY_SLACK_S = 0.25
 R = "redacted"
 
 STYLES = ["ui", "ws-only", "bearer", "auth-only", "cookie", "polling"]
@@ -986,7 +987,7 @@ class Suite:
             time.sleep(0.01)
         return {s.label: (None if s.disconnected_at is None else s.disconnected_at - t0) for s in socks}
 
-    def report_delays(self, name, delays, api_s=None):
+    def report_delays(self, name, delays, api_s=None, target=REVOKE_TARGET_S):
         vals = [d for d in delays.values() if d is not None]
         open_ = [k for k, d in delays.items() if d is None]
         worst = max(vals) if vals else None
@@ -998,8 +999,8 @@ class Suite:
                                "api_ms": None if api_s is None else round(api_s * 1000)}
         if open_:
             return "leak", f"not disconnected after 10 s: {open_}; {txt}"
-        if worst is not None and worst > REVOKE_TARGET_S:
-            return "fail", f"slowest {worst * 1000:.0f} ms > {REVOKE_TARGET_S * 1000:.0f} ms: {txt}"
+        if worst is not None and worst > target:
+            return "fail", f"slowest {worst * 1000:.0f} ms > {target * 1000:.0f} ms: {txt}"
         return "pass", f"max {worst * 1000:.0f} ms: {txt}" if worst is not None else "no sockets"
 
     def reconnect_refused(self, name, token):
@@ -1064,12 +1065,15 @@ class Suite:
             time.sleep(0.02)
         mono_exp = now() - (time.time() - t_exp_wall)
         delays = {s.label: (None if s.disconnected_at is None else s.disconnected_at - mono_exp) for s in socks}
-        outcome, msg = self.report_delays("expiry: disconnect after the token's exp", delays)
+        # exp has whole-second resolution (valid while now < exp): closing anywhere in [exp, exp + 1 s) is on
+        # time; the slack covers scheduling
+        outcome, msg = self.report_delays("expiry: disconnect after the token's exp", delays,
+                                          target=REVOKE_TARGET_S + EXPIRY_SLACK_S)
         early = [k for k, d in delays.items() if d is not None and d < -0.05]
         if early:
             outcome, msg = "fail", f"closed before exp: {early}; {msg}"
-        self.record(f"expiry: sockets whose token expires are closed within {REVOKE_TARGET_S:.0f} s of exp",
-                    outcome, msg)
+        self.record(f"expiry: sockets whose token expires are closed at exp, within "
+                    f"{REVOKE_TARGET_S + EXPIRY_SLACK_S:.2f} s", outcome, msg)
         for s in socks:
             s.close()
 
