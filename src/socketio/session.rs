@@ -616,7 +616,9 @@ impl Actor {
             }
             events::Action::Redact(payload) => {
                 crate::metrics::socket_frame("upstream", name, "redacted");
-                let data = serde_json::json!([event.name, payload]);
+                // Serialized straight from the map (no detour through a new `Value`).
+                let data = serde_json::to_string(&(&event.name, &payload))
+                    .map_err(|_| "unserializable event")?;
                 self.reply(format!("42{data}"))
             }
             events::Action::Drop(why) => {
