@@ -14,7 +14,7 @@
 //! - [`decision`]: verdicts with provenance, mapped to HTTP in one place.
 //! - [`filters`]: response filters (sessions, owner records, 6.12 list rewrites).
 //! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, rooms, per-event filtering.
-//! - [`upstream`]: the pooled upstream client and WebSocket tunnels.
+//! - [`upstream`]: the pooled upstream client.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
 //! - [`config`] (layered by figment, every setting listed once), [`state`], [`metrics`]
 //!   (negotiated exposition format): plumbing.

@@ -169,7 +169,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "upgraded_connections",
-        "Open upgraded (WebSocket) tunnels",
+        "Open client websockets (Socket.IO sessions on the websocket transport)",
         m.upgraded.clone(),
     );
     registry.register(
@@ -300,7 +300,7 @@ pub fn upstream_error(kind: &'static str) {
         .inc();
 }
 
-/// Counts an open upgraded tunnel for as long as it lives.
+/// Counts an open client websocket for as long as it lives.
 pub struct UpgradedConnection(());
 
 impl UpgradedConnection {
