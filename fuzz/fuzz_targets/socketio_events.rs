@@ -13,9 +13,30 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for (me, known) in [
-        (Me { user_id: "me-id", is_admin: false, subscribed: true }, Known::Nothing),
-        (Me { user_id: "me-id", is_admin: false, subscribed: true }, Known::Owner(Some("owner-id".into()))),
-        (Me { user_id: "me-id", is_admin: true, subscribed: false }, Known::Owners(vec!["owner-id".into()])),
+        (
+            Me {
+                user_id: "me-id",
+                is_admin: false,
+                subscribed: true,
+            },
+            Known::Nothing,
+        ),
+        (
+            Me {
+                user_id: "me-id",
+                is_admin: false,
+                subscribed: true,
+            },
+            Known::Owner(Some("owner-id".into())),
+        ),
+        (
+            Me {
+                user_id: "me-id",
+                is_admin: true,
+                subscribed: false,
+            },
+            Known::Owners(vec!["owner-id".into()]),
+        ),
     ] {
         let _ = events::need(&event, &me);
         let action = events::decide(&event, &me, &known);
