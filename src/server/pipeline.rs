@@ -235,7 +235,8 @@ async fn pipeline(
     };
     // Socket events that name no owner (6.12) are attributed to the request that caused them.
     let tickets: Vec<_> = match principal.as_ref() {
-        Some(p) => {
+        // Most rules have no response filter: nothing to look at on the hot path.
+        Some(p) if !rule.response.is_empty() => {
             let schema = state.facts.schema();
             rule.response
                 .iter()
@@ -251,7 +252,7 @@ async fn pipeline(
                 })
                 .collect()
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let reads_response = rule.response.iter().any(|f| f.needs_body());
     let upstream_req = upstream_request(
@@ -406,6 +407,9 @@ async fn collect(
 
 /// The ledger entry a rule's create must record, where InvokeAI keeps no owner of its own.
 fn record_needed(rule: &Rule, state: &AppState) -> Option<Entry> {
+    if rule.response.is_empty() {
+        return None;
+    }
     let schema = state.facts.schema();
     rule.response.iter().find_map(|f| {
         let info = f.info();
