@@ -74,6 +74,7 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_public_body_bytes: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,
+    pub max_list_items: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -125,6 +126,9 @@ pub struct Limits {
     pub max_public_body_bytes: usize,
     /// A buffered body must arrive within this; a streamed one may not stall longer than this.
     pub body_read_timeout: Duration,
+    /// The most items the guard recomputes one list over (older upstreams): a larger list is
+    /// refused (503), never passed on unfiltered.
+    pub max_list_items: usize,
 }
 
 /// Validated settings.
@@ -423,15 +427,17 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             30_000,
             "limits.body_read_timeout_ms",
         )?,
+        max_list_items: l.max_list_items.unwrap_or(50_000),
     };
     if limits.max_body_bytes == 0
         || limits.max_header_bytes < 8192
         || limits.max_connections == 0
         || limits.max_public_body_bytes == 0
+        || limits.max_list_items == 0
     {
         return Err(ConfigError::Invalid {
             key: "limits",
-            message: "max_body_bytes, max_public_body_bytes and max_connections must be > 0, max_header_bytes >= 8192"
+            message: "max_body_bytes, max_public_body_bytes, max_connections and max_list_items must be > 0, max_header_bytes >= 8192"
                 .into(),
         });
     }
@@ -583,6 +589,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         flag: None,
         default: "65536",
         meaning: "bodies of `auth = \"public\"` rules; 413 beyond",
+    },
+    SettingDoc {
+        key: "limits.max_list_items",
+        flag: None,
+        default: "50000",
+        meaning: "items a list is recomputed over (6.12/6.13); 503 beyond, never unfiltered",
     },
     SettingDoc {
         key: "limits.max_header_bytes",

@@ -49,6 +49,8 @@ pub enum DenyReason {
     Timeout,
     /// An upstream answer the guard must read could not be read or made safe (502).
     BadUpstream(String),
+    /// A list the guard must recompute holds more items than `limits.max_list_items` (503).
+    ListTooLarge(usize),
 }
 
 impl DenyReason {
@@ -62,7 +64,9 @@ impl DenyReason {
             DenyReason::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DenyReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             DenyReason::Blocked(s) => *s,
-            DenyReason::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DenyReason::Unavailable(_) | DenyReason::ListTooLarge(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DenyReason::Timeout => StatusCode::REQUEST_TIMEOUT,
             DenyReason::BadUpstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -83,6 +87,7 @@ impl DenyReason {
             DenyReason::Unavailable(_) => "unavailable",
             DenyReason::Timeout => "timeout",
             DenyReason::BadUpstream(_) => "bad_upstream",
+            DenyReason::ListTooLarge(_) => "list_too_large",
         }
     }
 
@@ -102,6 +107,10 @@ impl DenyReason {
             DenyReason::Unavailable(_) => "Authorization data temporarily unavailable".into(),
             DenyReason::Timeout => "Request body not received in time".into(),
             DenyReason::BadUpstream(_) => "Upstream response could not be processed".into(),
+            DenyReason::ListTooLarge(max) => format!(
+                "This list has more than {max} items, too many to filter for this user; narrow it \
+                 (board_id, categories, search) or raise limits.max_list_items"
+            ),
         }
     }
 }

@@ -706,7 +706,7 @@ async fn stalled_bodies_do_not_hold_connection_slots() {
     let alice = w.token("alice");
     assert!(
         eventually_ok(
-            &w.g.url("/api/v1/workflows/"),
+            &w.g.url("/api/v1/boards/"),
             Some(&alice),
             Duration::from_secs(5)
         )

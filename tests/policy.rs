@@ -34,6 +34,8 @@ impl World {
             "/api/v1/images/download" => {
                 ok_json(json!({"response": "ok", "bulk_download_item_name": "zip-of-alice.zip"}))
             }
+            // Lists the guard recomputes (6.12): what the old server would answer, empty.
+            "/api/v1/images/images_by_names" => ok_json(json!([])),
             _ => ok_json(json!({"ok": true})),
         });
         let up = mock(Some(responder)).await;

@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS pending_create (
     user_id    TEXT NOT NULL,
     started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE INDEX IF NOT EXISTS workflow_owner_user ON workflow_owner (user_id);
+CREATE INDEX IF NOT EXISTS style_preset_owner_user ON style_preset_owner (user_id);
 CREATE TABLE IF NOT EXISTS bulk_download (
     item_name   TEXT PRIMARY KEY,
     user_id     TEXT NOT NULL,
@@ -227,6 +229,18 @@ impl Ledger {
             c.prepare_cached(&format!("SELECT user_id FROM {table} WHERE {key} = ?1"))?
                 .query_row([id], |r| r.get(0))
                 .optional()
+        })
+        .await
+    }
+
+    /// Every entity of a kind the guard saw `user_id` create.
+    pub async fn owned(&self, kind: Entry, user_id: &str) -> Result<Vec<String>, FactsError> {
+        let user = user_id.to_owned();
+        self.run(move |c| {
+            let (table, key) = kind.table();
+            c.prepare_cached(&format!("SELECT {key} FROM {table} WHERE user_id = ?1"))?
+                .query_map([user], |r| r.get(0))?
+                .collect()
         })
         .await
     }

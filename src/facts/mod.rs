@@ -14,6 +14,7 @@
 
 pub mod db;
 pub mod ledger;
+pub mod lists;
 pub mod schema;
 mod watcher;
 
@@ -470,6 +471,16 @@ impl Facts {
         self.db
             .with(move |c| db::in_progress_owners(c, &queue))
             .await
+    }
+
+    /// Run one of the [`lists`] queries (never cached: a list is read for one response).
+    pub async fn list<T, F>(&self, query: F) -> Result<T, FactsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.ensure_available()?;
+        self.db.with(query).await
     }
 
     fn ensure_available(&self) -> Result<(), FactsError> {

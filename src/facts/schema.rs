@@ -90,6 +90,8 @@ impl Schema {
             Capability::SkipsForeignImageDeletes => self.migration_version >= 33,
             // 6.13 added `user_id` to batch, recall and bulk-download events.
             Capability::AttributesSocketEvents => self.has_board_visibility,
+            // 6.13 counts a non-admin's own intermediates.
+            Capability::ScopesIntermediatesCount => self.has_board_visibility,
         }
     }
 

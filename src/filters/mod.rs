@@ -1,6 +1,8 @@
 //! Response filters: what the guard changes on the way back. One dispatcher over the
 //! vocabulary's filters (every filter matched explicitly in both phases), one module per family:
-//! [`session`] (cookies, tokens, revocation), [`lists`] (6.12 list rewrites), [`record`] (owners).
+//! [`session`] (cookies, tokens, revocation), [`lists`] (6.12 queue and uncategorized rewrites),
+//! [`recompute`] (lists, counts and batches of 6.12/6.13 answered as main would), [`record`]
+//! (owners).
 //!
 //! Invariants:
 //! - `X-Refreshed-Token` never leaves the guard carrying stale claims: it is re-minted with the
@@ -18,6 +20,7 @@
 //!   tokens (ledger) and hands the caller a fresh one.
 
 mod lists;
+mod recompute;
 mod record;
 mod session;
 
@@ -32,6 +35,7 @@ use crate::facts::Facts;
 use crate::identity::Principal;
 pub use crate::rules::vocab::ResponseFilter;
 use lists::List;
+pub use recompute::{plan, PlanInput, Reshape, Rewrite};
 use session::PasswordChange;
 pub use session::{refreshed_token, session_cookie};
 
@@ -50,6 +54,10 @@ pub struct FilterContext<'a> {
     pub request_body: Option<&'a Value>,
     /// Decoded path parameters of the matched rule.
     pub path: &'a std::collections::HashMap<String, String>,
+    /// The client's query (as the client sent it, before any rewrite).
+    pub query: &'a crate::http::canonical::Query,
+    /// How to turn the answer to a rewritten request into the client's (see [`plan`]).
+    pub reshape: Option<&'a Reshape>,
     /// The ledger intent written before a create was forwarded (owner to record).
     pub intent: Option<(Entry, Intent)>,
 }
@@ -92,7 +100,19 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
             | ResponseFilter::OwnUncategorizedNames
             | ResponseFilter::SanitizeQueueItems
             | ResponseFilter::RedactQueueStatus
-            | ResponseFilter::OwnQueueCounts => {}
+            | ResponseFilter::OwnQueueCounts
+            | ResponseFilter::OwnImagePage
+            | ResponseFilter::OwnImageNames
+            | ResponseFilter::ReadableImages
+            | ResponseFilter::VisibleWorkflowPage
+            | ResponseFilter::VisibleWorkflowTags
+            | ResponseFilter::VisibleWorkflowTagCounts
+            | ResponseFilter::VisibleWorkflowCategoryCounts
+            | ResponseFilter::VisibleStylePresets
+            | ResponseFilter::OwnDateCovers
+            | ResponseFilter::OwnIntermediatesCount => {}
+            // Applied to the request before it was forwarded.
+            ResponseFilter::SkipForeignDeletes => {}
         }
     }
 }
@@ -137,8 +157,29 @@ pub async fn apply_body(
                 record::record(ctx, Entry::BulkDownload, json.as_ref(), field).await?;
                 None
             }
-            // Header filters ran in `apply_headers`.
-            ResponseFilter::CorrelateRecall
+            ResponseFilter::OwnImagePage
+            | ResponseFilter::OwnImageNames
+            | ResponseFilter::ReadableImages
+            | ResponseFilter::VisibleWorkflowPage
+            | ResponseFilter::VisibleWorkflowTags
+            | ResponseFilter::VisibleWorkflowTagCounts
+            | ResponseFilter::VisibleWorkflowCategoryCounts
+            | ResponseFilter::VisibleStylePresets
+            | ResponseFilter::OwnDateCovers
+            | ResponseFilter::OwnIntermediatesCount => {
+                match json.as_mut() {
+                    Some(j) => changed |= recompute::reshape(*filter, j, ctx).await?,
+                    None if recompute::active(*filter, ctx.principal, ctx.facts) => {
+                        return Err(DenyReason::BadUpstream("unreadable upstream list".into()))
+                    }
+                    None => {}
+                }
+                None
+            }
+            // Header filters ran in `apply_headers`; the batch delete was rewritten before it
+            // was forwarded.
+            ResponseFilter::SkipForeignDeletes
+            | ResponseFilter::CorrelateRecall
             | ResponseFilter::PrivateMedia
             | ResponseFilter::RefreshSession
             | ResponseFilter::LogoutSession

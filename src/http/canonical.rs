@@ -83,6 +83,16 @@ impl Query {
         }
     }
 
+    /// Every value of `name`, in order (list parameters such as `categories`).
+    pub fn all(&self, name: &str) -> &[String] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Set `name` to one value (the guard's own rewrites of a forwarded query).
+    pub fn replace(&mut self, name: &str, value: &str) {
+        self.0.insert(name.to_owned(), vec![value.to_owned()]);
+    }
+
     fn parse(raw: &str) -> Result<Self, TargetError> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
@@ -95,7 +105,8 @@ impl Query {
     }
 }
 
-fn decode_query_part(part: &str) -> Result<String, TargetError> {
+/// A query name or value decoded as the upstream decodes it (`+` is a space).
+pub(crate) fn decode_query_part(part: &str) -> Result<String, TargetError> {
     let spaced = part.replace('+', " ");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
     String::from_utf8(bytes).map_err(|_| TargetError::QueryInvalidUtf8)

@@ -86,6 +86,24 @@ pub fn admin_route_denial(rule: &Rule, principal: Option<&Principal>) -> Option<
     }
 }
 
+/// Whether one resource check holds for one id (per-item list filters): `Ok(false)` when it is
+/// refused or the resource is unknown; `Err` only when facts cannot be read (fail closed).
+pub async fn permits(
+    predicate: Predicate,
+    id: &str,
+    principal: &Principal,
+    src: FactSource<'_>,
+) -> Result<bool, DenyReason> {
+    if principal.is_admin && predicate.info().admin == AdminRule::Exempt {
+        return Ok(true);
+    }
+    match resources::check(predicate, id, principal, src, &mut Vec::new()).await {
+        Ok(()) => Ok(true),
+        Err(e @ DenyReason::Unavailable(_)) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Evaluate a rule's checks in order.
 pub async fn decide(
     rule: &Rule,

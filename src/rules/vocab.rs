@@ -32,11 +32,13 @@ pub enum Capability {
     SkipsForeignImageDeletes,
     /// Socket events name their owner (`user_id` on batch, recall and bulk-download events, 6.13+).
     AttributesSocketEvents,
+    /// `GET /images/intermediates` counts only the caller's intermediates (6.13+).
+    ScopesIntermediatesCount,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 10] = [
+    pub const ALL: [Capability; 11] = [
         Capability::ScopesImageLists,
         Capability::ScopesBoardDeletes,
         Capability::ScopesUncategorizedDeletes,
@@ -47,6 +49,7 @@ impl Capability {
         Capability::ScopesUncategorizedNames,
         Capability::SkipsForeignImageDeletes,
         Capability::AttributesSocketEvents,
+        Capability::ScopesIntermediatesCount,
     ];
 
     /// The `routes.toml` name (`upstream.NAME`).
@@ -62,6 +65,7 @@ impl Capability {
             Capability::ScopesUncategorizedNames => "scopes_uncategorized_names",
             Capability::SkipsForeignImageDeletes => "skips_foreign_image_deletes",
             Capability::AttributesSocketEvents => "attributes_socket_events",
+            Capability::ScopesIntermediatesCount => "scopes_intermediates_count",
         }
     }
 
@@ -350,6 +354,8 @@ pub struct FilterInfo {
     pub upstream_does_it: Option<Capability>,
     /// The socket events this request explains (noted before it is forwarded).
     pub correlates: Option<Correlation>,
+    /// It may change what is sent upstream (another page, another endpoint, fewer names).
+    pub rewrites_request: bool,
 }
 
 /// A response filter a rule may name.
@@ -369,11 +375,22 @@ pub enum ResponseFilter {
     SanitizeQueueItems,
     RedactQueueStatus,
     OwnQueueCounts,
+    OwnImagePage,
+    OwnImageNames,
+    ReadableImages,
+    SkipForeignDeletes,
+    VisibleWorkflowPage,
+    VisibleWorkflowTags,
+    VisibleWorkflowTagCounts,
+    VisibleWorkflowCategoryCounts,
+    VisibleStylePresets,
+    OwnDateCovers,
+    OwnIntermediatesCount,
 }
 
 impl ResponseFilter {
     /// Every filter.
-    pub const ALL: [ResponseFilter; 14] = [
+    pub const ALL: [ResponseFilter; 25] = [
         ResponseFilter::PrivateMedia,
         ResponseFilter::LoginSession,
         ResponseFilter::RefreshSession,
@@ -388,6 +405,17 @@ impl ResponseFilter {
         ResponseFilter::SanitizeQueueItems,
         ResponseFilter::RedactQueueStatus,
         ResponseFilter::OwnQueueCounts,
+        ResponseFilter::OwnImagePage,
+        ResponseFilter::OwnImageNames,
+        ResponseFilter::ReadableImages,
+        ResponseFilter::SkipForeignDeletes,
+        ResponseFilter::VisibleWorkflowPage,
+        ResponseFilter::VisibleWorkflowTags,
+        ResponseFilter::VisibleWorkflowTagCounts,
+        ResponseFilter::VisibleWorkflowCategoryCounts,
+        ResponseFilter::VisibleStylePresets,
+        ResponseFilter::OwnDateCovers,
+        ResponseFilter::OwnIntermediatesCount,
     ];
 
     /// The descriptor.
@@ -400,6 +428,7 @@ impl ResponseFilter {
             records: None,
             upstream_does_it: None,
             correlates: None,
+            rewrites_request: false,
         };
         let body = |name, upstream_does_it| FilterInfo {
             reads_body: true,
@@ -408,6 +437,10 @@ impl ResponseFilter {
         };
         let record = |name, kind, upstream_does_it| FilterInfo {
             records: Some(kind),
+            ..body(name, upstream_does_it)
+        };
+        let rewrite = |name, upstream_does_it| FilterInfo {
+            rewrites_request: true,
             ..body(name, upstream_does_it)
         };
         match self {
@@ -449,6 +482,42 @@ impl ResponseFilter {
             F::SanitizeQueueItems => body("sanitize_queue_items", Some(Capability::SanitizesQueue)),
             F::RedactQueueStatus => body("redact_queue_status", Some(Capability::SanitizesQueue)),
             F::OwnQueueCounts => body("own_queue_counts", Some(Capability::SanitizesQueue)),
+            F::OwnImagePage => rewrite("own_image_page", Some(Capability::ScopesImageLists)),
+            F::OwnImageNames => body("own_image_names", Some(Capability::ScopesImageLists)),
+            F::ReadableImages => body("readable_images", Some(Capability::FiltersImagesByNames)),
+            F::SkipForeignDeletes => FilterInfo {
+                reads_body: false,
+                request_fields: &["image_names"],
+                ..rewrite(
+                    "skip_foreign_deletes",
+                    Some(Capability::SkipsForeignImageDeletes),
+                )
+            },
+            F::VisibleWorkflowPage => rewrite(
+                "visible_workflow_page",
+                Some(Capability::ScopesWorkflowLists),
+            ),
+            F::VisibleWorkflowTags => body(
+                "visible_workflow_tags",
+                Some(Capability::ScopesWorkflowLists),
+            ),
+            F::VisibleWorkflowTagCounts => body(
+                "visible_workflow_tag_counts",
+                Some(Capability::ScopesWorkflowLists),
+            ),
+            F::VisibleWorkflowCategoryCounts => body(
+                "visible_workflow_category_counts",
+                Some(Capability::ScopesWorkflowLists),
+            ),
+            F::VisibleStylePresets => {
+                body("visible_style_presets", Some(Capability::ScopesPresetLists))
+            }
+            // Every released version (6.12 to 6.14) picks each date's cover among all users' images.
+            F::OwnDateCovers => body("own_date_covers", None),
+            F::OwnIntermediatesCount => body(
+                "own_intermediates_count",
+                Some(Capability::ScopesIntermediatesCount),
+            ),
         }
     }
 

@@ -219,6 +219,23 @@ async fn pipeline(
     if shadowed {
         ctx.outcome = "would_deny";
     }
+    // Lists an older upstream would answer with other users' items are asked for differently
+    // (the caller's own page, a wide page, only the writable names): see filters::recompute.
+    let rewrite = if rule.response.iter().any(|f| f.info().rewrites_request) {
+        let input = filters::PlanInput {
+            principal: principal.as_ref(),
+            facts: &state.facts,
+            ledger: &state.ledger,
+            target: &target,
+            request_body: data.body.as_ref(),
+            max_items: state.limits.max_list_items,
+        };
+        filters::plan(&rule.response, &input)
+            .await
+            .map_err(|reason| deny(Stage::Check, reason))?
+    } else {
+        None
+    };
     // forward (a create whose owner InvokeAI does not keep is first written down as an intent;
     // if the ledger cannot take it, the create never happens)
     let intent = match (record_needed(rule, state), principal.as_ref()) {
@@ -255,14 +272,24 @@ async fn pipeline(
         _ => Vec::new(),
     };
     let reads_response = rule.response.iter().any(|f| f.needs_body());
+    let (method, forward_target, upstream_body) = match &rewrite {
+        Some(r) => (
+            r.method.clone(),
+            &r.target,
+            r.body.clone().map_or(upstream_body, decision::full),
+        ),
+        None => (parts.method.clone(), &target, upstream_body),
+    };
     let upstream_req = upstream_request(
         &parts,
-        &target,
+        forward_target,
         upstream_body,
         Forward {
+            method,
             principal: principal.as_ref(),
             secret: secret.as_deref(),
             identity_encoding: reads_response,
+            json_body: rewrite.as_ref().is_some_and(|r| r.body.is_some()),
         },
         state,
         &conn.client,
@@ -294,6 +321,8 @@ async fn pipeline(
         upstream_revokes: state.facts.schema().has_token_epoch,
         request_body: data.body.as_ref(),
         path: &data.path,
+        query: &data.query,
+        reshape: rewrite.as_ref().map(|r| &r.reshape),
         intent,
     };
     Ok(respond(res, rule, &filter_ctx, state.limits.max_body_bytes, ctx).await)
@@ -421,10 +450,14 @@ fn record_needed(rule: &Rule, state: &AppState) -> Option<Entry> {
 /// What the forwarded request carries besides the client's own: the caller's credentials
 /// (re-minted, never as presented) and how the upstream should answer.
 struct Forward<'a> {
+    /// The client's method, or the rewrite's.
+    method: Method,
     principal: Option<&'a Principal>,
     secret: Option<&'a str>,
     /// Ask for an uncompressed answer (the guard reads it).
     identity_encoding: bool,
+    /// The body is the guard's own JSON (a rewrite), not the client's.
+    json_body: bool,
 }
 
 fn upstream_request(
@@ -436,9 +469,11 @@ fn upstream_request(
     conn: &ClientConn,
 ) -> Request<Body> {
     let Forward {
+        method,
         principal,
         secret,
         identity_encoding,
+        json_body,
     } = forward;
     let mut headers = parts.headers.clone();
     headers::strip_hop_by_hop(&mut headers);
@@ -456,6 +491,15 @@ fn upstream_request(
         // compressed anyway).
         headers.remove(ACCEPT_ENCODING);
     }
+    if json_body {
+        // Its length is the new body's (hyper sets it); its type is JSON.
+        headers.remove(CONTENT_LENGTH);
+        headers.remove(CONTENT_ENCODING);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     let host = headers::client_host(&parts.headers, &parts.uri);
     headers::set_forwarded(
         &mut headers,
@@ -470,7 +514,7 @@ fn upstream_request(
         }
     }
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = method;
     *req.uri_mut() = state.upstream.uri_for(target);
     *req.headers_mut() = headers;
     req

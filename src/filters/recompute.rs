@@ -1,0 +1,585 @@
+//! Recomputed lists (issue: old upstreams answer every list as main would). Where an older
+//! InvokeAI (6.12/6.13) answers a list, count or batch with other users' items, the guard
+//! answers what main answers to the caller, instead of refusing the request. Two mechanisms,
+//! chosen per endpoint (the rule's comment in routes.toml says which and why):
+//! - [`plan`], before forwarding: ask the upstream for something else. The caller's page of own
+//!   images is computed from the read-only database and hydrated with `images_by_names`; a
+//!   workflow list is asked for as one wide page, filtered and cut here; a batch delete is sent
+//!   with only the names the caller may write.
+//! - [`reshape`], after: rewrite the upstream's answer. Unreadable items are dropped; counts,
+//!   tags and covers are recomputed from the database with the upstream's own filter semantics.
+//!
+//! Invariants:
+//! - An item stays only when main's list rule shows it to the caller; what the guard cannot
+//!   decide (facts unreadable, an unexpected shape, a list over `limits.max_list_items`) is an
+//!   error (503/502), never the unfiltered answer.
+//! - Admins, and upstreams that scope the list themselves (schema capability), pass through.
+//! - Totals and pages describe the filtered list (main's paging), never the upstream's.
+//! - An item owned by the caller is decided by immutable facts (image owners never change), so
+//!   a list computed while others write cannot gain a foreign item.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{json, Map, Value};
+
+use super::FilterContext;
+use crate::decision::DenyReason;
+use crate::facts::ledger::{Entry, Ledger};
+use crate::facts::lists::{self, ImageFilter, WorkflowScope};
+use crate::facts::{Facts, FactsError};
+use crate::http::canonical::{Query, Target};
+use crate::identity::Principal;
+use crate::policy::{self, lax_bool, FactSource};
+use crate::rules::vocab::{Predicate, ResponseFilter};
+
+/// What the guard sends upstream instead of the client's request.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub method: Method,
+    pub target: Target,
+    /// A JSON body replacing the client's.
+    pub body: Option<Bytes>,
+    pub reshape: Reshape,
+}
+
+/// How the answer to a rewritten request becomes the answer to the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reshape {
+    /// `images_by_names` DTOs become main's `OffsetPaginatedResults`.
+    ImagePage { offset: i64, limit: i64, total: i64 },
+    /// A wide workflow page is filtered, then the caller's page is cut from it.
+    WorkflowPage { page: i64, per_page: Option<i64> },
+    /// The upstream's answer is already the caller's (fewer names were sent).
+    Unchanged,
+}
+
+/// What [`plan`] reads.
+pub struct PlanInput<'a> {
+    pub principal: Option<&'a Principal>,
+    pub facts: &'a Facts,
+    pub ledger: &'a Ledger,
+    pub target: &'a Target,
+    pub request_body: Option<&'a Value>,
+    pub max_items: usize,
+}
+
+fn unavailable(e: FactsError) -> DenyReason {
+    DenyReason::Unavailable(e.to_string())
+}
+
+fn shape(what: &str) -> DenyReason {
+    DenyReason::BadUpstream(format!("unexpected {what} shape"))
+}
+
+/// Whether a filter has work to do: the caller is no admin and the upstream does not scope the
+/// list itself. No caller is treated as a caller who owns nothing (fail closed).
+pub(super) fn active(filter: ResponseFilter, principal: Option<&Principal>, facts: &Facts) -> bool {
+    let upstream_does_it = filter
+        .info()
+        .upstream_does_it
+        .is_some_and(|c| facts.schema().has(c));
+    !upstream_does_it && !principal.is_some_and(|p| p.is_admin)
+}
+
+fn caller(principal: Option<&Principal>) -> &str {
+    principal.map_or("", |p| p.user_id.as_str())
+}
+
+/// The request the guard forwards instead of the client's, if one of the rule's filters needs
+/// one for this caller.
+pub async fn plan(
+    filters: &[ResponseFilter],
+    input: &PlanInput<'_>,
+) -> Result<Option<Rewrite>, DenyReason> {
+    for &filter in filters {
+        if !filter.info().rewrites_request || !active(filter, input.principal, input.facts) {
+            continue;
+        }
+        let rewrite = match filter {
+            ResponseFilter::OwnImagePage => own_image_page(input).await?,
+            ResponseFilter::SkipForeignDeletes => writable_names(input).await?,
+            ResponseFilter::VisibleWorkflowPage => wide_workflow_page(input)?,
+            // Filters that only read the answer.
+            ResponseFilter::PrivateMedia
+            | ResponseFilter::LoginSession
+            | ResponseFilter::RefreshSession
+            | ResponseFilter::LogoutSession
+            | ResponseFilter::RecordWorkflowOwner
+            | ResponseFilter::RecordStylePresetOwner
+            | ResponseFilter::RecordBulkDownload
+            | ResponseFilter::RevokeOnPasswordChange
+            | ResponseFilter::RevokeOnPasswordReset
+            | ResponseFilter::CorrelateRecall
+            | ResponseFilter::OwnUncategorizedNames
+            | ResponseFilter::SanitizeQueueItems
+            | ResponseFilter::RedactQueueStatus
+            | ResponseFilter::OwnQueueCounts
+            | ResponseFilter::OwnImageNames
+            | ResponseFilter::ReadableImages
+            | ResponseFilter::VisibleWorkflowTags
+            | ResponseFilter::VisibleWorkflowTagCounts
+            | ResponseFilter::VisibleWorkflowCategoryCounts
+            | ResponseFilter::VisibleStylePresets
+            | ResponseFilter::OwnDateCovers
+            | ResponseFilter::OwnIntermediatesCount => None,
+        };
+        if rewrite.is_some() {
+            return Ok(rewrite);
+        }
+    }
+    Ok(None)
+}
+
+/// A query parameter the upstream reads as one value (a repeated one is refused: parameter
+/// pollution).
+fn single<'q>(query: &'q Query, name: &str) -> Result<Option<&'q str>, DenyReason> {
+    query
+        .single(name)
+        .map_err(|e| DenyReason::Unprocessable(e.to_string()))
+}
+
+/// An integer as pydantic reads a query value (optional sign, ASCII digits); else 422.
+fn int_param(query: &Query, name: &str) -> Result<Option<i64>, DenyReason> {
+    single(query, name)?
+        .map(|v| {
+            v.trim().parse::<i64>().map_err(|_| {
+                DenyReason::Unprocessable(format!(
+                    "{name}: Input should be a valid integer, unable to parse string as an integer"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn bool_param(query: &Query, name: &str) -> Result<Option<bool>, DenyReason> {
+    let value = single(query, name)?.map(|v| Value::String(v.to_owned()));
+    lax_bool(value.as_ref())
+}
+
+/// A value of a closed set (a pydantic enum): anything else is 422, as the upstream answers.
+fn enum_value(name: &str, value: &str, allowed: &[&str]) -> Result<String, DenyReason> {
+    if allowed.contains(&value) {
+        Ok(value.to_owned())
+    } else {
+        Err(DenyReason::Unprocessable(format!(
+            "{name}: Input should be {}",
+            allowed.join(", ")
+        )))
+    }
+}
+
+/// The upstream's image list filters from the query (spec §1.3 `GET /api/v1/images/`).
+fn image_filter(query: &Query) -> Result<ImageFilter, DenyReason> {
+    const ORIGINS: &[&str] = &["internal", "external"];
+    const CATEGORIES: &[&str] = &["general", "mask", "control", "user", "other"];
+    let categories = query.all("categories");
+    Ok(ImageFilter {
+        image_origin: single(query, "image_origin")?
+            .map(|v| enum_value("image_origin", v, ORIGINS))
+            .transpose()?,
+        categories: (!categories.is_empty())
+            .then(|| {
+                categories
+                    .iter()
+                    .map(|c| enum_value("categories", c, CATEGORIES))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?,
+        is_intermediate: bool_param(query, "is_intermediate")?,
+        search_term: single(query, "search_term")?.map(str::to_owned),
+        starred_first: bool_param(query, "starred_first")?.unwrap_or(true),
+        descending: match single(query, "order_dir")? {
+            None | Some("DESC") => true,
+            Some("ASC") => false,
+            Some(_) => {
+                return Err(DenyReason::Unprocessable(
+                    "order_dir: Input should be 'ASC' or 'DESC'".into(),
+                ))
+            }
+        },
+    })
+}
+
+/// R1: the caller's own page, computed with the upstream's filters plus main's owner condition,
+/// then hydrated by the upstream (`images_by_names` keeps the order of the names it is given).
+/// A wider page filtered here would make a 10 000-image gallery cost the upstream 10 000 DTOs.
+async fn own_image_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+    let query = &input.target.params;
+    if single(query, "board_id")?.is_some() {
+        // An explicit board (or `none`): the upstream scopes it, the checks guard it.
+        return Ok(None);
+    }
+    let filter = image_filter(query)?;
+    let offset = int_param(query, "offset")?.unwrap_or(0);
+    let limit = int_param(query, "limit")?.unwrap_or(10);
+    let me = caller(input.principal).to_owned();
+    let (names, total) = input
+        .facts
+        .list(move |c| lists::own_image_page(c, &me, &filter, offset, limit))
+        .await
+        .map_err(unavailable)?;
+    if names.len() > input.max_items {
+        return Err(DenyReason::ListTooLarge(input.max_items));
+    }
+    let body = serde_json::to_vec(&json!({ "image_names": names }))
+        .map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
+    Ok(Some(Rewrite {
+        method: Method::POST,
+        target: Target {
+            path: "/api/v1/images/images_by_names".into(),
+            query: None,
+            params: Query::default(),
+        },
+        body: Some(Bytes::from(body)),
+        reshape: Reshape::ImagePage {
+            offset,
+            limit,
+            total,
+        },
+    }))
+}
+
+/// main's `POST /images/delete`: names the caller may not write are skipped, not refused.
+async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+    let Some(Value::Array(names)) = input.request_body.and_then(|b| b.get("image_names")) else {
+        // Missing or not a list: the upstream answers its own 422.
+        return Ok(None);
+    };
+    let Some(me) = input.principal else {
+        return Err(DenyReason::Unauthenticated("Not authenticated".into()));
+    };
+    let src = FactSource {
+        facts: input.facts,
+        ledger: input.ledger,
+    };
+    let mut keep = Vec::with_capacity(names.len());
+    for name in names {
+        let Value::String(name) = name else {
+            return Err(DenyReason::Unprocessable(
+                "image_names: Input should be a valid string".into(),
+            ));
+        };
+        if policy::permits(Predicate::ImageWrite, name, me, src).await? {
+            keep.push(name.clone());
+        }
+    }
+    if keep.len() == names.len() {
+        return Ok(None);
+    }
+    let body = serde_json::to_vec(&json!({ "image_names": keep }))
+        .map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
+    Ok(Some(Rewrite {
+        method: Method::POST,
+        target: input.target.clone(),
+        body: Some(Bytes::from(body)),
+        reshape: Reshape::Unchanged,
+    }))
+}
+
+/// 6.12's workflow list, asked for as one wide page (workflows are few; 6.12 has no endpoint
+/// that hydrates workflows by id), filtered and cut here.
+fn wide_workflow_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+    let query = &input.target.params;
+    let page = int_param(query, "page")?.unwrap_or(0);
+    let per_page = int_param(query, "per_page")?;
+    if page < 0 || per_page.is_some_and(|p| p <= 0) {
+        return Err(DenyReason::Unprocessable(
+            "page must be >= 0 and per_page > 0".into(),
+        ));
+    }
+    // The client's other parameters are kept byte for byte; only the paging is replaced.
+    let kept: Vec<&str> = input
+        .target
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| {
+            // Parameter pollution: names are compared decoded, as the upstream reads them.
+            let raw_name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            let name = crate::http::canonical::decode_query_part(raw_name).unwrap_or_default();
+            !pair.is_empty() && name != "page" && name != "per_page"
+        })
+        .collect();
+    let mut raw = kept.join("&");
+    if !raw.is_empty() {
+        raw.push('&');
+    }
+    raw.push_str(&format!("page=0&per_page={}", input.max_items));
+    let mut params = query.clone();
+    params.replace("page", "0");
+    params.replace("per_page", &input.max_items.to_string());
+    Ok(Some(Rewrite {
+        method: Method::GET,
+        target: Target {
+            path: input.target.path.clone(),
+            query: Some(raw),
+            params,
+        },
+        body: None,
+        reshape: Reshape::WorkflowPage { page, per_page },
+    }))
+}
+
+/// Rewrite one list answer for the caller; `Ok(true)` when it changed.
+pub(super) async fn reshape(
+    filter: ResponseFilter,
+    json: &mut Value,
+    ctx: &FilterContext<'_>,
+) -> Result<bool, DenyReason> {
+    if !active(filter, ctx.principal, ctx.facts) {
+        return Ok(false);
+    }
+    let me = caller(ctx.principal).to_owned();
+    let query = ctx.query;
+    match filter {
+        ResponseFilter::OwnImagePage => match ctx.reshape {
+            Some(Reshape::ImagePage {
+                offset,
+                limit,
+                total,
+            }) => {
+                let Value::Array(items) = json.take() else {
+                    return Err(shape("images_by_names"));
+                };
+                *json = json!({"items": items, "offset": offset, "limit": limit, "total": total});
+                Ok(true)
+            }
+            // An explicit board_id: nothing was rewritten.
+            _ => Ok(false),
+        },
+        ResponseFilter::OwnImageNames => {
+            if single(query, "board_id")?.is_some() {
+                return Ok(false);
+            }
+            let starred_first = bool_param(query, "starred_first")?.unwrap_or(true);
+            let own = ctx
+                .facts
+                .list(move |c| lists::own_images(c, &me))
+                .await
+                .map_err(unavailable)?;
+            let Some(Value::Array(names)) = json.get_mut("image_names") else {
+                return Err(shape("image names"));
+            };
+            names.retain(|n| n.as_str().is_some_and(|n| own.contains_key(n)));
+            let starred = names
+                .iter()
+                .filter(|n| n.as_str().and_then(|n| own.get(n)) == Some(&true))
+                .count();
+            let total = names.len();
+            json["starred_count"] = Value::from(if starred_first { starred } else { 0 });
+            json["total_count"] = Value::from(total);
+            Ok(true)
+        }
+        ResponseFilter::ReadableImages => {
+            let Value::Array(items) = json else {
+                return Err(shape("images_by_names"));
+            };
+            let src = FactSource {
+                facts: ctx.facts,
+                ledger: ctx.ledger,
+            };
+            let Some(principal) = ctx.principal else {
+                items.clear();
+                return Ok(true);
+            };
+            let mut keep = Vec::with_capacity(items.len());
+            for item in items.drain(..) {
+                let name = item
+                    .get("image_name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| shape("image DTO"))?;
+                if policy::permits(Predicate::ImageRead, name, principal, src).await? {
+                    keep.push(item);
+                }
+            }
+            *items = keep;
+            Ok(true)
+        }
+        ResponseFilter::VisibleWorkflowPage => {
+            let Some(&Reshape::WorkflowPage { page, per_page }) = ctx.reshape else {
+                return Err(shape("workflow page (not rewritten)"));
+            };
+            let scope = workflow_scope(ctx).await?;
+            let obj = json.as_object_mut().ok_or_else(|| shape("workflow page"))?;
+            let upstream_total = obj.get("total").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            let Some(Value::Array(items)) = obj.get_mut("items") else {
+                return Err(shape("workflow page"));
+            };
+            if upstream_total > items.len() as u64 {
+                // The wide page did not hold every workflow: filtering it would lose some.
+                return Err(DenyReason::ListTooLarge(items.len()));
+            }
+            let own: HashSet<&str> = scope.own_ids.iter().map(String::as_str).collect();
+            let mut visible = Vec::new();
+            for item in items.drain(..) {
+                let id = item.get("workflow_id").and_then(Value::as_str);
+                let category = item.get("category").and_then(Value::as_str);
+                let (Some(id), Some(category)) = (id, category) else {
+                    return Err(shape("workflow list item"));
+                };
+                let shown = category == "default" || (!scope.defaults_only && own.contains(id));
+                if shown {
+                    visible.push(item);
+                }
+            }
+            let total = visible.len() as i64;
+            let (items, per_page_out, pages) = match per_page {
+                Some(n) => {
+                    let start = page.saturating_mul(n).clamp(0, total) as usize;
+                    let end = (start as i64).saturating_add(n).clamp(0, total) as usize;
+                    let pages = total / n + i64::from(total % n > 0);
+                    (visible[start..end].to_vec(), n, pages)
+                }
+                None => (visible, total, 1),
+            };
+            let mut out = Map::new();
+            out.insert("page".into(), Value::from(page));
+            out.insert("pages".into(), Value::from(pages));
+            out.insert("per_page".into(), Value::from(per_page_out));
+            out.insert("total".into(), Value::from(total));
+            out.insert("items".into(), Value::Array(items));
+            *json = Value::Object(out);
+            Ok(true)
+        }
+        ResponseFilter::VisibleWorkflowTags => {
+            if !json.is_array() {
+                return Err(shape("workflow tags"));
+            }
+            let scope = workflow_scope(ctx).await?;
+            let tags = ctx
+                .facts
+                .list(move |c| lists::visible_workflow_tags(c, &scope))
+                .await
+                .map_err(unavailable)?;
+            *json = Value::from(tags);
+            Ok(true)
+        }
+        ResponseFilter::VisibleWorkflowTagCounts
+        | ResponseFilter::VisibleWorkflowCategoryCounts => {
+            if !json.is_object() {
+                return Err(shape("workflow counts"));
+            }
+            let scope = workflow_scope(ctx).await?;
+            let by_tag = filter == ResponseFilter::VisibleWorkflowTagCounts;
+            let keys: Vec<String> = if by_tag {
+                query.all("tags").to_vec()
+            } else {
+                query.all("categories").to_vec()
+            };
+            let counts = ctx
+                .facts
+                .list(move |c| {
+                    if by_tag {
+                        lists::visible_workflow_tag_counts(c, &scope, &keys)
+                    } else {
+                        lists::visible_workflow_category_counts(c, &scope, &keys)
+                    }
+                })
+                .await
+                .map_err(unavailable)?;
+            *json = Value::Object(
+                counts
+                    .into_iter()
+                    .map(|(k, n)| (k, Value::from(n)))
+                    .collect(),
+            );
+            Ok(true)
+        }
+        ResponseFilter::VisibleStylePresets => {
+            let Value::Array(items) = json else {
+                return Err(shape("style preset list"));
+            };
+            let own: HashSet<String> = ctx
+                .ledger
+                .owned(Entry::StylePreset, &me)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .collect();
+            let mut keep = Vec::with_capacity(items.len());
+            for item in items.drain(..) {
+                let id = item.get("id").and_then(Value::as_str);
+                let kind = item.get("type").and_then(Value::as_str);
+                let (Some(id), Some(kind)) = (id, kind) else {
+                    return Err(shape("style preset"));
+                };
+                // main's list rule: default presets, public ones (none on 6.12) and the caller's.
+                if kind == "default" || own.contains(id) {
+                    keep.push(item);
+                }
+            }
+            *items = keep;
+            Ok(true)
+        }
+        ResponseFilter::OwnDateCovers => {
+            let Value::Array(boards) = json else {
+                return Err(shape("virtual boards"));
+            };
+            let covers = ctx
+                .facts
+                .list(move |c| lists::own_date_covers(c, &me))
+                .await
+                .map_err(unavailable)?;
+            for board in boards.iter_mut() {
+                let date = board
+                    .get("date")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| shape("virtual board"))?
+                    .to_owned();
+                let cover = covers.get(&date).cloned().map_or(Value::Null, Value::from);
+                board["cover_image_name"] = cover;
+            }
+            Ok(true)
+        }
+        ResponseFilter::OwnIntermediatesCount => {
+            if !json.is_i64() && !json.is_u64() {
+                return Err(shape("intermediates count"));
+            }
+            let n = ctx
+                .facts
+                .list(move |c| lists::own_intermediates_count(c, &me))
+                .await
+                .map_err(unavailable)?;
+            *json = Value::from(n);
+            Ok(true)
+        }
+        // Not list filters (see `super::apply_body`); the batch delete was rewritten before it
+        // was sent and its answer is already the caller's.
+        ResponseFilter::SkipForeignDeletes
+        | ResponseFilter::PrivateMedia
+        | ResponseFilter::LoginSession
+        | ResponseFilter::RefreshSession
+        | ResponseFilter::LogoutSession
+        | ResponseFilter::RecordWorkflowOwner
+        | ResponseFilter::RecordStylePresetOwner
+        | ResponseFilter::RecordBulkDownload
+        | ResponseFilter::RevokeOnPasswordChange
+        | ResponseFilter::RevokeOnPasswordReset
+        | ResponseFilter::CorrelateRecall
+        | ResponseFilter::OwnUncategorizedNames
+        | ResponseFilter::SanitizeQueueItems
+        | ResponseFilter::RedactQueueStatus
+        | ResponseFilter::OwnQueueCounts => Ok(false),
+    }
+}
+
+/// The caller's view of 6.12's workflows: own (ledger) and shipped defaults; `is_public=true`
+/// (no 6.12 workflow is shared) keeps the defaults only.
+async fn workflow_scope(ctx: &FilterContext<'_>) -> Result<WorkflowScope, DenyReason> {
+    let query = ctx.query;
+    let me = caller(ctx.principal);
+    let categories = query.all("categories");
+    Ok(WorkflowScope {
+        own_ids: ctx
+            .ledger
+            .owned(Entry::Workflow, me)
+            .await
+            .map_err(unavailable)?,
+        defaults_only: bool_param(query, "is_public")? == Some(true),
+        categories: (!categories.is_empty()).then(|| categories.to_vec()),
+        has_been_opened: bool_param(query, "has_been_opened")?,
+    })
+}
