@@ -62,6 +62,14 @@ fn old_server(db: std::path::PathBuf) -> Responder {
                 "offset": 0, "limit": 100, "total": names.len()
             })),
             ("GET", "/api/v1/images/intermediates") => ok_json(json!(999)),
+            ("POST", "/api/v1/images/delete") => {
+                let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+                ok_json(json!({"deleted_images": body["image_names"], "affected_boards": []}))
+            }
+            ("DELETE", p) if p.starts_with("/api/v1/boards/") => ok_json(json!({
+                "board_id": p.trim_start_matches("/api/v1/boards/"),
+                "deleted_board_images": ["someone-elses.png"], "deleted_images": []
+            })),
             ("GET", "/api/v1/virtual_boards/by_date") => {
                 let dates: HashSet<&String> = all.values().map(|v| &v.3).collect();
                 let alice = all.iter().find(|(_, v)| v.0.starts_with("0e4f")).unwrap().0;
@@ -698,4 +706,113 @@ async fn lists_stay_correct_while_other_users_write() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.join().unwrap();
     assert!(writes > 10, "the writer ran concurrently ({writes} writes)");
+}
+
+#[tokio::test]
+async fn board_delete_with_images_by_its_owner_deletes_only_her_images() {
+    let (db, m, up, g) = setup_612().await;
+    let alice = uid(&m, "alice");
+    let board = m["boards"]["alice_public"]["board_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let on_board: Vec<(String, String)> = {
+        let c = rusqlite::Connection::open(&db.path).unwrap();
+        let mut stmt = c
+            .prepare("SELECT i.image_name, i.user_id FROM board_images b JOIN images i ON i.image_name = b.image_name WHERE b.board_id = ?1")
+            .unwrap();
+        let rows = stmt
+            .query_map([&board], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    let mut own: Vec<&String> = on_board
+        .iter()
+        .filter(|(_, o)| *o == alice)
+        .map(|(n, _)| n)
+        .collect();
+    own.sort();
+    assert!(
+        !own.is_empty() && own.len() < on_board.len(),
+        "fixture: a board with others' images too"
+    );
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/v1/boards/{board}?include_images=true")),
+        Some(&token_for(&m, "alice")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/api/v1/images/delete")
+    );
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    let mut sent: Vec<String> = serde_json::from_value(sent["image_names"].clone()).unwrap();
+    sent.sort();
+    assert_eq!(
+        sent.iter().collect::<Vec<_>>(),
+        own,
+        "only her own images are deleted"
+    );
+    assert_eq!(seen[1].method, "DELETE");
+    assert_eq!(
+        seen[1].target,
+        format!("/api/v1/boards/{board}?include_images=false")
+    );
+    let j = r.json();
+    assert_eq!(j["deleted_board_images"], json!([]));
+    let mut answered: Vec<String> = serde_json::from_value(j["deleted_images"].clone()).unwrap();
+    answered.sort();
+    assert_eq!(answered, sent);
+    // Admins delete everything: passed through as sent.
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/v1/boards/{board}?include_images=true")),
+        Some(&token_for(&m, "admin")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().unwrap().target,
+        format!("/api/v1/boards/{board}?include_images=true")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_prelude_stops_the_board_delete() {
+    let db = copy_fixture("invokeai-6.12.0-rich.db");
+    let m = manifest("6.12.0");
+    let up = mock(Some(Arc::new(|s: &Seen| {
+        let mut r = ok_json(json!({"detail": "nope"}));
+        if s.target == "/api/v1/images/delete" {
+            *r.status_mut() = http::StatusCode::FORBIDDEN;
+        }
+        r
+    })))
+    .await;
+    let g = guard(&shipped_routes(), &db.path, &up.url()).await;
+    let board = m["boards"]["alice_public"]["board_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = send(
+        "DELETE",
+        &g.url(&format!("/api/v1/boards/{board}?include_images=true")),
+        Some(&token_for(&m, "alice")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        up.count(),
+        1,
+        "the board delete was not sent after a refused image delete"
+    );
 }

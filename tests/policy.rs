@@ -36,6 +36,9 @@ impl World {
             }
             // Lists the guard recomputes (6.12): what the old server would answer, empty.
             "/api/v1/images/images_by_names" => ok_json(json!([])),
+            "/api/v1/images/delete" => {
+                ok_json(json!({"deleted_images": [], "affected_boards": []}))
+            }
             _ => ok_json(json!({"ok": true})),
         });
         let up = mock(Some(responder)).await;

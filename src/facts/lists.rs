@@ -114,6 +114,21 @@ pub fn own_images(conn: &Connection, user_id: &str) -> rusqlite::Result<HashMap<
         .collect()
 }
 
+/// The caller's own images on a board.
+pub fn own_images_on_board(
+    conn: &Connection,
+    board_id: &str,
+    user_id: &str,
+) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached(
+        "SELECT images.image_name FROM board_images JOIN images \
+         ON images.image_name = board_images.image_name \
+         WHERE board_images.board_id = ?1 AND images.user_id = ?2",
+    )?
+    .query_map([board_id, user_id], |r| r.get(0))?
+    .collect()
+}
+
 /// How many intermediates the caller owns.
 pub fn own_intermediates_count(conn: &Connection, user_id: &str) -> rusqlite::Result<i64> {
     conn.prepare_cached("SELECT COUNT(*) FROM images WHERE user_id = ?1 AND is_intermediate = 1")?

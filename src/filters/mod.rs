@@ -35,7 +35,7 @@ use crate::facts::Facts;
 use crate::identity::Principal;
 pub use crate::rules::vocab::ResponseFilter;
 use lists::List;
-pub use recompute::{plan, PlanInput, Reshape, Rewrite};
+pub use recompute::{plan, PlanInput, Prelude, Reshape, Rewrite};
 use session::PasswordChange;
 pub use session::{refreshed_token, session_cookie};
 
@@ -110,7 +110,8 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
             | ResponseFilter::VisibleWorkflowCategoryCounts
             | ResponseFilter::VisibleStylePresets
             | ResponseFilter::OwnDateCovers
-            | ResponseFilter::OwnIntermediatesCount => {}
+            | ResponseFilter::OwnIntermediatesCount
+            | ResponseFilter::OwnBoardMediaDelete => {}
             // Applied to the request before it was forwarded.
             ResponseFilter::SkipForeignDeletes => {}
         }
@@ -166,7 +167,8 @@ pub async fn apply_body(
             | ResponseFilter::VisibleWorkflowCategoryCounts
             | ResponseFilter::VisibleStylePresets
             | ResponseFilter::OwnDateCovers
-            | ResponseFilter::OwnIntermediatesCount => {
+            | ResponseFilter::OwnIntermediatesCount
+            | ResponseFilter::OwnBoardMediaDelete => {
                 match json.as_mut() {
                     Some(j) => changed |= recompute::reshape(*filter, j, ctx).await?,
                     None if recompute::active(*filter, ctx.principal, ctx.facts) => {

@@ -5,7 +5,8 @@
 //! - [`plan`], before forwarding: ask the upstream for something else. The caller's page of own
 //!   images is computed from the read-only database and hydrated with `images_by_names`; a
 //!   workflow list is asked for as one wide page, filtered and cut here; a batch delete is sent
-//!   with only the names the caller may write.
+//!   with only the names the caller may write; a board deleted with its images by its (non-admin)
+//!   owner becomes a delete of the owner's own images, then of the board alone.
 //! - [`reshape`], after: rewrite the upstream's answer. Unreadable items are dropped; counts,
 //!   tags and covers are recomputed from the database with the upstream's own filter semantics.
 //!
@@ -41,7 +42,17 @@ pub struct Rewrite {
     pub target: Target,
     /// A JSON body replacing the client's.
     pub body: Option<Bytes>,
+    /// A request that must succeed first (its answer feeds [`Reshape`]).
+    pub before: Option<Prelude>,
     pub reshape: Reshape,
+}
+
+/// A JSON request the guard sends before the rewritten one.
+#[derive(Debug, Clone)]
+pub struct Prelude {
+    pub method: Method,
+    pub target: Target,
+    pub body: Bytes,
 }
 
 /// How the answer to a rewritten request becomes the answer to the client's.
@@ -53,6 +64,30 @@ pub enum Reshape {
     WorkflowPage { page: i64, per_page: Option<i64> },
     /// The upstream's answer is already the caller's (fewer names were sent).
     Unchanged,
+    /// main's `DeleteBoardResult` for an owner: the own images the prelude deleted, no
+    /// `deleted_board_images` (other users' contributions fall back to uncategorized).
+    BoardDelete { deleted_images: Vec<String> },
+}
+
+impl Reshape {
+    /// Take in the answer to the rewrite's [`Prelude`].
+    pub fn absorb_prelude(&mut self, answer: &Value) -> Result<(), DenyReason> {
+        if let Reshape::BoardDelete { deleted_images } = self {
+            let names = answer
+                .get("deleted_images")
+                .and_then(Value::as_array)
+                .ok_or_else(|| shape("image delete"))?;
+            *deleted_images = names
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| shape("image delete"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
 }
 
 /// What [`plan`] reads.
@@ -61,6 +96,8 @@ pub struct PlanInput<'a> {
     pub facts: &'a Facts,
     pub ledger: &'a Ledger,
     pub target: &'a Target,
+    /// Decoded path parameters of the matched rule.
+    pub path: &'a std::collections::HashMap<String, String>,
     pub request_body: Option<&'a Value>,
     pub max_items: usize,
 }
@@ -101,6 +138,7 @@ pub async fn plan(
             ResponseFilter::OwnImagePage => own_image_page(input).await?,
             ResponseFilter::SkipForeignDeletes => writable_names(input).await?,
             ResponseFilter::VisibleWorkflowPage => wide_workflow_page(input)?,
+            ResponseFilter::OwnBoardMediaDelete => board_media_delete(input).await?,
             // Filters that only read the answer.
             ResponseFilter::PrivateMedia
             | ResponseFilter::LoginSession
@@ -233,6 +271,7 @@ async fn own_image_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
             params: Query::default(),
         },
         body: Some(Bytes::from(body)),
+        before: None,
         reshape: Reshape::ImagePage {
             offset,
             limit,
@@ -254,6 +293,12 @@ async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
         facts: input.facts,
         ledger: input.ledger,
     };
+    let listed: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+    input
+        .facts
+        .prefetch_images(&listed)
+        .await
+        .map_err(unavailable)?;
     let mut keep = Vec::with_capacity(names.len());
     for name in names {
         let Value::String(name) = name else {
@@ -274,6 +319,7 @@ async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
         method: Method::POST,
         target: input.target.clone(),
         body: Some(Bytes::from(body)),
+        before: None,
         reshape: Reshape::Unchanged,
     }))
 }
@@ -289,9 +335,19 @@ fn wide_workflow_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReas
             "page must be >= 0 and per_page > 0".into(),
         ));
     }
-    // The client's other parameters are kept byte for byte; only the paging is replaced.
-    let kept: Vec<&str> = input
-        .target
+    let wide = input.max_items.to_string();
+    Ok(Some(Rewrite {
+        method: Method::GET,
+        target: with_params(input.target, &[("page", "0"), ("per_page", &wide)]),
+        body: None,
+        before: None,
+        reshape: Reshape::WorkflowPage { page, per_page },
+    }))
+}
+
+/// The target with some query parameters set; the client's others are kept byte for byte.
+fn with_params(target: &Target, set: &[(&str, &str)]) -> Target {
+    let kept: Vec<&str> = target
         .query
         .as_deref()
         .unwrap_or("")
@@ -300,26 +356,70 @@ fn wide_workflow_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReas
             // Parameter pollution: names are compared decoded, as the upstream reads them.
             let raw_name = pair.split_once('=').map_or(*pair, |(n, _)| n);
             let name = crate::http::canonical::decode_query_part(raw_name).unwrap_or_default();
-            !pair.is_empty() && name != "page" && name != "per_page"
+            !pair.is_empty() && !set.iter().any(|(n, _)| *n == name)
         })
         .collect();
     let mut raw = kept.join("&");
-    if !raw.is_empty() {
-        raw.push('&');
+    let mut params = target.params.clone();
+    for (name, value) in set {
+        if !raw.is_empty() {
+            raw.push('&');
+        }
+        // Names and values the guard sets are plain ASCII words and numbers.
+        raw.push_str(&format!("{name}={value}"));
+        params.replace(name, value);
     }
-    raw.push_str(&format!("page=0&per_page={}", input.max_items));
-    let mut params = query.clone();
-    params.replace("page", "0");
-    params.replace("per_page", &input.max_items.to_string());
+    Target {
+        path: target.path.clone(),
+        query: Some(raw),
+        params,
+    }
+}
+
+/// Hole 4 on 6.12/6.13: the owner's `include_images=true` would delete other users'
+/// contributions. main deletes only the owner's own images, then the board (the others fall
+/// back to uncategorized): the guard sends exactly that, as two requests.
+async fn board_media_delete(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+    if bool_param(&input.target.params, "include_images")? != Some(true) {
+        return Ok(None);
+    }
+    let board = input
+        .path
+        .get("board_id")
+        .cloned()
+        .ok_or_else(|| DenyReason::Unprocessable("board_id missing".into()))?;
+    let me = caller(input.principal).to_owned();
+    let own = input
+        .facts
+        .list(move |c| lists::own_images_on_board(c, &board, &me))
+        .await
+        .map_err(unavailable)?;
+    if own.len() > input.max_items {
+        return Err(DenyReason::ListTooLarge(input.max_items));
+    }
+    let before = if own.is_empty() {
+        None
+    } else {
+        let body = serde_json::to_vec(&json!({ "image_names": own }))
+            .map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
+        Some(Prelude {
+            method: Method::POST,
+            target: Target {
+                path: "/api/v1/images/delete".into(),
+                query: None,
+                params: Query::default(),
+            },
+            body: Bytes::from(body),
+        })
+    };
     Ok(Some(Rewrite {
-        method: Method::GET,
-        target: Target {
-            path: input.target.path.clone(),
-            query: Some(raw),
-            params,
-        },
+        method: Method::DELETE,
+        target: with_params(input.target, &[("include_images", "false")]),
         body: None,
-        reshape: Reshape::WorkflowPage { page, per_page },
+        before,
+        reshape: Reshape::BoardDelete {
+            deleted_images: Vec::new(),
+        },
     }))
 }
 
@@ -385,6 +485,14 @@ pub(super) async fn reshape(
                 items.clear();
                 return Ok(true);
             };
+            let listed: Vec<&str> = items
+                .iter()
+                .filter_map(|i| i.get("image_name").and_then(Value::as_str))
+                .collect();
+            ctx.facts
+                .prefetch_images(&listed)
+                .await
+                .map_err(unavailable)?;
             let mut keep = Vec::with_capacity(items.len());
             for item in items.drain(..) {
                 let name = item
@@ -546,6 +654,16 @@ pub(super) async fn reshape(
             *json = Value::from(n);
             Ok(true)
         }
+        ResponseFilter::OwnBoardMediaDelete => match ctx.reshape {
+            Some(Reshape::BoardDelete { deleted_images }) => {
+                let obj = json.as_object_mut().ok_or_else(|| shape("board delete"))?;
+                obj.insert("deleted_images".into(), Value::from(deleted_images.clone()));
+                obj.insert("deleted_board_images".into(), Value::Array(Vec::new()));
+                Ok(true)
+            }
+            // Without include_images nothing was rewritten.
+            _ => Ok(false),
+        },
         // Not list filters (see `super::apply_body`); the batch delete was rewritten before it
         // was sent and its answer is already the caller's.
         ResponseFilter::SkipForeignDeletes

@@ -386,11 +386,12 @@ pub enum ResponseFilter {
     VisibleStylePresets,
     OwnDateCovers,
     OwnIntermediatesCount,
+    OwnBoardMediaDelete,
 }
 
 impl ResponseFilter {
     /// Every filter.
-    pub const ALL: [ResponseFilter; 25] = [
+    pub const ALL: [ResponseFilter; 26] = [
         ResponseFilter::PrivateMedia,
         ResponseFilter::LoginSession,
         ResponseFilter::RefreshSession,
@@ -416,6 +417,7 @@ impl ResponseFilter {
         ResponseFilter::VisibleStylePresets,
         ResponseFilter::OwnDateCovers,
         ResponseFilter::OwnIntermediatesCount,
+        ResponseFilter::OwnBoardMediaDelete,
     ];
 
     /// The descriptor.
@@ -517,6 +519,10 @@ impl ResponseFilter {
             F::OwnIntermediatesCount => body(
                 "own_intermediates_count",
                 Some(Capability::ScopesIntermediatesCount),
+            ),
+            F::OwnBoardMediaDelete => rewrite(
+                "own_board_media_delete",
+                Some(Capability::ScopesBoardDeletes),
             ),
         }
     }

@@ -221,12 +221,13 @@ async fn pipeline(
     }
     // Lists an older upstream would answer with other users' items are asked for differently
     // (the caller's own page, a wide page, only the writable names): see filters::recompute.
-    let rewrite = if rule.response.iter().any(|f| f.info().rewrites_request) {
+    let mut rewrite = if rule.response.iter().any(|f| f.info().rewrites_request) {
         let input = filters::PlanInput {
             principal: principal.as_ref(),
             facts: &state.facts,
             ledger: &state.ledger,
             target: &target,
+            path: &data.path,
             request_body: data.body.as_ref(),
             max_items: state.limits.max_list_items,
         };
@@ -236,6 +237,30 @@ async fn pipeline(
     } else {
         None
     };
+    if let Some(r) = rewrite.as_mut() {
+        if let Some(prelude) = r.before.take() {
+            let forward = Forward {
+                method: prelude.method.clone(),
+                principal: principal.as_ref(),
+                secret: secret.as_deref(),
+                identity_encoding: true,
+                json_body: true,
+            };
+            let answer = match run_prelude(prelude, &parts, forward, state, conn).await {
+                Ok(answer) => answer,
+                Err(response) => {
+                    ctx.outcome = "prelude_refused";
+                    return Ok(response);
+                }
+            };
+            // The prelude changed data (deleted the caller's images).
+            state.facts.invalidate();
+            if let Err(reason) = r.reshape.absorb_prelude(&answer) {
+                ctx.outcome = "withheld";
+                return Ok(decision::deny_response(&reason));
+            }
+        }
+    }
     // forward (a create whose owner InvokeAI does not keep is first written down as an intent;
     // if the ledger cannot take it, the create never happens)
     let intent = match (record_needed(rule, state), principal.as_ref()) {
@@ -518,6 +543,56 @@ fn upstream_request(
     *req.uri_mut() = state.upstream.uri_for(target);
     *req.headers_mut() = headers;
     req
+}
+
+/// Send a rewrite's prelude and read its JSON answer (bounded, decoded). Anything but a readable
+/// 2xx answer ends the request: the upstream's own refusal is passed on, the rest is 502.
+async fn run_prelude(
+    prelude: filters::Prelude,
+    parts: &http::request::Parts,
+    forward: Forward<'_>,
+    state: &AppState,
+    conn: &ConnInfo,
+) -> Result<serde_json::Value, Response<Body>> {
+    let req = upstream_request(
+        parts,
+        &prelude.target,
+        decision::full(prelude.body),
+        forward,
+        state,
+        &conn.client,
+    );
+    let res = state
+        .upstream
+        .send(req)
+        .await
+        .map_err(decision::upstream_failure_response)?;
+    let (mut head, body) = res.into_parts();
+    if !head.status.is_success() {
+        headers::strip_hop_by_hop(&mut head.headers);
+        return Err(Response::from_parts(head, body.map_err(Into::into).boxed()));
+    }
+    let limit = state.limits.max_body_bytes;
+    let bad = |reason: DenyReason| decision::deny_response(&reason);
+    let raw = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            bad(DenyReason::BadUpstream(format!(
+                "prelude answer unreadable: {e}"
+            )))
+        })?
+        .to_bytes();
+    let encoding = head
+        .headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("unreadable"));
+    let decoded = body::decode(encoding, raw, limit).map_err(bad)?;
+    serde_json::from_slice(&decoded).map_err(|e| {
+        bad(DenyReason::BadUpstream(format!(
+            "prelude answer is not JSON: {e}"
+        )))
+    })
 }
 
 /// The respond phase: header filters, then (for 2xx bodies a filter reads) read, decode, filter.

@@ -170,6 +170,36 @@ class Matrix:
         return (allow,) if ok else (deny,)
 
     # ------------------------------------------------------------------ checks
+    def own_page_check(self, who, offset, limit):
+        """A page of `GET /images/` without board_id is main's: the caller's own images in the upstream's own
+        order (InvokeAI's unfiltered list, read directly as admin, restricted to the caller's images), with
+        main's offset/limit/total."""
+        def chk(resp):
+            j = resp.json() or {}
+            cl, tok = self.ctx.up or self.ctx.c, self.ctx.tokens["admin"]
+            full = cl.request("GET", "/api/v1/images/", tok, params={"limit": 1000, "offset": 0}).json() or {}
+            mine = self.images_where(lambda r, i: i["owner"] == who)
+            own = [i["image_name"] for i in full.get("items", []) if i["image_name"] in mine]
+            got = [i["image_name"] for i in j.get("items", [])]
+            foreign = [n for n in got if n not in own]
+            if foreign:
+                return "leak", f"foreign images {foreign}"
+            if got != own[offset:offset + limit] or j.get("total") != len(own) or j.get("offset") != offset:
+                return "fail", f"page {got} total={j.get('total')} != {own[offset:offset + limit]} of {len(own)}"
+            return None
+        return chk
+
+    def wf_count_check(self, who):
+        def chk(resp):
+            cl = self.ctx.c
+            lst = cl.request("GET", "/api/v1/workflows/", self.ctx.tokens[who],
+                             params={"categories": "user", "per_page": 1000, "page": 0}).json() or {}
+            n = len(lst.get("items", []))
+            got = (resp.json() or {}).get("user")
+            return None if got == n else ("leak" if isinstance(got, int) and got > n else "fail",
+                                          f"counts_by_category user={got}, own list has {n}")
+        return chk
+
     def set_check(self, extract, expected: set, universe: set):
         """Compare the visible subset of `universe` with `expected`: extra items = leak, missing = false deny."""
 
@@ -258,7 +288,8 @@ class Matrix:
             return after
 
         self.add("setup: alice creates a private workflow", "alice", "POST", "/api/v1/workflows/", 200,
-                 body={"workflow": dict(wf, name="wf_g_alice_private")}, after=save_wf("wf_g_alice_private"))
+                 body={"workflow": dict(wf, name="wf_g_alice_private", tags="e2e, alice-secret")},
+                 after=save_wf("wf_g_alice_private"))
         self.add("setup: alice creates a second workflow (to share)", "alice", "POST", "/api/v1/workflows/", 200,
                  body={"workflow": dict(wf, name="wf_g_alice_shared")}, after=save_wf("wf_g_alice_shared"))
         self.add("setup: bob creates a private workflow", "bob", "POST", "/api/v1/workflows/", 200,
@@ -570,11 +601,18 @@ class Matrix:
         for who in ("bob", "alice"):
             own = self.images_where(lambda r, i, who=who: i["owner"] == who)
             foreign = known - own
-            xf = R_REWRITE.format("R1/R2") if self.v612 else None
             self.add(f"{who}: GET images without board_id lists exactly own images", who, "GET", "/api/v1/images/",
-                     200, params=lim, check=self.set_check(items, own, known), xfail=xf)
+                     200, params=lim, check=self.set_check(items, own, known))
             self.add(f"{who}: GET images/names without board_id lists exactly own images", who, "GET",
-                     "/api/v1/images/names", 200, check=self.set_check(names, own, known), xfail=xf)
+                     "/api/v1/images/names", 200, check=self.set_check(names, own, known))
+            self.add(f"{who}: GET images without board_id: main's order and paging", who, "GET", "/api/v1/images/",
+                     200, params={"limit": 2, "offset": 1}, check=self.own_page_check(who, offset=1, limit=2))
+            own_inter = self.images_where(lambda r, i, who=who: i["owner"] == who and i.get("is_intermediate"))
+            self.add(f"{who}: intermediates count is {len(own_inter)} (own only)", who, "GET",
+                     "/api/v1/images/intermediates", 200,
+                     check=lambda resp, n=len(own_inter): None if resp.json() == n else (
+                         "leak" if isinstance(resp.json(), int) and resp.json() > n else "fail",
+                         f"count {resp.json()} != own {n}"))
             self.add(f"{who}: images without board_id never shows others' images (deny acceptable)", who, "GET",
                      "/api/v1/images/", (200, 403), params=lim, check=self.no_foreign(items, foreign))
             own_uncat = self.images_where(lambda r, i, who=who: i["owner"] == who and i["board"] is None)
@@ -589,8 +627,7 @@ class Matrix:
                    if self.r_img("bob", r)}
         self.add("bob: images_by_names returns only images he may read", "bob", "POST",
                  "/api/v1/images/images_by_names", 200, body={"image_names": ask},
-                 check=self.set_check(lambda j: [i["image_name"] for i in j], exp_set, known),
-                 xfail=R_REWRITE.format("(images_by_names filter)") if self.v612 else None)
+                 check=self.set_check(lambda j: [i["image_name"] for i in j], exp_set, known))
         self.add("bob: images_by_names never returns alice's private image (deny acceptable)", "bob", "POST",
                  "/api/v1/images/images_by_names", (200, 403), body={"image_names": [self.img("alice_private_1")]},
                  check=self.no_foreign(lambda j: [i["image_name"] for i in j], {self.img("alice_private_1")}))
@@ -661,13 +698,33 @@ class Matrix:
                 want = {ctx.state.get(k) for k in want_keys} - {None}
                 return self.set_check(extract, want, wf_universe())(resp)
             return chk
-        xf_wf = R_REWRITE.format("(workflow list scoping; 6.12 has no owner columns)") if self.v612 else None
         self.add("bob: 'Your Workflows' (categories=user) lists only his own", "bob", "GET", "/api/v1/workflows/", 200,
                  params={"categories": "user", "per_page": 200, "page": 0},
-                 check=lazy_set_check(wf_ids, ["wf_g_bob_private"]), xfail=xf_wf)
+                 check=lazy_set_check(wf_ids, ["wf_g_bob_private"]))
         self.add("alice: 'Your Workflows' lists both of hers", "alice", "GET", "/api/v1/workflows/", 200,
                  params={"categories": "user", "per_page": 200, "page": 0},
-                 check=lazy_set_check(wf_ids, ["wf_g_alice_private", "wf_g_alice_shared"]), xfail=xf_wf)
+                 check=lazy_set_check(wf_ids, ["wf_g_alice_private", "wf_g_alice_shared"]))
+        self.add("bob: the workflow library without a category filter never lists alice's", "bob", "GET",
+                 "/api/v1/workflows/", 200, params={"per_page": 200, "page": 0},
+                 check=lambda resp: self.no_foreign(wf_ids, {ctx.state.get("wf_g_alice_private")} - {None})(resp))
+
+        def tags_check(want_secret):
+            def chk(resp):
+                tags = resp.json() if isinstance(resp.json(), list) else []
+                if ("alice-secret" in tags) != want_secret:
+                    return ("leak" if not want_secret else "fail", f"alice-secret in tags={tags}")
+                return None if "e2e" in tags else ("fail", f"own tag e2e missing from {tags}")
+            return chk
+        self.add("bob: workflow tags never include alice's private tag", "bob", "GET", "/api/v1/workflows/tags",
+                 200, params={"categories": "user"}, check=tags_check(False))
+        self.add("alice: workflow tags include her private tag", "alice", "GET", "/api/v1/workflows/tags",
+                 200, params={"categories": "user"}, check=tags_check(True))
+        self.add("bob: counts_by_tag does not count alice's private workflow", "bob", "GET",
+                 "/api/v1/workflows/counts_by_tag", 200, params={"tags": "alice-secret", "categories": "user"},
+                 check=lambda resp: None if resp.json() == {"alice-secret": 0} else ("leak", f"{resp.json()}"))
+        self.add("bob: counts_by_category agrees with his own 'Your Workflows' list", "bob", "GET",
+                 "/api/v1/workflows/counts_by_category", 200, params={"categories": "user"},
+                 check=self.wf_count_check("bob"))
         if self.wf_owner:
             self.add("bob: 'Shared Workflows' (is_public=true) lists alice's shared one, not her private one", "bob",
                      "GET", "/api/v1/workflows/", 200, params={"is_public": "true", "per_page": 200, "page": 0},
@@ -701,8 +758,7 @@ class Matrix:
         def sp_check(resp):
             return self.set_check(preset_ids, {P("sp_g_bob_private")}, universe_sp())(resp)
         self.add("bob: style preset list shows his own, not alice's private one", "bob", "GET", "/api/v1/style_presets/",
-                 200, check=sp_check,
-                 xfail=R_REWRITE.format("(style preset list; 6.12 ignores owner columns)") if self.v612 else None)
+                 200, check=sp_check)
 
         # ---- system prompts (main/6.14 only)
         if self.sysprompts:
@@ -770,7 +826,7 @@ class Matrix:
         self.add("anon: queue item needs a login", None, "GET", f"/api/v1/queue/{Q}/i/{qi['q_alice_add_1']['item_id']}",
                  401)
 
-        # virtual boards by date (main/6.14; R4 was a 6.13-only hole)
+        # virtual boards by date (6.13+; every released version picks covers among all users' images)
         if not self.v612:
             bob_imgs = self.images_where(lambda r, i: i["owner"] == "bob")
             self.add("bob: by_date virtual boards show only his own covers", "bob", "GET",
@@ -962,8 +1018,12 @@ class Matrix:
                  200)
         self.add("admin: DELETE alice's private image", "admin", "DELETE",
                  f"/api/v1/images/i/{self.img('victim_alice_private_admin_del')}", 200)
-        self.add("bob: batch delete of his own image", "bob", "POST", "/api/v1/images/delete", 200,
-                 body={"image_names": [self.img("victim_bob_batchdel")]})
+        self.add("bob: batch delete of his own image and alice's: his is deleted, hers skipped (main)", "bob",
+                 "POST", "/api/v1/images/delete", 200,
+                 body={"image_names": [self.img("victim_alice_private_batchdel"), self.img("victim_bob_batchdel")]},
+                 check=lambda resp: None if self.img("victim_bob_batchdel") in (resp.json() or {}).get(
+                     "deleted_images", []) else ("fail", f"own image not reported deleted: {resp.json()}"),
+                 after=self.image_exists("victim_alice_private_batchdel"))
         self.add("alice: star her own image", "alice", "POST", "/api/v1/images/star", 200,
                  body={"image_names": [self.img("alice_uncat_2")]})
 
