@@ -213,6 +213,28 @@ pub fn video(
     media(conn, schema, name, "videos", "video_name", "board_videos")
 }
 
+/// The owner and board of media rows: `SELECT <key>, owner, board…` with a `WHERE` on `m.<key>`.
+fn media_sql(schema: &Schema, table: &str, key: &str, link: &str, filter: &str) -> String {
+    format!(
+        "SELECT m.{key}, m.user_id, b.board_id, b.user_id, {vis}, b.archived \
+         FROM {table} m LEFT JOIN {link} l ON l.{key} = m.{key} \
+         LEFT JOIN boards b ON b.board_id = l.board_id WHERE m.{key} {filter}",
+        vis = visibility_column(schema)
+    )
+}
+
+fn media_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, ImageFact)> {
+    Ok((
+        r.get(0)?,
+        ImageFact {
+            owner: r
+                .get::<_, Option<String>>(1)?
+                .unwrap_or_else(|| "system".into()),
+            board: board_from_row(r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+        },
+    ))
+}
+
 fn media(
     conn: &Connection,
     schema: &Schema,
@@ -221,22 +243,29 @@ fn media(
     key: &str,
     link: &str,
 ) -> rusqlite::Result<Option<ImageFact>> {
-    let sql = format!(
-        "SELECT m.user_id, b.board_id, b.user_id, {vis}, b.archived \
-         FROM {table} m LEFT JOIN {link} l ON l.{key} = m.{key} \
-         LEFT JOIN boards b ON b.board_id = l.board_id WHERE m.{key} = ?1",
-        vis = visibility_column(schema)
-    );
-    conn.prepare_cached(&sql)?
-        .query_row([name], |r| {
-            Ok(ImageFact {
-                owner: r
-                    .get::<_, Option<String>>(0)?
-                    .unwrap_or_else(|| "system".into()),
-                board: board_from_row(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
-            })
-        })
+    conn.prepare_cached(&media_sql(schema, table, key, link, "= ?1"))?
+        .query_row([name], media_row)
+        .map(|(_, fact)| fact)
         .optional()
+}
+
+/// The facts of many images in one statement (per-item list filters); unknown names are absent.
+pub fn images(
+    conn: &Connection,
+    schema: &Schema,
+    names: &[String],
+) -> rusqlite::Result<std::collections::HashMap<String, ImageFact>> {
+    let list = serde_json::Value::from(names.to_vec()).to_string();
+    let filter = "IN (SELECT value FROM json_each(?1))";
+    conn.prepare_cached(&media_sql(
+        schema,
+        "images",
+        "image_name",
+        "board_images",
+        filter,
+    ))?
+    .query_map([list], media_row)?
+    .collect()
 }
 
 pub fn board(conn: &Connection, schema: &Schema, id: &str) -> rusqlite::Result<Option<BoardFact>> {

@@ -386,43 +386,15 @@ impl Facts {
         self.fetch(FactKey::Image(name.to_owned())).await
     }
 
-    /// Warm the cache for many images in one database call (per-item list filters): what is
-    /// cached and current is skipped, the rest is read on one pooled connection. Values read
-    /// while the database changed are not cached (as in [`Facts::get`]).
-    pub async fn prefetch_images(&self, names: &[&str]) -> Result<(), FactsError> {
+    /// The facts of many images, read in one statement and not cached (per-item list filters
+    /// decide a whole list from one consistent read).
+    pub async fn images(
+        &self,
+        names: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, ImageFact>, FactsError> {
         self.ensure_available()?;
-        let current = self.generation();
-        let mut missing = Vec::new();
-        for name in names {
-            let key = FactKey::Image((*name).to_owned());
-            match self.cache.get(&key).await {
-                Some(hit) if hit.generation == current => {}
-                _ => missing.push(key),
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
         let schema = self.schema();
-        let loaded = self
-            .db
-            .with(move |conn| {
-                missing
-                    .into_iter()
-                    .map(|key| Ok((read(&key, conn, &schema)?, key)))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        if self.generation() == current {
-            for (fact, key) in loaded {
-                let tagged = Tagged {
-                    generation: current,
-                    fact,
-                };
-                self.cache.insert(key, tagged).await;
-            }
-        }
-        Ok(())
+        self.db.with(move |c| db::images(c, &schema, &names)).await
     }
 
     /// A video with its board (absent before main).

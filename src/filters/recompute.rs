@@ -32,7 +32,7 @@ use crate::facts::lists::{self, ImageFilter, WorkflowScope};
 use crate::facts::{Facts, FactsError};
 use crate::http::canonical::{Query, Target};
 use crate::identity::Principal;
-use crate::policy::{self, lax_bool, FactSource};
+use crate::policy::{self, lax_bool};
 use crate::rules::vocab::{Predicate, ResponseFilter};
 
 /// What the guard sends upstream instead of the client's request.
@@ -289,27 +289,23 @@ async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
     let Some(me) = input.principal else {
         return Err(DenyReason::Unauthenticated("Not authenticated".into()));
     };
-    let src = FactSource {
-        facts: input.facts,
-        ledger: input.ledger,
-    };
-    let listed: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
-    input
+    let listed = names
+        .iter()
+        .map(|n| n.as_str().map(str::to_owned))
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| {
+            DenyReason::Unprocessable("image_names: Input should be a valid string".into())
+        })?;
+    // One read decides the whole batch.
+    let mut facts = input
         .facts
-        .prefetch_images(&listed)
+        .images(listed.clone())
         .await
         .map_err(unavailable)?;
-    let mut keep = Vec::with_capacity(names.len());
-    for name in names {
-        let Value::String(name) = name else {
-            return Err(DenyReason::Unprocessable(
-                "image_names: Input should be a valid string".into(),
-            ));
-        };
-        if policy::permits(Predicate::ImageWrite, name, me, src).await? {
-            keep.push(name.clone());
-        }
-    }
+    let keep: Vec<String> = listed
+        .into_iter()
+        .filter(|n| policy::media_permits(Predicate::ImageWrite, facts.remove(n), me))
+        .collect();
     if keep.len() == names.len() {
         return Ok(None);
     }
@@ -329,10 +325,11 @@ async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
 fn wide_workflow_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
     let query = &input.target.params;
     let page = int_param(query, "page")?.unwrap_or(0);
-    let per_page = int_param(query, "per_page")?;
-    if page < 0 || per_page.is_some_and(|p| p <= 0) {
+    // `per_page=0` means "no paging" to the upstream (`if per_page:`), as if it were absent.
+    let per_page = int_param(query, "per_page")?.filter(|&p| p != 0);
+    if page < 0 || per_page.is_some_and(|p| p < 0) {
         return Err(DenyReason::Unprocessable(
-            "page must be >= 0 and per_page > 0".into(),
+            "page and per_page must not be negative".into(),
         ));
     }
     let wide = input.max_items.to_string();
@@ -477,33 +474,28 @@ pub(super) async fn reshape(
             let Value::Array(items) = json else {
                 return Err(shape("images_by_names"));
             };
-            let src = FactSource {
-                facts: ctx.facts,
-                ledger: ctx.ledger,
-            };
             let Some(principal) = ctx.principal else {
                 items.clear();
                 return Ok(true);
             };
-            let listed: Vec<&str> = items
+            let listed = items
                 .iter()
-                .filter_map(|i| i.get("image_name").and_then(Value::as_str))
-                .collect();
-            ctx.facts
-                .prefetch_images(&listed)
-                .await
-                .map_err(unavailable)?;
-            let mut keep = Vec::with_capacity(items.len());
-            for item in items.drain(..) {
-                let name = item
+                .map(|i| {
+                    i.get("image_name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| shape("image DTO"))?;
+            // One read decides the whole list (not one cache lookup per item).
+            let facts = ctx.facts.images(listed).await.map_err(unavailable)?;
+            items.retain(|i| {
+                let name = i
                     .get("image_name")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| shape("image DTO"))?;
-                if policy::permits(Predicate::ImageRead, name, principal, src).await? {
-                    keep.push(item);
-                }
-            }
-            *items = keep;
+                    .unwrap_or_default();
+                policy::media_permits(Predicate::ImageRead, facts.get(name).cloned(), principal)
+            });
             Ok(true)
         }
         ResponseFilter::VisibleWorkflowPage => {

@@ -86,22 +86,15 @@ pub fn admin_route_denial(rule: &Rule, principal: Option<&Principal>) -> Option<
     }
 }
 
-/// Whether one resource check holds for one id (per-item list filters): `Ok(false)` when it is
-/// refused or the resource is unknown; `Err` only when facts cannot be read (fail closed).
-pub async fn permits(
+/// A media predicate (`image.read`, `image.write`, …) decided on an image fact already read:
+/// the same rule as the check, for lists decided from one read. Admins pass (resource checks).
+pub fn media_permits(
     predicate: Predicate,
-    id: &str,
+    fact: Option<crate::facts::ImageFact>,
     principal: &Principal,
-    src: FactSource<'_>,
-) -> Result<bool, DenyReason> {
-    if principal.is_admin && predicate.info().admin == AdminRule::Exempt {
-        return Ok(true);
-    }
-    match resources::check(predicate, id, principal, src, &mut Vec::new()).await {
-        Ok(()) => Ok(true),
-        Err(e @ DenyReason::Unavailable(_)) => Err(e),
-        Err(_) => Ok(false),
-    }
+) -> bool {
+    (principal.is_admin && predicate.info().admin == AdminRule::Exempt)
+        || resources::media_permits(predicate, fact, &principal.user_id)
 }
 
 /// Evaluate a rule's checks in order.

@@ -333,6 +333,50 @@ async fn video(
     media_check(access, vid, me, "video", id, facts)
 }
 
+/// A media predicate decided on a fact already read (per-item list filters): the same rules as
+/// [`check`] without the trace; `None` (unknown) is refused.
+pub(super) fn media_permits(predicate: Predicate, fact: Option<ImageFact>, me: &str) -> bool {
+    let access = match predicate {
+        Predicate::ImageRead | Predicate::VideoRead => Access::Read,
+        Predicate::ImageWrite | Predicate::VideoWrite => Access::Write,
+        Predicate::ImageOwn | Predicate::VideoOwn => Access::Own,
+        Predicate::ImageBoardWrite | Predicate::VideoBoardWrite => Access::BoardWrite,
+        Predicate::ImageWriteOwner | Predicate::VideoWriteOwner => Access::WriteOwner,
+        Predicate::ImageBoardWriteOwner | Predicate::VideoBoardWriteOwner => {
+            Access::BoardWriteOwner
+        }
+        // Not a media predicate: never an allow.
+        Predicate::BoardRead
+        | Predicate::BoardWrite
+        | Predicate::BoardOwn
+        | Predicate::WorkflowRead
+        | Predicate::WorkflowOwn
+        | Predicate::StylePresetRead
+        | Predicate::StylePresetWrite
+        | Predicate::QueueItemOwn
+        | Predicate::QueueItemOwnRoot
+        | Predicate::SystemPromptRead
+        | Predicate::SystemPromptOwn
+        | Predicate::BulkDownloadOwn
+        | Predicate::Authenticated
+        | Predicate::Admin
+        | Predicate::EnqueueAllowed
+        | Predicate::EnqueueAllowedOwner
+        | Predicate::CallerIn
+        | Predicate::ImagesListScoped
+        | Predicate::UserUpdateAllowed
+        | Predicate::UserNotSystem
+        | Predicate::UserKeepsAnAdmin
+        | Predicate::LoginNotSystem
+        | Predicate::AdminIfEq
+        | Predicate::AdminIfTrue
+        | Predicate::AdminUnlessUpstream
+        | Predicate::CallerOr
+        | Predicate::QueueDefault => return false,
+    };
+    media_check(access, fact, me, "image", "", &mut Vec::new()).is_ok()
+}
+
 fn media_check(
     access: Access,
     fact: Option<ImageFact>,
