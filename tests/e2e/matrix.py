@@ -1051,9 +1051,8 @@ class Matrix:
             r = ctx.c.request("GET", f"/api/v1/images/i/{carol_img}", ctx.tokens["admin"])
             return None if r.status == 200 else ("leak", f"carol's contribution was deleted with bob's board ({r.status})")
         self.add("bob: DELETE his board with include_images keeps carol's contribution", "bob", "DELETE",
-                 f"/api/v1/boards/{B('bob_public_disposable')}", (200, 403) if self.v612 else 200,
-                 params={"include_images": "true"}, after=carol_survives,
-                 note=STRICTER_612 if self.v612 else "")
+                 f"/api/v1/boards/{B('bob_public_disposable')}", 200,
+                 params={"include_images": "true"}, after=carol_survives)
 
         # -- workflows (mutations)
         W = lambda k: ctx.state.get(k) or "missing"  # noqa: E731
