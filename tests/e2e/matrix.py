@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import http.cookiejar
 import json
 import sys
 import threading
@@ -1420,6 +1421,7 @@ class PollingSocket:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._jar = http.cookiejar.CookieJar()  # one cookie jar per socket, as a browser tab keeps them
 
     def _q(self):
         p = {"EIO": "4", "transport": "polling", "t": str(time.time_ns())}
@@ -1428,12 +1430,12 @@ class PollingSocket:
         return p
 
     def _post(self, payload: bytes):
-        return Client(self.c.base, timeout=10).request("POST", self.path, self.token, params=self._q(), data=payload,
-                                                        content_type="text/plain;charset=UTF-8", headers=self.headers)
+        return Client(self.c.base, timeout=10, cookie_jar=self._jar).request(
+            "POST", self.path, self.token, params=self._q(), data=payload, content_type="text/plain;charset=UTF-8", headers=self.headers)
 
     def _get(self):
-        return Client(self.c.base, timeout=70).request("GET", self.path, self.token, params=self._q(),
-                                                        headers=self.headers)
+        return Client(self.c.base, timeout=70, cookie_jar=self._jar).request(
+            "GET", self.path, self.token, params=self._q(), headers=self.headers)
 
     def _handle(self, text: str) -> list[str]:
         out = []
@@ -1711,8 +1713,11 @@ def main() -> int:
         sys.stdout = _Tee(sys.stdout, open(a.out, "w", encoding="utf-8"))
     m = json.loads(Path(a.manifest).read_text())
     upstream = a.upstream or (a.base if a.direct else None)
-    ctx = Ctx(m=m, c=Client(a.base, timeout=60), direct=a.direct, tokens=dict(m["tokens"]),
-              up=Client(upstream, timeout=60) if upstream else None)
+    # The shared client is deliberately cookie-less (cookie_jar=False): it carries the "no credentials" cases, which
+    # must not send a cookie some earlier login set; cases that simulate the browser use ctx.browser(), which keeps
+    # cookies. The follow-up client talks Bearer to InvokeAI itself and must not depend on earlier cases either.
+    ctx = Ctx(m=m, c=Client(a.base, timeout=60, cookie_jar=False), direct=a.direct, tokens=dict(m["tokens"]),
+              up=Client(upstream, timeout=60, cookie_jar=False) if upstream else None)
     mx = Matrix(ctx)
     cases = mx.build()
     if a.only:

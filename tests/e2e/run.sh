@@ -80,7 +80,7 @@ free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-http_status() {  # URL -> HTTP status (000 when nothing answers)
+http_status() {  # URL -> HTTP status (000 when nothing answers); browser-like Accept-Encoding, one-shot (no cookies)
   "$PY" - "$1" <<'PYEOF'
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": "gzip, deflate, br"})  # like a browser

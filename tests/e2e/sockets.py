@@ -444,8 +444,12 @@ class Suite:
         self.a = a
         self.m = json.loads(Path(a.manifest).read_text())
         self.v = self.m.get("version") or self.m.get("invokeai_version") or ""
-        self.c = Client(a.base, timeout=60)
-        self.up = Client(a.upstream or a.base, timeout=60)
+        # Gzip like a browser, but no shared cookie jar: these drive the API as many users by Bearer token (a jar
+        # would carry one login's session cookie into every other user's requests). The socket clients themselves
+        # (python-socketio over a requests.Session: gzip accepted, cookies kept) are browser-like; the login that
+        # must yield a cookie uses its own jar (guard_login_cookie).
+        self.c = Client(a.base, timeout=60, cookie_jar=False)
+        self.up = Client(a.upstream or a.base, timeout=60, cookie_jar=False)
         self.direct = a.direct
         self.tokens = dict(self.m["tokens"])
         self.users = self.m["users"]

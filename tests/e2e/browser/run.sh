@@ -109,7 +109,7 @@ t_install=$(secs "$t")
 free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
-http_status() {  # URL [Accept-Encoding, default like a browser] -> HTTP status (000 when nothing answers)
+http_status() {  # URL [Accept-Encoding, default like a browser] -> HTTP status (000 when nothing answers); one-shot probe, no cookies
   "$PY" - "$1" "${2:-gzip, deflate, br}" <<'PYEOF'
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": sys.argv[2]})
