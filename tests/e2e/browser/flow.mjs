@@ -579,7 +579,7 @@ const report = {
 fs.writeFileSync(args.out, JSON.stringify(report, null, 2));
 log(`${records.length} responses recorded (${records.filter((r) => r.phase === 'session').length} after login); report ${args.out}`);
 const ok = passed === checks.length;
-if (MODE === 'guard') console.log(`${ok ? 'PASS' : 'FAIL'} ${passed}/${checks.length} leaks=${leaks.length} false_denies=${falseDenies.length}`);
+if (MODE === 'guard') console.log(`${ok ? 'PASS' : 'FAIL'} ${passed}/${checks.length} leaks=${leaks.length} false_denies=${falseDenies.length} (InvokeAI ${manifest.invokeai_version} web UI)`);
 else console.log(`baseline (InvokeAI directly): ${passed}/${checks.length} checks, leaks=${leaks.length}`);
 process.exit(ok ? 0 : 1);
 
