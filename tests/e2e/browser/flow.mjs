@@ -75,8 +75,8 @@ const V612 = VERSION.startsWith('6.12.');
 const V613 = VERSION.startsWith('6.13.');
 // Per-version UI differences (labels as the UI renders them in English).
 const UI = {
-  // the gallery's upload button: "Upload Image(s)" up to 6.13, "Upload Media" from 6.14 (videos)
-  uploadButton: 'button[aria-label="Upload Media"], button[aria-label="Upload Image(s)"]',
+  // the gallery's upload button: "Upload Image(s)" on 6.12, "Upload Images" on 6.13, "Upload Media" from 6.14
+  uploadButton: `button[aria-label="${V612 ? 'Upload Image(s)' : V613 ? 'Upload Images' : 'Upload Media'}"]`,
 };
 // Checks expected to fail on some versions until the guard recomputes lists (the lead's work, as the matrix's
 // R_REWRITE xfails): name -> reason. Not counted in N; a pass is reported as XPASS.
@@ -386,6 +386,7 @@ try {
   // ---- 5. upload through the upload button's file chooser
   const upName = `${USER}-browser-upload.png`;
   const fcP = page.waitForEvent('filechooser', { timeout: 15000 });
+  fcP.catch(() => {}); // awaited below; a timeout must not end the process as an unhandled rejection
   const upResp = await waitResponse(
     (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/v1/images/upload',
     async () => {
@@ -432,6 +433,7 @@ try {
     await page.getByText(bName, { exact: true }).first().click();
     await page.waitForTimeout(800);
     const fc2 = page.waitForEvent('filechooser', { timeout: 15000 });
+    fc2.catch(() => {});
     const up2 = await waitResponse(
       (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/v1/images/upload',
       async () => {
