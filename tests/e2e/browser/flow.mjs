@@ -77,6 +77,8 @@ const V613 = VERSION.startsWith('6.13.');
 const UI = {
   // the gallery's upload button: "Upload Image(s)" on 6.12, "Upload Images" on 6.13, "Upload Media" from 6.14
   uploadButton: `button[aria-label="${V612 ? 'Upload Image(s)' : V613 ? 'Upload Images' : 'Upload Media'}"]`,
+  // the gear at the bottom of the left bar (menu: Settings, About, Hotkeys, ...)
+  settingsMenu: 'button[aria-label="Menu"], button[aria-label="Settings"]',
 };
 // Checks expected to fail on some versions until the guard recomputes lists (the lead's work, as the matrix's
 // R_REWRITE xfails): name -> reason. Not counted in N; a pass is reported as XPASS.
@@ -134,7 +136,8 @@ const CHECK_IDS = [
   'gallery shows own images', 'gallery thumbnails load (media cookie)', 'gallery hides bob\'s images and board',
   'own board shows its image', 'upload through the file chooser', 'create a board', 'upload into the new board',
   'create and save a workflow', 'reopen the saved workflow from the library', 'edit and save the workflow again',
-  'workflow library lists own workflow, not bob\'s', 'logout, then a reload of /login shows the login form',
+  'workflow library lists own workflow, not bob\'s', 'settings and about dialogs open',
+  'logout, then a reload of /login shows the login form',
   'Socket.IO connects', 'no error or authorization toast',
   `no data of bob's reaches ${USER}`,
   ...(MODE === 'guard' ? ['bob does not see the user\'s board or uploads', 'bob cannot open the user\'s workflow',
@@ -552,6 +555,26 @@ try {
   }
   check('workflow library lists own workflow, not bob\'s', libOpen && ownWf && !bobWf,
     `library ${libOpen ? 'open' : 'NOT open'}; "${myWorkflow.name}"${made.workflow ? ` and "${wfName}"` : ''} ${ownWf ? 'listed' : 'missing'}; "${bobWorkflow.name}" ${bobWf ? 'LISTED' : 'absent'}`);
+
+  // ---- 7c. the settings menu's Settings and About dialogs (what they load, e.g. the runtime configuration on the
+  // older UIs, is recorded and classified with everything else)
+  const dialogsSeen = [];
+  for (const item of ['Settings', 'About']) {
+    try {
+      await page.locator(UI.settingsMenu).first().click();
+      await page.getByRole('menuitem', { name: new RegExp(`^${item}$`, 'i') }).first().click({ timeout: 10000 });
+      const d = page.locator('[role="dialog"]').last();
+      if (await d.waitFor({ state: 'visible', timeout: 10000 }).then(() => true, () => false)) dialogsSeen.push(item);
+      await page.waitForTimeout(1500);
+      await shot(`07-${item.toLowerCase()}`);
+      await page.keyboard.press('Escape');
+      await page.waitForTimeout(500);
+    } catch (e) {
+      log(`${item} dialog: ${String(e.message).split('\n')[0]}`);
+      await page.keyboard.press('Escape').catch(() => {});
+    }
+  }
+  check('settings and about dialogs open', dialogsSeen.length === 2, `opened: [${dialogsSeen.join(', ')}]`);
 
   // ---- 8. Socket.IO: let the client finish connecting
   for (let i = 0; i < 40 && !ws.connectAck; i++) await page.waitForTimeout(250);
