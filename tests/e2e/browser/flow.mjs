@@ -83,10 +83,15 @@ const UI = {
 // Checks expected to fail on some versions until the guard recomputes lists (the lead's work, as the matrix's
 // R_REWRITE xfails): name -> reason. Not counted in N; a pass is reported as XPASS.
 const XFAIL = {};
+const WF_LIST_612 = 'needs response rewriting of list bodies (spec §4; 6.12 workflow lists are not scoped: no owner '
+  + 'columns; the matrix marks the same cases xfail)';
 if (V612) {
-  XFAIL['bob does not see the user\'s workflow in his list'] = 'needs response rewriting of list bodies (spec §4; '
-    + '6.12 workflow lists are not scoped: no owner columns)';
+  XFAIL['bob does not see the user\'s workflow in his list'] = WF_LIST_612;
+  XFAIL['workflow library lists own workflow, not bob\'s'] = WF_LIST_612;
 }
+// On 6.12 bob's workflow also shows up in the user's own workflow list bodies (the same gap): those hits are
+// reported separately as expected failures; any other trace of bob's data still fails the leak check.
+const knownLeak612 = (l) => V612 && /^workflow (id|name) /.test(l.what) && l.path === '/api/v1/workflows/';
 
 // The Socket.IO polling workaround, for the DIRECT baseline run only (SOCKET_GZIP_WORKAROUND=0 turns it off):
 // InvokeAI 6.14.2 answers 500 to every Engine.IO polling request that carries `Accept-Encoding: gzip` (its
@@ -174,6 +179,15 @@ function normKey(method, url) {
 
 // Guard denials that are deliberate (stricter than this upstream, per InvokeAI main) and harmless to the UI.
 const EXPECTED_STRICTER = [
+  {
+    // 6.12 answers these anonymously (spec holes 10, 11, 25); main requires a login, and so does the guard. The 6.12
+    // UI fires them while it shows the login form (before login, after logout) and ignores the 401: the login form
+    // and everything after it work (the other checks).
+    test: (r) => V612 && !r.credentialed && r.status === 401 && ['pre-login', 'logout'].includes(r.phase) && r.method === 'GET'
+      && /^\/api\/(v1\/queue\/default\/(current|counts_by_destination)|v1\/app\/patchmatch_status|v2\/models\/(missing)?|v1\/workflows\/counts_by_category)$/.test(r.path),
+    why: 'anonymous request of the 6.12 login screen to a route main requires a login for (public on 6.12: holes 10/11/25); '
+      + 'the guard answers 401 as main, the UI keeps showing the login form',
+  },
   {
     test: (r) => r.path === '/ws/socket.io/' && r.status === 401 && !r.credentialed,
     why: 'anonymous Socket.IO handshake (before login or after logout): the guard refuses it with 401 (rule socketio, as main); '
@@ -548,7 +562,8 @@ try {
     ownWf = ownWf && newWf;
     bobWf = (await dialog.innerText()).includes(bobWorkflow.name);
     await shot('06-workflow-library');
-    await dialog.getByText('Shared Workflows', { exact: true }).click().catch(() => {});
+    // (6.13+: workflow sharing; 6.12 has no such tab)
+    if (!V612) await dialog.getByText('Shared Workflows', { exact: true }).click({ timeout: 5000 }).catch(() => {});
     await page.waitForTimeout(1500);
     bobWf = bobWf || (await dialog.innerText()).includes(bobWorkflow.name);
     await page.keyboard.press('Escape');
@@ -563,7 +578,7 @@ try {
     try {
       await page.locator(UI.settingsMenu).first().click();
       await page.getByRole('menuitem', { name: new RegExp(`^${item}$`, 'i') }).first().click({ timeout: 10000 });
-      const d = page.locator('[role="dialog"]').last();
+      const d = page.getByRole('dialog', { name: item, exact: true });
       if (await d.waitFor({ state: 'visible', timeout: 10000 }).then(() => true, () => false)) dialogsSeen.push(item);
       await page.waitForTimeout(1500);
       await shot(`07-${item.toLowerCase()}`);
@@ -635,11 +650,16 @@ check('no error or authorization toast', badToasts.length === 0,
 const leaks = [];
 for (const r of records) {
   for (const { what, s } of secrets) {
-    if (r.url.includes(s)) leaks.push({ where: `URL ${r.method} ${r.url}`, what });
-    else if (r.body && r.body.includes(s)) leaks.push({ where: `body of ${r.method} ${r.url} (${r.status})`, what });
+    if (r.url.includes(s)) leaks.push({ where: `URL ${r.method} ${r.url}`, what, path: r.path });
+    else if (r.body && r.body.includes(s)) leaks.push({ where: `body of ${r.method} ${r.url} (${r.status})`, what, path: r.path });
   }
 }
 for (const f of ws.frames || []) for (const { what, s } of secrets) if (f.includes(s)) leaks.push({ where: 'websocket frame', what });
+const expectedLeaks = leaks.filter(knownLeak612);
+if (expectedLeaks.length) {
+  log(`xfail ${expectedLeaks.length} traces of bob's workflow in ${USER}'s workflow list bodies [${WF_LIST_612}]`);
+  for (const l of expectedLeaks) leaks.splice(leaks.indexOf(l), 1);
+}
 check(`no data of bob's reaches ${USER}`, leaks.length === 0,
   leaks.length ? leaks.slice(0, 5).map((l) => `${l.what} in ${l.where}`).join(' | ')
     : `${secrets.length} markers over ${records.filter((r) => r.body).length} bodies and ${ws.framesReceived} frames`
