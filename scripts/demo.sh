@@ -46,7 +46,7 @@ import json, sys
 sys.path.insert(0, sys.argv[4])
 from igclient import Client, png
 base, pw, out = sys.argv[1], sys.argv[2], sys.argv[3]
-c = Client(base)
+c = Client(base, cookie_jar=False)  # gzip like a browser; several users by Bearer token, so no shared jar
 def ok(r, what):
     if r.status not in (200, 201):
         sys.exit(f"demo: {what}: {r.status} {r.detail()}")
@@ -79,7 +79,7 @@ python3 - "http://127.0.0.1:$INVOKE_PORT" "http://127.0.0.1:$GUARD_PORT" "$PASSW
 import json, sys
 sys.path.insert(0, sys.argv[5])
 from igclient import Client
-direct, guarded, pw = Client(sys.argv[1]), Client(sys.argv[2]), sys.argv[3]
+direct, guarded, pw = Client(sys.argv[1]), Client(sys.argv[2]), sys.argv[3]  # browser-like: gzip, cookie jars
 ids = json.load(open(sys.argv[4]))
 bob = guarded.request("POST", "/api/v1/auth/login", json_body={"email": "bob@demo.example", "password": pw, "remember_me": False}).json()["token"]
 path = f"/api/v1/images/i/{ids['image_name']}/full"

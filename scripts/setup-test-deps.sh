@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the end-to-end tests need, idempotently (a second run is a fast no-op):
 #   - Debian packages: curl, python3-venv (InvokeAI venvs), chromium + chromium-driver (web UI test)
-#   - InvokeAI 6.12.0 and 6.14.2 venvs (scripts/invokeai/install.sh; cached outside the repo)
+#   - InvokeAI 6.12.0, 6.13.8 and 6.14.2 venvs (scripts/invokeai/install.sh; cached outside the repo)
 #   - the Socket.IO client venv of the socket suite (tests/e2e/sockets-venv.sh; cached outside the repo)
 #   - npm packages for the browser test (tests/e2e/browser; node_modules is git-ignored)
 set -euo pipefail
@@ -22,7 +22,7 @@ if (( ${#need_apt[@]} )); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-for v in 6.12.0 6.14.2; do
+for v in 6.12.0 6.13.8 6.14.2; do
   "$REPO/scripts/invokeai/install.sh" "$v" >/dev/null
 done
 # the real Socket.IO client of tests/e2e/sockets.py (python-socketio[client] + websocket-client, pinned)

@@ -4,10 +4,11 @@
 #   1. unit + integration tests (cargo test: real guard on 127.0.0.1:0, recording mock upstream,
 #      fixture databases written by real InvokeAI, raw-TCP smuggling cases, the rule-test matrix
 #      tests/data/policy/*.toml decision-only and through the guard)
-#   2. end-to-end: real InvokeAI 6.12.0 and 6.14.2 from PyPI (cached venvs outside the repo),
+#   2. end-to-end: real InvokeAI 6.12.0, 6.13.8 and 6.14.2 from PyPI (cached venvs outside the repo),
 #      the cross-user matrix and the Socket.IO suite (real python-socketio clients) through the
 #      guard (tests/e2e/run.sh)
-#   3. the official web UI through the guard in headless Chromium (tests/e2e/browser/run.sh)
+#   3. the official web UI of each of those versions through the guard in headless Chromium
+#      (tests/e2e/browser/run.sh VERSION)
 #   4. deployment artefacts: Kubernetes manifests and the Compose file against their schemas
 #      (scripts/deploy/validate.sh; cached venv outside the repo)
 #   5. scripts/demo.sh 6.12.0 (real InvokeAI behind the guard: a leak refused)
@@ -76,16 +77,19 @@ cargo build --release --locked
 step "rule tests as an operator runs them (invoke-guard test)"
 target/release/invoke-guard test tests/data/policy/6.12.0.toml tests/data/policy/6.14.2.toml
 
-step "end-to-end against real InvokeAI 6.12.0 and 6.14.2"
-GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.14.2 2>&1 | tee -a "$LOG"
+step "end-to-end against real InvokeAI 6.12.0, 6.13.8 and 6.14.2"
+GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/run.sh 6.12.0 6.13.8 6.14.2 2>&1 | tee -a "$LOG"
 
 step "the newcomer's demo (scripts/demo.sh 6.12.0, non-interactive)"
 DEMO_KEEP=0 GUARD_BIN="$REPO/target/release/invoke-guard" scripts/demo.sh 6.12.0 2>&1 | tee -a "$LOG"
 
-if [[ -x tests/e2e/browser/run.sh ]]; then
-  step "web UI through the guard (headless Chromium, InvokeAI 6.14.2)"
-  GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/browser/run.sh 2>&1 | tee -a "$LOG"
-fi
+# Every version's web UI runs even when an earlier one fails; the suite fails at the end then.
+ui_rc=0
+for v in 6.12.0 6.13.8 6.14.2; do
+  step "web UI through the guard (headless Chromium, InvokeAI $v)"
+  GUARD_BIN="$REPO/target/release/invoke-guard" tests/e2e/browser/run.sh "$v" 2>&1 | tee -a "$LOG" || ui_rc=1
+done
 
 echo "whole suite done in $(( $(date +%s) - t0 )) s"
 summary
+[[ $ui_rc == 0 ]] || { echo "test.sh: the web UI test failed on at least one version (see above)" >&2; exit 1; }

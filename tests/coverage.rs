@@ -73,6 +73,7 @@ fn real_server_route_lists_are_covered() {
         .collect();
     for (file, column) in [
         ("invokeai-6.12.0.paths.tsv", "6.12"),
+        ("invokeai-6.13.8.paths.tsv", "6.13"),
         ("invokeai-6.14.2.paths.tsv", "main"),
     ] {
         let text = std::fs::read_to_string(format!(

@@ -5,6 +5,7 @@
 
 HEAD lines appear only where the OpenAPI document declares them. Stdlib only.
 """
+import gzip
 import json
 import sys
 import urllib.request
@@ -16,8 +17,13 @@ def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    with urllib.request.urlopen(sys.argv[1].rstrip("/") + "/openapi.json", timeout=30) as r:
-        doc = json.load(r)
+    # browser-like: gzip accepted (openapi.json is well above InvokeAI's gzip threshold) and decoded
+    req = urllib.request.Request(sys.argv[1].rstrip("/") + "/openapi.json", headers={"Accept-Encoding": "gzip, deflate, br"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        raw = r.read()
+        if r.headers.get("Content-Encoding") not in (None, "", "identity", "gzip"):
+            raise SystemExit(f"unexpected Content-Encoding {r.headers.get('Content-Encoding')}")
+        doc = json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw)
     rows = sorted({(m.upper(), path) for path, ops in doc.get("paths", {}).items() for m in ops if m in METHODS},
                   key=lambda t: (t[1], t[0]))
     if not rows:

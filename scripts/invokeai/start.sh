@@ -63,10 +63,14 @@ echo "$pid" > "$ROOT/server.pid"
 
 ready() {
   "$PY" - "$PORT" <<'PYEOF'
-import json, sys, urllib.request
+import gzip, json, sys, urllib.request
+# browser-like: gzip accepted (and decoded); one anonymous probe, so no cookie jar
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/api/v1/auth/status",
+                             headers={"Accept-Encoding": "gzip, deflate, br"})
 try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/auth/status", timeout=2) as r:
-        body = json.load(r)
+    with urllib.request.urlopen(req, timeout=2) as r:
+        raw = r.read()
+        body = json.loads(gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw)
     sys.exit(0 if body.get("multiuser_enabled") is True else 3)
 except Exception:
     sys.exit(1)

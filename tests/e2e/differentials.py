@@ -38,7 +38,8 @@ def main() -> int:
     a = ap.parse_args()
     m = json.loads(Path(a.manifest).read_text())
     bob, admin = m["tokens"]["bob"], m["tokens"]["admin"]
-    c = Client(a.base, timeout=30)
+    # Gzip like a browser; no cookie jar: raw protocol evidence sent as bob and admin by Bearer token only.
+    c = Client(a.base, timeout=30, cookie_jar=False)
     try:
         ver = c.request("GET", "/api/v1/app/version").json()["version"]
     except Exception as e:  # noqa: BLE001

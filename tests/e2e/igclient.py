@@ -10,9 +10,11 @@ passed on: InvokeAI only gzips, so a brotli body means something in between re-e
 visible: `Response.headers` are the headers as received (Content-Encoding included), `Response.raw_body` the
 bytes as received, `Response.content_encoding` the coding that was decoded ("" for none).
 
-`Client(base, cookie_jar=True)` keeps cookies across requests like a browser (http.cookiejar: Set-Cookie,
-Max-Age/Expires, deletion, path); without it (the default) the client is stateless and sends only the cookies a
-call passes explicitly, which is what "no credentials" cases need.
+Cookies too: `Client(base)` keeps cookies across requests like a browser (http.cookiejar: Set-Cookie,
+Max-Age/Expires, deletion, path). `Client(base, cookie_jar=False)` is stateless and sends only the cookies a call
+passes explicitly; only a client that must prove something about requests WITHOUT browser state asks for that
+(the matrix's shared client: its "no credentials" cases must not carry a cookie an earlier login set), and says
+why where it is built.
 """
 from __future__ import annotations
 
@@ -153,8 +155,9 @@ class Client:
     calls: int = field(default=0)
     # Sent on every request unless the call passes its own Accept-Encoding; None sends urllib's "identity".
     accept_encoding: str | None = BROWSER_ACCEPT_ENCODING
-    # True: keep cookies across requests like a browser (see module doc). Or pass a CookieJar to share one.
-    cookie_jar: bool | http.cookiejar.CookieJar = False
+    # True (default): keep cookies across requests like a browser (see module doc). False: stateless (say why at
+    # the call site). Or pass a CookieJar to share one.
+    cookie_jar: bool | http.cookiejar.CookieJar = True
     jar: http.cookiejar.CookieJar | None = field(default=None, init=False, repr=False)
     codings: dict = field(default_factory=dict)  # content coding -> number of responses decoded from it
 

@@ -21,7 +21,8 @@ Outcome of a case:
                 list bodies, spec §4 R1-R9). Not counted in N. No Socket.IO case is xfail: the guard
                 terminates and filters Socket.IO (tests/e2e/sockets.py has the full socket suite).
 
-Last line per run:  PASS n/N leaks=L false_denies=F   (xfail/xpass counts on the line before).
+Last line per run:  PASS n/N leaks=L false_denies=F (InvokeAI V matrix)   (xfail/xpass counts on the line before;
+the version keeps the lines of several versions distinct for scripts/test.sh's count).
 Exit status 0 only if every non-xfail case passed.
 
 Clients: every request is browser-like (igclient: `Accept-Encoding: gzip, deflate, br`, bodies decoded, the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import http.cookiejar
 import json
 import sys
 import threading
@@ -52,7 +54,6 @@ GZIP_MIN = 1000                            # InvokeAI's GZipMiddleware(minimum_s
 Q = "default"
 DENY = (401, 403, 404)
 
-R_REWRITE = "needs response rewriting of list bodies (spec §4 {})"
 STRICTER_612 = ("6.12 deletes every user's images here; main's narrower deletion cannot be had by allowing or "
                 "denying the request, so on 6.12 a refusal (stricter than main) is accepted; data loss is a leak")
 
@@ -122,6 +123,9 @@ class Matrix:
         self.download_queue = bool(f.get("download_queue"))
         self.version = self.m["invokeai_version"]
         self.v612 = self.version.startswith("6.12.")
+        # 6.13.x: board visibility, workflow owners/is_public and per-user lists upstream (the features above), but
+        # unscoped image lists without board_id (R1/R2), by_date covers of other users (R4), unscoped board cascade
+        self.v613 = self.version.startswith("6.13.")
         self.notes: list[str] = []  # printed before the run (e.g. why a case was not added)
 
     # ------------------------------------------------------------------ manifest helpers
@@ -1479,6 +1483,7 @@ class PollingSocket:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._jar = http.cookiejar.CookieJar()  # one cookie jar per socket, as a browser tab keeps them
 
     def _q(self):
         p = {"EIO": "4", "transport": "polling", "t": str(time.time_ns())}
@@ -1487,12 +1492,12 @@ class PollingSocket:
         return p
 
     def _post(self, payload: bytes):
-        return Client(self.c.base, timeout=10).request("POST", self.path, self.token, params=self._q(), data=payload,
-                                                        content_type="text/plain;charset=UTF-8", headers=self.headers)
+        return Client(self.c.base, timeout=10, cookie_jar=self._jar).request(
+            "POST", self.path, self.token, params=self._q(), data=payload, content_type="text/plain;charset=UTF-8", headers=self.headers)
 
     def _get(self):
-        return Client(self.c.base, timeout=70).request("GET", self.path, self.token, params=self._q(),
-                                                        headers=self.headers)
+        return Client(self.c.base, timeout=70, cookie_jar=self._jar).request(
+            "GET", self.path, self.token, params=self._q(), headers=self.headers)
 
     def _handle(self, text: str) -> list[str]:
         out = []
@@ -1770,8 +1775,11 @@ def main() -> int:
         sys.stdout = _Tee(sys.stdout, open(a.out, "w", encoding="utf-8"))
     m = json.loads(Path(a.manifest).read_text())
     upstream = a.upstream or (a.base if a.direct else None)
-    ctx = Ctx(m=m, c=Client(a.base, timeout=60), direct=a.direct, tokens=dict(m["tokens"]),
-              up=Client(upstream, timeout=60) if upstream else None)
+    # The shared client is deliberately cookie-less (cookie_jar=False): it carries the "no credentials" cases, which
+    # must not send a cookie some earlier login set; cases that simulate the browser use ctx.browser(), which keeps
+    # cookies. The follow-up client talks Bearer to InvokeAI itself and must not depend on earlier cases either.
+    ctx = Ctx(m=m, c=Client(a.base, timeout=60, cookie_jar=False), direct=a.direct, tokens=dict(m["tokens"]),
+              up=Client(upstream, timeout=60, cookie_jar=False) if upstream else None)
     mx = Matrix(ctx)
     cases = mx.build()
     if a.only:
@@ -1816,7 +1824,7 @@ def main() -> int:
     print(f"InvokeAI {mx.version} via {'upstream (direct)' if a.direct else 'guard'}: "
           f"{len(cases)} cases in {time.time() - t0:.1f}s; other failures={fails} xfail={xf} xpass={xp} "
           f"skipped={skipped}; compressed responses decoded: {coded}")
-    print(f"PASS {n_pass}/{len(counted)} leaks={leaks} false_denies={fdeny}")
+    print(f"PASS {n_pass}/{len(counted)} leaks={leaks} false_denies={fdeny} (InvokeAI {mx.version} matrix)")
     return 0 if n_pass == len(counted) else 1
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end suite: invoke-guard in front of real, unmodified InvokeAI servers.
 #
-#   tests/e2e/run.sh [--direct] [VERSION...]        (default versions: 6.12.0 6.14.2)
+#   tests/e2e/run.sh [--direct] [VERSION...]        (default versions: 6.12.0 6.13.8 6.14.2)
 #
 # For each VERSION:
 #   1. scripts/invokeai/install.sh VERSION          (cached venv; a fast no-op when installed)
@@ -43,7 +43,7 @@ for a in "$@"; do
     *) VERSIONS+=("$a") ;;
   esac
 done
-[[ ${#VERSIONS[@]} -gt 0 ]] || VERSIONS=(6.12.0 6.14.2)
+[[ ${#VERSIONS[@]} -gt 0 ]] || VERSIONS=(6.12.0 6.13.8 6.14.2)
 
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
@@ -80,7 +80,7 @@ free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-http_status() {  # URL -> HTTP status (000 when nothing answers)
+http_status() {  # URL -> HTTP status (000 when nothing answers); browser-like Accept-Encoding, one-shot (no cookies)
   "$PY" - "$1" <<'PYEOF'
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": "gzip, deflate, br"})  # like a browser

@@ -60,7 +60,9 @@ def log(msg: str) -> None:
 
 class Scenario:
     def __init__(self, base: str, version: str | None):
-        self.c = Client(base)
+        # Gzip like a browser, but no shared cookie jar: this driver acts as six users by Bearer token, and one
+        # jar would send the last login's media cookie (6.14+) along with every other user's requests.
+        self.c = Client(base, cookie_jar=False)
         self.version = version
         self.tokens: dict[str, str] = {}
         self.m: dict = {"users": {}, "boards": {}, "images": {}, "workflows": {}, "queue_items": {},

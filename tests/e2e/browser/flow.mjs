@@ -6,8 +6,10 @@
 //                 [--upstream URL] [--screenshot gallery.png] [--shots DIR] [--log FILE] [--chromium /usr/bin/chromium]
 //
 // One normal user session: open the UI, log in through the login form, check the gallery (own images, none of
-// bob's), open the user's board, upload an image through the file chooser, create a board, open the workflow
-// library, let Socket.IO connect, log out and reload /login. Every HTTP response the browser receives is recorded
+// bob's), open the user's board, upload an image through the file chooser, create a board and upload an image into
+// it, create a workflow and save it, reopen it from the library, edit and save it again, check the workflow library,
+// let Socket.IO connect, log out and reload /login; then (guard mode) bob, through the same base URL, sees none of
+// what the user made (board, uploads, workflow). Every HTTP response the browser receives is recorded
 // (URL, status, whether the body is JSON {"detail": ...}) plus the Socket.IO handshake and frames and every toast.
 //
 // --mode direct  runs the flow straight against InvokeAI (the baseline: what the unguarded server answers);
@@ -20,6 +22,12 @@
 // Leaks: any of bob's image names, board id/name, workflow id/name in a response body, a response URL or a
 // Socket.IO frame the browser received.
 // Prints one line per check and, in guard mode, `PASS n/N leaks=L false_denies=F` (or FAIL ...) last.
+// Versions: the web UIs of 6.12, 6.13 and 6.14 differ in a few labels and in what they do at start-up; the
+// differences live in UI below (selected by the manifest's invokeai_version), the flow itself is shared.
+// In direct mode the isolation checks (bob's data hidden) only describe the upstream (6.12 itself lists every
+// user's workflows): they are printed as notes and do not fail the baseline; the guard run must pass them.
+// Checks may be marked expected-to-fail (XFAIL below) where the guard lacks a capability (list recomputation);
+// such a check is printed as xfail/XPASS and not counted, like the matrix's xfail cases.
 // Exit status: 0 all checks passed, 1 a check failed, 2 usage/setup error.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
@@ -62,6 +70,20 @@ if (!me) {
   console.error(`flow.mjs: user ${USER} not in manifest`);
   process.exit(2);
 }
+const VERSION = String(manifest.invokeai_version || '');
+const V612 = VERSION.startsWith('6.12.');
+const V613 = VERSION.startsWith('6.13.');
+// Per-version UI differences (labels as the UI renders them in English).
+const UI = {
+  // the gallery's upload button: "Upload Image(s)" on 6.12, "Upload Images" on 6.13, "Upload Media" from 6.14
+  uploadButton: `button[aria-label="${V612 ? 'Upload Image(s)' : V613 ? 'Upload Images' : 'Upload Media'}"]`,
+  // the gear at the bottom of the left bar (menu: Settings, About, Hotkeys, ...)
+  settingsMenu: 'button[aria-label="Menu"], button[aria-label="Settings"]',
+};
+// Checks expected to fail on some version (name -> reason): not counted in N; a pass is reported as XPASS.
+// None today: the guard recomputes 6.12's workflow lists (routes.toml `visible_workflow_page`).
+const XFAIL = {};
+
 // The Socket.IO polling workaround, for the DIRECT baseline run only (SOCKET_GZIP_WORKAROUND=0 turns it off):
 // InvokeAI 6.14.2 answers 500 to every Engine.IO polling request that carries `Accept-Encoding: gzip` (its
 // content-type-aware GZip responder reads the lower-case header of a response engine.io sends as `Content-Type`,
@@ -108,18 +130,28 @@ const CHECK_IDS = [
   'login form shown', 'login accepted', 'app shell rendered after login',
   ...(MODE === 'guard' ? ['guard session cookie set'] : []),
   'gallery shows own images', 'gallery thumbnails load (media cookie)', 'gallery hides bob\'s images and board',
-  'own board shows its image', 'upload through the file chooser', 'create a board',
-  'workflow library lists own workflow, not bob\'s', 'logout, then a reload of /login shows the login form',
+  'own board shows its image', 'upload through the file chooser', 'create a board', 'upload into the new board',
+  'create and save a workflow', 'reopen the saved workflow from the library', 'edit and save the workflow again',
+  'workflow library lists own workflow, not bob\'s', 'settings and about dialogs open',
+  'logout, then a reload of /login shows the login form',
   'Socket.IO connects', 'no error or authorization toast',
   `no data of bob's reaches ${USER}`,
+  ...(MODE === 'guard' ? ['bob does not see the user\'s board or uploads', 'bob cannot open the user\'s workflow',
+    'bob does not see the user\'s workflow in his list'] : []),
   ...(MODE === 'guard' ? ['guard decision log has decision lines', 'no false denies by the guard'] : []),
   'no 5xx responses',
 ];
 const checks = [];
+// Isolation checks: in direct mode they describe InvokeAI itself (6.12 leaks by design), so they are notes there.
+const ISOLATION = new Set(['gallery hides bob\'s images and board', 'workflow library lists own workflow, not bob\'s',
+  `no data of bob's reaches ${USER}`]);
 function check(name, ok, detail = '') {
   if (!CHECK_IDS.includes(name)) throw new Error(`unknown check ${name}`);
-  checks.push({ name, ok: !!ok, detail });
-  log(`${ok ? 'ok  ' : 'FAIL'} ${name}${detail ? ` — ${detail}` : ''}`);
+  const note = MODE === 'direct' && ISOLATION.has(name) && !ok;
+  const xfail = XFAIL[name];
+  checks.push({ name, ok: !!ok || note, detail, ...(note ? { upstream_leak: true } : {}), ...(xfail ? { xfail } : {}) });
+  const tag = xfail ? (ok ? 'XPASS' : 'xfail') : ok ? 'ok  ' : note ? 'note' : 'FAIL';
+  log(`${tag} ${name}${detail ? ` — ${detail}` : ''}${note ? ' (InvokeAI itself; not the guard)' : ''}${xfail ? ` [${xfail}]` : ''}`);
   return !!ok;
 }
 
@@ -138,6 +170,22 @@ function normKey(method, url) {
 
 // Guard denials that are deliberate (stricter than this upstream, per InvokeAI main) and harmless to the UI.
 const EXPECTED_STRICTER = [
+  {
+    // 6.12 answers these anonymously (spec holes 10, 11, 25); main requires a login, and so does the guard. The 6.12
+    // UI fires them while it shows the login form (before login, after logout) and ignores the 401: the login form
+    // and everything after it work (the other checks).
+    test: (r) => V612 && !r.credentialed && r.status === 401 && ['pre-login', 'logout'].includes(r.phase) && r.method === 'GET'
+      && /^\/api\/(v1\/queue\/default\/(current|counts_by_destination)|v1\/app\/patchmatch_status|v2\/models\/(missing)?|v1\/workflows\/counts_by_category)$/.test(r.path),
+    why: 'anonymous request of the 6.12 login screen to a route main requires a login for (public on 6.12: holes 10/11/25); '
+      + 'the guard answers 401 as main, the UI keeps showing the login form',
+  },
+  {
+    // The 6.12 Settings dialog reads the runtime configuration (API keys and HF tokens in plain text on 6.12). main
+    // (and 6.14.2 itself) answers 403 to non-admins; so does the guard. The dialog shows the same either way.
+    test: (r) => V612 && r.status === 403 && r.method === 'GET' && r.path === '/api/v1/app/runtime_config',
+    why: 'non-admin read of the runtime configuration (plaintext secrets on 6.12): admin-only in main and 6.14.2; '
+      + 'the 6.12 Settings dialog renders the same without it',
+  },
   {
     test: (r) => r.path === '/ws/socket.io/' && r.status === 401 && !r.credentialed,
     why: 'anonymous Socket.IO handshake (before login or after logout): the guard refuses it with 401 (rule socketio, as main); '
@@ -218,6 +266,7 @@ if (!fs.existsSync(CHROMIUM)) {
 let context;
 let page;
 let fatal = null;
+const made = { board: null, images: [], workflow: null }; // what the user made in the UI (bob must not see it)
 const shot = async (name) => {
   if (!args.shots || !page) return;
   try { await page.screenshot({ path: path.join(args.shots, `${MODE}-${name}.png`) }); } catch { /* ignore */ }
@@ -352,10 +401,11 @@ try {
   // ---- 5. upload through the upload button's file chooser
   const upName = `${USER}-browser-upload.png`;
   const fcP = page.waitForEvent('filechooser', { timeout: 15000 });
+  fcP.catch(() => {}); // awaited below; a timeout must not end the process as an unhandled rejection
   const upResp = await waitResponse(
     (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/v1/images/upload',
     async () => {
-      await page.locator('button[aria-label="Upload Media"]').first().click();
+      await page.locator(UI.uploadButton).first().click();
       const fc = await fcP;
       await fc.setFiles({ name: upName, mimeType: 'image/png', buffer: pngBytes(80, 60, [30, 160, 220]) });
     },
@@ -389,29 +439,155 @@ try {
   check('create a board', [200, 201].includes(bResp.status()) && bShown,
     `POST /api/v1/boards/ -> ${bResp.status()}${bName ? `, "${bName}" ${bShown ? 'listed' : 'NOT listed'}` : ''}`);
 
-  // ---- 7. workflow library
+  // ---- 6b. upload into the new board: select it, then the same upload button (the UI sends board_id)
+  made.board = newBoard?.board_id || null;
+  let inBoard = null;
+  let inBoardShown = false;
+  let upBoardStatus = 0;
+  if (bName) {
+    await page.getByText(bName, { exact: true }).first().click();
+    await page.waitForTimeout(800);
+    const fc2 = page.waitForEvent('filechooser', { timeout: 15000 });
+    fc2.catch(() => {});
+    const up2 = await waitResponse(
+      (r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/v1/images/upload',
+      async () => {
+        await page.locator(UI.uploadButton).first().click();
+        const fc = await fc2;
+        await fc.setFiles({ name: `${USER}-board-upload.png`, mimeType: 'image/png', buffer: pngBytes(64, 64, [220, 90, 30]) });
+      },
+    );
+    upBoardStatus = up2.status();
+    try { inBoard = await up2.json(); } catch { /* not json */ }
+    if (inBoard?.image_name) {
+      inBoardShown = await page.locator(`[data-item-id="${inBoard.image_name}"]`).waitFor({ state: 'visible', timeout: 15000 })
+        .then(() => true, () => false);
+    }
+  }
+  made.images = [uploaded, inBoard?.image_name].filter(Boolean);
+  await shot('05b-board-upload');
+  check('upload into the new board', [200, 201].includes(upBoardStatus) && inBoard?.board_id === made.board && inBoardShown,
+    `POST /api/v1/images/upload -> ${upBoardStatus}${inBoard ? `, board_id ${inBoard.board_id === made.board ? 'the new board' : inBoard.board_id}, `
+      + `${inBoard.image_name} ${inBoardShown ? 'shown in the board' : 'NOT shown'}` : ''}`);
+  await page.getByText('Uncategorized', { exact: true }).first().click().catch(() => {});
+
+  // ---- 7. workflows: create and save (Save As), reopen from the library, edit and save again
   await page.locator('[data-testid="Workflows"]').click();
-  await page.getByText('Load Workflow', { exact: true }).first().click();
-  const dialog = page.locator('[role="dialog"]').filter({ hasText: 'Workflow Library' });
-  const libOpen = await dialog.waitFor({ state: 'visible', timeout: 20000 }).then(() => true, () => false);
+  await page.waitForTimeout(1000);
+  const wfName = `${me.display_name || USER} Browser Workflow`;
+  const wfResp = (method, re) => (r) => r.request().method() === method && re.test(new URL(r.url()).pathname);
+  let saved = null;
+  const saveResp = await waitResponse(wfResp('POST', /^\/api\/v1\/workflows\/$/), async () => {
+    await page.locator('[aria-label="Workflow Editor Menu"]').first().click();
+    await page.getByRole('menuitem', { name: 'Save Workflow As', exact: true }).click();
+    const dlg = page.locator('[role="alertdialog"], [role="dialog"]').filter({ hasText: 'Save Workflow As' });
+    await dlg.locator('input').first().fill(wfName);
+    await dlg.getByRole('button', { name: 'Save As', exact: true }).click();
+  }).catch((e) => { log(`save as: ${String(e.message).split('\n')[0]}`); return null; });
+  try { saved = saveResp ? await saveResp.json() : null; } catch { /* not json */ }
+  made.workflow = saved?.workflow_id || null;
+  await shot('06a-workflow-saved');
+  check('create and save a workflow', saveResp?.status() === 200 && !!made.workflow,
+    `POST /api/v1/workflows/ -> ${saveResp?.status() ?? 'no request'}${made.workflow ? `, "${wfName}" ${made.workflow}` : ''}`);
+
+  const openLibrary = async () => {
+    // the launchpad offers "Load Workflow" while no workflow is open and "Browse Workflow Templates" after one
+    // was saved; both open the library dialog (in edit mode the editor is in front: back to the Launchpad tab)
+    const pad = page.getByText('Launchpad', { exact: true }).first();
+    if (await pad.isVisible().catch(() => false)) { await pad.click(); await page.waitForTimeout(500); }
+    const load = page.getByText('Load Workflow', { exact: true }).first();
+    if (await load.isVisible().catch(() => false)) await load.click();
+    else await page.getByText('Browse Workflow Templates', { exact: true }).first().click();
+    const d = page.locator('[role="dialog"]').filter({ hasText: 'Workflow Library' });
+    const open = await d.waitFor({ state: 'visible', timeout: 20000 }).then(() => true, () => false);
+    return { d, open };
+  };
+  let reopened = false;
+  let reopenStatus = 'no request';
+  if (made.workflow) {
+    const { d, open } = await openLibrary();
+    if (open) {
+      await d.getByText('Your Workflows', { exact: true }).click();
+      const getResp = await waitResponse(
+        (r) => r.request().method() === 'GET' && new URL(r.url()).pathname === `/api/v1/workflows/i/${made.workflow}`,
+        () => d.getByText(wfName, { exact: true }).first().click(),
+        20000,
+      ).catch(() => null);
+      reopenStatus = getResp ? getResp.status() : 'no request';
+      reopened = getResp?.status() === 200;
+      await page.waitForTimeout(1000);
+    } else reopenStatus = 'library did not open';
+  }
+  await shot('06b-workflow-reopened');
+  check('reopen the saved workflow from the library', reopened, `GET /api/v1/workflows/i/{id} -> ${reopenStatus}`);
+
+  let edited = false;
+  let editStatus = 'no request';
+  if (reopened) {
+    // a workflow opened from the library shows in view mode: switch to edit mode, change its description in the
+    // Details tab, then "Save Workflow" (PATCH)
+    const editBtn = page.locator('[aria-label="Edit in Workflow Editor"]').first();
+    if (await editBtn.isVisible().catch(() => false)) await editBtn.click();
+    await page.waitForTimeout(800);
+    await page.getByText('Details', { exact: true }).first().click();
+    await page.locator('textarea').first().fill(`edited by ${USER} in the browser`);
+    await page.waitForTimeout(500);
+    const patchResp = await waitResponse(wfResp('PATCH', new RegExp(`^/api/v1/workflows/i/${made.workflow}$`)), async () => {
+      await page.locator('[aria-label="Workflow Editor Menu"]').first().click();
+      await page.getByRole('menuitem', { name: 'Save Workflow', exact: true }).click();
+    }).catch((e) => { log(`save: ${String(e.message).split('\n')[0]}`); return null; });
+    editStatus = patchResp ? patchResp.status() : 'no request';
+    let body = null;
+    try { body = patchResp ? await patchResp.json() : null; } catch { /* not json */ }
+    edited = patchResp?.status() === 200 && String(body?.workflow?.description || '').includes('edited by');
+  }
+  await shot('06c-workflow-edited');
+  check('edit and save the workflow again', edited, `PATCH /api/v1/workflows/i/{id} -> ${editStatus}`);
+
+  // ---- 7b. workflow library
+  const { d: dialog, open: libOpen } = await openLibrary();
   let ownWf = false;
   let bobWf = false;
   if (libOpen) {
     const wfList = page.waitForResponse((r) => r.url().startsWith(BASE) && new URL(r.url()).pathname === '/api/v1/workflows/'
-      && new URL(r.url()).searchParams.getAll('categories').includes('user'), { timeout: 20000 }).catch(() => null);
+      && new URL(r.url()).searchParams.getAll('categories').includes('user'), { timeout: 8000 }).catch(() => null);
     await dialog.getByText('Your Workflows', { exact: true }).click();
     await wfList;
     ownWf = await dialog.getByText(myWorkflow.name, { exact: true }).first().waitFor({ state: 'visible', timeout: 15000 })
       .then(() => true, () => false);
+    const newWf = !made.workflow || await dialog.getByText(wfName, { exact: true }).first()
+      .waitFor({ state: 'visible', timeout: 5000 }).then(() => true, () => false);
+    ownWf = ownWf && newWf;
     bobWf = (await dialog.innerText()).includes(bobWorkflow.name);
     await shot('06-workflow-library');
-    await dialog.getByText('Shared Workflows', { exact: true }).click().catch(() => {});
+    // (6.13+: workflow sharing; 6.12 has no such tab)
+    if (!V612) await dialog.getByText('Shared Workflows', { exact: true }).click({ timeout: 5000 }).catch(() => {});
     await page.waitForTimeout(1500);
     bobWf = bobWf || (await dialog.innerText()).includes(bobWorkflow.name);
     await page.keyboard.press('Escape');
   }
   check('workflow library lists own workflow, not bob\'s', libOpen && ownWf && !bobWf,
-    `library ${libOpen ? 'open' : 'NOT open'}; "${myWorkflow.name}" ${ownWf ? 'listed' : 'missing'}; "${bobWorkflow.name}" ${bobWf ? 'LISTED' : 'absent'}`);
+    `library ${libOpen ? 'open' : 'NOT open'}; "${myWorkflow.name}"${made.workflow ? ` and "${wfName}"` : ''} ${ownWf ? 'listed' : 'missing'}; "${bobWorkflow.name}" ${bobWf ? 'LISTED' : 'absent'}`);
+
+  // ---- 7c. the settings menu's Settings and About dialogs (what they load, e.g. the runtime configuration on the
+  // older UIs, is recorded and classified with everything else)
+  const dialogsSeen = [];
+  for (const item of ['Settings', 'About']) {
+    try {
+      await page.locator(UI.settingsMenu).first().click();
+      await page.getByRole('menuitem', { name: new RegExp(`^${item}$`, 'i') }).first().click({ timeout: 10000 });
+      const d = page.getByRole('dialog', { name: item, exact: true });
+      if (await d.waitFor({ state: 'visible', timeout: 10000 }).then(() => true, () => false)) dialogsSeen.push(item);
+      await page.waitForTimeout(1500);
+      await shot(`07-${item.toLowerCase()}`);
+      await page.keyboard.press('Escape');
+      await page.waitForTimeout(500);
+    } catch (e) {
+      log(`${item} dialog: ${String(e.message).split('\n')[0]}`);
+      await page.keyboard.press('Escape').catch(() => {});
+    }
+  }
+  check('settings and about dialogs open', dialogsSeen.length === 2, `opened: [${dialogsSeen.join(', ')}]`);
 
   // ---- 8. Socket.IO: let the client finish connecting
   for (let i = 0; i < 40 && !ws.connectAck; i++) await page.waitForTimeout(250);
@@ -432,6 +608,9 @@ try {
     && reload?.status() === 200 && formAgain,
   `POST /api/v1/auth/logout -> ${outResp.status()}; url ${page.url()}; session cookies left [${left.join(',')}]; `
     + `GET /login -> ${reload?.status()}; login form ${formAgain ? 'shown' : 'MISSING'}`);
+
+  // ---- 10. (guard mode) another user, bob, through the same base URL: none of what the user made is his to see
+  if (MODE === 'guard') await otherUserSeesNothing();
 } catch (e) {
   fatal = e;
   log(`ERROR in the flow: ${String(e.stack || e).split('\n').slice(0, 3).join(' | ')}`);
@@ -469,8 +648,8 @@ check('no error or authorization toast', badToasts.length === 0,
 const leaks = [];
 for (const r of records) {
   for (const { what, s } of secrets) {
-    if (r.url.includes(s)) leaks.push({ where: `URL ${r.method} ${r.url}`, what });
-    else if (r.body && r.body.includes(s)) leaks.push({ where: `body of ${r.method} ${r.url} (${r.status})`, what });
+    if (r.url.includes(s)) leaks.push({ where: `URL ${r.method} ${r.url}`, what, path: r.path });
+    else if (r.body && r.body.includes(s)) leaks.push({ where: `body of ${r.method} ${r.url} (${r.status})`, what, path: r.path });
   }
 }
 for (const f of ws.frames || []) for (const { what, s } of secrets) if (f.includes(s)) leaks.push({ where: 'websocket frame', what });
@@ -568,7 +747,9 @@ if (failedRequests.length) log(`note: ${failedRequests.length} requests failed i
 
 // ------------------------------------------------------------------------------------------------ report
 for (const id of CHECK_IDS) if (!checks.some((c) => c.name === id)) check(id, false, 'not reached');
-const passed = checks.filter((c) => c.ok).length;
+const counted = checks.filter((c) => !c.xfail);
+const passed = counted.filter((c) => c.ok).length;
+const xfails = checks.filter((c) => c.xfail);
 const report = {
   mode: MODE, base: BASE, user: USER, invokeai_version: manifest.invokeai_version, seconds: (Date.now() - t0) / 1000,
   checks, leaks, false_denies: falseDenies.map(({ body, ...r }) => r), toasts, console_errors: consoleErrors.slice(0, 50),
@@ -578,12 +759,59 @@ const report = {
 };
 fs.writeFileSync(args.out, JSON.stringify(report, null, 2));
 log(`${records.length} responses recorded (${records.filter((r) => r.phase === 'session').length} after login); report ${args.out}`);
-const ok = passed === checks.length;
-if (MODE === 'guard') console.log(`${ok ? 'PASS' : 'FAIL'} ${passed}/${checks.length} leaks=${leaks.length} false_denies=${falseDenies.length}`);
-else console.log(`baseline (InvokeAI directly): ${passed}/${checks.length} checks, leaks=${leaks.length}`);
+const ok = passed === counted.length;
+if (xfails.length) log(`xfail=${xfails.filter((c) => !c.ok).length} xpass=${xfails.filter((c) => c.ok).length} (not counted): ${xfails.map((c) => c.name).join('; ')}`);
+if (MODE === 'guard') console.log(`${ok ? 'PASS' : 'FAIL'} ${passed}/${counted.length} leaks=${leaks.length} false_denies=${falseDenies.length} (InvokeAI ${manifest.invokeai_version} web UI)`);
+else console.log(`baseline (InvokeAI directly): ${passed}/${counted.length} checks, leaks=${leaks.length}`);
 process.exit(ok ? 0 : 1);
 
 // ------------------------------------------------------------------------------------------------ helpers
+async function otherUserSeesNothing() {
+  const bob = manifest.users[LEAK_OWNER];
+  // Node's fetch is browser-like here: it sends Accept-Encoding: gzip, deflate, br and decodes; bob's Bearer token
+  // carries the identity (no cookies are needed for these API calls).
+  const call = async (method, p, token, body) => {
+    const res = await fetch(`${BASE}${p}`, {
+      method, redirect: 'manual', signal: AbortSignal.timeout(15000),
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    let json = null;
+    try { json = JSON.parse(await res.text()); } catch { /* not json */ }
+    return { status: res.status, json };
+  };
+  const login = await call('POST', '/api/v1/auth/login', null, { email: bob.email, password: bob.password, remember_me: false });
+  const tok = login.json?.token;
+  if (!tok) {
+    for (const n of ['bob does not see the user\'s board or uploads', 'bob cannot open the user\'s workflow',
+      'bob does not see the user\'s workflow in his list']) check(n, false, `bob's login -> ${login.status}`);
+    return;
+  }
+  const boards = await call('GET', '/api/v1/boards/?all=true&include_archived=true', tok);
+  const boardListed = Array.isArray(boards.json) && boards.json.some((b) => b.board_id === made.board);
+  const names = made.board ? await call('GET', `/api/v1/boards/${made.board}/image_names`, tok) : { status: 'n/a' };
+  const imgs = [];
+  for (const n of made.images) imgs.push(`${(await call('GET', `/api/v1/images/i/${n}`, tok)).status}`);
+  const thumbs = [];
+  for (const n of made.images) thumbs.push(`${(await call('GET', `/api/v1/images/i/${n}/thumbnail`, tok)).status}`);
+  const refused = (st) => [401, 403, 404].includes(Number(st));
+  check('bob does not see the user\'s board or uploads', made.board && made.images.length === 2 && boards.status === 200
+    && !boardListed && refused(names.status) && imgs.every(refused) && thumbs.every(refused),
+  `bob's board list ${boards.status} ${boardListed ? 'LISTS' : 'omits'} the new board; its image_names -> ${names.status}; `
+    + `the ${made.images.length} uploads -> [${imgs.join(',')}], thumbnails -> [${thumbs.join(',')}]`);
+  const wf = made.workflow ? await call('GET', `/api/v1/workflows/i/${made.workflow}`, tok) : { status: 'n/a' };
+  check('bob cannot open the user\'s workflow', !!made.workflow && refused(wf.status), `GET /api/v1/workflows/i/{id} as bob -> ${wf.status}`);
+  const lists = [];
+  let listed = false;
+  for (const q of ['categories=user', 'categories=user&categories=default', ...(V612 ? [] : ['is_public=true'])]) {
+    const r = await call('GET', `/api/v1/workflows/?${q}&page=0&per_page=100&order_by=opened_at&direction=DESC`, tok);
+    const hit = (r.json?.items || []).some((w) => w.workflow_id === made.workflow);
+    listed = listed || hit || r.status !== 200;
+    lists.push(`${q} -> ${r.status}${hit ? ' LISTS it' : ''}`);
+  }
+  check('bob does not see the user\'s workflow in his list', !!made.workflow && !listed, lists.join('; '));
+}
+
 async function replayUpstream(r) {
   if (!args.upstream) return 'no --upstream';
   const u = new URL(r.url);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end, part 4: the real InvokeAI web UI works through the guard (headless Chromium).
 #
-#   tests/e2e/browser/run.sh [VERSION]            (default 6.14.2)
+#   tests/e2e/browser/run.sh [VERSION]            (default 6.14.2; scripts/test.sh runs 6.12.0, 6.13.8 and 6.14.2)
 #
 #   1. scripts/invokeai/install.sh VERSION (cached venv), scripts/invokeai/start.sh on a free loopback port with a
 #      fresh root ${E2E_RUN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run}/browser-VERSION/root
@@ -11,7 +11,10 @@
 #   4. flow.mjs --mode direct: the UI flow as carol straight against InvokeAI (baseline: what the server itself
 #      answers), then flow.mjs --mode guard: the same flow as alice THROUGH THE GUARD (login form, gallery with
 #      her images and none of bob's, her board, upload via the file chooser, new board, workflow library,
-#      Socket.IO, logout + reload of /login), recording every response, toast and socket frame
+#      Socket.IO, logout + reload of /login), recording every response, toast and socket frame. The flow also
+#      uploads into the new board, creates/saves/reopens/edits a workflow, opens the Settings and About dialogs and,
+#      in guard mode, checks as bob (through the guard) that none of what alice made is visible to him. The UI
+#      differences between 6.12, 6.13 and 6.14 are a small table in flow.mjs (UI, XFAIL, EXPECTED_STRICTER).
 #   5. stops the guard and InvokeAI by PID on every exit path
 # The last line is `PASS n/N leaks=L false_denies=F` (or FAIL ...); exit status 0 only on PASS.
 # A guard denial (401/403/404 with a JSON {"detail"} body and an outcome=deny decision-log line) counts as a
@@ -109,7 +112,7 @@ t_install=$(secs "$t")
 free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
-http_status() {  # URL [Accept-Encoding, default like a browser] -> HTTP status (000 when nothing answers)
+http_status() {  # URL [Accept-Encoding, default like a browser] -> HTTP status (000 when nothing answers); one-shot probe, no cookies
   "$PY" - "$1" "${2:-gzip, deflate, br}" <<'PYEOF'
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], headers={"Accept-Encoding": sys.argv[2]})

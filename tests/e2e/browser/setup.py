@@ -51,7 +51,8 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--version")
     a = ap.parse_args()
-    c = Client(a.base)
+    # Gzip like a browser; no cookie jar: it seeds four users by Bearer token (one jar would mix their cookies).
+    c = Client(a.base, cookie_jar=False)
     tokens: dict[str, str] = {}
 
     def j(method, path, who=None, expect=(200, 201), **kw):
