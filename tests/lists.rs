@@ -85,6 +85,18 @@ fn old_server(db: std::path::PathBuf) -> Responder {
     })
 }
 
+/// One request as a manifest user.
+async fn call(
+    g: &Guard,
+    m: &Value,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    send(method, &g.url(path), Some(&token_for(m, who)), body).await
+}
+
 async fn setup_612() -> (DbCopy, Value, Mock, Guard) {
     let db = copy_fixture("invokeai-6.12.0-rich.db");
     // As InvokeAI runs it (the fixture files are checkpointed into rollback-journal mode).
@@ -170,19 +182,15 @@ async fn image_list_without_board_is_the_callers_own_page_in_upstream_order() {
 #[tokio::test]
 async fn admins_and_explicit_boards_pass_through() {
     let (_db, m, up, g) = setup_612().await;
-    let r = send(
-        "GET",
-        &g.url("/api/v1/images/?limit=5"),
-        Some(&token_for(&m, "admin")),
-        None,
-    )
-    .await;
+    let r = call(&g, &m, "admin", "GET", "/api/v1/images/?limit=5", None).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().unwrap().target, "/api/v1/images/?limit=5");
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "bob",
         "GET",
-        &g.url("/api/v1/images/?board_id=none&limit=5"),
-        Some(&token_for(&m, "bob")),
+        "/api/v1/images/?board_id=none&limit=5",
         None,
     )
     .await;
@@ -199,13 +207,7 @@ async fn newer_upstreams_scope_lists_themselves() {
     let m = manifest("6.14.2");
     let up = mock(Some(old_server(db.path.clone()))).await;
     let g = guard(&shipped_routes(), &db.path, &up.url()).await;
-    let r = send(
-        "GET",
-        &g.url("/api/v1/images/?limit=5"),
-        Some(&token_for(&m, "bob")),
-        None,
-    )
-    .await;
+    let r = call(&g, &m, "bob", "GET", "/api/v1/images/?limit=5", None).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().unwrap().target, "/api/v1/images/?limit=5");
 }
@@ -215,13 +217,7 @@ async fn image_names_without_board_keep_own_names_and_recount() {
     let (db, m, _up, g) = setup_612().await;
     let all = images(&db.path);
     let alice = uid(&m, "alice");
-    let r = send(
-        "GET",
-        &g.url("/api/v1/images/names"),
-        Some(&token_for(&m, "alice")),
-        None,
-    )
-    .await;
+    let r = call(&g, &m, "alice", "GET", "/api/v1/images/names", None).await;
     assert_eq!(r.status, 200);
     let j = r.json();
     let names: Vec<&str> = j["image_names"]
@@ -240,10 +236,12 @@ async fn image_names_without_board_keep_own_names_and_recount() {
     assert_eq!(j["total_count"], own.len());
     let starred = own.iter().filter(|n| all[**n].1).count();
     assert_eq!(j["starred_count"], starred);
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "alice",
         "GET",
-        &g.url("/api/v1/images/names?starred_first=false"),
-        Some(&token_for(&m, "alice")),
+        "/api/v1/images/names?starred_first=false",
         None,
     )
     .await;
@@ -259,10 +257,12 @@ async fn images_by_names_drops_what_the_caller_may_not_read() {
         img("bob_uncat_1"),
         "no-such-image.png".into(),
     ];
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "bob",
         "POST",
-        &g.url("/api/v1/images/images_by_names"),
-        Some(&token_for(&m, "bob")),
+        "/api/v1/images/images_by_names",
         Some(json!({"image_names": ask})),
     )
     .await;
@@ -283,10 +283,12 @@ async fn images_by_names_drops_what_the_caller_may_not_read() {
 async fn batch_delete_forwards_only_the_writable_names() {
     let (_db, m, up, g) = setup_612().await;
     let img = |r: &str| m["images"][r]["image_name"].as_str().unwrap().to_owned();
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "bob",
         "POST",
-        &g.url("/api/v1/images/delete"),
-        Some(&token_for(&m, "bob")),
+        "/api/v1/images/delete",
         Some(json!({"image_names": [img("alice_private_1"), img("bob_uncat_1")]})),
     )
     .await;
@@ -294,10 +296,12 @@ async fn batch_delete_forwards_only_the_writable_names() {
     let sent: Value = serde_json::from_slice(&up.last().unwrap().body).unwrap();
     assert_eq!(sent, json!({"image_names": [img("bob_uncat_1")]}));
     // Only foreign names: nothing of alice's is ever sent.
-    send(
+    call(
+        &g,
+        &m,
+        "bob",
         "POST",
-        &g.url("/api/v1/images/delete"),
-        Some(&token_for(&m, "bob")),
+        "/api/v1/images/delete",
         Some(json!({"image_names": [img("alice_private_1")]})),
     )
     .await;
@@ -305,10 +309,12 @@ async fn batch_delete_forwards_only_the_writable_names() {
     assert_eq!(sent, json!({"image_names": []}));
     // A malformed element is refused before anything is forwarded.
     let before = up.count();
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "bob",
         "POST",
-        &g.url("/api/v1/images/delete"),
-        Some(&token_for(&m, "bob")),
+        "/api/v1/images/delete",
         Some(json!({"image_names": [img("bob_uncat_1"), 7]})),
     )
     .await;
@@ -500,10 +506,12 @@ async fn workflow_tags_and_counts_are_recomputed_over_visible_workflows() {
     )
     .await;
     assert_eq!(r.json(), json!({"user": 1}));
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "alice",
         "GET",
-        &g.url("/api/v1/workflows/counts_by_category?categories=user"),
-        Some(&token_for(&m, "alice")),
+        "/api/v1/workflows/counts_by_category?categories=user",
         None,
     )
     .await;
@@ -537,13 +545,7 @@ async fn style_preset_list_keeps_defaults_and_own() {
         .record(Entry::StylePreset, &sp("sp_alice"), &uid(&m, "alice"))
         .await
         .unwrap();
-    let r = send(
-        "GET",
-        &g.url("/api/v1/style_presets/"),
-        Some(&token_for(&m, "bob")),
-        None,
-    )
-    .await;
+    let r = call(&g, &m, "bob", "GET", "/api/v1/style_presets/", None).await;
     let mut ids: Vec<String> = r
         .json()
         .as_array()
@@ -563,13 +565,7 @@ async fn style_preset_list_keeps_defaults_and_own() {
     want.sort();
     assert_eq!(ids, want);
     // Admins see every preset.
-    let r = send(
-        "GET",
-        &g.url("/api/v1/style_presets/"),
-        Some(&token_for(&m, "admin")),
-        None,
-    )
-    .await;
+    let r = call(&g, &m, "admin", "GET", "/api/v1/style_presets/", None).await;
     assert_eq!(
         r.json().as_array().unwrap().len(),
         m["style_presets"].as_object().unwrap().len() + 1
@@ -583,13 +579,7 @@ async fn a_list_too_large_to_recompute_fails_closed() {
     let up = mock(Some(old_server(db.path.clone()))).await;
     let raw = raw_config("[limits]\nmax_list_items = 1\n");
     let g = guard_with(&shipped_routes(), &db.path, &up.url(), raw).await;
-    let r = send(
-        "GET",
-        &g.url("/api/v1/images/?limit=10"),
-        Some(&token_for(&m, "bob")),
-        None,
-    )
-    .await;
+    let r = call(&g, &m, "bob", "GET", "/api/v1/images/?limit=10", None).await;
     assert_eq!(r.status, 503);
     assert!(r.detail().contains("max_list_items"), "{}", r.detail());
     assert_eq!(up.count(), 0, "nothing was forwarded");
@@ -738,10 +728,12 @@ async fn board_delete_with_images_by_its_owner_deletes_only_her_images() {
         !own.is_empty() && own.len() < on_board.len(),
         "fixture: a board with others' images too"
     );
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "alice",
         "DELETE",
-        &g.url(&format!("/api/v1/boards/{board}?include_images=true")),
-        Some(&token_for(&m, "alice")),
+        &format!("/api/v1/boards/{board}?include_images=true"),
         None,
     )
     .await;
@@ -771,10 +763,12 @@ async fn board_delete_with_images_by_its_owner_deletes_only_her_images() {
     answered.sort();
     assert_eq!(answered, sent);
     // Admins delete everything: passed through as sent.
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "admin",
         "DELETE",
-        &g.url(&format!("/api/v1/boards/{board}?include_images=true")),
-        Some(&token_for(&m, "admin")),
+        &format!("/api/v1/boards/{board}?include_images=true"),
         None,
     )
     .await;
@@ -802,10 +796,12 @@ async fn a_refused_prelude_stops_the_board_delete() {
         .as_str()
         .unwrap()
         .to_owned();
-    let r = send(
+    let r = call(
+        &g,
+        &m,
+        "alice",
         "DELETE",
-        &g.url(&format!("/api/v1/boards/{board}?include_images=true")),
-        Some(&token_for(&m, "alice")),
+        &format!("/api/v1/boards/{board}?include_images=true"),
         None,
     )
     .await;
