@@ -153,8 +153,11 @@ struct Keys {
     decoding: DecodingKey,
     encoding: EncodingKey,
     /// Token text → its claims and `exp`, for tokens that verified under this secret.
-    verified: Mutex<HashMap<Box<str>, (Arc<Map<String, Value>>, u64)>>,
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+/// A token's claims and `exp`, as verified.
+type Verified = (Arc<Map<String, Value>>, u64);
 
 static KEYS: ArcSwapOption<Keys> = ArcSwapOption::const_empty();
 
@@ -185,14 +188,11 @@ pub fn verify(token: &str, secret: &str) -> Result<(Map<String, Value>, u64), Id
 
 /// [`verify`], answered from the secret's verified-token cache when the exact token verified
 /// before (expiry is still checked against the clock).
-pub fn verify_shared(
-    token: &str,
-    secret: &str,
-) -> Result<(Arc<Map<String, Value>>, u64), IdentityError> {
+pub fn verify_shared(token: &str, secret: &str) -> Result<Verified, IdentityError> {
     verify_with(token, &keys_for(secret))
 }
 
-fn verify_with(token: &str, keys: &Keys) -> Result<(Arc<Map<String, Value>>, u64), IdentityError> {
+fn verify_with(token: &str, keys: &Keys) -> Result<Verified, IdentityError> {
     let cached = keys
         .verified
         .lock()

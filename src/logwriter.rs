@@ -1,83 +1,134 @@
 //! The log writer of `serve`: log lines (the decision log above all) are formatted on the
-//! worker thread and handed to one writer thread, which writes them to stderr in batches. A
-//! request never waits for a `write(2)` to stderr (a pipe, a journal, a container runtime's
-//! log reader) as long as the writer keeps up.
+//! worker thread and appended to one shared buffer; one writer thread writes the buffer to
+//! stderr in batches. A request never waits for a `write(2)` to stderr (a pipe, a journal, a
+//! container runtime's log reader), and a busy guard does not wake the writer once per line:
+//! the writer is woken by the first line of a batch, then lingers [`LINGER`] so the lines of
+//! that burst go out in one write.
 //!
 //! Invariants:
 //! - **Lossless and in order**: every line handed over is written, whole, in the order the
-//!   lines were handed over (one channel, one consumer). Nothing is sampled or dropped.
-//! - **Bounded**: at most [`QUEUE_LINES`] lines wait. When the queue is full (stderr slower
-//!   than the request rate for that long), the logging thread blocks until there is room:
-//!   the same back-pressure as the synchronous writer this replaces, never unbounded memory.
-//! - **Flushed on exit**: [`FlushGuard`] (held by `serve` for the life of the process) drains
-//!   every queued line to the sink before it returns (waiting at most [`FLUSH_WAIT`]).
-//! - Lines are written between batches of at most the queue's contents and flushed whenever the
-//!   queue is empty, so a quiet guard's last line reaches stderr at once.
+//!   lines were handed over (one buffer, one consumer). Nothing is sampled or dropped.
+//! - **Bounded**: at most [`MAX_PENDING`] bytes wait. When the buffer is full (stderr slower
+//!   than the request rate for that long), the logging thread blocks until the writer has taken
+//!   the buffer: the same back-pressure as the synchronous writer this replaces, never
+//!   unbounded memory.
+//! - **Prompt**: a line reaches stderr at most [`LINGER`] plus one write after it was logged.
+//! - **Flushed on exit**: [`FlushGuard`] (held by `serve` for the life of the process) waits
+//!   until every line logged before it drops is written (at most [`FLUSH_WAIT`]).
 
 use std::io::{self, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// How many lines may wait for the writer thread.
-pub const QUEUE_LINES: usize = 16 * 1024;
-/// How long [`FlushGuard`] waits for the queue to drain.
+/// How many bytes may wait for the writer thread before loggers block.
+pub const MAX_PENDING: usize = 1024 * 1024;
+/// How long the writer waits after the first line of a batch before it writes the batch.
+pub const LINGER: Duration = Duration::from_millis(2);
+/// How long [`FlushGuard`] waits for the buffer to drain.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
-enum Msg {
-    Line(Vec<u8>),
-    Flush(SyncSender<()>),
+#[derive(Default)]
+struct State {
+    pending: Vec<u8>,
+    /// Flushes asked for, and the last one the writer completed (it wrote everything that was
+    /// pending when it saw the request).
+    flush_asked: u64,
+    flush_done: u64,
 }
 
-/// A `tracing_subscriber` writer factory (`MakeWriter`) whose writers queue to the writer thread.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// The writer waits here for a first line (or a flush request).
+    work: Condvar,
+    /// Loggers wait here for room; flushers for completion.
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain bytes behind: keep logging.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A `tracing_subscriber` writer factory (`MakeWriter`) whose writers hand lines to the writer
+/// thread.
 #[derive(Clone)]
 pub struct NonBlocking {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
 }
 
-/// Drains the queue when dropped (or on [`FlushGuard::flush`]).
+/// Drains the buffer when dropped (or on [`FlushGuard::flush`]).
 pub struct FlushGuard {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
 }
 
 /// Start the writer thread over `sink`.
 pub fn spawn<W: Write + Send + 'static>(sink: W) -> (NonBlocking, FlushGuard) {
-    let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+    let shared = Arc::new(Shared::default());
+    let writer = shared.clone();
     std::thread::Builder::new()
         .name("invoke-guard-log".into())
-        .spawn(move || run(sink, rx))
+        .spawn(move || run(sink, &writer))
         .expect("spawn the log writer thread");
-    (NonBlocking { tx: tx.clone() }, FlushGuard { tx })
+    (
+        NonBlocking {
+            shared: shared.clone(),
+        },
+        FlushGuard { shared },
+    )
 }
 
-fn run<W: Write>(sink: W, rx: Receiver<Msg>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, sink);
-    // Blocks for the first message of a batch, then takes whatever else is already queued.
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(line) => {
-                    // A failing stderr cannot be reported anywhere; keep draining.
-                    let _ = out.write_all(&line);
-                }
-                Msg::Flush(ack) => {
-                    let _ = out.flush();
-                    let _ = ack.send(());
-                }
-            }
-            next = rx.try_recv().ok();
+fn run<W: Write>(mut sink: W, shared: &Shared) {
+    let mut batch = Vec::new();
+    loop {
+        let mut state = shared.lock();
+        while state.pending.is_empty() && state.flush_asked == state.flush_done {
+            state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        let _ = out.flush();
+        if state.flush_asked == state.flush_done {
+            // Let the rest of this burst arrive, so it goes out in one write.
+            drop(state);
+            std::thread::sleep(LINGER);
+            state = shared.lock();
+        }
+        let flushing = state.flush_asked;
+        std::mem::swap(&mut batch, &mut state.pending);
+        drop(state);
+        shared.done.notify_all();
+        // A failing stderr cannot be reported anywhere; keep draining.
+        let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+        batch.clear();
+        if batch.capacity() > MAX_PENDING {
+            batch.shrink_to(MAX_PENDING);
+        }
+        let mut state = shared.lock();
+        state.flush_done = state.flush_done.max(flushing);
+        drop(state);
+        shared.done.notify_all();
     }
-    let _ = out.flush();
 }
 
 impl FlushGuard {
-    /// Wait (at most [`FLUSH_WAIT`]) until every line queued before this call is written.
+    /// Wait (at most [`FLUSH_WAIT`]) until every line logged before this call is written.
     pub fn flush(&self) {
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        if self.tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(FLUSH_WAIT);
+        let mut state = self.shared.lock();
+        state.flush_asked += 1;
+        let mine = state.flush_asked;
+        self.shared.work.notify_one();
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
+        while state.flush_done < mine {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self
+                .shared
+                .done
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
@@ -90,15 +141,27 @@ impl Drop for FlushGuard {
 
 /// One event's writer: tracing's fmt layer formats a whole line, then writes it in one call.
 pub struct LineWriter {
-    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
 }
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !buf.is_empty() {
-            self.tx
-                .send(Msg::Line(buf.to_vec()))
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "log writer stopped"))?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut state = self.shared.lock();
+        while !state.pending.is_empty() && state.pending.len() + buf.len() > MAX_PENDING {
+            state = self
+                .shared
+                .done
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let first = state.pending.is_empty();
+        state.pending.extend_from_slice(buf);
+        drop(state);
+        if first {
+            self.shared.work.notify_one();
         }
         Ok(buf.len())
     }
@@ -113,7 +176,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for NonBlocking {
 
     fn make_writer(&'a self) -> Self::Writer {
         LineWriter {
-            tx: self.tx.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -141,8 +204,8 @@ mod tests {
         use tracing_subscriber::fmt::MakeWriter;
         let sink = Sink::default();
         let (make, guard) = spawn(sink.clone());
-        // More lines than the queue holds: the writers block for room, nothing is dropped.
-        let n = QUEUE_LINES * 2 + 7;
+        // More bytes than the buffer holds: the writers block for room, nothing is dropped.
+        let n = MAX_PENDING / 10 + 7;
         let threads: Vec<_> = (0..2)
             .map(|t| {
                 let make = make.clone();

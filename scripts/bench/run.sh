@@ -573,7 +573,7 @@ END {
         print "| rps D/P | " ratio("D" K "rps", "P" K "rps", "r11") " |"
     }
     print ""
-    print "Open loop (fixed rate, 64 connections, latency from each request's due time; rate = 50 % / 80 % of the round's nginx rps @ " conns "):"
+    print "Open loop (fixed rate, 64 connections, latency from the due time of each request; rate = 50 % / 80 % of nginx rps @ " conns " in the same round):"
     print ""
     print "| target | achieved rate @ 50 % | p50 / p99 @ 50 % (µs) | achieved rate @ 80 % | p50 / p99 @ 80 % (µs) |"
     print "|---|---|---|---|---|"
