@@ -13,7 +13,8 @@
 # of each and the ratio guard / direct per request kind, and writes target/bench/invokeai.md.
 # Stops InvokeAI and the guard on every exit path.
 #
-# Knobs: ROUNDS=5 N=100 WORKERS=1 SKIP_BUILD=0 KEEP=0
+# Knobs: ROUNDS=5 N=100 WORKERS=1 SKIP_BUILD=0 KEEP=0 GUARD_BIN=target/release/invoke-guard
+#   LOAD_BIN=target/release/examples/bench_load
 set -euo pipefail
 
 VERSION=${1:-6.14.2}
@@ -36,7 +37,9 @@ command -v python3 >/dev/null || die "python3 is required"
 if [[ $SKIP_BUILD != 1 ]]; then
     (cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin invoke-guard --example bench_load)
 fi
-[[ -x $BIN/invoke-guard && -x $BIN/examples/bench_load ]] || die "missing release binaries (run without SKIP_BUILD=1)"
+GUARD_BIN=${GUARD_BIN:-$BIN/invoke-guard}
+LOAD_BIN=${LOAD_BIN:-$BIN/examples/bench_load}
+[[ -x $GUARD_BIN && -x $LOAD_BIN ]] || die "missing $GUARD_BIN or $LOAD_BIN (run without SKIP_BUILD=1)"
 "$ROOT/scripts/invokeai/install.sh" "$VERSION" >/dev/null
 
 WORK=$(mktemp -d /tmp/invoke-guard-bench.XXXXXX)
@@ -85,7 +88,7 @@ PY
 TOKEN=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['token'])" "$WORK/ids.json")
 IMAGE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['image_name'])" "$WORK/ids.json")
 
-TOKIO_WORKER_THREADS=$WORKERS "$BIN/invoke-guard" serve --config /dev/null \
+TOKIO_WORKER_THREADS=$WORKERS "$GUARD_BIN" serve --config /dev/null \
     --listen "127.0.0.1:$P_GUARD" --admin-listen "127.0.0.1:$P_ADMIN" \
     --upstream "http://127.0.0.1:$P_INVOKE" --db "$IROOT/databases/invokeai.db" \
     --routes "$ROOT/routes.toml" --ledger "$WORK/ledger.db" 2>"$WORK/guard.log" &
@@ -108,7 +111,7 @@ RESULTS=$WORK/results.tsv
 kv() { sed -n "s/.* $2=\\([0-9.]*\\).*/\\1/p" <<<" $1"; }
 one() { # one ROUND KIND WHERE PORT
     local line
-    line=$(timeout 300 "$BIN/examples/bench_load" each "http://127.0.0.1:$4${REQ[$2]}" "$N" 0 0 200 "Authorization: Bearer $TOKEN")
+    line=$(timeout 300 "$LOAD_BIN" each "http://127.0.0.1:$4${REQ[$2]}" "$N" 0 0 200 "Authorization: Bearer $TOKEN")
     [[ $(kv "$line" ok) == "$N" ]] || die "$2 via $3: not every response was 200: $line"
     printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(kv "$line" p50_us)" "$(kv "$line" p99_us)" >>"$RESULTS"
 }
