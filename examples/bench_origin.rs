@@ -3,21 +3,27 @@
 //! `cargo run --release --example bench_origin -- 127.0.0.1:9000`
 //!
 //! Answers every method and path with `200 OK` and the same 1 KiB JSON body, so what the
-//! benchmark measures is the proxy in front of it, not InvokeAI. One runtime thread by
+//! benchmark measures is the proxy in front of it, not InvokeAI. A path ending in `/full` (the
+//! streaming scenario) gets a 20 MiB `image/png` body instead, sent in 64 KiB chunks. One runtime thread by
 //! default (`TOKIO_WORKER_THREADS` is not read: the origin must not compete for both cores).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+/// The streamed image: 20 MiB.
+const BIG: usize = 20 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// 1 KiB of JSON, the size the anchors' harness used.
 fn body() -> Bytes {
@@ -46,16 +52,34 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let body = body();
     assert_eq!(body.len(), 1024);
+    let big = Bytes::from(vec![0x5a; BIG]);
     eprintln!("bench_origin listening on {}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let body = body.clone();
+        let big = big.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |_req: Request<Incoming>| {
-                let mut res = Response::new(Full::new(body.clone()));
-                res.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let service = service_fn(move |req: Request<Incoming>| {
+                let res = if req.uri().path().ends_with("/full") {
+                    // Chunks share the one buffer: the origin itself does not copy.
+                    let big = big.clone();
+                    let chunks = (0..BIG / CHUNK).map(move |i| {
+                        Ok::<_, Infallible>(Frame::data(big.slice(i * CHUNK..(i + 1) * CHUNK)))
+                    });
+                    let mut res =
+                        Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed());
+                    res.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+                    res.headers_mut()
+                        .insert(CONTENT_LENGTH, HeaderValue::from(BIG));
+                    res
+                } else {
+                    let mut res = Response::new(Full::new(body.clone()).boxed());
+                    res.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    res
+                };
                 async move { Ok::<_, Infallible>(res) }
             });
             let _ = http1::Builder::new()

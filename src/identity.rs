@@ -13,8 +13,18 @@
 //!   one to every token it hands out there), or, lacking one, the earliest time it could have
 //!   been issued (`exp` minus the longest lifetime InvokeAI mints).
 //! - Tokens and secrets are never logged.
+//! - **Verified-token cache** (hot path): the result of [`verify`] is a pure function of the
+//!   token's bytes and the secret, except for expiry. It is cached per secret (the cache lives in
+//!   the secret's [`Keys`], so a rotated secret starts with an empty cache and a token signed with
+//!   the old one is verified again and refused), keyed by the exact token text, bounded
+//!   ([`VERIFIED_MAX`] entries; cleared whole when full), and holds successes only. `exp` is
+//!   checked against the clock on every hit. Nothing about the user is cached here: the user row
+//!   (active, admin, `token_epoch`) and the ledger's revocations are read for every request as
+//!   before, so a deactivated user, a demoted admin or a password change take effect exactly as
+//!   without the cache. Tests: `verified_cache_*` below, and `tests/identity.rs`.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -47,8 +57,8 @@ pub struct Principal {
     pub is_admin: bool,
     /// The presented token (forwarded as is when its claims are current).
     pub token: String,
-    /// The presented token's claims.
-    pub claims: Map<String, Value>,
+    /// The presented token's claims (shared with the verified-token cache).
+    pub claims: Arc<Map<String, Value>>,
     /// Seconds since the epoch at which the token expires.
     pub exp: u64,
     /// Where the token came from.
@@ -120,22 +130,34 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-static VALIDATION: LazyLock<Validation> = LazyLock::new(|| {
+/// Signature validation only: `exp` must be present (checked by jsonwebtoken), but whether it has
+/// passed is checked by [`verify_shared`] on every call, cached or not, against the clock.
+static NO_EXPIRY: LazyLock<Validation> = LazyLock::new(|| {
     // Algorithm pinning: HS256 only (alg:none and RS/HS confusion, jsonwebtoken #41).
     let mut v = Validation::new(Algorithm::HS256);
     // Type-confused `exp` must not count as absent (CVE-2026-25537): require it explicitly.
     v.set_required_spec_claims(&["exp"]);
     v.leeway = 0;
     v.validate_aud = false;
+    v.validate_exp = false;
     v
 });
 
-/// HMAC keys derived from one secret, built once per secret (not per request).
+/// How many verified tokens one secret's cache holds before it is cleared.
+pub const VERIFIED_MAX: usize = 4096;
+
+/// HMAC keys derived from one secret, built once per secret (not per request), and the tokens
+/// verified with it.
 struct Keys {
     secret: Box<str>,
     decoding: DecodingKey,
     encoding: EncodingKey,
+    /// Token text → its claims and `exp`, for tokens that verified under this secret.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+/// A token's claims and `exp`, as verified.
+type Verified = (Arc<Map<String, Value>>, u64);
 
 static KEYS: ArcSwapOption<Keys> = ArcSwapOption::const_empty();
 
@@ -143,29 +165,69 @@ fn keys_for(secret: &str) -> Arc<Keys> {
     if let Some(k) = KEYS.load_full().filter(|k| &*k.secret == secret) {
         return k;
     }
-    let keys = Arc::new(Keys {
-        secret: secret.into(),
-        decoding: DecodingKey::from_secret(secret.as_bytes()),
-        encoding: EncodingKey::from_secret(secret.as_bytes()),
-    });
+    let keys = Arc::new(Keys::new(secret));
     KEYS.store(Some(keys.clone()));
     keys
 }
 
+impl Keys {
+    fn new(secret: &str) -> Self {
+        Keys {
+            secret: secret.into(),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
 /// Verify a token's signature and expiry; returns its claims.
 pub fn verify(token: &str, secret: &str) -> Result<(Map<String, Value>, u64), IdentityError> {
-    let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, &keys_for(secret).decoding, &VALIDATION)
-            .map_err(|_| IdentityError::Invalid)?;
+    verify_shared(token, secret).map(|(claims, exp)| (Arc::unwrap_or_clone(claims), exp))
+}
+
+/// [`verify`], answered from the secret's verified-token cache when the exact token verified
+/// before (expiry is still checked against the clock).
+pub fn verify_shared(token: &str, secret: &str) -> Result<Verified, IdentityError> {
+    verify_with(token, &keys_for(secret))
+}
+
+fn verify_with(token: &str, keys: &Keys) -> Result<Verified, IdentityError> {
+    let cached = keys
+        .verified
+        .lock()
+        .expect("verified-token cache lock")
+        .get(token)
+        .cloned();
+    let (claims, exp) = match cached {
+        Some(hit) => hit,
+        None => {
+            let (claims, exp) = verify_uncached(token, keys)?;
+            let claims = Arc::new(claims);
+            let mut cache = keys.verified.lock().expect("verified-token cache lock");
+            if cache.len() >= VERIFIED_MAX {
+                cache.clear();
+            }
+            cache.insert(token.into(), (claims.clone(), exp));
+            (claims, exp)
+        }
+    };
+    // InvokeAI treats `now >= exp` as expired.
+    if now() >= exp {
+        return Err(IdentityError::Invalid);
+    }
+    Ok((claims, exp))
+}
+
+/// Signature, algorithm and claim types (everything but the clock).
+fn verify_uncached(token: &str, keys: &Keys) -> Result<(Map<String, Value>, u64), IdentityError> {
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &keys.decoding, &NO_EXPIRY)
+        .map_err(|_| IdentityError::Invalid)?;
     let claims = data.claims;
     let exp = claims
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(IdentityError::Invalid)?;
-    // InvokeAI treats `now >= exp` as expired.
-    if now() >= exp {
-        return Err(IdentityError::Invalid);
-    }
     // The claims InvokeAI requires, with the right types.
     let typed = claims.get("user_id").is_some_and(Value::is_string)
         && claims.get("email").is_some_and(Value::is_string)
@@ -206,7 +268,7 @@ pub async fn identify_with(
     ledger: &Ledger,
 ) -> Result<Principal, IdentityError> {
     let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
-    let (claims, exp) = verify(&token, secret)?;
+    let (claims, exp) = verify_shared(&token, secret)?;
     let user_id = claims["user_id"].as_str().unwrap_or_default().to_owned();
     // The `system` account owns legacy content and must never act as a caller.
     if user_id == "system" || user_id.is_empty() {
@@ -266,7 +328,7 @@ impl Principal {
         if self.claims.get("is_admin").and_then(Value::as_bool) == Some(self.is_admin) {
             return self.token.clone();
         }
-        let mut claims = self.claims.clone();
+        let mut claims = Map::clone(&self.claims);
         claims.insert("is_admin".into(), Value::Bool(self.is_admin));
         sign(&claims, secret)
     }
@@ -307,6 +369,53 @@ mod tests {
         assert!(verify(&good, "other").is_err());
         let expired = sign(&claims(now()), "s3cret");
         assert!(verify(&expired, "s3cret").is_err());
+    }
+
+    #[test]
+    fn verified_cache_checks_expiry_on_every_hit() {
+        let keys = Keys::new("cache-expiry-secret");
+        let token = sign(&claims(now() + 600), "cache-expiry-secret");
+        assert!(verify_with(&token, &keys).is_ok());
+        // The cached entry says the token has expired: the hit is refused, not served.
+        keys.verified
+            .lock()
+            .unwrap()
+            .get_mut(token.as_str())
+            .expect("cached after a success")
+            .1 = now();
+        assert!(matches!(
+            verify_with(&token, &keys),
+            Err(IdentityError::Invalid)
+        ));
+    }
+
+    #[test]
+    fn verified_cache_is_per_secret_and_holds_successes_only() {
+        let (a, b) = (Keys::new("secret-a"), Keys::new("secret-b"));
+        let token = sign(&claims(now() + 600), "secret-a");
+        assert!(verify_with(&token, &a).is_ok());
+        // Another secret: its own cache; the signature is checked and fails, nothing is kept.
+        assert!(verify_with(&token, &b).is_err());
+        assert!(b.verified.lock().unwrap().is_empty());
+        assert!(verify_with(&token, &a).is_ok());
+        // One byte off: not a hit, and not valid.
+        let mut tampered = token.clone();
+        tampered.push('A');
+        assert!(verify_with(&tampered, &a).is_err());
+        assert_eq!(a.verified.lock().unwrap().len(), 1);
+        // The global path keys its cache by the secret too.
+        assert!(verify(&token, "secret-a").is_ok());
+        assert!(verify(&token, "secret-b").is_err());
+    }
+
+    #[test]
+    fn verified_cache_is_bounded() {
+        let keys = Keys::new("cache-bound-secret");
+        for i in 0..VERIFIED_MAX + 10 {
+            let token = sign(&claims(now() + 600 + i as u64), "cache-bound-secret");
+            assert!(verify_with(&token, &keys).is_ok());
+            assert!(keys.verified.lock().unwrap().len() <= VERIFIED_MAX);
+        }
     }
 
     #[test]

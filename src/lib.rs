@@ -16,6 +16,7 @@
 //! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, rooms, per-event filtering.
 //! - [`upstream`]: the pooled upstream client.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
+//! - [`logwriter`]: log lines written to stderr by one writer thread, off the request path.
 //! - [`config`] (layered by figment, every setting listed once), [`state`], [`metrics`]
 //!   (negotiated exposition format): plumbing.
 
@@ -29,6 +30,7 @@ pub mod facts;
 pub mod filters;
 pub mod http;
 pub mod identity;
+pub mod logwriter;
 pub mod metrics;
 pub mod policy;
 pub mod rules;

@@ -7,6 +7,8 @@
 //! - The body always matches the advertised `Content-Type`: OpenMetrics 1.0.0 (what
 //!   prometheus-client encodes, ending in `# EOF`) only when the `Accept` header prefers it,
 //!   otherwise the Prometheus text format 0.0.4 derived from it by [`to_text_004`].
+//! - The `authz_decisions` family is never cleared: per-thread counter handles (see
+//!   [`decision`]) count into it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
@@ -235,16 +237,39 @@ pub fn decision(
     reason: &'static str,
     seconds: f64,
 ) {
-    METRICS
-        .decisions
-        .get_or_create(&DecisionLabels {
-            decision,
-            rule_id: rule_id.to_owned(),
-            check,
-            reason,
-        })
-        .inc();
+    DECISION_HANDLES.with_borrow_mut(|handles| {
+        let by_rule = handles.entry((decision, check, reason)).or_default();
+        if let Some(counter) = by_rule.get(rule_id) {
+            counter.inc();
+            return;
+        }
+        let counter = METRICS
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision,
+                rule_id: rule_id.to_owned(),
+                check,
+                reason,
+            })
+            .clone();
+        counter.inc();
+        by_rule.insert(rule_id.to_owned(), counter);
+    });
     METRICS.duration.observe(seconds);
+}
+
+/// Counter handles of `authz_decisions`, resolved once per label set and thread (the family's
+/// lock and a label `String` per request were measurable on the allow path). A handle shares
+/// its value with the family's counter, and the family is never cleared, so counting through
+/// a handle is counting in the family. Bounded like the labels: fixed label sets times the
+/// rule ids seen.
+type DecisionHandles = std::collections::HashMap<
+    (&'static str, &'static str, &'static str),
+    std::collections::HashMap<String, Counter>,
+>;
+
+thread_local! {
+    static DECISION_HANDLES: std::cell::RefCell<DecisionHandles> = Default::default();
 }
 
 /// Count an upstream answer replaced by an error because it could not be made safe.

@@ -259,3 +259,120 @@ async fn duplicate_authorization_headers_are_refused() {
     assert_eq!(r.status, 400);
     assert_eq!(up.count(), 0);
 }
+
+/// InvokeAI (another connection) commits `sql`; wait (bounded) until the guard's facts
+/// generation moves, as it does for any commit it sees.
+async fn commit_and_wait(g: &Guard, db: &std::path::Path, sql: &str, params: &[&str]) {
+    let generation = g.state.facts.generation();
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(sql, rusqlite::params_from_iter(params))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while g.state.facts.generation() == generation {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher never saw the commit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+// The verified-token cache (identity.rs) must not let a token outlive what would revoke it
+// without the cache: each test first makes the token verify (and so be cached), then changes
+// the database under the running guard and sends the very same token bytes again.
+
+#[tokio::test]
+async fn verified_cache_a_deactivated_user_is_refused_on_the_next_request() {
+    let (db, _up, g, m) = setup("6.14.2").await;
+    let token = token_for(&m, "alice");
+    let me = g.url("/api/v1/auth/me");
+    assert_eq!(send("GET", &me, Some(&token), None).await.status, 200);
+    assert_eq!(send("GET", &me, Some(&token), None).await.status, 200);
+    let uid = m["users"]["alice"]["user_id"].as_str().unwrap();
+    commit_and_wait(
+        &g,
+        &db.path,
+        "UPDATE users SET is_active = 0 WHERE user_id = ?1",
+        &[uid],
+    )
+    .await;
+    assert_eq!(send("GET", &me, Some(&token), None).await.status, 401);
+}
+
+#[tokio::test]
+async fn verified_cache_a_password_change_epoch_revokes_the_cached_token() {
+    let (db, _up, g, m) = setup("6.14.2").await;
+    let token = token_for(&m, "alice");
+    let me = g.url("/api/v1/auth/me");
+    assert_eq!(send("GET", &me, Some(&token), None).await.status, 200);
+    let uid = m["users"]["alice"]["user_id"].as_str().unwrap();
+    commit_and_wait(
+        &g,
+        &db.path,
+        "UPDATE users SET token_epoch = token_epoch + 1 WHERE user_id = ?1",
+        &[uid],
+    )
+    .await;
+    assert_eq!(send("GET", &me, Some(&token), None).await.status, 401);
+}
+
+#[tokio::test]
+async fn verified_cache_a_demoted_admin_loses_admin_routes_with_the_same_token() {
+    let (db, up, g, m) = setup("6.14.2").await;
+    let token = token_for(&m, "admin");
+    let users = g.url("/api/v1/auth/users");
+    assert_eq!(send("GET", &users, Some(&token), None).await.status, 200);
+    let uid = m["users"]["admin"]["user_id"].as_str().unwrap();
+    commit_and_wait(
+        &g,
+        &db.path,
+        "UPDATE users SET is_admin = 0 WHERE user_id = ?1",
+        &[uid],
+    )
+    .await;
+    let before = up.count();
+    let r = send("GET", &users, Some(&token), None).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.detail(), "Admin privileges required");
+    assert_eq!(up.count(), before, "nothing forwarded");
+    // And the token forwarded for an ordinary route now says is_admin: false.
+    assert_eq!(
+        send("GET", &g.url("/api/v1/auth/me"), Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        forwarded_claims(&up.last().unwrap()).unwrap()["is_admin"],
+        json!(false)
+    );
+}
+
+#[tokio::test]
+async fn verified_cache_a_rotated_secret_refuses_tokens_signed_with_the_old_one() {
+    let (db, _up, g, m) = setup("6.14.2").await;
+    let old = token_for(&m, "alice");
+    let me = g.url("/api/v1/auth/me");
+    assert_eq!(send("GET", &me, Some(&old), None).await.status, 200);
+    let rotated = "a-new-secret-after-rotation-0123456789abcdef";
+    commit_and_wait(
+        &g,
+        &db.path,
+        "UPDATE app_settings SET value = ?1 WHERE key = 'jwt_secret'",
+        &[rotated],
+    )
+    .await;
+    assert_eq!(send("GET", &me, Some(&old), None).await.status, 401);
+    let new = sign(&claims_for(&m, "alice"), rotated);
+    assert_eq!(send("GET", &me, Some(&new), None).await.status, 200);
+    // Rotating back does not resurrect anything signed with the interim secret.
+    commit_and_wait(
+        &g,
+        &db.path,
+        "UPDATE app_settings SET value = ?1 WHERE key = 'jwt_secret'",
+        &[&secret(&m)],
+    )
+    .await;
+    assert_eq!(send("GET", &me, Some(&new), None).await.status, 401);
+    assert_eq!(send("GET", &me, Some(&old), None).await.status, 200);
+}

@@ -7,16 +7,28 @@
 #   C  nginx                        (Debian nginx-light, 1 process, upstream keepalive)
 #   D  invoke-guard allow path      (GET /api/v1/images/i/{alice's image}, alice's token, warm facts)
 #   F  invoke-guard deny path       (the same image with bob's token: 403 from image.read)
+#   P  a second guard binary        (optional: BASE_GUARD=path, e.g. built from the previous
+#                                    commit; D's request, to compare two builds in one run)
 # Load: wrk -t1 -cCONNS -dDURATION (closed loop) and wrk -t1 -c1 (latency), after a warm-up.
 # CPU per request: utime+stime of the server process from /proc/PID/stat, before/after each
 # run, divided by wrk's request count.
+# Also, in every round: open-loop (fixed-rate, examples/bench_load.rs, latency from each
+# request's due time) for C and D at 50 % and 80 % of that round's nginx c64 rps, and streaming
+# a 20 MiB body (.../full) through C and D (wrk -c4). Once per run: the cold decision (COLD_N
+# images the guard has never seen, one request each, c1), the guard's RSS idle and with HOLD
+# idle keep-alive connections, and its peak RSS while streaming.
+# The guard runs with its default log level (info: one decision line per request, to a file),
+# as an operator runs it.
 #
-# Writes target/bench/report.md (and results.tsv) and prints the report. Exits non-zero when a
-# response-code check failed (A–D: 0 non-2xx; F: every response 403, counted by the guard).
+# Writes target/bench/report.md (and results.tsv) and prints the report, with a table of the
+# issue #12 targets (met or missed). Exits non-zero when a response-code check failed (A–D: 0
+# non-2xx; F: every response 403, counted by the guard; open-loop, cold, streaming: every
+# response 200).
 #
 # Knobs (environment): ROUNDS=3 DURATION=5 C1_DURATION=3 WARMUP=2 CONNS=64 WORKERS=1
 #   PIN=0 (1: wrk on CPU 0, servers on CPU 1)  SKIP_BUILD=0  KEEP=0 (1: keep the work dir)
-# Needs: cargo, curl; installs wrk and nginx-light with apt-get when missing (as root).
+#   OPEN_DURATION=5 STREAM_DURATION=4 COLD_N=2000 HOLD=1000 GUARD_LOG=info BASE_GUARD=
+# Needs: cargo, curl, python3; installs wrk and nginx-light with apt-get when missing (as root).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -28,7 +40,14 @@ WORKERS=${WORKERS:-1}
 PIN=${PIN:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
+OPEN_DURATION=${OPEN_DURATION:-5}
+STREAM_DURATION=${STREAM_DURATION:-4}
+COLD_N=${COLD_N:-2000}
+HOLD=${HOLD:-1000}
+GUARD_LOG=${GUARD_LOG:-info}
+BASE_GUARD=${BASE_GUARD:-}
 SCENARIOS=(A B C D F)
+[[ -n $BASE_GUARD ]] && SCENARIOS+=(P)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -78,6 +97,9 @@ apt_install() {
 }
 command -v curl >/dev/null || die "curl is required"
 command -v cargo >/dev/null || die "cargo is required"
+command -v python3 >/dev/null || die "python3 is required (to add the cold-scenario images)"
+# HOLD idle connections (plus the guard's own) need more descriptors than a default shell has.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 command -v wrk >/dev/null || apt_install wrk wrk
 NGINX=$(command -v nginx || true)
 [[ -n $NGINX ]] || NGINX=/usr/sbin/nginx
@@ -88,10 +110,10 @@ NGINX=$(command -v nginx || true)
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building release binaries"
     (cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin invoke-guard \
-        --example bench_origin --example bench_passthrough --example bench_fixture)
+        --example bench_origin --example bench_passthrough --example bench_fixture --example bench_load)
 fi
 BIN=$TARGET_DIR/release
-for b in "$BIN/invoke-guard" "$BIN/examples/bench_origin" "$BIN/examples/bench_passthrough" "$BIN/examples/bench_fixture"; do
+for b in "$BIN/invoke-guard" "$BIN/examples/bench_origin" "$BIN/examples/bench_passthrough" "$BIN/examples/bench_fixture" "$BIN/examples/bench_load" ${BASE_GUARD:+"$BASE_GUARD"}; do
     [[ -x $b ]] || die "missing $b (run without SKIP_BUILD=1)"
 done
 
@@ -127,6 +149,8 @@ P_PASS=$(free_port)
 P_NGINX=$(free_port)
 P_GUARD=$(free_port)
 P_ADMIN=$(free_port)
+P_BASE=$(free_port)
+P_BASE_ADMIN=$(free_port)
 
 SERVER_PIN=()
 CLIENT_PIN=()
@@ -164,6 +188,20 @@ IMAGE=$(fixture get /images/alice_private_1/image_name)
 TOKEN_ALICE=$(fixture token alice)
 TOKEN_BOB=$(fixture token bob)
 PATH_IMG=/api/v1/images/i/$IMAGE
+# The cold scenario's images: COLD_N copies of alice's image row under new names, written before
+# the guard starts (so no fact of theirs is cached and the watcher has nothing left to see).
+python3 - "$WORK/invokeai.db" "$IMAGE" "$COLD_N" <<'PY'
+import sqlite3, sys
+db, image, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = sqlite3.connect(db)
+cols = [r[1] for r in c.execute("PRAGMA table_info(images)") if r[1] != "image_name"]
+sel = ", ".join(cols)
+with c:
+    for i in range(n):
+        c.execute(f"INSERT INTO images (image_name, {sel}) SELECT ?, {sel} FROM images WHERE image_name = ?",
+                  (f"benchcold-{i}.png", image))
+assert c.execute("SELECT count(*) FROM images WHERE image_name LIKE 'benchcold-%'").fetchone()[0] == n
+PY
 
 # === servers ===
 start origin "$BIN/examples/bench_origin" "127.0.0.1:$P_ORIGIN"
@@ -208,7 +246,7 @@ EOF
 start nginx "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
 wait_ok "http://127.0.0.1:$P_NGINX/" "$PID_nginx"
 
-TOKIO_WORKER_THREADS=$WORKERS INVOKE_GUARD_LOG=warn start guard "$BIN/invoke-guard" serve \
+TOKIO_WORKER_THREADS=$WORKERS INVOKE_GUARD_LOG=$GUARD_LOG start guard "$BIN/invoke-guard" serve \
     --config "$WORK/empty.toml" \
     --listen "127.0.0.1:$P_GUARD" \
     --upstream "http://127.0.0.1:$P_ORIGIN" \
@@ -217,6 +255,20 @@ TOKIO_WORKER_THREADS=$WORKERS INVOKE_GUARD_LOG=warn start guard "$BIN/invoke-gua
     --ledger "$WORK/ledger.db" \
     --admin-listen "127.0.0.1:$P_ADMIN"
 wait_ok "http://127.0.0.1:$P_ADMIN/readyz" "$PID_guard"
+if [[ -n $BASE_GUARD ]]; then
+    TOKIO_WORKER_THREADS=$WORKERS INVOKE_GUARD_LOG=$GUARD_LOG start base "$BASE_GUARD" serve \
+        --config "$WORK/empty.toml" \
+        --listen "127.0.0.1:$P_BASE" \
+        --upstream "http://127.0.0.1:$P_ORIGIN" \
+        --db "$WORK/invokeai.db" \
+        --routes "$ROOT/routes.toml" \
+        --ledger "$WORK/ledger-base.db" \
+        --admin-listen "127.0.0.1:$P_BASE_ADMIN"
+    wait_ok "http://127.0.0.1:$P_BASE_ADMIN/readyz" "$PID_base"
+fi
+rss_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+sleep 1
+RSS_IDLE_START=$(rss_kb "$PID_guard" VmRSS)
 
 # Scenario table: URL, extra wrk/curl header, measured pid, expected status.
 declare -A URL HDR PID WANT
@@ -225,6 +277,9 @@ URL[B]=http://127.0.0.1:$P_PASS$PATH_IMG; HDR[B]=""; PID[B]=$PID_passthrough; WA
 URL[C]=http://127.0.0.1:$P_NGINX$PATH_IMG; HDR[C]=""; PID[C]=$PID_nginx; WANT[C]=200
 URL[D]=http://127.0.0.1:$P_GUARD$PATH_IMG; HDR[D]="Authorization: Bearer $TOKEN_ALICE"; PID[D]=$PID_guard; WANT[D]=200
 URL[F]=http://127.0.0.1:$P_GUARD$PATH_IMG; HDR[F]="Authorization: Bearer $TOKEN_BOB"; PID[F]=$PID_guard; WANT[F]=403
+if [[ -n $BASE_GUARD ]]; then
+    URL[P]=http://127.0.0.1:$P_BASE$PATH_IMG; HDR[P]=${HDR[D]}; PID[P]=$PID_base; WANT[P]=200
+fi
 
 for s in "${SCENARIOS[@]}"; do
     args=(-sS -o /dev/null -w '%{http_code}' --max-time 5)
@@ -232,7 +287,7 @@ for s in "${SCENARIOS[@]}"; do
     code=$(curl "${args[@]}" "${URL[$s]}")
     [[ $code == "${WANT[$s]}" ]] || die "scenario $s: expected ${WANT[$s]} from ${URL[$s]}, got $code"
 done
-log "all five targets answer as expected (A-D 200, F 403)"
+log "all targets answer as expected (A-D${BASE_GUARD:+, P} 200, F 403)"
 
 # === measurement ===
 CLK_TCK=$(getconf CLK_TCK)
@@ -304,7 +359,7 @@ measure() {
     read -r ga gf go gm <<<"$gbefore"
     read -r ha hf ho hm <<<"$gafter"
     case $s in
-        A | B | C)
+        A | B | C | P)
             [[ $non2xx == 0 ]] || check="FAIL: $non2xx non-2xx"
             ;;
         D)
@@ -325,6 +380,52 @@ measure() {
     log "round $r $s $load: $rps rps, p50 ${p50}us p99 ${p99}us, ${cpu} us CPU/req, $check"
 }
 
+# kv LINE KEY: the value of KEY=value in a bench_load output line.
+kv() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<" $1"; }
+
+# load_run ROUND SCENARIO LOADNAME OUTFILE MODE URL A B C: bench_load with the scenario's header
+load_run() {
+    local r=$1 s=$2 name=$3 out=$4
+    shift 4
+    local hdr=()
+    [[ -n ${HDR[$s]} ]] && hdr=("${HDR[$s]}")
+    timeout 300 "${CLIENT_PIN[@]}" "$BIN/examples/bench_load" "$@" 200 "${hdr[@]}" >"$out" 2>&1 ||
+        die "bench_load $name failed for scenario $s: $(cat "$out")"
+}
+
+# open_run ROUND SCENARIO PCT RATE: fixed-rate load; latency from each request's due time.
+open_run() {
+    local r=$1 s=$2 pct=$3 rate=$4 out=$WORK/open-$1-$2-$3.txt line check=ok
+    load_run "$r" "$s" "open" "$out" open "${URL[$s]}" "$rate" "$OPEN_DURATION" 64
+    line=$(tail -1 "$out")
+    [[ $(kv "$line" bad) == 0 ]] || check="FAIL: $(kv "$line" bad) bad responses"
+    [[ $check == ok ]] || FAILED=1
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t0\t-\t-\t%s\n' "$r" "$s" "o$pct" "$(kv "$line" rate)" \
+        "$(kv "$line" p50_us)" "$(kv "$line" p99_us)" "$(kv "$line" sent)" "$(kv "$line" bad)" "$check" >>"$RESULTS"
+    log "round $r $s open-loop ${pct}% ($rate/s): $line"
+}
+
+# stream_run ROUND SCENARIO: 20 MiB bodies through 4 connections; MiB/s in the rps column.
+stream_run() {
+    local r=$1 s=$2 out=$WORK/stream-$1-$2.txt pid=${PID[$2]} hwm check=ok
+    [[ $s == D ]] && echo 5 >"/proc/$pid/clear_refs" # reset the peak-RSS mark
+    local args=(-t1 -c4 "-d${STREAM_DURATION}s" --latency --timeout 10s)
+    [[ -n ${HDR[$s]} ]] && args+=(-H "${HDR[$s]}")
+    timeout $((STREAM_DURATION + 30)) "${CLIENT_PIN[@]}" wrk "${args[@]}" "${URL[$s]}/full" >"$out" 2>&1 ||
+        die "wrk (stream) failed for scenario $s: $(cat "$out")"
+    hwm=$([[ $s == D ]] && rss_kb "$pid" VmHWM || echo -)
+    local rps requests non2xx
+    rps=$(awk '/^Requests\/sec:/ { print $2; exit }' "$out")
+    requests=$(awk '/ requests in / { print $1; exit }' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$out")
+    non2xx=${non2xx:-0}
+    [[ -n $requests && $requests -gt 0 && $non2xx == 0 ]] || check="FAIL: $requests requests, $non2xx non-2xx"
+    [[ $check == ok ]] || FAILED=1
+    printf '%s\t%s\tstream\t%s\t-\t-\t%s\t%s\t0\t-\t%s\t%s\n' "$r" "$s" \
+        "$(awk -v x="$rps" 'BEGIN { printf "%.1f", x * 20 }')" "$requests" "$non2xx" "$hwm" "$check" >>"$RESULTS"
+    log "round $r $s stream: $rps bodies/s ($(awk -v x="$rps" 'BEGIN { printf "%.0f", x * 20 }') MiB/s), peak RSS ${hwm} kB, $check"
+}
+
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for ((r = 1; r <= ROUNDS; r++)); do
     # Interleave, rotating the starting scenario each round so no target always goes first.
@@ -335,7 +436,49 @@ for ((r = 1; r <= ROUNDS; r++)); do
         measure "$r" "$s" "c$CONNS" "$CONNS" "$DURATION"
         measure "$r" "$s" c1 1 "$C1_DURATION"
     done
+    # Open loop at 50 % and 80 % of this round's nginx maximum, C and D alternating first.
+    max=$(awk -F'\t' -v r="$r" -v l="c$CONNS" '$1 == r && $2 == "C" && $3 == l { printf "%d", $4 }' "$RESULTS")
+    for pct in 50 80; do
+        rate=$((max * pct / 100))
+        if ((r % 2)); then pair=(C D); else pair=(D C); fi
+        for s in "${pair[@]}"; do open_run "$r" "$s" "$pct" "$rate"; done
+    done
+    if ((r % 2)); then pair=(C D); else pair=(D C); fi
+    for s in "${pair[@]}"; do stream_run "$r" "$s"; done
 done
+
+# Cold decisions: COLD_N images the guard has not seen, one request each on one connection.
+read -r _ _ _ MISSES_BEFORE <<<"$(guard_counters)"
+load_run 0 D cold "$WORK/cold.txt" each "http://127.0.0.1:$P_GUARD/api/v1/images/i/benchcold-{i}.png" "$COLD_N" 0 0
+read -r _ _ _ MISSES_AFTER <<<"$(guard_counters)"
+COLD=$(tail -1 "$WORK/cold.txt")
+COLD_MISSES=$((MISSES_AFTER - MISSES_BEFORE))
+COLD_CHECK=ok
+[[ $(kv "$COLD" ok) == "$COLD_N" ]] || COLD_CHECK="FAIL: $COLD"
+((COLD_MISSES >= COLD_N)) || COLD_CHECK="FAIL: only $COLD_MISSES fact-cache misses for $COLD_N cold requests"
+[[ $COLD_CHECK == ok ]] || FAILED=1
+log "cold: $COLD ($COLD_MISSES fact-cache misses) $COLD_CHECK"
+
+# RSS: idle after the load, then with HOLD idle keep-alive connections.
+sleep 2
+RSS_IDLE_END=$(rss_kb "$PID_guard" VmRSS)
+"$BIN/examples/bench_load" hold "${URL[D]}" "$HOLD" 600 0 200 "${HDR[D]}" >"$WORK/hold.txt" 2>&1 &
+HOLD_PID=$!
+PIDS+=($HOLD_PID)
+for ((i = 0; i < 600; i++)); do
+    grep -q '^held=' "$WORK/hold.txt" && break
+    kill -0 "$HOLD_PID" 2>/dev/null || die "bench_load hold exited: $(cat "$WORK/hold.txt")"
+    sleep 0.1
+done
+grep -q '^held=' "$WORK/hold.txt" || die "bench_load hold did not open $HOLD connections in 60 s"
+sleep 1
+RSS_HOLD=$(rss_kb "$PID_guard" VmRSS)
+HOLD_LINE=$(cat "$WORK/hold.txt")
+kill "$HOLD_PID" 2>/dev/null || true
+wait "$HOLD_PID" 2>/dev/null || true
+HOLD_CHECK=ok
+[[ $HOLD_LINE == "held=$HOLD bad=0" ]] || { HOLD_CHECK="FAIL: $HOLD_LINE"; FAILED=1; }
+log "RSS: start ${RSS_IDLE_START} kB, idle after load ${RSS_IDLE_END} kB, with $HOLD idle connections ${RSS_HOLD} kB ($HOLD_LINE)"
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # === report ===
@@ -353,7 +496,10 @@ REPORT=$OUT/report.md
     echo "- D: GET $PATH_IMG as alice (rule images.get, image.read(path.image_name), warm facts); F: same as bob (403)"
     echo
 } >"$REPORT"
-awk -F'\t' -v conns="c$CONNS" '
+awk -F'\t' -v conns="c$CONNS" -v workers="$WORKERS" -v hold="$HOLD" \
+    -v cold_p50="$(kv "$COLD" p50_us)" -v cold_p99="$(kv "$COLD" p99_us)" -v cold_max="$(kv "$COLD" max_us)" \
+    -v cold_n="$COLD_N" -v cold_check="$COLD_CHECK" -v hold_check="$HOLD_CHECK" \
+    -v rss_start="$RSS_IDLE_START" -v rss_end="$RSS_IDLE_END" -v rss_hold="$RSS_HOLD" '
 function sortn(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t } }
 # stat KEY: "median [min–max]" over rounds of values v[KEY, round]
 function stat(key, fmt,   a, n, r, med) {
@@ -390,12 +536,13 @@ NR == 1 { next }
     if ($9 > 0) errs[s] += $9
 }
 END {
-    split("A B C D F", order, " ")
+    split("A B C D F P", order, " ")
     name["A"] = "A origin direct"; name["B"] = "B hyper passthrough"; name["C"] = "C nginx"
-    name["D"] = "D invoke-guard allow"; name["F"] = "F invoke-guard deny (403)"
+    name["D"] = "D invoke-guard allow"; name["F"] = "F invoke-guard deny (403)"; name["P"] = "P base guard (BASE_GUARD), allow"
     print "| target | rps @ " conns " | p50 / p99 @ " conns " (µs) | p50 @ c1 (µs) | p99 @ c1 (µs) | CPU µs/req (server) | origin CPU µs/req | checks |"
     print "|---|---|---|---|---|---|---|---|"
-    for (i = 1; i <= 5; i++) {
+    for (i = 1; i <= 6; i++) {
+        if (!((order[i], conns, "rps", 1) in v)) continue
         s = order[i]
         c = (s in bad) ? "FAIL" bad[s] : "ok"
         if (s in errs) c = c ", socket errors " errs[s]
@@ -421,7 +568,50 @@ END {
     print "| rps F/B | " ratio("F" K "rps", "B" K "rps", "r7") " |"
     print "| p50 @ c1, D − B (µs) | " delta("D" SUBSEP "c1" SUBSEP "p50", "B" SUBSEP "c1" SUBSEP "p50", "r8") " |"
     print "| p50 @ c1, D − C (µs) | " delta("D" SUBSEP "c1" SUBSEP "p50", "C" SUBSEP "c1" SUBSEP "p50", "r9") " |"
-}' "$RESULTS" >>"$REPORT"
+    if (("P", conns, "cpu", 1) in v) {
+        print "| CPU/req D/P (this guard vs BASE_GUARD) | " ratio("D" K "cpu", "P" K "cpu", "r10") " |"
+        print "| rps D/P | " ratio("D" K "rps", "P" K "rps", "r11") " |"
+    }
+    print ""
+    print "Open loop (fixed rate, 64 connections, latency from the due time of each request; rate = 50 % / 80 % of nginx rps @ " conns " in the same round):"
+    print ""
+    print "| target | achieved rate @ 50 % | p50 / p99 @ 50 % (µs) | achieved rate @ 80 % | p50 / p99 @ 80 % (µs) |"
+    print "|---|---|---|---|---|"
+    split("C D", oo, " ")
+    for (i = 1; i <= 2; i++) {
+        s = oo[i]
+        printf "| %s | %s | %s / %s | %s | %s / %s |\n", name[s], stat(s SUBSEP "o50" SUBSEP "rps", "%.0f"),
+            med(s SUBSEP "o50" SUBSEP "p50"), stat(s SUBSEP "o50" SUBSEP "p99", "%.0f"),
+            stat(s SUBSEP "o80" SUBSEP "rps", "%.0f"), med(s SUBSEP "o80" SUBSEP "p50"), stat(s SUBSEP "o80" SUBSEP "p99", "%.0f")
+    }
+    print ""
+    print "Streaming (20 MiB bodies, wrk -c4): C " stat("C" SUBSEP "stream" SUBSEP "rps", "%.0f") " MiB/s, D " stat("D" SUBSEP "stream" SUBSEP "rps", "%.0f") " MiB/s; guard peak RSS while streaming " med("D" SUBSEP "stream" SUBSEP "ocpu") " kB (median over rounds)."
+    print ""
+    print "Cold decisions (" cold_n " images never seen, one request each, c1): p50 " cold_p50 " µs, p99 " cold_p99 " µs, max " cold_max " µs (" cold_check "). Guard RSS: " rss_start " kB at start, " rss_end " kB idle after the load, " rss_hold " kB with " hold " idle keep-alive connections (" hold_check ")."
+    print ""
+    # The issue #12 targets. Each verdict reads the median of the per-round ratios above.
+    o50 = ratio("D" SUBSEP "o50" SUBSEP "p99", "C" SUBSEP "o50" SUBSEP "p99", "t1"); m50 = med("t1")
+    o80 = ratio("D" SUBSEP "o80" SUBSEP "p99", "C" SUBSEP "o80" SUBSEP "p99", "t2"); m80 = med("t2")
+    st = ratio("D" SUBSEP "stream" SUBSEP "rps", "C" SUBSEP "stream" SUBSEP "rps", "t3"); mst = med("t3")
+    for (r = 1; r <= rounds; r++) if (("D", "stream", "ocpu", r) in v) v["t4", r] = (v["D", "stream", "ocpu", r] - rss_end) / 1024
+    grow = med("t4")
+    print "| target (issue #12; WORKERS=" workers ") | measured (median [min–max]) | goal | |"
+    print "|---|---|---|---|"
+    printf "| rps @ %s, guard allow / nginx | %s | ≥ 1.0 | %s |\n", conns, stat("r6", "%.2f"), verdict(med("r6") >= 1.0)
+    printf "| CPU/req, guard allow / plain hyper | %s | ≤ 1.3 | %s |\n", stat("r1", "%.2f"), verdict(med("r1") <= 1.3)
+    printf "| p50 @ c1, guard − nginx (µs) | %s | ≤ +10 | %s |\n", stat("r9", "%+.0f"), verdict(med("r9") <= 10)
+    printf "| open loop @ 50 %%: p99 guard / nginx | %s | ≤ 1.5 | %s |\n", o50, verdict(m50 != "-" && m50 <= 1.5)
+    printf "| open loop @ 80 %%: p99 guard / nginx | %s | ≤ 1.5 | %s |\n", o80, verdict(m80 != "-" && m80 <= 1.5)
+    printf "| cold decision p99 (µs, whole request) | %s | ≤ 1000 | %s |\n", cold_p99, verdict(cold_p99 != "" && cold_p99 <= 1000)
+    printf "| streaming 20 MiB: guard / nginx throughput | %s | ≥ 0.9 | %s |\n", st, verdict(mst != "-" && mst >= 0.9)
+    printf "| streaming: guard peak RSS − idle RSS (MiB; 4 × 20 MiB in flight) | %.1f | flat in body size | one size only: not established (buffering would be +80) |\n", grow
+    printf "| RSS idle (MiB, after the load) | %.1f | ≤ 32 | %s |\n", rss_end / 1024, verdict(rss_end / 1024 <= 32)
+    printf "| RSS with %d idle keep-alive connections (MiB) | %.1f | ≤ 64 | %s |\n", hold, rss_hold / 1024, verdict(rss_hold / 1024 <= 64)
+    print "| rps ≥ 1.0× nginx with 2 workers vs 2 threads | nginx runs as one process here | ≥ 1.0 | not measured |"
+    print "| real InvokeAI behind the guard vs direct, p50 ratio | see scripts/bench/invokeai.sh | ≤ 1.05 | not in this run |"
+}
+function verdict(ok) { return ok ? "met" : "**missed**" }
+' "$RESULTS" >>"$REPORT"
 {
     echo
     echo "Raw rows: \`$RESULTS\`. Loopback only, 2 shared cores: rps moves by tens of percent between"

@@ -465,25 +465,30 @@ fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {
     Ok(schema)
 }
 
-fn init_tracing(settings: &Settings) {
+/// Install the log subscriber; its lines go to stderr through the writer thread of
+/// [`crate::logwriter`] (off the request path). Keep the guard: dropping it drains the queue.
+fn init_tracing(settings: &Settings) -> crate::logwriter::FlushGuard {
     // Both were validated by `settings()` (a bare unknown word would silence the log).
     let filter = tracing_subscriber::EnvFilter::try_from_env("INVOKE_GUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = crate::logwriter::spawn(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if settings.log_json {
         let _ = builder.json().try_init();
     } else {
         let _ = builder.try_init();
     }
+    guard
 }
 
 fn serve(common: &Common) -> anyhow::Result<()> {
     let settings = common.settings()?;
-    init_tracing(&settings);
+    // Declared first, dropped last: every line logged until `serve` returns is written.
+    let _log = init_tracing(&settings);
     probe_db(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

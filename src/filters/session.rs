@@ -3,7 +3,7 @@
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::response::Parts;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::FilterContext;
 use crate::identity::{self, SESSION_COOKIE};
@@ -112,7 +112,7 @@ pub(super) async fn revoke_after_password_change(
     }
     tracing::info!(user_id = %target, "password changed: older tokens revoked");
     if target == me.user_id {
-        let mut claims = me.claims.clone();
+        let mut claims = Map::clone(&me.claims);
         claims.insert("is_admin".into(), Value::Bool(me.is_admin));
         let fresh = identity::with_issue_time(&claims, secret);
         if let Ok(v) = HeaderValue::from_str(&fresh) {

@@ -72,6 +72,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
+    // Most messages carry none of these: one pass over the names present, instead of a name
+    // parse and a map probe for every listed name.
+    let doomed = |name: &HeaderName| {
+        HOP_BY_HOP.contains(&name.as_str()) || listed.iter().any(|l| l == name.as_str())
+    };
+    if !headers.keys().any(doomed) {
+        return;
+    }
     for name in HOP_BY_HOP
         .iter()
         .copied()
