@@ -11,7 +11,11 @@
 //! - The flag for a request is set before hyper can parse that request (we see its bytes first).
 //! - Anything the scanner does not understand (HTTP/2, upgrades, parse errors) stops scanning;
 //!   hyper's own strict parser still applies.
+//! - With [`Scanned::first_byte_within`], a connection that sends nothing at all within the
+//!   deadline fails its read and is closed (hyper's header timeout starts only once its HTTP
+//!   version sniffing saw a byte, so an idle connection would otherwise hold a slot forever).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -50,6 +54,8 @@ pub struct Scanned<IO> {
     mode: Mode,
     flag: Arc<Flag>,
     max_head: usize,
+    /// Until the first byte arrives: when to give up on a silent client.
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Scanned<IO> {
@@ -62,9 +68,16 @@ impl<IO> Scanned<IO> {
                 mode: Mode::Head(Vec::new()),
                 flag: flag.clone(),
                 max_head,
+                first_byte: None,
             },
             flag,
         )
+    }
+
+    /// Fail the first read when the client sends nothing within `deadline`.
+    pub fn first_byte_within(mut self, deadline: std::time::Duration) -> Self {
+        self.first_byte = Some(Box::pin(tokio::time::sleep(deadline)));
+        self
     }
 
     fn observe(&mut self, mut data: &[u8]) {
@@ -218,6 +231,55 @@ impl<IO> Scanned<IO> {
     }
 }
 
+/// What the scanner saw in a byte stream: for the fuzz target that compares its framing with
+/// hyper's (`fuzz/fuzz_targets/framing.rs`). Not used by the server.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// Offsets where the scanner expects each request head to start, in order.
+    pub heads: Vec<usize>,
+    /// Offset from which the scanner stopped looking (`None`: it followed the whole stream).
+    pub opaque_at: Option<usize>,
+    /// The verdict, as the service would read it after all chunks.
+    pub flag: Option<&'static str>,
+}
+
+/// Run the scanner over `chunks` as successive reads deliver them (the same `step` the
+/// connection wrapper runs) and report where it found request heads.
+#[doc(hidden)]
+pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
+    let (mut s, flag) = Scanned::new((), max_head);
+    let mut heads = vec![0];
+    let mut offset = 0;
+    let mut opaque_at = None;
+    'chunks: for chunk in chunks {
+        let mut data: &[u8] = chunk;
+        while !data.is_empty() {
+            let mode = std::mem::replace(&mut s.mode, Mode::Opaque);
+            let was_head = matches!(mode, Mode::Head(_));
+            let (next, used) = s.step(mode, data);
+            offset += used;
+            data = &data[used..];
+            match &next {
+                Mode::Opaque => {
+                    opaque_at = Some(offset);
+                    s.mode = next;
+                    break 'chunks;
+                }
+                // A fresh head starts here (after a body, trailers, or a body-less head).
+                Mode::Head(buf) if buf.is_empty() && !(was_head && used == 0) => heads.push(offset),
+                _ => {}
+            }
+            s.mode = next;
+        }
+    }
+    Trace {
+        heads,
+        opaque_at,
+        flag: flag.get(),
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -231,8 +293,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
+            self.first_byte = None;
             if !matches!(self.mode, Mode::Opaque) {
                 self.observe(&buf.filled()[before..]);
+            }
+        } else if let Some(deadline) = self.first_byte.as_mut() {
+            // Idle connection (connected, never a byte: slowloris' cheapest form).
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                )));
             }
         }
         poll

@@ -203,7 +203,20 @@ pub async fn guard(routes: &str, db: &Path, upstream: &str) -> Guard {
 }
 
 pub async fn guard_with(routes: &str, db: &Path, upstream: &str, raw: RawConfig) -> Guard {
-    start_guard(routes, db, upstream, raw, None).await
+    start_guard(routes, db, upstream, raw, None, None).await
+}
+
+/// Start the guard with its ledger at `ledger` (e.g. on a filesystem a test fills up).
+pub async fn guard_with_ledger(routes: &str, db: &Path, upstream: &str, ledger: &Path) -> Guard {
+    start_guard(
+        routes,
+        db,
+        upstream,
+        RawConfig::default(),
+        None,
+        Some(ledger),
+    )
+    .await
 }
 
 /// Start the guard serving HTTPS.
@@ -213,7 +226,7 @@ pub async fn guard_tls(
     upstream: &str,
     tls: tokio_rustls::TlsAcceptor,
 ) -> Guard {
-    start_guard(routes, db, upstream, RawConfig::default(), Some(tls)).await
+    start_guard(routes, db, upstream, RawConfig::default(), Some(tls), None).await
 }
 
 async fn start_guard(
@@ -222,8 +235,10 @@ async fn start_guard(
     upstream: &str,
     raw: RawConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    ledger: Option<&Path>,
 ) -> Guard {
     let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = ledger.map_or_else(|| ledger_dir.path().join("ledger.db"), Path::to_owned);
     let routes_path = ledger_dir.path().join("routes.toml");
     std::fs::write(&routes_path, routes).unwrap();
     let settings = config::settings(
@@ -234,7 +249,7 @@ async fn start_guard(
             upstream: Some(upstream.into()),
             db: Some(db.to_owned()),
             routes: Some(routes_path),
-            ledger: Some(ledger_dir.path().join("ledger.db")),
+            ledger: Some(ledger),
             ..Overrides::default()
         },
     )
