@@ -125,14 +125,20 @@ impl World {
     }
 }
 
-/// Run one database fault: `inject` breaks the database, `repair` restores it.
-async fn database_fault(fault: &str, inject: impl FnOnce(&Path), repair: impl FnOnce(&Path)) {
+/// A 6.14.2 world with a spare copy of its database, answering normally before the fault.
+async fn armed() -> (World, PathBuf) {
     let w = world("6.14.2").await;
     let spare = w.fixture_copy();
     assert_eq!(
         w.probes("alice_private_1").await.map(|p| p.0.as_u16()),
         [200, 403]
     );
+    (w, spare)
+}
+
+/// Run one database fault: `inject` breaks the database, `repair` restores it.
+async fn database_fault(fault: &str, inject: impl FnOnce(&Path), repair: impl FnOnce(&Path)) {
+    let (w, spare) = armed().await;
     let gen = w.g.state.facts.generation();
     inject(&w.db.path);
     w.observed(gen).await;
@@ -178,12 +184,7 @@ async fn database_truncated_then_restored() {
 async fn database_truncated_mid_file_never_allows() {
     // Cut in the middle of the file: page 1 survives, so the watcher may still see a database;
     // whatever the guard can or cannot read, a denied request is never allowed.
-    let w = world("6.14.2").await;
-    let spare = w.fixture_copy();
-    assert_eq!(
-        w.probes("alice_private_1").await.map(|p| p.0.as_u16()),
-        [200, 403]
-    );
+    let (w, spare) = armed().await;
     let len = std::fs::metadata(&w.db.path).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -236,12 +237,7 @@ async fn database_replaced_by_another_invokeai_database_is_followed() {
     // Another InvokeAI database (another secret, other users and owners) moved over the file:
     // the guard follows the file, so the old server's tokens stop working and ownership comes
     // from the new file; moving the original back restores everything.
-    let w = world("6.14.2").await;
-    let spare = w.fixture_copy();
-    assert_eq!(
-        w.probes("alice_private_1").await.map(|p| p.0.as_u16()),
-        [200, 403]
-    );
+    let (w, spare) = armed().await;
     let gen = w.g.state.facts.generation();
     let other = w.db.dir.path().join("other.db");
     std::fs::copy(fixture_path("invokeai-6.12.0-rich.db"), &other).unwrap();
@@ -287,17 +283,12 @@ async fn database_replaced_by_another_invokeai_database_is_followed() {
 async fn database_deleted_then_a_different_file_restored_is_read_fresh() {
     // Deleted, then a file where alice's image now belongs to bob appears at the path: the
     // guard must read the new file, not keep answering from connections to the deleted one.
-    let w = world("6.14.2").await;
-    let spare = w.fixture_copy();
+    let (w, spare) = armed().await;
     let image = w.m["images"]["alice_private_1"]["image_name"]
         .as_str()
         .unwrap()
         .to_owned();
     let bob_id = w.m["users"]["bob"]["user_id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        w.probes("alice_private_1").await.map(|p| p.0.as_u16()),
-        [200, 403]
-    );
     let gen = w.g.state.facts.generation();
     std::fs::remove_file(&w.db.path).unwrap();
     w.observed(gen).await;

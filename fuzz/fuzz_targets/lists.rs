@@ -178,6 +178,8 @@ fn world() -> &'static World {
     })
 }
 
+/// main's `sanitize_queue_item_for_user` nulled fields, restated on purpose: the oracle must not
+/// take the list from the code it checks.
 const SANITIZED_NULL: [&str; 15] = [
     "user_display_name",
     "user_email",
