@@ -96,6 +96,15 @@ impl<IO> Scanned<IO> {
         match mode {
             Mode::Opaque => (Mode::Opaque, data.len()),
             Mode::Head(mut buf) => {
+                if buf.is_empty() {
+                    // Empty lines before a request line (hyper and httparse skip them): else the
+                    // request after them would never be scanned (CL.TE behind blank lines).
+                    let blank = data.iter().take_while(|&&b| matches!(b, b'\r' | b'\n'));
+                    let skip = blank.count();
+                    if skip > 0 {
+                        return (Mode::Head(buf), skip);
+                    }
+                }
                 let start = buf.len().saturating_sub(3);
                 buf.extend_from_slice(data);
                 let Some(end) = find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
@@ -256,7 +265,7 @@ pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
         let mut data: &[u8] = chunk;
         while !data.is_empty() {
             let mode = std::mem::replace(&mut s.mode, Mode::Opaque);
-            let was_head = matches!(mode, Mode::Head(_));
+            let was_fresh = matches!(&mode, Mode::Head(b) if b.is_empty());
             let (next, used) = s.step(mode, data);
             offset += used;
             data = &data[used..];
@@ -266,8 +275,9 @@ pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
                     s.mode = next;
                     break 'chunks;
                 }
-                // A fresh head starts here (after a body, trailers, or a body-less head).
-                Mode::Head(buf) if buf.is_empty() && !(was_head && used == 0) => heads.push(offset),
+                // A fresh head starts here (after a body, trailers, or a body-less head); empty
+                // lines before it stay in front of it (httparse skips them).
+                Mode::Head(buf) if buf.is_empty() && !was_fresh => heads.push(offset),
                 _ => {}
             }
             s.mode = next;
@@ -358,6 +368,19 @@ mod tests {
         assert_eq!(scan(&[two]), None);
         let chunked = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab\r\n\r\n0\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
         assert_eq!(scan(&[chunked]), None);
+    }
+
+    #[test]
+    fn empty_lines_between_requests_do_not_stop_the_scan() {
+        // httparse and hyper skip empty lines before a request line (RFC 9112 §2.2): so must the
+        // scanner, or the request after them is never scanned.
+        let blank = b"GET /a HTTP/1.1\r\n\r\n\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(scan(&[blank]).is_some());
+        let split: [&[u8]; 2] = [
+            b"GET /a HTTP/1.1\r\n\r\n\r",
+            b"\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        ];
+        assert!(scan(&split).is_some());
     }
 
     #[test]
