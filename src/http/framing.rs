@@ -267,6 +267,8 @@ pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
             let mode = std::mem::replace(&mut s.mode, Mode::Opaque);
             let was_fresh = matches!(&mode, Mode::Head(b) if b.is_empty());
             let (next, used) = s.step(mode, data);
+            // Empty lines skipped before a head: the head still starts where they start.
+            let blank = was_fresh && data[..used].iter().all(|b| matches!(b, b'\r' | b'\n'));
             offset += used;
             data = &data[used..];
             match &next {
@@ -277,7 +279,7 @@ pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
                 }
                 // A fresh head starts here (after a body, trailers, or a body-less head); empty
                 // lines before it stay in front of it (httparse skips them).
-                Mode::Head(buf) if buf.is_empty() && !was_fresh => heads.push(offset),
+                Mode::Head(buf) if buf.is_empty() && !blank => heads.push(offset),
                 _ => {}
             }
             s.mode = next;
@@ -381,6 +383,8 @@ mod tests {
             b"\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
         ];
         assert!(scan(&split).is_some());
+        let two = b"\r\nGET /a HTTP/1.1\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(trace(&[two], 65536).heads, [0, 21, two.len()]);
     }
 
     #[test]
