@@ -134,7 +134,9 @@ fn check_form(data: &[u8]) {
                 .trim_matches('"')
                 .to_owned()
         });
-    if let Some(b) = boundary.filter(|b| !b.is_empty()) {
+    // Only a plain boundary (a quoted one may hold `;`, which this simple reading would cut).
+    let plain = !ct.as_bytes().contains(&b'"');
+    if let Some(b) = boundary.filter(|b| plain && !b.is_empty()) {
         let delimiter = format!("\r\n--{b}");
         for (name, value) in &fields {
             assert!(
