@@ -16,7 +16,7 @@
 #      real binary (tests/soak.rs, SOAK_SECONDS)
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh --quick    cargo tests only (no InvokeAI, no browser)
+#   scripts/test.sh --quick    cargo tests only (no InvokeAI, no browser, no fuzzing or soak)
 #
 # Everything it needs is installed idempotently by scripts/setup-test-deps.sh. A missing
 # prerequisite that cannot be installed is an error, never a silent skip.
@@ -28,7 +28,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
