@@ -9,8 +9,10 @@
 //! Invariants:
 //! - Bytes pass through unchanged; the scanner only observes.
 //! - The flag for a request is set before hyper can parse that request (we see its bytes first).
-//! - Anything the scanner does not understand (HTTP/2, upgrades, parse errors) stops scanning;
-//!   hyper's own strict parser still applies.
+//! - Anything the scanner does not understand (HTTP/2, CONNECT, parse errors) stops scanning;
+//!   hyper's own strict parser still applies. An `Upgrade` request is scanned on like any other:
+//!   hyper serves more requests on the connection when the answer is not 101, and after a 101
+//!   no request is served there any more, so a flag its frames might raise refuses nothing.
 //! - With [`Scanned::first_byte_within`], a connection that sends nothing at all within the
 //!   deadline fails its read and is closed (hyper's header timeout starts only once its HTTP
 //!   version sniffing saw a byte, so an idle connection would otherwise hold a slot forever).
@@ -192,14 +194,11 @@ impl<IO> Scanned<IO> {
         }
         let mut lengths = Vec::new();
         let mut codings = Vec::new();
-        let mut upgrade = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 lengths.push(h.value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 codings.push(h.value);
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         // CL.TE / TE.CL desync (Kettle 2019): both framings in one request.
@@ -210,9 +209,6 @@ impl<IO> Scanned<IO> {
         // Duplicate Content-Length, even equal, or a list in one header.
         if lengths.len() > 1 || lengths.iter().any(|v| v.contains(&b',')) {
             self.flag.set("duplicate Content-Length");
-            return Mode::Opaque;
-        }
-        if upgrade {
             return Mode::Opaque;
         }
         if let Some(last) = codings.last() {
@@ -370,6 +366,14 @@ mod tests {
         assert_eq!(scan(&[two]), None);
         let chunked = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab\r\n\r\n0\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
         assert_eq!(scan(&[chunked]), None);
+    }
+
+    #[test]
+    fn an_upgrade_answered_without_101_does_not_stop_the_scan() {
+        // Found by fuzz/fuzz_targets/framing.rs: hyper serves the next request when the upgrade
+        // is refused, so the scanner must look at it.
+        let s = b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(scan(&[s]).is_some());
     }
 
     #[test]
