@@ -109,7 +109,7 @@ impl<IO> Scanned<IO> {
                 }
                 let start = buf.len().saturating_sub(3);
                 buf.extend_from_slice(data);
-                let Some(end) = find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                let Some(end) = head_end(&buf, start) else {
                     if buf.len() > self.max_head {
                         return (Mode::Opaque, data.len());
                     }
@@ -288,8 +288,14 @@ pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where a request head ends: after its first empty line, with the line endings httparse (and
+/// so hyper) accepts, `\r\n` or a bare `\n` (else `\r\n\n` ends a head for hyper, not for us).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
+        (b'\n', Some(b'\n'), _) => Some(i + 2),
+        (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
+        _ => None,
+    })
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
@@ -374,6 +380,15 @@ mod tests {
         // is refused, so the scanner must look at it.
         let s = b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert!(scan(&[s]).is_some());
+    }
+
+    #[test]
+    fn bare_line_feeds_end_a_head_as_for_hyper() {
+        // Found by fuzz/fuzz_targets/framing.rs: `\r\n\n` ends a head for httparse.
+        let s = b"GET /a HTTP/1.1\r\n\nPOST /b HTTP/1.1\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        assert!(scan(&[s]).is_some());
+        let crash = b"\r\nGET /a HTTP/1.1\r\n\nGET /a HTTP/1.1\r\nHost:P/1.1\r\nHost: g\r\n\r\n";
+        assert_eq!(trace(&[crash], 65536).heads, [0, 20, crash.len()]);
     }
 
     #[test]
