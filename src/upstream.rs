@@ -41,6 +41,9 @@ impl Upstream {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle_timeout)
+            // Without a timer hyper-util never reaps idle connections: they stay open until the
+            // upstream closes them (the soak found them still open 30 s after the traffic).
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_max_idle_per_host(256)
             .build(connector);
         Self {

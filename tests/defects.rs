@@ -612,20 +612,6 @@ async fn stall(addr: SocketAddr, head: &str) -> TcpStream {
     s
 }
 
-/// Read until the peer closes; `None` when still open after `limit`.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 const STALLED_LOGIN: &str = "POST /api/v1/auth/login HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"ema";
 
 #[tokio::test]

@@ -4,10 +4,12 @@
 //! - Every connection is opened with the URI `file:…?mode=ro` (never `immutable=1`: InvokeAI
 //!   writes underneath us in WAL mode) and `query_only = ON`; nothing here can write.
 //! - Queries run on the blocking pool (`spawn_blocking`), never on an async worker thread.
-//! - A connection that returned an error is dropped, not reused.
+//! - A connection that returned an error is dropped, not reused; so is one taken from the pool
+//!   before a [`Db::reset`] (it may read a replaced or deleted file).
 //! - Each query names only columns the detected [`Schema`] has.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub struct Db {
     idle: Mutex<Vec<Connection>>,
     permits: Semaphore,
     busy_timeout: Duration,
+    /// Bumped by every reset: a connection checked out under an older epoch is not pooled again.
+    epoch: AtomicU64,
 }
 
 impl Db {
@@ -36,6 +40,7 @@ impl Db {
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size.max(1)),
             busy_timeout,
+            epoch: AtomicU64::new(0),
         };
         let conn = db.connect()?;
         db.idle.lock().expect("pool lock").push(conn);
@@ -54,7 +59,9 @@ impl Db {
 
     /// Drop every idle connection (the file was replaced).
     pub fn reset(&self) {
-        self.idle.lock().expect("pool lock").clear();
+        let mut idle = self.idle.lock().expect("pool lock");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        idle.clear();
     }
 
     /// Run `f` with a pooled connection on the blocking pool.
@@ -70,14 +77,17 @@ impl Db {
             .map_err(|_| FactsError::Closed)?;
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
+            let epoch = db.epoch.load(Ordering::Acquire);
             let pooled = db.idle.lock().expect("pool lock").pop();
             let conn = match pooled {
                 Some(c) => c,
                 None => db.connect()?,
             };
             let result = f(&conn).map_err(FactsError::from);
-            if result.is_ok() {
-                db.idle.lock().expect("pool lock").push(conn);
+            let mut idle = db.idle.lock().expect("pool lock");
+            // Stale pool: a connection to a replaced file must not serve the next request.
+            if result.is_ok() && db.epoch.load(Ordering::Acquire) == epoch {
+                idle.push(conn);
             }
             result
         })

@@ -6,6 +6,9 @@
 //! - When the schema changes, capabilities are re-detected before the generation bumps.
 //! - When the file disappears, is replaced (new inode) or cannot be read, the fact source is
 //!   marked unavailable (every fact read fails: 503) until a poll reads it again.
+//! - The inode the pooled connections read is remembered across failed polls: a file deleted
+//!   and then restored (or recreated) is a replacement, so the pool is emptied before the fact
+//!   source is available again (no fact is read from the deleted file).
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
@@ -32,10 +35,15 @@ pub(super) fn spawn(facts: Facts, interval: Duration) {
 fn run(facts: Facts, interval: Duration) {
     let mut conn: Option<Connection> = None;
     let mut last: Option<Observed> = None;
+    // The file the pool reads; survives failed polls (a delete-then-restore is a replacement).
+    let mut pool_inode: Option<u64> = None;
     while !facts.shared.stop.load(Ordering::Acquire) {
         match poll(&facts, &mut conn) {
             Ok(now) => {
-                if last.as_ref().is_some_and(|l| l.inode != now.inode) {
+                if pool_inode
+                    .replace(now.inode)
+                    .is_some_and(|i| i != now.inode)
+                {
                     // The file was replaced: every connection still reads the old inode.
                     tracing::warn!("InvokeAI database file replaced; reconnecting");
                     facts.db.reset();

@@ -8,7 +8,8 @@
 //! - JSON is parsed against the rule's [`JsonPlan`]: memory stays proportional to what checks read.
 //! - Multipart input that Starlette could read differently from the guard (repeated parameters,
 //!   repeated or nameless parts, transfer encodings) is refused with 400; parameter names are
-//!   matched case-insensitively as Starlette does.
+//!   matched case-insensitively as Starlette does. A form has at most [`MAX_FORM_FIELDS`] fields
+//!   and [`MAX_FORM_FILES`] files (Starlette's limits); more is refused with 400.
 //! - A request body with a `Content-Encoding` is refused where the guard reads it (Starlette does
 //!   not decode request bodies, so the guard would be judging bytes InvokeAI never parses).
 //! - A response body the guard must read is decoded (gzip, deflate) within the same limit, or
@@ -142,6 +143,12 @@ fn split_params(value: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Starlette's own `request.form()` limits (`max_fields`, `max_files`): InvokeAI refuses a form
+/// with more parts too, so refusing it here changes no answer and bounds the work per body.
+pub const MAX_FORM_FIELDS: usize = 1000;
+/// See [`MAX_FORM_FIELDS`].
+pub const MAX_FORM_FILES: usize = 1000;
+
 /// The text fields of a multipart/form-data body (file parts are skipped).
 pub async fn form(
     bytes: &Bytes,
@@ -169,6 +176,7 @@ pub async fn form(
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut fields = HashMap::new();
     let mut names = std::collections::HashSet::new();
+    let mut files = 0usize;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
@@ -205,6 +213,15 @@ pub async fn form(
             return Err(bad(format!("duplicate form field '{name}'")));
         }
         let is_file = params.contains_key("filename") || params.contains_key("filename*");
+        // Part floods (many tiny parts): counted as Starlette counts them, refused past its limits.
+        if is_file {
+            files += 1;
+            if files > MAX_FORM_FILES {
+                return Err(bad(format!("more than {MAX_FORM_FILES} files")));
+            }
+        } else if names.len() - files > MAX_FORM_FIELDS {
+            return Err(bad(format!("more than {MAX_FORM_FIELDS} fields")));
+        }
         let data = field
             .bytes()
             .await

@@ -9,9 +9,15 @@
 //! Invariants:
 //! - Bytes pass through unchanged; the scanner only observes.
 //! - The flag for a request is set before hyper can parse that request (we see its bytes first).
-//! - Anything the scanner does not understand (HTTP/2, upgrades, parse errors) stops scanning;
-//!   hyper's own strict parser still applies.
+//! - Anything the scanner does not understand (HTTP/2, CONNECT, parse errors) stops scanning;
+//!   hyper's own strict parser still applies. An `Upgrade` request is scanned on like any other:
+//!   hyper serves more requests on the connection when the answer is not 101, and after a 101
+//!   no request is served there any more, so a flag its frames might raise refuses nothing.
+//! - With [`Scanned::first_byte_within`], a connection that sends nothing at all within the
+//!   deadline fails its read and is closed (hyper's header timeout starts only once its HTTP
+//!   version sniffing saw a byte, so an idle connection would otherwise hold a slot forever).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -50,6 +56,8 @@ pub struct Scanned<IO> {
     mode: Mode,
     flag: Arc<Flag>,
     max_head: usize,
+    /// Until the first byte arrives: when to give up on a silent client.
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Scanned<IO> {
@@ -62,9 +70,16 @@ impl<IO> Scanned<IO> {
                 mode: Mode::Head(Vec::new()),
                 flag: flag.clone(),
                 max_head,
+                first_byte: None,
             },
             flag,
         )
+    }
+
+    /// Fail the first read when the client sends nothing within `deadline`.
+    pub fn first_byte_within(mut self, deadline: std::time::Duration) -> Self {
+        self.first_byte = Some(Box::pin(tokio::time::sleep(deadline)));
+        self
     }
 
     fn observe(&mut self, mut data: &[u8]) {
@@ -83,9 +98,18 @@ impl<IO> Scanned<IO> {
         match mode {
             Mode::Opaque => (Mode::Opaque, data.len()),
             Mode::Head(mut buf) => {
+                if buf.is_empty() {
+                    // Empty lines before a request line (hyper and httparse skip them): else the
+                    // request after them would never be scanned (CL.TE behind blank lines).
+                    let blank = data.iter().take_while(|&&b| matches!(b, b'\r' | b'\n'));
+                    let skip = blank.count();
+                    if skip > 0 {
+                        return (Mode::Head(buf), skip);
+                    }
+                }
                 let start = buf.len().saturating_sub(3);
                 buf.extend_from_slice(data);
-                let Some(end) = find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                let Some(end) = head_end(&buf, start) else {
                     if buf.len() > self.max_head {
                         return (Mode::Opaque, data.len());
                     }
@@ -170,14 +194,11 @@ impl<IO> Scanned<IO> {
         }
         let mut lengths = Vec::new();
         let mut codings = Vec::new();
-        let mut upgrade = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 lengths.push(h.value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 codings.push(h.value);
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         // CL.TE / TE.CL desync (Kettle 2019): both framings in one request.
@@ -188,9 +209,6 @@ impl<IO> Scanned<IO> {
         // Duplicate Content-Length, even equal, or a list in one header.
         if lengths.len() > 1 || lengths.iter().any(|v| v.contains(&b',')) {
             self.flag.set("duplicate Content-Length");
-            return Mode::Opaque;
-        }
-        if upgrade {
             return Mode::Opaque;
         }
         if let Some(last) = codings.last() {
@@ -218,8 +236,66 @@ impl<IO> Scanned<IO> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// What the scanner saw in a byte stream: for the fuzz target that compares its framing with
+/// hyper's (`fuzz/fuzz_targets/framing.rs`). Not used by the server.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// Offsets where the scanner expects each request head to start, in order.
+    pub heads: Vec<usize>,
+    /// Offset from which the scanner stopped looking (`None`: it followed the whole stream).
+    pub opaque_at: Option<usize>,
+    /// The verdict, as the service would read it after all chunks.
+    pub flag: Option<&'static str>,
+}
+
+/// Run the scanner over `chunks` as successive reads deliver them (the same `step` the
+/// connection wrapper runs) and report where it found request heads.
+#[doc(hidden)]
+pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
+    let (mut s, flag) = Scanned::new((), max_head);
+    let mut heads = vec![0];
+    let mut offset = 0;
+    let mut opaque_at = None;
+    'chunks: for chunk in chunks {
+        let mut data: &[u8] = chunk;
+        while !data.is_empty() {
+            let mode = std::mem::replace(&mut s.mode, Mode::Opaque);
+            let was_fresh = matches!(&mode, Mode::Head(b) if b.is_empty());
+            let (next, used) = s.step(mode, data);
+            // Empty lines skipped before a head: the head still starts where they start.
+            let blank = was_fresh && data[..used].iter().all(|b| matches!(b, b'\r' | b'\n'));
+            offset += used;
+            data = &data[used..];
+            match &next {
+                Mode::Opaque => {
+                    opaque_at = Some(offset);
+                    s.mode = next;
+                    break 'chunks;
+                }
+                // A fresh head starts here (after a body, trailers, or a body-less head); empty
+                // lines before it stay in front of it (httparse skips them).
+                Mode::Head(buf) if buf.is_empty() && !blank => heads.push(offset),
+                _ => {}
+            }
+            s.mode = next;
+        }
+    }
+    Trace {
+        heads,
+        opaque_at,
+        flag: flag.get(),
+    }
+}
+
+/// Where a request head ends: after its first empty line, with the line endings httparse (and
+/// so hyper) accepts, `\r\n` or a bare `\n` (else `\r\n\n` ends a head for hyper, not for us).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
+        (b'\n', Some(b'\n'), _) => Some(i + 2),
+        (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
+        _ => None,
+    })
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
@@ -231,8 +307,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
+            self.first_byte = None;
             if !matches!(self.mode, Mode::Opaque) {
                 self.observe(&buf.filled()[before..]);
+            }
+        } else if let Some(deadline) = self.first_byte.as_mut() {
+            // Idle connection (connected, never a byte: slowloris' cheapest form).
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                )));
             }
         }
         poll
@@ -287,6 +372,38 @@ mod tests {
         assert_eq!(scan(&[two]), None);
         let chunked = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab\r\n\r\n0\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
         assert_eq!(scan(&[chunked]), None);
+    }
+
+    #[test]
+    fn an_upgrade_answered_without_101_does_not_stop_the_scan() {
+        // Found by fuzz/fuzz_targets/framing.rs: hyper serves the next request when the upgrade
+        // is refused, so the scanner must look at it.
+        let s = b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(scan(&[s]).is_some());
+    }
+
+    #[test]
+    fn bare_line_feeds_end_a_head_as_for_hyper() {
+        // Found by fuzz/fuzz_targets/framing.rs: `\r\n\n` ends a head for httparse.
+        let s = b"GET /a HTTP/1.1\r\n\nPOST /b HTTP/1.1\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        assert!(scan(&[s]).is_some());
+        let crash = b"\r\nGET /a HTTP/1.1\r\n\nGET /a HTTP/1.1\r\nHost:P/1.1\r\nHost: g\r\n\r\n";
+        assert_eq!(trace(&[crash], 65536).heads, [0, 20, crash.len()]);
+    }
+
+    #[test]
+    fn empty_lines_between_requests_do_not_stop_the_scan() {
+        // httparse and hyper skip empty lines before a request line (RFC 9112 §2.2): so must the
+        // scanner, or the request after them is never scanned.
+        let blank = b"GET /a HTTP/1.1\r\n\r\n\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(scan(&[blank]).is_some());
+        let split: [&[u8]; 2] = [
+            b"GET /a HTTP/1.1\r\n\r\n\r",
+            b"\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        ];
+        assert!(scan(&split).is_some());
+        let two = b"\r\nGET /a HTTP/1.1\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(trace(&[two], 65536).heads, [0, 21, two.len()]);
     }
 
     #[test]

@@ -76,7 +76,12 @@ impl JsonPlan {
 
 /// Parse `bytes` keeping only what `plan` selects (skipped members become absent).
 pub fn parse(bytes: &[u8], plan: &JsonPlan) -> Result<Value, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // serde_json skips ignored strings without checking their UTF-8, and Python's json.loads
+    // refuses the whole body: validate it whole first (skipped parts are JSON text too).
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        <serde_json::Error as serde::de::Error>::custom(format!("invalid UTF-8: {e}"))
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let mut refs = 0usize;
     let value = Pruned {
         plan,
@@ -518,6 +523,8 @@ mod tests {
         let p = plan(&[(&["a"], Keep::Whole)]);
         assert!(parse(br#"{"a":1,"b":[1,2,}"#, &p).is_err());
         assert!(parse(br#"{"a":1,"b":NaN}"#, &p).is_err());
+        // Invalid UTF-8 in a skipped string (found by fuzz/fuzz_targets/args.rs).
+        assert!(parse(b"{\"a\":1,\"b\":\"x\xad\"}", &p).is_err());
         assert!(parse(br#"{"a":1} x"#, &p).is_err());
     }
 

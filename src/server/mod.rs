@@ -112,6 +112,7 @@ where
             let result = match tls {
                 None => {
                     let (io, flag) = framing::Scanned::new(stream, max_head);
+                    let io = io.first_byte_within(state.limits.header_read_timeout);
                     let fut =
                         builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
                     watcher.watch(fut.into_owned()).await
@@ -127,6 +128,7 @@ where
                         return;
                     };
                     let (io, flag) = framing::Scanned::new(tls_stream, max_head);
+                    let io = io.first_byte_within(state.limits.header_read_timeout);
                     let fut =
                         builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
                     watcher.watch(fut.into_owned()).await

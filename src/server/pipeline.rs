@@ -350,7 +350,11 @@ async fn pipeline(
         reshape: rewrite.as_ref().map(|r| &r.reshape),
         intent,
     };
-    Ok(respond(res, rule, &filter_ctx, state.limits.max_body_bytes, ctx).await)
+    let (limit, timeout) = (
+        state.limits.max_body_bytes,
+        state.limits.upstream_response_timeout,
+    );
+    Ok(respond(res, rule, &filter_ctx, limit, timeout, ctx).await)
 }
 
 /// Framing problems HTTP/1 parsers disagree on (request smuggling).
@@ -601,6 +605,7 @@ async fn respond(
     rule: &Rule,
     fctx: &FilterContext<'_>,
     limit: usize,
+    timeout: std::time::Duration,
     ctx: &mut RequestCtx,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
@@ -617,7 +622,7 @@ async fn respond(
         }
         return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
-    match filtered_body(&rule.response, &mut parts, body, fctx, limit).await {
+    match filtered_body(&rule.response, &mut parts, body, fctx, limit, timeout).await {
         Ok(bytes) => Response::from_parts(parts, decision::full(bytes)),
         // Fail closed: a body that could not be read, filtered or recorded is never sent.
         Err(reason) => {
@@ -637,10 +642,16 @@ async fn filtered_body(
     body: Incoming,
     ctx: &FilterContext<'_>,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, DenyReason> {
-    let raw = Limited::new(body, limit)
-        .collect()
+    // Slow-drip upstream body (headers at once, the rest never): bounded like the head.
+    let raw = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
         .await
+        .map_err(|_| {
+            DenyReason::BadUpstream(
+                "response body not received within limits.upstream_response_timeout_ms".into(),
+            )
+        })?
         .map_err(|e| {
             DenyReason::BadUpstream(format!(
                 "response body over the filter limit or unreadable: {e}"

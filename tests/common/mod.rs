@@ -203,7 +203,20 @@ pub async fn guard(routes: &str, db: &Path, upstream: &str) -> Guard {
 }
 
 pub async fn guard_with(routes: &str, db: &Path, upstream: &str, raw: RawConfig) -> Guard {
-    start_guard(routes, db, upstream, raw, None).await
+    start_guard(routes, db, upstream, raw, None, None).await
+}
+
+/// Start the guard with its ledger at `ledger` (e.g. on a filesystem a test fills up).
+pub async fn guard_with_ledger(routes: &str, db: &Path, upstream: &str, ledger: &Path) -> Guard {
+    start_guard(
+        routes,
+        db,
+        upstream,
+        RawConfig::default(),
+        None,
+        Some(ledger),
+    )
+    .await
 }
 
 /// Start the guard serving HTTPS.
@@ -213,7 +226,7 @@ pub async fn guard_tls(
     upstream: &str,
     tls: tokio_rustls::TlsAcceptor,
 ) -> Guard {
-    start_guard(routes, db, upstream, RawConfig::default(), Some(tls)).await
+    start_guard(routes, db, upstream, RawConfig::default(), Some(tls), None).await
 }
 
 async fn start_guard(
@@ -222,8 +235,10 @@ async fn start_guard(
     upstream: &str,
     raw: RawConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    ledger: Option<&Path>,
 ) -> Guard {
     let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = ledger.map_or_else(|| ledger_dir.path().join("ledger.db"), Path::to_owned);
     let routes_path = ledger_dir.path().join("routes.toml");
     std::fs::write(&routes_path, routes).unwrap();
     let settings = config::settings(
@@ -234,7 +249,7 @@ async fn start_guard(
             upstream: Some(upstream.into()),
             db: Some(db.to_owned()),
             routes: Some(routes_path),
-            ledger: Some(ledger_dir.path().join("ledger.db")),
+            ledger: Some(ledger),
             ..Overrides::default()
         },
     )
@@ -334,6 +349,21 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Read until the peer closes (the text read); `None` when still open after `limit`.
+pub async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 /// The status code of the first response in a raw reply (0 when there is none).
