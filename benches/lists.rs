@@ -102,7 +102,7 @@ fn world(rt: &tokio::runtime::Runtime) -> World {
         email: "bob@example.com".into(),
         is_admin: false,
         token: String::new(),
-        claims: Map::new(),
+        claims: std::sync::Arc::new(Map::new()),
         exp: 0,
         via: TokenSource::Bearer,
     };
