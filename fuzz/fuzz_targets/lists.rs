@@ -228,7 +228,7 @@ fuzz_target!(|data: &[u8]| {
         email: String::new(),
         is_admin: *is_admin,
         token: String::new(),
-        claims: Map::new(),
+        claims: std::sync::Arc::new(Map::new()),
         exp: u64::MAX,
         via: TokenSource::Bearer,
     };
@@ -246,6 +246,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(b) = &batch {
         path.insert("batch_id".to_owned(), b.clone());
     }
+    let no_query = invoke_guard::http::canonical::Query::default();
     let ctx = FilterContext {
         principal: Some(&principal),
         facts: &w.facts,
@@ -256,6 +257,8 @@ fuzz_target!(|data: &[u8]| {
         upstream_revokes: false,
         request_body: None,
         path: &path,
+        query: &no_query,
+        reshape: None,
         intent: None,
     };
     let input = Bytes::copy_from_slice(body);
