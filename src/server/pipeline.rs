@@ -576,22 +576,16 @@ async fn run_prelude(
         headers::strip_hop_by_hop(&mut head.headers);
         return Err(Response::from_parts(head, body.map_err(Into::into).boxed()));
     }
-    let limit = state.limits.max_body_bytes;
     let bad = |reason: DenyReason| decision::deny_response(&reason);
-    let raw = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            bad(DenyReason::BadUpstream(format!(
-                "prelude answer unreadable: {e}"
-            )))
-        })?
-        .to_bytes();
-    let encoding = head
-        .headers
-        .get(CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("unreadable"));
-    let decoded = body::decode(encoding, raw, limit).map_err(bad)?;
+    let limits = &state.limits;
+    let decoded = read_upstream_body(
+        &mut head.headers,
+        body,
+        limits.max_body_bytes,
+        limits.upstream_response_timeout,
+    )
+    .await
+    .map_err(bad)?;
     serde_json::from_slice(&decoded).map_err(|e| {
         bad(DenyReason::BadUpstream(format!(
             "prelude answer is not JSON: {e}"
@@ -635,12 +629,11 @@ async fn respond(
     }
 }
 
-/// Read (bounded), decode and filter a 2xx body the rule's filters need.
-async fn filtered_body(
-    filters: &[ResponseFilter],
-    parts: &mut http::response::Parts,
+/// Read an upstream body the guard must look at: bounded in size and in time, decoded (at most
+/// one Content-Encoding); when it decoded, the encoding headers go (what goes out is decoded).
+async fn read_upstream_body(
+    headers: &mut http::HeaderMap,
     body: Incoming,
-    ctx: &FilterContext<'_>,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, DenyReason> {
@@ -658,7 +651,7 @@ async fn filtered_body(
             ))
         })?
         .to_bytes();
-    let mut encodings = parts.headers.get_all(CONTENT_ENCODING).iter();
+    let mut encodings = headers.get_all(CONTENT_ENCODING).iter();
     let encoding = match (encodings.next(), encodings.next()) {
         (None, _) => None,
         (Some(v), None) => Some(
@@ -672,9 +665,22 @@ async fn filtered_body(
     let decoded = body::decode(encoding, raw, limit)?;
     if encoding.is_some() {
         // What goes out is the decoded body.
-        parts.headers.remove(CONTENT_ENCODING);
-        parts.headers.remove(CONTENT_LENGTH);
+        headers.remove(CONTENT_ENCODING);
+        headers.remove(CONTENT_LENGTH);
     }
+    Ok(decoded)
+}
+
+/// Read (bounded), decode and filter a 2xx body the rule's filters need.
+async fn filtered_body(
+    filters: &[ResponseFilter],
+    parts: &mut http::response::Parts,
+    body: Incoming,
+    ctx: &FilterContext<'_>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, DenyReason> {
+    let decoded = read_upstream_body(&mut parts.headers, body, limit, timeout).await?;
     let replaced = filters::apply_body(filters, parts, &decoded, ctx).await?;
     Ok(replaced.unwrap_or(decoded))
 }
