@@ -31,19 +31,15 @@ impl List {
     }
 }
 
-/// Whether a list filter applies: the caller is no admin and the upstream does not do it itself.
+/// Whether a list filter applies: the shared rule ([`super::recompute::active`]: no admin, the
+/// upstream does not do it itself; no caller owns nothing) and, for uncategorized names, the
+/// `none` board.
 pub(super) fn needs_filtering(list: List, ctx: &FilterContext<'_>) -> bool {
-    let is_admin = ctx.principal.is_none_or(|p| p.is_admin);
     let applies = match list {
         List::UncategorizedNames => ctx.path.get("board_id").map(String::as_str) == Some("none"),
         List::QueueItems | List::QueueStatus | List::QueueCounts => true,
     };
-    let upstream_does_it = list
-        .filter()
-        .info()
-        .upstream_does_it
-        .is_some_and(|c| ctx.facts.schema().has(c));
-    applies && !is_admin && !upstream_does_it
+    applies && super::recompute::active(list.filter(), ctx.principal, ctx.facts)
 }
 
 /// Rewrite a JSON list response in place (spec §4 R3, R5–R7); `Ok(true)` when it changed.
