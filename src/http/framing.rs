@@ -9,8 +9,11 @@
 //! Invariants:
 //! - Bytes pass through unchanged; the scanner only observes.
 //! - The flag for a request is set before hyper can parse that request (we see its bytes first).
-//! - Anything the scanner does not understand (HTTP/2, CONNECT, parse errors) stops scanning;
-//!   hyper's own strict parser still applies. An `Upgrade` request is scanned on like any other:
+//! - A request head httparse cannot parse flags the connection (hyper refuses such a head too,
+//!   so this only matters when the scanner lost step with hyper). Anything else the scanner does
+//!   not follow (HTTP/2, CONNECT, a chunked body hyper fails, an oversized head) stops scanning;
+//!   hyper's own strict parser still applies, and it serves nothing more after those.
+//! - A chunked body is followed with hyper's own decoder grammar, byte for byte. An `Upgrade` request is scanned on like any other:
 //!   hyper serves more requests on the connection when the answer is not 101, and after a 101
 //!   no request is served there any more, so a flag its frames might raise refuses nothing.
 //! - With [`Scanned::first_byte_within`], a connection that sends nothing at all within the
@@ -43,11 +46,34 @@ impl Flag {
 enum Mode {
     Head(Vec<u8>),
     Fixed(u64),
-    ChunkSize(Vec<u8>),
-    ChunkData(u64),
-    ChunkCrlf(u8),
-    Trailers(Vec<u8>),
+    Chunked(Chunk),
     Opaque,
+}
+
+/// Where the scanner is inside a chunked body: hyper's own decoder states, byte for byte, so
+/// that a chunked body ends exactly where hyper ends it (a trailer line ends at `\r\n` only,
+/// a bare `\n` is part of it; the section ends at an empty `\r\n` line).
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// The first hex digit of a size line.
+    Start,
+    /// More hex digits of the size so far.
+    Size(u64),
+    /// Blanks after the size (no more digits).
+    SizeLws(u64),
+    /// A chunk extension, up to its `\r`.
+    Extension(u64),
+    /// The `\n` after a size line's `\r`.
+    SizeLf(u64),
+    /// Chunk data still to come.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk's size line: the end (`\r\n`) or a trailer line.
+    EndCr,
+    EndLf,
+    Trailer,
+    TrailerLf,
 }
 
 /// An IO wrapper that scans request heads as they are read.
@@ -128,65 +154,30 @@ impl<IO> Scanned<IO> {
                 };
                 (next, take as usize)
             }
-            Mode::ChunkSize(line) => self.line(line, data, true),
-            Mode::Trailers(line) => self.line(line, data, false),
-            Mode::ChunkData(n) => {
+            Mode::Chunked(Chunk::Data(n)) => {
                 let take = n.min(data.len() as u64);
                 let rest = n - take;
                 let next = if rest == 0 {
-                    Mode::ChunkCrlf(2)
+                    Chunk::DataCr
                 } else {
-                    Mode::ChunkData(rest)
+                    Chunk::Data(rest)
                 };
-                (next, take as usize)
+                (Mode::Chunked(next), take as usize)
             }
-            Mode::ChunkCrlf(left) => {
-                let take = (left as usize).min(data.len());
-                let left = left - take as u8;
-                let next = if left == 0 {
-                    Mode::ChunkSize(Vec::new())
-                } else {
-                    Mode::ChunkCrlf(left)
-                };
-                (next, take)
-            }
+            Mode::Chunked(state) => (chunk_step(state, data[0]), 1),
         }
-    }
-
-    fn line(&self, mut line: Vec<u8>, data: &[u8], size_line: bool) -> (Mode, usize) {
-        let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-            line.extend_from_slice(data);
-            let next = if line.len() > 4096 {
-                Mode::Opaque
-            } else if size_line {
-                Mode::ChunkSize(line)
-            } else {
-                Mode::Trailers(line)
-            };
-            return (next, data.len());
-        };
-        line.extend_from_slice(&data[..=nl]);
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        let next = if size_line {
-            let hex = text.split(';').next().unwrap_or("").trim();
-            match u64::from_str_radix(hex, 16) {
-                Ok(0) => Mode::Trailers(Vec::new()),
-                Ok(n) => Mode::ChunkData(n),
-                Err(_) => Mode::Opaque,
-            }
-        } else if text.is_empty() {
-            Mode::Head(Vec::new())
-        } else {
-            Mode::Trailers(Vec::new())
-        };
-        (next, nl + 1)
     }
 
     fn after_head(&self, head: &[u8]) -> Mode {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            // Desync by a head the scanner cannot read (a body framed differently than hyper
+            // frames it): refuse the connection rather than stop looking. hyper refuses such a
+            // head itself, so no request a client could have had served is lost.
+            if !head.starts_with(H2_PREFACE) {
+                self.flag.set("unparsable request head");
+            }
             return Mode::Opaque;
         }
         if req.method == Some("CONNECT") {
@@ -217,7 +208,7 @@ impl<IO> Scanned<IO> {
                 .next()
                 .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
             return if chunked {
-                Mode::ChunkSize(Vec::new())
+                Mode::Chunked(Chunk::Start)
             } else {
                 Mode::Opaque
             };
@@ -234,6 +225,42 @@ impl<IO> Scanned<IO> {
             },
         }
     }
+}
+
+/// The start of the HTTP/2 connection preface: hyper-util switches to HTTP/2 on it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// One byte of a chunked body, as hyper's decoder reads it. Where hyper fails the body (it
+/// then serves no more requests on the connection) the scanner stops too.
+fn chunk_step(state: Chunk, byte: u8) -> Mode {
+    let hex = |size: u64| {
+        let digit = (byte as char).to_digit(16)?;
+        size.checked_mul(16)?.checked_add(u64::from(digit))
+    };
+    let next = match (state, byte) {
+        (Chunk::Start, _) => hex(0).map(Chunk::Size),
+        (Chunk::Size(n), b'\t' | b' ') | (Chunk::SizeLws(n), b'\t' | b' ') => {
+            Some(Chunk::SizeLws(n))
+        }
+        (Chunk::Size(n) | Chunk::SizeLws(n), b';') => Some(Chunk::Extension(n)),
+        (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n), b'\r') => Some(Chunk::SizeLf(n)),
+        (Chunk::Size(n), _) => hex(n).map(Chunk::Size),
+        (Chunk::SizeLws(_), _) => None,
+        (Chunk::Extension(_), b'\n') => None,
+        (Chunk::Extension(n), _) => Some(Chunk::Extension(n)),
+        (Chunk::SizeLf(0), b'\n') => Some(Chunk::EndCr),
+        (Chunk::SizeLf(n), b'\n') => Some(Chunk::Data(n)),
+        (Chunk::DataCr, b'\r') => Some(Chunk::DataLf),
+        (Chunk::DataLf, b'\n') => Some(Chunk::Start),
+        (Chunk::EndCr, b'\r') => Some(Chunk::EndLf),
+        (Chunk::Trailer, b'\r') => Some(Chunk::TrailerLf),
+        (Chunk::EndCr | Chunk::Trailer, _) => Some(Chunk::Trailer),
+        (Chunk::TrailerLf, b'\n') => Some(Chunk::EndCr),
+        (Chunk::EndLf, b'\n') => return Mode::Head(Vec::new()),
+        (Chunk::SizeLf(_) | Chunk::Data(_) | Chunk::DataCr | Chunk::DataLf, _)
+        | (Chunk::TrailerLf | Chunk::EndLf, _) => None,
+    };
+    next.map_or(Mode::Opaque, Mode::Chunked)
 }
 
 /// What the scanner saw in a byte stream: for the fuzz target that compares its framing with
@@ -404,6 +431,35 @@ mod tests {
         assert!(scan(&split).is_some());
         let two = b"\r\nGET /a HTTP/1.1\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
         assert_eq!(trace(&[two], 65536).heads, [0, 21, two.len()]);
+    }
+
+    #[test]
+    fn chunked_trailers_end_where_hyper_ends_them() {
+        // Found by fuzz/fuzz_targets/framing.rs (reliability item 10): a trailer line ends at
+        // `\r\n` only, so `X-T:\n\r\n` is one trailer line and ` 1\r\n` another; the body
+        // ends at the next empty line and hyper serves `GET /b`.
+        let s = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T:\n\r\n 1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        let t = trace(&[s], 65536);
+        assert_eq!((t.heads.len(), t.opaque_at, t.flag), (3, None, None));
+        assert_eq!(&s[t.heads[1]..t.heads[1] + 6], b"GET /b");
+        // Byte by byte, the same.
+        let bytes: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(trace(&bytes, 65536), t);
+        // Extensions, blanks after the size and upper-case hex, as hyper reads them.
+        let ext = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nA \t;x=1\r\n0123456789\r\n0;y\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
+        assert!(scan(&[ext]).is_some());
+    }
+
+    #[test]
+    fn a_head_the_scanner_cannot_parse_refuses_the_connection() {
+        let s = b"GET /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\x01junk\r\n\r\n";
+        assert_eq!(scan(&[s]), Some("unparsable request head"));
+        // The HTTP/2 preface is not an HTTP/1 head: hyper-util serves HTTP/2 after it.
+        assert_eq!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"]), None);
+        // A chunked body hyper fails ends the scan without refusing (hyper serves no more).
+        let bad = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\nx\r\n0\r\n\r\n";
+        assert_eq!(trace(&[bad], 65536).flag, None);
+        assert!(trace(&[bad], 65536).opaque_at.is_some());
     }
 
     #[test]
