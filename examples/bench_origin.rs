@@ -4,7 +4,8 @@
 //!
 //! Answers every method and path with `200 OK` and the same 1 KiB JSON body, so what the
 //! benchmark measures is the proxy in front of it, not InvokeAI. A path ending in `/full` (the
-//! streaming scenario) gets a 20 MiB `image/png` body instead, sent in 64 KiB chunks. One runtime thread by
+//! streaming scenario) gets a 20 MiB `image/png` body instead (`?mib=N` asks for N MiB, 1 to 1024),
+//! sent in 64 KiB chunks. One runtime thread by
 //! default (`TOKIO_WORKER_THREADS` is not read: the origin must not compete for both cores).
 
 use std::convert::Infallible;
@@ -21,9 +22,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// The streamed image: 20 MiB.
-const BIG: usize = 20 * 1024 * 1024;
+/// The streamed image: 20 MiB unless the query asks for another size.
+const BIG_MIB: usize = 20;
 const CHUNK: usize = 64 * 1024;
+
+/// The streamed body's size in MiB: `mib=N` in the query, else [`BIG_MIB`].
+fn streamed_mib(query: Option<&str>) -> usize {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("mib=")?.parse().ok())
+        .filter(|n| (1..=1024).contains(n))
+        .unwrap_or(BIG_MIB)
+}
 
 /// 1 KiB of JSON, the size the anchors' harness used.
 fn body() -> Bytes {
@@ -52,27 +63,27 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     let body = body();
     assert_eq!(body.len(), 1024);
-    let big = Bytes::from(vec![0x5a; BIG]);
+    let chunk = Bytes::from(vec![0x5a; CHUNK]);
     eprintln!("bench_origin listening on {}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let body = body.clone();
-        let big = big.clone();
+        let chunk = chunk.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let res = if req.uri().path().ends_with("/full") {
                     // Chunks share the one buffer: the origin itself does not copy.
-                    let big = big.clone();
-                    let chunks = (0..BIG / CHUNK).map(move |i| {
-                        Ok::<_, Infallible>(Frame::data(big.slice(i * CHUNK..(i + 1) * CHUNK)))
-                    });
+                    let size = streamed_mib(req.uri().query()) * 1024 * 1024;
+                    let chunk = chunk.clone();
+                    let chunks = (0..size / CHUNK)
+                        .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
                     let mut res =
                         Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed());
                     res.headers_mut()
                         .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
                     res.headers_mut()
-                        .insert(CONTENT_LENGTH, HeaderValue::from(BIG));
+                        .insert(CONTENT_LENGTH, HeaderValue::from(size));
                     res
                 } else {
                     let mut res = Response::new(Full::new(body.clone()).boxed());

@@ -429,6 +429,37 @@ async fn smuggling_attempts_are_refused_and_not_forwarded() {
 }
 
 #[tokio::test]
+async fn requests_pipelined_behind_a_desync_are_never_forwarded() {
+    // Each stream is one write: a first request whose framing a scanner could misread, then a
+    // request with duplicate equal Content-Lengths (which hyper merges silently, so only the raw
+    // byte scanner sees it). The second one must never reach InvokeAI.
+    let (_db, up, g, _m, t) = setup().await;
+    let auth = format!("Authorization: Bearer {t}\r\n");
+    let smuggled = format!(
+        "POST /api/v1/second HTTP/1.1\r\nHost: g\r\n{auth}Content-Length: 2\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let cases = [
+        // Reliability item 10: trailer lines end at CRLF only (`X-T:\n` is one line with ` 1`).
+        ("bare-LF trailer", format!("POST /api/v1/first HTTP/1.1\r\nHost: g\r\n{auth}Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\nX-T:\n\r\n 1\r\n\r\n{smuggled}")),
+        // A refused CONNECT closes the connection.
+        ("after CONNECT", format!("CONNECT g:443 HTTP/1.1\r\nHost: g:443\r\n{auth}\r\n{smuggled}")),
+        // A head the scanner cannot parse refuses the connection instead of ending the scan.
+        ("after junk", format!("GET /api/v1/first HTTP/1.1\r\nHost: g\r\n{auth}Content-Length: 1\r\n\r\nx\x01junk\r\n\r\n{smuggled}")),
+    ];
+    for (name, req) in cases {
+        let reply = raw(g.addr, req.as_bytes()).await;
+        assert!(raw_status(&reply) >= 400, "{name}: {reply:?}");
+        let forwarded: Vec<String> = up.requests().into_iter().map(|s| s.target).collect();
+        assert!(
+            !forwarded.iter().any(|t| t.contains("/second")),
+            "{name}: the pipelined request reached the upstream: {forwarded:?}"
+        );
+    }
+    let r = send("GET", &g.url("/api/v1/x"), Some(&t), None).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
 async fn database_gone_means_503_never_forward() {
     let (db, up, g, m, t) = setup().await;
     let bob = token_for(&m, "bob");

@@ -4,7 +4,7 @@
 # Measures, in one run, interleaved over ROUNDS rounds, everything on 127.0.0.1:
 #   A  origin direct                (examples/bench_origin.rs, fixed 1 KiB 200)
 #   B  plain hyper passthrough      (examples/bench_passthrough.rs, pooled hyper-util client)
-#   C  nginx                        (Debian nginx-light, 1 process, upstream keepalive)
+#   C  nginx                        (Debian nginx-light, WORKERS worker processes, upstream keepalive)
 #   D  invoke-guard allow path      (GET /api/v1/images/i/{alice's image}, alice's token, warm facts)
 #   F  invoke-guard deny path       (the same image with bob's token: 403 from image.read)
 #   P  a second guard binary        (optional: BASE_GUARD=path, e.g. built from the previous
@@ -13,7 +13,8 @@
 # CPU per request: utime+stime of the server process from /proc/PID/stat, before/after each
 # run, divided by wrk's request count.
 # Also, in every round: open-loop (fixed-rate, examples/bench_load.rs, latency from each
-# request's due time) for C and D at 50 % and 80 % of that round's nginx c64 rps, and streaming
+# request's due time) for C and D at 50 % and 80 % of that round's nginx c64 rps, CPU per
+# request of B, C and D at one fixed rate (half of that round's guard c64 rps), and streaming
 # a 20 MiB body (.../full) through C and D (wrk -c4). Once per run: the cold decision (COLD_N
 # images the guard has never seen, one request each, c1), the guard's RSS idle and with HOLD
 # idle keep-alive connections, and its peak RSS while streaming.
@@ -27,7 +28,7 @@
 #
 # Knobs (environment): ROUNDS=3 DURATION=5 C1_DURATION=3 WARMUP=2 CONNS=64 WORKERS=1
 #   PIN=0 (1: wrk on CPU 0, servers on CPU 1)  SKIP_BUILD=0  KEEP=0 (1: keep the work dir)
-#   OPEN_DURATION=5 STREAM_DURATION=4 COLD_N=2000 HOLD=1000 GUARD_LOG=info BASE_GUARD=
+#   OPEN_DURATION=5 STREAM_DURATION=4 STREAM_BIG_MIB=200 COLD_N=2000 HOLD=1000 GUARD_LOG=info BASE_GUARD=
 # Needs: cargo, curl, python3; installs wrk and nginx-light with apt-get when missing (as root).
 set -euo pipefail
 
@@ -45,6 +46,7 @@ STREAM_DURATION=${STREAM_DURATION:-4}
 COLD_N=${COLD_N:-2000}
 HOLD=${HOLD:-1000}
 GUARD_LOG=${GUARD_LOG:-info}
+STREAM_BIG_MIB=${STREAM_BIG_MIB:-200}
 BASE_GUARD=${BASE_GUARD:-}
 SCENARIOS=(A B C D F)
 [[ -n $BASE_GUARD ]] && SCENARIOS+=(P)
@@ -211,11 +213,13 @@ TOKIO_WORKER_THREADS=$WORKERS start passthrough "$BIN/examples/bench_passthrough
 wait_ok "http://127.0.0.1:$P_PASS/" "$PID_passthrough"
 
 mkdir -p "$WORK/nginx"
+# WORKERS=1: one process doing all the work (master_process off). WORKERS=N: a master and N
+# workers, as an operator runs nginx; its CPU is summed over the master and its workers.
+if [[ $WORKERS == 1 ]]; then NGINX_PROCS="master_process off;"; else NGINX_PROCS="master_process on;"; fi
 cat >"$WORK/nginx/nginx.conf" <<EOF
-# One process doing all the work (so /proc/PID/stat is its whole cost), like worker_processes 1.
 daemon off;
-master_process off;
-worker_processes 1;
+$NGINX_PROCS
+worker_processes $WORKERS;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections 1024; }
@@ -291,7 +295,14 @@ log "all targets answer as expected (A-D${BASE_GUARD:+, P} 200, F 403)"
 
 # === measurement ===
 CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# utime+stime of a process (all its threads) and of its direct children (nginx's workers).
+cpu_ticks() {
+    local p total=0
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$total"
+}
 
 # Guard decision counters for rule images.get: "ALLOW DENY_FORBIDDEN MISSES".
 guard_counters() {
@@ -405,6 +416,29 @@ open_run() {
     log "round $r $s open-loop ${pct}% ($rate/s): $line"
 }
 
+# eq_run ROUND SCENARIO RATE: the same fixed rate for every contender (half of the guard's own
+# closed-loop maximum in this round, so each one sustains it) and each server's CPU per request:
+# closed-loop CPU per request flatters the fastest server (more requests per wake-up), this
+# compares the work done for the same arrivals.
+eq_run() {
+    local r=$1 s=$2 rate=$3 out=$WORK/eq-$1-$2.txt line check=ok pid=${PID[$2]} before after obefore oafter
+    before=$(cpu_ticks "$pid")
+    obefore=$(cpu_ticks "$PID_origin")
+    load_run "$r" "$s" "eq" "$out" open "${URL[$s]}" "$rate" "$OPEN_DURATION" 64
+    after=$(cpu_ticks "$pid")
+    oafter=$(cpu_ticks "$PID_origin")
+    line=$(tail -1 "$out")
+    local sent cpu ocpu
+    sent=$(kv "$line" sent)
+    [[ $(kv "$line" bad) == 0 && ${sent:-0} -gt 0 ]] || check="FAIL: $line"
+    [[ $check == ok ]] || FAILED=1
+    cpu=$(awk -v a="$before" -v b="$after" -v n="$sent" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t * 1e6 / n }')
+    ocpu=$(awk -v a="$obefore" -v b="$oafter" -v n="$sent" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t * 1e6 / n }')
+    printf '%s\t%s\teq\t%s\t%s\t%s\t%s\t%s\t0\t%s\t%s\t%s\n' "$r" "$s" "$(kv "$line" rate)" \
+        "$(kv "$line" p50_us)" "$(kv "$line" p99_us)" "$sent" "$(kv "$line" bad)" "$cpu" "$ocpu" "$check" >>"$RESULTS"
+    log "round $r $s equal rate ($rate/s): ${cpu} us CPU/req, origin ${ocpu}; $line"
+}
+
 # stream_run ROUND SCENARIO: 20 MiB bodies through 4 connections; MiB/s in the rps column.
 stream_run() {
     local r=$1 s=$2 out=$WORK/stream-$1-$2.txt pid=${PID[$2]} hwm check=ok
@@ -443,6 +477,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         if ((r % 2)); then pair=(C D); else pair=(D C); fi
         for s in "${pair[@]}"; do open_run "$r" "$s" "$pct" "$rate"; done
     done
+    # CPU per request at one fixed rate for B, C and D (rotating order).
+    dmax=$(awk -F'\t' -v r="$r" -v l="c$CONNS" '$1 == r && $2 == "D" && $3 == l { printf "%d", $4 }' "$RESULTS")
+    trio=(B C D)
+    for ((k = 0; k < 3; k++)); do eq_run "$r" "${trio[$(((k + r - 1) % 3))]}" $((dmax / 2)); done
     if ((r % 2)); then pair=(C D); else pair=(D C); fi
     for s in "${pair[@]}"; do stream_run "$r" "$s"; done
 done
@@ -458,6 +496,20 @@ COLD_CHECK=ok
 ((COLD_MISSES >= COLD_N)) || COLD_CHECK="FAIL: only $COLD_MISSES fact-cache misses for $COLD_N cold requests"
 [[ $COLD_CHECK == ok ]] || FAILED=1
 log "cold: $COLD ($COLD_MISSES fact-cache misses) $COLD_CHECK"
+
+# Streaming once more with bodies STREAM_BIG_MIB large (10× the rounds' 20 MiB): the guard's
+# peak RSS must not grow with the body size (it streams; buffering would add 4 × the body).
+echo 5 >"/proc/$PID_guard/clear_refs"
+timeout $((STREAM_DURATION * 2 + 60)) "${CLIENT_PIN[@]}" wrk -t1 -c4 "-d$((STREAM_DURATION * 2))s" --timeout 30s \
+    -H "${HDR[D]}" "${URL[D]}/full?mib=$STREAM_BIG_MIB" >"$WORK/stream-big.txt" 2>&1 ||
+    die "wrk (big stream) failed: $(cat "$WORK/stream-big.txt")"
+BIG_HWM=$(rss_kb "$PID_guard" VmHWM)
+BIG_REQUESTS=$(awk '/ requests in / { print $1; exit }' "$WORK/stream-big.txt")
+BIG_NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF; exit }' "$WORK/stream-big.txt")
+BIG_CHECK=ok
+[[ -n $BIG_REQUESTS && $BIG_REQUESTS -gt 0 && ${BIG_NON2XX:-0} == 0 ]] ||
+    { BIG_CHECK="FAIL: $BIG_REQUESTS requests, ${BIG_NON2XX:-0} non-2xx"; FAILED=1; }
+log "stream ${STREAM_BIG_MIB} MiB bodies through D: $BIG_REQUESTS bodies, peak RSS ${BIG_HWM} kB, $BIG_CHECK"
 
 # RSS: idle after the load, then with HOLD idle keep-alive connections.
 sleep 2
@@ -490,7 +542,7 @@ REPORT=$OUT/report.md
     echo "- machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(uname -sr)"
     echo "- versions: $(rustc --version), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk --version 2>&1 | head -1 | awk '{ print $1, $2 }')," \
         "hyper $(awk '/^name = "hyper"$/ { getline; gsub(/"/, "", $3); print $3 }' "$ROOT/Cargo.lock")"
-    echo "- runtime threads: TOKIO_WORKER_THREADS=$WORKERS for B and D/F; origin 1 thread; nginx 1 process; pinning: $([[ $PIN == 1 ]] && echo 'wrk CPU 0, servers CPU 1' || echo none)"
+    echo "- runtime threads: TOKIO_WORKER_THREADS=$WORKERS for B and D/F; origin 1 thread; nginx $WORKERS worker process(es); pinning: $([[ $PIN == 1 ]] && echo 'wrk CPU 0, servers CPU 1' || echo none)"
     echo "- other load: CPUs $BUSY_START busy in the second before the servers started; load average at start / end: $LOAD_START / $LOAD_END;" \
         "top processes by lifetime %CPU at start: $TOP_START"
     echo "- D: GET $PATH_IMG as alice (rule images.get, image.read(path.image_name), warm facts); F: same as bob (403)"
@@ -499,7 +551,8 @@ REPORT=$OUT/report.md
 awk -F'\t' -v conns="c$CONNS" -v workers="$WORKERS" -v hold="$HOLD" \
     -v cold_p50="$(kv "$COLD" p50_us)" -v cold_p99="$(kv "$COLD" p99_us)" -v cold_max="$(kv "$COLD" max_us)" \
     -v cold_n="$COLD_N" -v cold_check="$COLD_CHECK" -v hold_check="$HOLD_CHECK" \
-    -v rss_start="$RSS_IDLE_START" -v rss_end="$RSS_IDLE_END" -v rss_hold="$RSS_HOLD" '
+    -v rss_start="$RSS_IDLE_START" -v rss_end="$RSS_IDLE_END" -v rss_hold="$RSS_HOLD" \
+    -v big_mib="$STREAM_BIG_MIB" -v big_hwm="$BIG_HWM" -v big_check="$BIG_CHECK" '
 function sortn(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t } }
 # stat KEY: "median [min–max]" over rounds of values v[KEY, round]
 function stat(key, fmt,   a, n, r, med) {
@@ -566,6 +619,9 @@ END {
     print "| rps D/B | " ratio("D" K "rps", "B" K "rps", "r5") " |"
     print "| rps D/C | " ratio("D" K "rps", "C" K "rps", "r6") " |"
     print "| rps F/B | " ratio("F" K "rps", "B" K "rps", "r7") " |"
+    E = SUBSEP "eq" SUBSEP
+    print "| CPU/req at one fixed rate (half of D at c64), D/B | " ratio("D" E "cpu", "B" E "cpu", "r12") " (D " stat("D" E "cpu", "%.1f") ", B " stat("B" E "cpu", "%.1f") ", C " stat("C" E "cpu", "%.1f") " µs; rate " stat("D" E "rps", "%.0f") "/s) |"
+    print "| CPU/req at that rate, D/C | " ratio("D" E "cpu", "C" E "cpu", "r13") " |"
     print "| p50 @ c1, D − B (µs) | " delta("D" SUBSEP "c1" SUBSEP "p50", "B" SUBSEP "c1" SUBSEP "p50", "r8") " |"
     print "| p50 @ c1, D − C (µs) | " delta("D" SUBSEP "c1" SUBSEP "p50", "C" SUBSEP "c1" SUBSEP "p50", "r9") " |"
     if (("P", conns, "cpu", 1) in v) {
@@ -597,17 +653,18 @@ END {
     grow = med("t4")
     print "| target (issue #12; WORKERS=" workers ") | measured (median [min–max]) | goal | |"
     print "|---|---|---|---|"
-    printf "| rps @ %s, guard allow / nginx | %s | ≥ 1.0 | %s |\n", conns, stat("r6", "%.2f"), verdict(med("r6") >= 1.0)
-    printf "| CPU/req, guard allow / plain hyper | %s | ≤ 1.3 | %s |\n", stat("r1", "%.2f"), verdict(med("r1") <= 1.3)
+    printf "| rps @ %s, guard allow / nginx (%d guard threads, %d nginx workers) | %s | ≥ 1.0 | %s |\n", conns, workers, workers, stat("r6", "%.2f"), verdict(med("r6") >= 1.0)
+    printf "| CPU/req, guard allow / plain hyper (closed loop @ %s) | %s | ≤ 1.3 | %s |\n", conns, stat("r1", "%.2f"), verdict(med("r1") <= 1.3)
+    printf "| CPU/req, guard allow / plain hyper (same fixed rate) | %s | ≤ 1.3 | %s |\n", stat("r12", "%.2f"), verdict(med("r12") <= 1.3)
     printf "| p50 @ c1, guard − nginx (µs) | %s | ≤ +10 | %s |\n", stat("r9", "%+.0f"), verdict(med("r9") <= 10)
     printf "| open loop @ 50 %%: p99 guard / nginx | %s | ≤ 1.5 | %s |\n", o50, verdict(m50 != "-" && m50 <= 1.5)
     printf "| open loop @ 80 %%: p99 guard / nginx | %s | ≤ 1.5 | %s |\n", o80, verdict(m80 != "-" && m80 <= 1.5)
     printf "| cold decision p99 (µs, whole request) | %s | ≤ 1000 | %s |\n", cold_p99, verdict(cold_p99 != "" && cold_p99 <= 1000)
     printf "| streaming 20 MiB: guard / nginx throughput | %s | ≥ 0.9 | %s |\n", st, verdict(mst != "-" && mst >= 0.9)
-    printf "| streaming: guard peak RSS − idle RSS (MiB; 4 × 20 MiB in flight) | %.1f | flat in body size | one size only: not established (buffering would be +80) |\n", grow
+    big = (big_hwm - rss_end) / 1024
+    printf "| streaming: guard peak RSS − idle RSS (MiB), 4 × 20 MiB / 4 × %d MiB in flight (%s) | %.1f / %.1f | flat in body size (≤ +8 MiB for 10× the body) | %s |\n", big_mib, big_check, grow, big, verdict(big_check == "ok" && big - grow <= 8)
     printf "| RSS idle (MiB, after the load) | %.1f | ≤ 32 | %s |\n", rss_end / 1024, verdict(rss_end / 1024 <= 32)
     printf "| RSS with %d idle keep-alive connections (MiB) | %.1f | ≤ 64 | %s |\n", hold, rss_hold / 1024, verdict(rss_hold / 1024 <= 64)
-    print "| rps ≥ 1.0× nginx with 2 workers vs 2 threads | nginx runs as one process here | ≥ 1.0 | not measured |"
     print "| real InvokeAI behind the guard vs direct, p50 ratio | see scripts/bench/invokeai.sh | ≤ 1.05 | not in this run |"
 }
 function verdict(ok) { return ok ? "met" : "**missed**" }
