@@ -99,7 +99,8 @@ def args():
 
 
 def lists():
-    # byte 0: 4*caller + filter (0 names, 1 items, 2 status, 3 counts); byte 1: scope
+    # byte 0: 6*caller + filter (0 uncategorized names, 1 queue items, 2 status, 3 counts,
+    # 4 image names, 5 image DTOs); byte 1: scope
     names = json.dumps([f"g-{k}.png" for k in range(0, 96, 5)] + ["nope.png", 3])
     items = json.dumps([
         {"item_id": 5000 + k, "user_id": u, "batch_id": f"gb-{k % 4}", "session_id": f"gs-{k}", "status": "pending",
@@ -112,12 +113,18 @@ def lists():
                           "processor": {"is_started": True, "is_processing": True}})
     counts = json.dumps({"batch_id": "gb-1", "queue_id": "default", "origin": "canvas", "destination": "gd-1",
                          "pending": 9, "in_progress": 1, "completed": 3, "failed": 0, "canceled": 0, "total": 13})
+    all_names = [f"g-{k}.png" for k in range(0, 96, 3)] + ["nope.png"]
+    image_names = json.dumps({"image_names": all_names, "starred_count": 2, "total_count": len(all_names)})
+    dtos = json.dumps([{"image_name": n, "image_url": f"/api/v1/images/i/{n}/full", "board_id": None,
+                        "starred": False, "is_intermediate": False, "width": 8, "height": 8} for n in all_names[:12]])
     for caller in range(7):
-        write("lists", f"names-{caller}", bytes([caller * 4 + 0, 0]) + names.encode())
-        write("lists", f"items-{caller}", bytes([caller * 4 + 1, 0]) + items.encode())
-        write("lists", f"status-{caller}", bytes([caller * 4 + 2, 0]) + status.encode())
-        write("lists", f"counts-batch-{caller}", bytes([caller * 4 + 3, 2]) + counts.encode())
-        write("lists", f"counts-dest-{caller}", bytes([caller * 4 + 3, 1]) + counts.encode())
+        write("lists", f"names-{caller}", bytes([caller * 6 + 0, 0]) + names.encode())
+        write("lists", f"items-{caller}", bytes([caller * 6 + 1, 0]) + items.encode())
+        write("lists", f"status-{caller}", bytes([caller * 6 + 2, 0]) + status.encode())
+        write("lists", f"counts-batch-{caller}", bytes([caller * 6 + 3, 2]) + counts.encode())
+        write("lists", f"counts-dest-{caller}", bytes([caller * 6 + 3, 1]) + counts.encode())
+        write("lists", f"image-names-{caller}", bytes([caller * 6 + 4, 0]) + image_names.encode())
+        write("lists", f"image-dtos-{caller}", bytes([caller * 6 + 5, 0]) + dtos.encode())
 
 
 for f in (canonical, framing, routes, args, lists):

@@ -10,7 +10,11 @@
 //! - uncategorized names: only the caller's own images that sit on no board;
 //! - queue items: an item not owned by the caller keeps none of main's sanitized fields;
 //! - queue status: a running item is named only to its owner;
-//! - queue counts: exactly the caller's own items of the batch or destination.
+//! - queue counts: exactly the caller's own items of the batch or destination;
+//! - image names (6.12's `get_image_names` recounted): only the caller's own images, each one
+//!   the upstream listed, with counts that match the names kept;
+//! - image DTOs (`images_by_names`, per item): only images the caller may read (her own, or on
+//!   a board 6.12 marks `is_public`; one generated board is), in the upstream's order.
 //!
 //! Input: byte 0 picks the list and the caller, byte 1 the count scope; the rest is the body.
 #![no_main]
@@ -47,6 +51,7 @@ struct World {
     users: Vec<(String, bool)>,
     image_owner: HashMap<String, String>,
     on_board: HashSet<String>,
+    on_public_board: HashSet<String>,
     queue: HashMap<i64, QueueRow>,
     batches: Vec<String>,
 }
@@ -74,7 +79,13 @@ fn world() -> &'static World {
             .collect::<Result<_, _>>()
             .unwrap();
         let board: String = conn
-            .query_row("SELECT board_id FROM boards LIMIT 1", [], |r| r.get(0))
+            .query_row("SELECT board_id FROM boards ORDER BY board_id LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+        // A second board made public (6.12's `is_public`): its images are readable by everyone.
+        let public_board: String = conn
+            .query_row("SELECT board_id FROM boards ORDER BY board_id DESC LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+        conn.execute("UPDATE boards SET is_public = 1 WHERE board_id = ?1", [&public_board])
             .unwrap();
         // Generated facts: 96 images and 60 queue items spread over every user (a fixed layout).
         let tx = conn.unchecked_transaction().unwrap();
@@ -86,10 +97,11 @@ fn world() -> &'static World {
                 rusqlite::params![format!("g-{k}.png"), owner],
             )
             .unwrap();
-            if k % 3 == 0 {
+            if k % 3 != 2 {
+                let on = if k % 3 == 0 { &board } else { &public_board };
                 tx.execute(
                     "INSERT INTO board_images (board_id, image_name) VALUES (?1, ?2)",
-                    rusqlite::params![board, format!("g-{k}.png")],
+                    rusqlite::params![on, format!("g-{k}.png")],
                 )
                 .unwrap();
             }
@@ -121,6 +133,16 @@ fn world() -> &'static World {
             .unwrap();
         let on_board = conn
             .prepare("SELECT image_name FROM board_images")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let on_public_board = conn
+            .prepare(
+                "SELECT bi.image_name FROM board_images bi JOIN boards b ON b.board_id = bi.board_id \
+                 WHERE b.is_public = 1",
+            )
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
@@ -172,6 +194,7 @@ fn world() -> &'static World {
             users,
             image_owner,
             on_board,
+            on_public_board,
             queue,
             batches,
         }
@@ -222,7 +245,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let w = world();
-    let (me, is_admin) = &w.users[usize::from(sel / 4) % w.users.len()];
+    let (me, is_admin) = &w.users[usize::from(sel / 6) % w.users.len()];
     let principal = Principal {
         user_id: me.clone(),
         email: String::new(),
@@ -237,7 +260,9 @@ fuzz_target!(|data: &[u8]| {
         ResponseFilter::SanitizeQueueItems,
         ResponseFilter::RedactQueueStatus,
         ResponseFilter::OwnQueueCounts,
-    ][usize::from(sel % 4)];
+        ResponseFilter::OwnImageNames,
+        ResponseFilter::ReadableImages,
+    ][usize::from(sel % 6)];
     let mut path = HashMap::new();
     path.insert("board_id".to_owned(), "none".to_owned());
     path.insert("queue_id".to_owned(), "default".to_owned());
@@ -343,6 +368,33 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(out[s], Value::from(n), "{s} count for {me}");
             }
             assert_eq!(out["total"], Value::from(total));
+        }
+        ResponseFilter::OwnImageNames => {
+            let names = out["image_names"].as_array().expect("names stay a list");
+            let listed: HashSet<&Value> = before["image_names"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            for n in names {
+                assert!(listed.contains(n), "{n} was not listed by the upstream");
+                let n = n.as_str().expect("only names");
+                assert_eq!(w.image_owner.get(n), Some(me), "{n} is not the caller's");
+            }
+            assert_eq!(out["total_count"], Value::from(names.len()));
+            let starred = out["starred_count"].as_u64().expect("a starred count");
+            assert!(starred as usize <= names.len(), "more starred than listed");
+        }
+        ResponseFilter::ReadableImages => {
+            let items = out.as_array().expect("items stay a list");
+            let originals = before.as_array().expect("the input was a list");
+            // Kept items are the readable ones, in the upstream's order.
+            let mut rest = originals.iter();
+            for item in items {
+                assert!(rest.any(|o| o == item), "{item} reordered or invented");
+                let n = item["image_name"].as_str().expect("an image name");
+                let readable = w.image_owner.get(n) == Some(me) || w.on_public_board.contains(n);
+                assert!(readable, "{n} is not readable by {me}");
+            }
         }
         _ => unreachable!(),
     }
