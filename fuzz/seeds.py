@@ -113,10 +113,10 @@ def lists():
                           "processor": {"is_started": True, "is_processing": True}})
     counts = json.dumps({"batch_id": "gb-1", "queue_id": "default", "origin": "canvas", "destination": "gd-1",
                          "pending": 9, "in_progress": 1, "completed": 3, "failed": 0, "canceled": 0, "total": 13})
-    all_names = [f"g-{k}.png" for k in range(0, 96, 3)] + ["nope.png"]
+    all_names = [f"g-{k}.png" for k in range(0, 96, 2)] + ["nope.png"]  # every board kind
     image_names = json.dumps({"image_names": all_names, "starred_count": 2, "total_count": len(all_names)})
     dtos = json.dumps([{"image_name": n, "image_url": f"/api/v1/images/i/{n}/full", "board_id": None,
-                        "starred": False, "is_intermediate": False, "width": 8, "height": 8} for n in all_names[:12]])
+                        "starred": False, "is_intermediate": False, "width": 8, "height": 8} for n in all_names[:18]])
     for caller in range(7):
         write("lists", f"names-{caller}", bytes([caller * 6 + 0, 0]) + names.encode())
         write("lists", f"items-{caller}", bytes([caller * 6 + 1, 0]) + items.encode())
