@@ -13,9 +13,10 @@
 //!   so this only matters when the scanner lost step with hyper). Anything else the scanner does
 //!   not follow (HTTP/2, CONNECT, a chunked body hyper fails, an oversized head) stops scanning;
 //!   hyper's own strict parser still applies, and it serves nothing more after those.
-//! - A chunked body is followed with hyper's own decoder grammar, byte for byte. An `Upgrade` request is scanned on like any other:
-//!   hyper serves more requests on the connection when the answer is not 101, and after a 101
-//!   no request is served there any more, so a flag its frames might raise refuses nothing.
+//! - A chunked body is followed with hyper's own decoder grammar, byte for byte.
+//! - An `Upgrade` request is scanned on like any other: hyper serves more requests on the
+//!   connection when the answer is not 101, and after a 101 no request is served there any more,
+//!   so a flag its frames might raise refuses nothing.
 //! - With [`Scanned::first_byte_within`], a connection that sends nothing at all within the
 //!   deadline fails its read and is closed (hyper's header timeout starts only once its HTTP
 //!   version sniffing saw a byte, so an idle connection would otherwise hold a slot forever).
