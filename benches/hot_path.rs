@@ -332,7 +332,7 @@ fn bench_policy(c: &mut Criterion) {
         };
         let first = rt.block_on(policy::decide(rule, &data, Some(who), src));
         assert_eq!(
-            matches!(first.decision, invoke_guard::decision::Decision::Allow),
+            first.allows(),
             allowed,
             "{label}: unexpected decision {first:?}"
         );

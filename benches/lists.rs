@@ -7,7 +7,6 @@
 //! one-worker runtime, so they bound the guard CPU from above (SQLite reads run on the blocking
 //! pool and are included).
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,9 +17,10 @@ use serde_json::{json, Map, Value};
 
 use invoke_guard::facts::ledger::{Entry, Ledger};
 use invoke_guard::facts::{Facts, FactsConfig};
-use invoke_guard::filters::{self, FilterContext, PlanInput, Reshape, ResponseFilter};
+use invoke_guard::filters::{self, FilterContext, Reshape, ResponseFilter};
 use invoke_guard::http::canonical::{self, Target};
 use invoke_guard::identity::{Principal, TokenSource};
+use invoke_guard::policy::RequestData;
 
 const N: usize = 1_000;
 
@@ -154,7 +154,10 @@ fn time_filter(
         target,
         reshape,
     } = *case;
-    let path = HashMap::new();
+    let data = RequestData {
+        query: target.params.clone(),
+        ..RequestData::default()
+    };
     rt.block_on(async {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
@@ -164,17 +167,16 @@ fn time_filter(
             let (mut parts, ()) = http::Response::new(()).into_parts();
             let ctx = FilterContext {
                 principal: Some(&w.me),
-                facts: &w.facts,
                 secret: None,
-                ledger: &w.ledger,
-                tls: false,
+                target,
+                data: &data,
                 request_session: None,
-                upstream_revokes: false,
-                request_body: None,
-                path: &path,
-                query: &target.params,
                 reshape,
                 intent: None,
+                facts: &w.facts,
+                ledger: &w.ledger,
+                tls: false,
+                max_list_items: 50_000,
             };
             let start = Instant::now();
             let out = filters::apply_body(&[filter], &mut parts, body, &ctx)
@@ -281,18 +283,25 @@ fn bench_lists(c: &mut Criterion) {
 
     // The own page of GET /images/ without board_id: one read transaction (page + count).
     let list_target = target("/api/v1/images/?limit=50&offset=100");
-    let path = HashMap::new();
     g.bench_function("own_image_page_plan", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let input = PlanInput {
+                let data = RequestData {
+                    query: list_target.params.clone(),
+                    ..RequestData::default()
+                };
+                let input = FilterContext {
                     principal: Some(&w.me),
+                    secret: None,
+                    target: &list_target,
+                    data: &data,
+                    request_session: None,
+                    reshape: None,
+                    intent: None,
                     facts: &w.facts,
                     ledger: &w.ledger,
-                    target: &list_target,
-                    path: &path,
-                    request_body: None,
-                    max_items: 50_000,
+                    tls: false,
+                    max_list_items: 50_000,
                 };
                 let start = Instant::now();
                 for _ in 0..iters {

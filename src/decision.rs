@@ -1,13 +1,17 @@
-//! Decisions as data, with their provenance, and the one place they become HTTP responses.
+//! Outcomes as data, with their provenance, and the one place they become HTTP responses.
 //!
 //! Invariants:
-//! - Every request ends in exactly one [`Decision`]; only `Allow` reaches the upstream.
-//! - A [`Verdict`] records which check decided and the facts behind it; the decision log,
-//!   metrics (bounded labels only: rule id, check name, reason), `explain` and `test` all read
-//!   the same value. It never holds tokens, secrets, passwords or query values.
+//! - A refusal is a [`Refusal`]: its cause, who caused it ([`Source`]: the client, the policy,
+//!   InvokeAI's database, InvokeAI itself), its status, a fixed label and the `detail` sent.
+//!   Nothing else in the crate maps a refusal to a status.
+//! - A [`Verdict`] is what the checks concluded: every check evaluated, in order; it refuses
+//!   exactly when its last check failed. An allow is a verdict with no failed check, never an
+//!   error value, so no code path can mistake one for the other.
+//! - How a request ended is one [`Outcome`] (what the decision log, metrics and `explain` report);
+//!   its label is a fixed word.
+//! - Nothing here holds tokens, secrets, passwords or query values.
 //! - Every error body has InvokeAI's (FastAPI's) shape `{"detail": "..."}`; 401s carry
 //!   `WWW-Authenticate: Bearer`.
-//! - The same values feed the decision log and metrics labels (`reason()` is a fixed label).
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -22,9 +26,33 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the guard sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Why a request was refused.
+/// Who caused a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The request itself: its target, framing, body or credentials.
+    Client,
+    /// The route table and its checks.
+    Policy,
+    /// InvokeAI's database or the guard's ledger could not answer (fail closed).
+    Facts,
+    /// InvokeAI: unreachable, too slow, or an answer the guard cannot make safe.
+    Upstream,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Policy => "policy",
+            Source::Facts => "facts",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+/// Why the guard answers a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DenyReason {
+pub enum Refusal {
     /// The request target is not canonical (400).
     BadTarget(String),
     /// Malformed request framing or headers (400).
@@ -47,81 +75,127 @@ pub enum DenyReason {
     Unavailable(String),
     /// The client did not send its body in time (408).
     Timeout,
-    /// An upstream answer the guard must read could not be read or made safe (502).
-    BadUpstream(String),
     /// A list the guard must recompute holds more items than `limits.max_list_items` (503).
     ListTooLarge(usize),
+    /// An upstream answer the guard must read could not be read or made safe (502).
+    BadUpstream(String),
+    /// InvokeAI refused the connection, reset it or broke the protocol (502).
+    UpstreamUnreachable,
+    /// InvokeAI did not answer within `limits.upstream_response_timeout_ms` (504).
+    UpstreamTimeout,
 }
 
-impl DenyReason {
-    /// HTTP status of this denial.
+impl Refusal {
+    /// Who caused it.
+    pub fn source(&self) -> Source {
+        match self {
+            Refusal::BadTarget(_)
+            | Refusal::BadRequest(_)
+            | Refusal::Unauthenticated(_)
+            | Refusal::Unprocessable(_)
+            | Refusal::TooLarge
+            | Refusal::Timeout => Source::Client,
+            Refusal::NoRoute
+            | Refusal::Forbidden(_)
+            | Refusal::NotFound(_)
+            | Refusal::Blocked(_) => Source::Policy,
+            Refusal::Unavailable(_) | Refusal::ListTooLarge(_) => Source::Facts,
+            Refusal::BadUpstream(_) | Refusal::UpstreamUnreachable | Refusal::UpstreamTimeout => {
+                Source::Upstream
+            }
+        }
+    }
+
+    /// HTTP status of this refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            DenyReason::BadTarget(_) | DenyReason::BadRequest(_) => StatusCode::BAD_REQUEST,
-            DenyReason::NoRoute | DenyReason::NotFound(_) => StatusCode::NOT_FOUND,
-            DenyReason::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            DenyReason::Forbidden(_) => StatusCode::FORBIDDEN,
-            DenyReason::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            DenyReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            DenyReason::Blocked(s) => *s,
-            DenyReason::Unavailable(_) | DenyReason::ListTooLarge(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            DenyReason::Timeout => StatusCode::REQUEST_TIMEOUT,
-            DenyReason::BadUpstream(_) => StatusCode::BAD_GATEWAY,
+            Refusal::BadTarget(_) | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::NoRoute | Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Blocked(s) => *s,
+            Refusal::Unavailable(_) | Refusal::ListTooLarge(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BadUpstream(_) | Refusal::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// A fixed label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            DenyReason::BadTarget(_) => "bad_target",
-            DenyReason::BadRequest(_) => "bad_request",
-            DenyReason::NoRoute => "no_route",
-            DenyReason::Unauthenticated(_) => "unauthenticated",
-            DenyReason::Forbidden(_) => "forbidden",
-            DenyReason::NotFound(_) => "not_found",
-            DenyReason::Unprocessable(_) => "unprocessable",
-            DenyReason::TooLarge => "too_large",
-            DenyReason::Blocked(_) => "blocked",
-            DenyReason::Unavailable(_) => "unavailable",
-            DenyReason::Timeout => "timeout",
-            DenyReason::BadUpstream(_) => "bad_upstream",
-            DenyReason::ListTooLarge(_) => "list_too_large",
+            Refusal::BadTarget(_) => "bad_target",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NoRoute => "no_route",
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::NotFound(_) => "not_found",
+            Refusal::Unprocessable(_) => "unprocessable",
+            Refusal::TooLarge => "too_large",
+            Refusal::Blocked(_) => "blocked",
+            Refusal::Unavailable(_) => "unavailable",
+            Refusal::Timeout => "timeout",
+            Refusal::ListTooLarge(_) => "list_too_large",
+            Refusal::BadUpstream(_) => "bad_upstream",
+            Refusal::UpstreamUnreachable => "upstream_unreachable",
+            Refusal::UpstreamTimeout => "upstream_timeout",
         }
     }
 
     /// The `detail` text sent to the client.
     pub fn detail(&self) -> String {
         match self {
-            DenyReason::BadTarget(d) => format!("Invalid request path: {d}"),
-            DenyReason::BadRequest(d)
-            | DenyReason::Unauthenticated(d)
-            | DenyReason::Forbidden(d)
-            | DenyReason::NotFound(d)
-            | DenyReason::Unprocessable(d) => d.clone(),
-            DenyReason::NoRoute => "Not Found".into(),
-            DenyReason::TooLarge => "Request body too large".into(),
-            DenyReason::Blocked(s) => s.canonical_reason().unwrap_or("Blocked").into(),
+            Refusal::BadTarget(d) => format!("Invalid request path: {d}"),
+            Refusal::BadRequest(d)
+            | Refusal::Unauthenticated(d)
+            | Refusal::Forbidden(d)
+            | Refusal::NotFound(d)
+            | Refusal::Unprocessable(d) => d.clone(),
+            Refusal::NoRoute => "Not Found".into(),
+            Refusal::TooLarge => "Request body too large".into(),
+            Refusal::Blocked(s) => s.canonical_reason().unwrap_or("Blocked").into(),
             // The cause is logged, not sent: it may name file paths.
-            DenyReason::Unavailable(_) => "Authorization data temporarily unavailable".into(),
-            DenyReason::Timeout => "Request body not received in time".into(),
-            DenyReason::BadUpstream(_) => "Upstream response could not be processed".into(),
-            DenyReason::ListTooLarge(max) => format!(
+            Refusal::Unavailable(_) => "Authorization data temporarily unavailable".into(),
+            Refusal::Timeout => "Request body not received in time".into(),
+            Refusal::BadUpstream(_) => "Upstream response could not be processed".into(),
+            Refusal::UpstreamUnreachable => "Upstream InvokeAI server unreachable".into(),
+            Refusal::UpstreamTimeout => "Upstream InvokeAI server timed out".into(),
+            Refusal::ListTooLarge(max) => format!(
                 "This list has more than {max} items, too many to filter for this user; narrow it \
                  (board_id, categories, search) or raise limits.max_list_items"
             ),
         }
     }
-}
 
-/// The decision for one request, before forwarding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Forward upstream.
-    Allow,
-    /// Answer locally with an error.
-    Deny(DenyReason),
+    /// The cause the log keeps and the client never sees (file paths, upstream messages).
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            Refusal::Unavailable(c) | Refusal::BadUpstream(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// After a framing, target or body-read error the connection state is suspect: close it.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Refusal::BadRequest(_) | Refusal::BadTarget(_) | Refusal::Timeout
+        )
+    }
+
+    /// The response sent for it.
+    pub fn response(&self) -> Response<Body> {
+        let mut res = error_response(self.status(), &self.detail());
+        if self.closes_connection() {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        res
+    }
 }
 
 /// One argument as a check saw it (values from the query, and passwords, are never shown).
@@ -140,8 +214,8 @@ pub enum CheckResult {
     AdminExempt,
     /// Not evaluated: `unless upstream.X` and this upstream does X itself.
     UpstreamEnforces(Capability),
-    /// Evaluated and false (or its facts could not be read): the request is denied.
-    Failed(DenyReason),
+    /// Evaluated and false (or its facts could not be read): the request is refused.
+    Failed(Refusal),
 }
 
 impl CheckResult {
@@ -168,11 +242,12 @@ pub struct CheckTrace {
 }
 
 /// Which step decided a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stage {
     /// The request target or framing was refused.
     Target,
     /// No rule matches (or the rule blocks the route).
+    #[default]
     Route,
     /// The caller could not be identified.
     Identity,
@@ -182,64 +257,99 @@ pub enum Stage {
     Body,
     /// A check (the last one in [`Verdict::checks`]), or, for an allow, all of them.
     Check,
+    /// Planning the upstream request(s) for this caller (list recomputation).
+    Plan,
 }
 
-/// A decision with its provenance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the checks concluded, with provenance: the decision log, metrics, `explain` and `test`
+/// all read this one value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verdict {
-    pub decision: Decision,
-    /// The step that denied (for an allow: `Check`, every check held).
+    /// The step that decided (for an allow: `Check`, every check held).
     pub stage: Stage,
-    /// Every check evaluated, in order; a denial's deciding check is the last one.
+    /// Every check evaluated, in order; a refusal's deciding check is the last one.
     pub checks: Vec<CheckTrace>,
 }
 
 impl Verdict {
-    /// A denial before any check ran.
-    pub fn early(stage: Stage, reason: DenyReason) -> Self {
-        Verdict {
-            decision: Decision::Deny(reason),
-            stage,
-            checks: Vec::new(),
-        }
-    }
-
-    /// The check that denied, if a check did.
-    pub fn deciding(&self) -> Option<&CheckTrace> {
-        match (&self.decision, self.stage) {
-            (Decision::Deny(_), Stage::Check) => self.checks.last(),
+    /// The refusal of the deciding check, if a check failed.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self.checks.last().map(|c| &c.result) {
+            Some(CheckResult::Failed(r)) if self.stage == Stage::Check => Some(r),
             _ => None,
         }
     }
 
-    /// A bounded label naming what decided: a predicate, a stage, or `all` (every check held).
-    pub fn decided_by(&self) -> &'static str {
-        match (&self.decision, self.stage) {
-            (Decision::Allow, _) => "all",
-            (Decision::Deny(_), Stage::Check) => self.deciding().map_or("-", |c| c.predicate),
-            (Decision::Deny(_), Stage::Target) => "target",
-            (Decision::Deny(_), Stage::Route) => "route",
-            (Decision::Deny(_), Stage::Identity) => "identity",
-            (Decision::Deny(_), Stage::Auth) => "auth",
-            (Decision::Deny(_), Stage::Body) => "body",
-        }
+    /// Whether every check held.
+    pub fn allows(&self) -> bool {
+        self.stage == Stage::Check && self.refusal().is_none()
     }
 
-    /// The deciding check's facts, joined for a log line (empty when none).
-    pub fn facts_line(&self) -> String {
-        self.deciding()
-            .map(|c| c.facts.join("; "))
-            .unwrap_or_default()
+    /// The check that refused, if a check did.
+    pub fn deciding(&self) -> Option<&CheckTrace> {
+        self.refusal().and(self.checks.last())
+    }
+
+    /// The deciding check's facts (empty when none).
+    pub fn facts(&self) -> &[String] {
+        self.deciding().map_or(&[], |c| c.facts.as_slice())
     }
 }
 
-/// Upstream failures (who caused it: the upstream, not the client or the guard's policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// Connection refused, reset, or protocol error: 502.
-    Unreachable,
-    /// No response within the configured time: 504.
-    Timeout,
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Not decided yet (a request is never logged in this state).
+    #[default]
+    Pending,
+    /// Every check held: forwarded, the (filtered) answer passed on.
+    Allowed,
+    /// Shadow mode: a check refused; logged, counted and forwarded anyway.
+    WouldDeny(Refusal),
+    /// FastAPI's trailing-slash 307, answered by the guard.
+    Redirected,
+    /// Socket.IO, terminated by the guard (its frames are filtered per event).
+    Socket,
+    /// The guard answered itself, nothing was forwarded.
+    Refused(Refusal),
+    /// Forwarded, but InvokeAI's answer could not be read, filtered or recorded: withheld.
+    Withheld(Refusal),
+    /// Forwarded, and InvokeAI could not be reached or was too slow.
+    UpstreamFailed(Refusal),
+    /// InvokeAI refused the guard's first request of a two-step plan: its answer passed on.
+    PreludeRefused,
+}
+
+impl Outcome {
+    /// The fixed word the log and the `decision` metric label carry.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Allowed => "allow",
+            Outcome::WouldDeny(_) => "would_deny",
+            Outcome::Redirected => "redirect",
+            Outcome::Socket => "socket",
+            Outcome::Refused(_) => "deny",
+            Outcome::Withheld(_) => "withheld",
+            Outcome::UpstreamFailed(_) => "upstream_error",
+            Outcome::PreludeRefused => "prelude_refused",
+        }
+    }
+
+    /// The refusal behind it, if any.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Outcome::WouldDeny(r)
+            | Outcome::Refused(r)
+            | Outcome::Withheld(r)
+            | Outcome::UpstreamFailed(r) => Some(r),
+            Outcome::Pending
+            | Outcome::Allowed
+            | Outcome::Redirected
+            | Outcome::Socket
+            | Outcome::PreludeRefused => None,
+        }
+    }
 }
 
 /// A JSON `{"detail": …}` response.
@@ -250,32 +360,13 @@ pub fn error_response(status: StatusCode, detail: &str) -> Response<Body> {
     let h = res.headers_mut();
     h.insert(
         CONTENT_TYPE,
-        "application/json".parse().expect("static header"),
+        http::HeaderValue::from_static("application/json"),
     );
-    h.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
+    h.insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
     if status == StatusCode::UNAUTHORIZED {
-        h.insert(WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+        h.insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     }
     res
-}
-
-/// The response for a denial.
-pub fn deny_response(reason: &DenyReason) -> Response<Body> {
-    error_response(reason.status(), &reason.detail())
-}
-
-/// The response for an upstream failure.
-pub fn upstream_failure_response(failure: UpstreamFailure) -> Response<Body> {
-    match failure {
-        UpstreamFailure::Unreachable => error_response(
-            StatusCode::BAD_GATEWAY,
-            "Upstream InvokeAI server unreachable",
-        ),
-        UpstreamFailure::Timeout => error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Upstream InvokeAI server timed out",
-        ),
-    }
 }
 
 /// FastAPI-style trailing-slash redirect (307 keeps the method and body).
@@ -293,6 +384,11 @@ pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A complete body given as one (a request built in-process).
+pub fn full_body(body: Full<Bytes>) -> Body {
+    body.map_err(|never| match never {}).boxed()
 }
 
 /// An empty body.

@@ -74,6 +74,17 @@ impl AppState {
         }))
     }
 
+    /// What the request phase reads (see [`crate::server::ctx::Env`]).
+    pub fn env(&self) -> crate::server::ctx::Env<'_> {
+        crate::server::ctx::Env {
+            facts: &self.facts,
+            ledger: &self.ledger,
+            limits: &self.limits,
+            mode: self.mode,
+            tls: self.tls,
+        }
+    }
+
     /// Shutdown began: readiness turns 503 (requests are still served until the drain).
     pub fn begin_draining(&self) {
         self.draining

@@ -6,7 +6,10 @@
 //!   raw client target), on the configured upstream authority.
 //! - No upgrade is ever forwarded: an upgrade request on an ordinary route is forwarded as plain
 //!   HTTP without its `Upgrade` (WebSocket smuggling).
-//! - Upstream failures are data ([`UpstreamFailure`]) mapped to 502/504 by `decision`.
+//! - Upstream failures are refusals of source `Upstream` (`UpstreamUnreachable` 502,
+//!   `UpstreamTimeout` 504), mapped to HTTP by `decision` like every other refusal.
+//! - What the guard sends is planned first ([`Planned`]: method, canonical target, the guard's own
+//!   body where it rewrote one): `serve` sends exactly the plans `explain` prints.
 
 use std::time::Duration;
 
@@ -16,8 +19,21 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::decision::{Body, UpstreamFailure};
+use bytes::Bytes;
+use http::Method;
+
+use crate::decision::{Body, Refusal};
 use crate::http::canonical::Target;
+
+/// One request the guard will send upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub method: Method,
+    /// Canonical; the client's own unless a rewrite chose another.
+    pub target: Target,
+    /// The guard's own JSON body (a rewrite); `None`: the client's body, as received.
+    pub body: Option<Bytes>,
+}
 
 /// The upstream InvokeAI server.
 #[derive(Clone)]
@@ -95,10 +111,7 @@ impl Upstream {
     }
 
     /// Send a request and wait (bounded) for the response head.
-    pub async fn send(
-        &self,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Refusal> {
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => {
@@ -108,7 +121,7 @@ impl Upstream {
                     timeout_ms = self.response_timeout.as_millis() as u64,
                     "upstream did not answer in time (504); raise limits.upstream_response_timeout_ms if InvokeAI is just slow"
                 );
-                Err(UpstreamFailure::Timeout)
+                Err(Refusal::UpstreamTimeout)
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "request" };
@@ -127,7 +140,7 @@ impl Upstream {
                     error = %cause,
                     "upstream request failed (502); is InvokeAI running and listening there?"
                 );
-                Err(UpstreamFailure::Unreachable)
+                Err(Refusal::UpstreamUnreachable)
             }
             Ok(Ok(res)) => Ok(res),
         }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use common::*;
 use http::StatusCode;
-use invoke_guard::cli::{ruletest, trial};
+use invoke_guard::cli::ruletest;
+use invoke_guard::server::evaluate as trial;
 use serde_json::{json, Value};
 
 struct World {

@@ -271,25 +271,33 @@ fuzz_target!(|data: &[u8]| {
     if let Some(b) = &batch {
         path.insert("batch_id".to_owned(), b.clone());
     }
-    let no_query = invoke_guard::http::canonical::Query::default();
+    let target = invoke_guard::http::canonical::canonicalize("/api/v1/fuzz", None).unwrap();
+    let data = invoke_guard::policy::RequestData {
+        path,
+        ..Default::default()
+    };
     let ctx = FilterContext {
         principal: Some(&principal),
-        facts: &w.facts,
         secret: None,
-        ledger: &w.ledger,
-        tls: false,
+        target: &target,
+        data: &data,
         request_session: None,
-        upstream_revokes: false,
-        request_body: None,
-        path: &path,
-        query: &no_query,
         reshape: None,
         intent: None,
+        facts: &w.facts,
+        ledger: &w.ledger,
+        tls: false,
+        max_list_items: 50_000,
     };
+    // The filters that run for this request, by the pipeline's own rule.
+    let active: Vec<ResponseFilter> = [filter]
+        .into_iter()
+        .filter(|&f| filters::active(f, Some(&principal), &w.facts.schema(), &data.path))
+        .collect();
     let input = Bytes::copy_from_slice(body);
     let (mut parts, ()) = http::Response::new(()).into_parts();
     let result =
-        w.rt.block_on(filters::apply_body(&[filter], &mut parts, &input, &ctx));
+        w.rt.block_on(filters::apply_body(&active, &mut parts, &input, &ctx));
     // An error is the body withheld (502/503): always safe.
     let Ok(rewritten) = result else {
         return;

@@ -1,11 +1,15 @@
-//! The command line: `serve`, `check`, `explain` and `test`.
+//! The command line: `serve`, `check`, `explain`, `test` and `health`.
 //!
 //! Invariants:
 //! - `serve` refuses to start on any problem `check` would report (same loading code).
-//! - `explain` and `test` run the same phases and `policy::decide` as `serve` ([`trial`]).
+//! - `explain` and `test` evaluate requests with `serve`'s own request phase
+//!   ([`crate::server::evaluate`]) under the same settings (limits, mode, groups); this module
+//!   only parses arguments and renders results.
 
+mod explain;
 pub mod ruletest;
-pub mod trial;
+
+use crate::server::evaluate as trial;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -289,8 +293,10 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<(String, bool)> {
             settings.groups.as_deref(),
         )?;
         engine.mode = settings.mode;
+        engine.limits = settings.limits.clone();
+        engine.tls = settings.tls.is_some();
         let ex = engine.run(&request).await?;
-        let allowed = ex.status == 200;
+        let allowed = ex.forwarded();
         let text = if args.json {
             format!("{}\n", serde_json::to_string_pretty(&ex.to_json())?)
         } else {
@@ -335,6 +341,8 @@ pub fn rule_tests(args: &TestArgs) -> anyhow::Result<bool> {
                 groups.as_deref(),
             )?;
             engine.mode = settings.mode;
+            engine.limits = settings.limits.clone();
+            engine.tls = settings.tls.is_some();
             ruletest::run(&loaded, &engine).await
         })?;
         let (p, f) = results.iter().fold(

@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - Unknown keys are errors (a typo never silently drops an expectation).
-//! - A case passes only if the outcome matches and, when given, the deciding check matches.
+//! - A case passes only if the outcome matches and, when given, the deciding check and the
+//!   upstream request(s) match (what `explain` reports, which is what `serve` sends).
 //! - The same cases run in `cargo test` (tests/policy.rs) and as `invoke-guard test`.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::trial::{Caller, Engine, Explanation, Trial, TrialBody};
+use crate::server::evaluate::{Caller, Engine, Explanation, Trial, TrialBody};
 
 /// A test file.
 #[derive(Debug, Deserialize)]
@@ -68,9 +69,52 @@ pub struct Case {
     pub form: Option<toml::Table>,
     /// "allow" (forwarded) or the status the guard answers.
     pub expect: Expect,
-    /// The deciding check's predicate (e.g. "image.read") or a stage (identity, auth, body, route).
+    /// The deciding check's predicate (e.g. "image.read") or a stage (identity, auth, body,
+    /// route, plan).
     #[serde(default)]
     pub check: Option<String>,
+    /// The requests the guard sends upstream, in order (when given, they must match).
+    #[serde(default)]
+    pub upstream: Option<Vec<ExpectedCall>>,
+}
+
+/// One expected upstream request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedCall {
+    pub method: String,
+    /// Path and query as sent (canonical).
+    pub target: String,
+    /// The guard's own JSON body (a TOML table/array or JSON text); absent: not compared;
+    /// `"client"`: the client's body is forwarded as it came.
+    #[serde(default)]
+    pub body: Option<toml::Value>,
+}
+
+impl ExpectedCall {
+    fn matches(&self, got: &crate::server::evaluate::UpstreamCall) -> bool {
+        if !self.method.eq_ignore_ascii_case(&got.method) || self.target != got.target {
+            return false;
+        }
+        match (&self.body, &got.body) {
+            (None, _) => true,
+            (Some(toml::Value::String(s)), None) => s == "client",
+            (Some(toml::Value::String(s)), Some(b)) if s != "client" => {
+                serde_json::from_str::<Value>(s).ok() == serde_json::from_slice::<Value>(b).ok()
+            }
+            (Some(toml::Value::String(_)), Some(_)) => false,
+            (Some(v), Some(b)) => serde_json::from_slice::<Value>(b).ok() == Some(to_json(v)),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn text(&self) -> String {
+        match &self.body {
+            None => format!("{} {}", self.method, self.target),
+            Some(toml::Value::String(s)) => format!("{} {} {s}", self.method, self.target),
+            Some(v) => format!("{} {} {}", self.method, self.target, to_json(v)),
+        }
+    }
 }
 
 /// The expected outcome.
@@ -82,11 +126,12 @@ pub enum Expect {
 }
 
 impl Expect {
-    /// `would_deny` is the status a shadow rule's checks denied with (the request was forwarded).
-    fn matches(&self, status: u16, would_deny: Option<u16>) -> Result<bool, String> {
+    /// `status` is the guard's own answer (`None`: forwarded, or Socket.IO terminated by the
+    /// guard); `would_deny` the status a shadow rule's checks refused with (forwarded anyway).
+    fn matches(&self, status: Option<u16>, would_deny: Option<u16>) -> Result<bool, String> {
         match self {
-            Expect::Status(s) => Ok(*s == status && would_deny.is_none()),
-            Expect::Word(w) if w == "allow" => Ok(status == 200 && would_deny.is_none()),
+            Expect::Status(s) => Ok(status == Some(*s)),
+            Expect::Word(w) if w == "allow" => Ok(status.is_none() && would_deny.is_none()),
             Expect::Word(w) if w == "would_deny" => Ok(would_deny.is_some()),
             Expect::Word(w) => Err(format!(
                 "expect must be \"allow\", \"would_deny\" or a status code, got \"{w}\""
@@ -264,13 +309,16 @@ fn judge(
         Ok(ex) => ex,
         Err(e) => return fail(format!("{head}\n  error: {e}\n")),
     };
-    let got_check = ex.verdict.decided_by();
-    let status_ok = match case.expect.matches(ex.status, ex.would_deny) {
+    let got_check = ex.decided_by;
+    let status_ok = match case.expect.matches(ex.status, ex.would_deny()) {
         Ok(ok) => ok,
         Err(e) => return fail(format!("{head}\n  error: {e}\n")),
     };
     let check_ok = case.check.as_deref().is_none_or(|want| want == got_check);
-    if status_ok && check_ok {
+    let upstream_ok = case.upstream.as_ref().is_none_or(|want| {
+        want.len() == ex.upstream.len() && want.iter().zip(&ex.upstream).all(|(w, g)| w.matches(g))
+    });
+    if status_ok && check_ok && upstream_ok {
         return CaseResult {
             name: case.name.clone(),
             line,
@@ -282,12 +330,32 @@ fn judge(
         Some(c) => format!("{} ({c})", case.expect.text()),
         None => case.expect.text(),
     };
-    let got = if let Some(status) = ex.would_deny {
-        format!("would_deny {status} (shadow mode)")
-    } else if ex.status == 200 {
-        "allow".to_owned()
-    } else {
-        ex.status.to_string()
+    let got = match (ex.would_deny(), ex.status) {
+        (Some(status), _) => format!("would_deny {status} (shadow mode)"),
+        (None, None) => "allow".to_owned(),
+        (None, Some(status)) => status.to_string(),
+    };
+    let upstream = match &case.upstream {
+        Some(want) if !upstream_ok => {
+            let want: Vec<String> = want.iter().map(ExpectedCall::text).collect();
+            let got: Vec<String> = ex
+                .upstream
+                .iter()
+                .map(|c| {
+                    let body = c
+                        .body
+                        .as_deref()
+                        .map_or("client".into(), |b| String::from_utf8_lossy(b).into_owned());
+                    format!("{} {} {body}", c.method, c.target)
+                })
+                .collect();
+            format!(
+                "\n  - upstream {}\n  + upstream {}",
+                want.join(" ; "),
+                got.join(" ; ")
+            )
+        }
+        _ => String::new(),
     };
     let facts = ex
         .verdict
@@ -297,7 +365,7 @@ fn judge(
         .map(|f| format!("\n      fact: {f}"))
         .collect::<String>();
     fail(format!(
-        "{head}\n  - expect {want}\n  + got    {got} ({got_check}) rule={}{}{facts}\n",
+        "{head}\n  - expect {want}\n  + got    {got} ({got_check}) rule={}{}{facts}{upstream}\n",
         ex.rule_id.as_deref().unwrap_or("-"),
         ex.answer
             .as_deref()

@@ -49,6 +49,14 @@ pub enum FactsError {
     Ledger(String),
 }
 
+/// The one mapping of a facts error: the request is refused with 503 (fail closed), the cause
+/// goes to the log only.
+impl From<FactsError> for crate::decision::Refusal {
+    fn from(e: FactsError) -> Self {
+        crate::decision::Refusal::Unavailable(e.to_string())
+    }
+}
+
 impl From<rusqlite::Error> for FactsError {
     fn from(e: rusqlite::Error) -> Self {
         FactsError::Sqlite(e.to_string())

@@ -92,6 +92,8 @@ impl Schema {
             Capability::AttributesSocketEvents => self.has_board_visibility,
             // 6.13 counts a non-admin's own intermediates.
             Capability::ScopesIntermediatesCount => self.has_board_visibility,
+            // 6.14 stamps tokens with the user's epoch and bumps it on a password change.
+            Capability::RevokesTokens => self.has_token_epoch,
         }
     }
 

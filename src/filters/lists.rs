@@ -4,8 +4,7 @@
 use serde_json::Value;
 
 use super::FilterContext;
-use crate::decision::DenyReason;
-use crate::rules::vocab::ResponseFilter;
+use crate::decision::Refusal;
 
 /// The list rewrites, one per list filter of the vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,54 +19,23 @@ pub(super) enum List {
     QueueCounts,
 }
 
-impl List {
-    fn filter(self) -> ResponseFilter {
-        match self {
-            List::UncategorizedNames => ResponseFilter::OwnUncategorizedNames,
-            List::QueueItems => ResponseFilter::SanitizeQueueItems,
-            List::QueueStatus => ResponseFilter::RedactQueueStatus,
-            List::QueueCounts => ResponseFilter::OwnQueueCounts,
-        }
-    }
-}
-
-/// Whether a list filter applies: the shared rule ([`super::recompute::active`]: no admin, the
-/// upstream does not do it itself; no caller owns nothing) and, for uncategorized names, the
-/// `none` board.
-pub(super) fn needs_filtering(list: List, ctx: &FilterContext<'_>) -> bool {
-    let applies = match list {
-        List::UncategorizedNames => ctx.path.get("board_id").map(String::as_str) == Some("none"),
-        List::QueueItems | List::QueueStatus | List::QueueCounts => true,
-    };
-    applies && super::recompute::active(list.filter(), ctx.principal, ctx.facts)
-}
-
 /// Rewrite a JSON list response in place (spec §4 R3, R5–R7); `Ok(true)` when it changed.
+/// Called only for filters that are [`super::active`] for the request.
 pub(super) async fn filter_list(
     list: List,
     json: &mut Value,
     ctx: &FilterContext<'_>,
-) -> Result<bool, DenyReason> {
-    if !needs_filtering(list, ctx) {
-        return Ok(false);
-    }
+) -> Result<bool, Refusal> {
     let me = ctx
         .principal
         .map(|p| p.user_id.as_str())
         .unwrap_or_default();
-    let unavailable = |e: crate::facts::FactsError| DenyReason::Unavailable(e.to_string());
     match list {
         // R3: 6.12 lists every user's uncategorized image names under boards/none.
         List::UncategorizedNames => {
-            let own = ctx
-                .facts
-                .own_uncategorized_images(me)
-                .await
-                .map_err(unavailable)?;
+            let own = ctx.facts.own_uncategorized_images(me).await?;
             let Value::Array(names) = json else {
-                return Err(DenyReason::BadUpstream(
-                    "unexpected image_names shape".into(),
-                ));
+                return Err(Refusal::BadUpstream("unexpected image_names shape".into()));
             };
             names.retain(|n| n.as_str().is_some_and(|n| own.contains(n)));
             Ok(true)
@@ -83,39 +51,27 @@ pub(super) async fn filter_list(
                 Value::Object(_) if known(json) => sanitize_queue_item(json, me),
                 // `current`/`next` with nothing queued.
                 Value::Null => {}
-                _ => {
-                    return Err(DenyReason::BadUpstream(
-                        "unexpected queue item shape".into(),
-                    ))
-                }
+                _ => return Err(Refusal::BadUpstream("unexpected queue item shape".into())),
             }
             Ok(true)
         }
         // R8: 6.12 counts every user's items of a batch or destination.
         List::QueueCounts => {
             let Some(counts) = json.as_object_mut() else {
-                return Err(DenyReason::BadUpstream(
-                    "unexpected queue counts shape".into(),
-                ));
+                return Err(Refusal::BadUpstream("unexpected queue counts shape".into()));
             };
             let scope = match (
-                ctx.path.get("batch_id"),
+                ctx.data.path.get("batch_id"),
                 counts.get("destination").and_then(Value::as_str),
             ) {
                 (Some(batch), _) => crate::facts::CountScope::Batch(batch.clone()),
                 (None, Some(dest)) => crate::facts::CountScope::Destination(dest.to_owned()),
                 (None, None) => {
-                    return Err(DenyReason::BadUpstream(
-                        "queue counts without a scope".into(),
-                    ))
+                    return Err(Refusal::BadUpstream("queue counts without a scope".into()))
                 }
             };
-            let queue_id = ctx.path.get("queue_id").cloned().unwrap_or_default();
-            let own = ctx
-                .facts
-                .own_queue_counts(me, &queue_id, scope)
-                .await
-                .map_err(unavailable)?;
+            let queue_id = ctx.data.path.get("queue_id").cloned().unwrap_or_default();
+            let own = ctx.facts.own_queue_counts(me, &queue_id, scope).await?;
             let mut total = 0;
             for status in ["pending", "in_progress", "completed", "failed", "canceled"] {
                 let n = own.get(status).copied().unwrap_or(0);
@@ -123,7 +79,7 @@ pub(super) async fn filter_list(
                 counts.insert(status.into(), Value::from(n));
             }
             counts.insert("total".into(), Value::from(total));
-            if total == 0 && ctx.path.contains_key("batch_id") {
+            if total == 0 && ctx.data.path.contains_key("batch_id") {
                 // R8: origin/destination come from the caller's own rows (a batch has one owner).
                 for field in ["origin", "destination"] {
                     if counts.contains_key(field) {
@@ -135,7 +91,7 @@ pub(super) async fn filter_list(
         }
         // R7: 6.12 shows the running item's ids to everyone.
         List::QueueStatus => {
-            let shape = || DenyReason::BadUpstream("unexpected queue status shape".into());
+            let shape = || Refusal::BadUpstream("unexpected queue status shape".into());
             let queue = json
                 .get_mut("queue")
                 .and_then(Value::as_object_mut)
@@ -144,7 +100,7 @@ pub(super) async fn filter_list(
                 None | Some(Value::Null) => return Ok(false),
                 Some(v) => v.as_i64().ok_or_else(shape)?,
             };
-            let owner = ctx.facts.queue_item(item_id).await.map_err(unavailable)?;
+            let owner = ctx.facts.queue_item(item_id).await?;
             if owner.is_some_and(|o| o.owner == me) {
                 return Ok(false);
             }

@@ -5,6 +5,8 @@
 //! (owners).
 //!
 //! Invariants:
+//! - Which filters run for a request is decided once, before forwarding, by [`active`] (the
+//!   one applicability rule: `serve` runs exactly the filters it names, `explain` lists them).
 //! - `X-Refreshed-Token` never leaves the guard carrying stale claims: it is re-minted with the
 //!   caller's current `is_admin`, or dropped when it does not verify or names someone else.
 //! - A filter that needs the body buffers it only for 2xx responses and only up to the configured
@@ -29,37 +31,64 @@ use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
 use http::response::Parts;
 use serde_json::Value;
 
-use crate::decision::DenyReason;
+use crate::decision::Refusal;
 use crate::facts::ledger::{Entry, Intent, Ledger};
-use crate::facts::Facts;
+use crate::facts::{Facts, Schema};
+use crate::http::canonical::Target;
 use crate::identity::Principal;
+use crate::policy::RequestData;
+use crate::rules::vocab::AdminRule;
 pub use crate::rules::vocab::ResponseFilter;
 use lists::List;
-pub use recompute::{plan, PlanInput, Prelude, Reshape, Rewrite};
+pub use recompute::{plan, Reshape, Rewrite};
 use session::PasswordChange;
 pub use session::{refreshed_token, session_cookie};
 
-/// What filters may use.
+/// What filters read: a borrowed view of the request's state (the pipeline's `RequestCtx`)
+/// and of the guard's sources.
 pub struct FilterContext<'a> {
     pub principal: Option<&'a Principal>,
-    pub facts: &'a Facts,
     pub secret: Option<&'a str>,
-    pub ledger: &'a Ledger,
-    pub tls: bool,
+    /// The client's canonical target, as matched (the query as the client sent it).
+    pub target: &'a Target,
+    /// Decoded path parameters, the query and what the rule read of the body.
+    pub data: &'a RequestData,
     /// The session cookie the request carried, if any.
     pub request_session: Option<String>,
-    /// Whether the upstream revokes tokens itself (`token_epoch`, 6.14/main).
-    pub upstream_revokes: bool,
-    /// The JSON request body, when a check or filter read it.
-    pub request_body: Option<&'a Value>,
-    /// Decoded path parameters of the matched rule.
-    pub path: &'a std::collections::HashMap<String, String>,
-    /// The client's query (as the client sent it, before any rewrite).
-    pub query: &'a crate::http::canonical::Query,
     /// How to turn the answer to a rewritten request into the client's (see [`plan`]).
     pub reshape: Option<&'a Reshape>,
     /// The ledger intent written before a create was forwarded (owner to record).
     pub intent: Option<(Entry, Intent)>,
+    pub facts: &'a Facts,
+    pub ledger: &'a Ledger,
+    pub tls: bool,
+    /// `limits.max_list_items`: the longest list the guard recomputes.
+    pub max_list_items: usize,
+}
+
+/// Whether `filter` has work to do for this request: the upstream does not do it itself
+/// (schema capability), the caller is not an admin where admins see everything, and (for
+/// uncategorized names) the rule listed the `none` board. No caller counts as a caller who
+/// owns nothing (fail closed).
+pub fn active(
+    filter: ResponseFilter,
+    principal: Option<&Principal>,
+    schema: &Schema,
+    path: &std::collections::HashMap<String, String>,
+) -> bool {
+    let info = filter.info();
+    if info.upstream_does_it.is_some_and(|c| schema.has(c)) {
+        return false;
+    }
+    if info.admin == AdminRule::Exempt && principal.is_some_and(|p| p.is_admin) {
+        return false;
+    }
+    match filter {
+        ResponseFilter::OwnUncategorizedNames => {
+            path.get("board_id").map(String::as_str) == Some("none")
+        }
+        _ => true,
+    }
 }
 
 /// Apply header-only filters.
@@ -78,16 +107,16 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
                     parts.headers.append(SET_COOKIE, c);
                 }
             }
-            ResponseFilter::RevokeOnPasswordChange if ok && !ctx.upstream_revokes => {
+            ResponseFilter::RevokeOnPasswordChange if ok => {
                 session::revoke_after_password_change(PasswordChange::Own, parts, ctx).await;
             }
-            ResponseFilter::RevokeOnPasswordReset if ok && !ctx.upstream_revokes => {
+            ResponseFilter::RevokeOnPasswordReset if ok => {
                 session::revoke_after_password_change(PasswordChange::Reset, parts, ctx).await;
             }
             ResponseFilter::RefreshSession if ok => session::refresh_session(parts, ctx),
             // Noted before forwarding (server::pipeline), for the socket filter.
             ResponseFilter::CorrelateRecall => {}
-            // Not 2xx, or the upstream revokes itself: nothing to do.
+            // Not 2xx: nothing to do.
             ResponseFilter::LogoutSession
             | ResponseFilter::RevokeOnPasswordChange
             | ResponseFilter::RevokeOnPasswordReset
@@ -127,10 +156,10 @@ pub async fn apply_body(
     parts: &mut Parts,
     body: &Bytes,
     ctx: &FilterContext<'_>,
-) -> Result<Option<Bytes>, DenyReason> {
+) -> Result<Option<Bytes>, Refusal> {
     let mut json: Option<Value> = serde_json::from_slice(body).ok();
     if json.is_none() && ctx.intent.is_some() {
-        return Err(DenyReason::BadUpstream(
+        return Err(Refusal::BadUpstream(
             "a create's answer is not JSON: its owner cannot be recorded".into(),
         ));
     }
@@ -171,10 +200,7 @@ pub async fn apply_body(
             | ResponseFilter::OwnBoardMediaDelete => {
                 match json.as_mut() {
                     Some(j) => changed |= recompute::reshape(*filter, j, ctx).await?,
-                    None if recompute::active(*filter, ctx.principal, ctx.facts) => {
-                        return Err(DenyReason::BadUpstream("unreadable upstream list".into()))
-                    }
-                    None => {}
+                    None => return Err(Refusal::BadUpstream("unreadable upstream list".into())),
                 }
                 None
             }
@@ -191,10 +217,7 @@ pub async fn apply_body(
         if let Some(list) = list {
             match json.as_mut() {
                 Some(j) => changed |= lists::filter_list(list, j, ctx).await?,
-                None if lists::needs_filtering(list, ctx) => {
-                    return Err(DenyReason::BadUpstream("unreadable upstream list".into()))
-                }
-                None => {}
+                None => return Err(Refusal::BadUpstream("unreadable upstream list".into())),
             }
         }
     }
@@ -202,6 +225,6 @@ pub async fn apply_body(
         return Ok(None);
     }
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    let bytes = serde_json::to_vec(&json).map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
+    let bytes = serde_json::to_vec(&json).map_err(|e| Refusal::BadUpstream(e.to_string()))?;
     Ok(Some(Bytes::from(bytes)))
 }

@@ -26,33 +26,22 @@ use http::Method;
 use serde_json::{json, Map, Value};
 
 use super::FilterContext;
-use crate::decision::DenyReason;
-use crate::facts::ledger::{Entry, Ledger};
+use crate::decision::Refusal;
+use crate::facts::ledger::Entry;
 use crate::facts::lists::{self, ImageFilter, WorkflowScope};
-use crate::facts::{Facts, FactsError};
 use crate::http::canonical::{Query, Target};
 use crate::identity::Principal;
 use crate::policy::{self, lax_bool};
 use crate::rules::vocab::{Predicate, ResponseFilter};
+use crate::upstream::Planned;
 
 /// What the guard sends upstream instead of the client's request.
 #[derive(Debug, Clone)]
 pub struct Rewrite {
-    pub method: Method,
-    pub target: Target,
-    /// A JSON body replacing the client's.
-    pub body: Option<Bytes>,
-    /// A request that must succeed first (its answer feeds [`Reshape`]).
-    pub before: Option<Prelude>,
+    /// A request that must succeed first (a readable 2xx; its answer feeds [`Reshape`]).
+    pub prelude: Option<Planned>,
+    pub request: Planned,
     pub reshape: Reshape,
-}
-
-/// A JSON request the guard sends before the rewritten one.
-#[derive(Debug, Clone)]
-pub struct Prelude {
-    pub method: Method,
-    pub target: Target,
-    pub body: Bytes,
 }
 
 /// How the answer to a rewritten request becomes the answer to the client's.
@@ -70,8 +59,8 @@ pub enum Reshape {
 }
 
 impl Reshape {
-    /// Take in the answer to the rewrite's [`Prelude`].
-    pub fn absorb_prelude(&mut self, answer: &Value) -> Result<(), DenyReason> {
+    /// Take in the answer to the rewrite's prelude.
+    pub fn absorb_prelude(&mut self, answer: &Value) -> Result<(), Refusal> {
         if let Reshape::BoardDelete { deleted_images } = self {
             let names = answer
                 .get("deleted_images")
@@ -90,48 +79,22 @@ impl Reshape {
     }
 }
 
-/// What [`plan`] reads.
-pub struct PlanInput<'a> {
-    pub principal: Option<&'a Principal>,
-    pub facts: &'a Facts,
-    pub ledger: &'a Ledger,
-    pub target: &'a Target,
-    /// Decoded path parameters of the matched rule.
-    pub path: &'a std::collections::HashMap<String, String>,
-    pub request_body: Option<&'a Value>,
-    pub max_items: usize,
-}
-
-fn unavailable(e: FactsError) -> DenyReason {
-    DenyReason::Unavailable(e.to_string())
-}
-
-fn shape(what: &str) -> DenyReason {
-    DenyReason::BadUpstream(format!("unexpected {what} shape"))
-}
-
-/// Whether a filter has work to do: the caller is no admin and the upstream does not scope the
-/// list itself. No caller is treated as a caller who owns nothing (fail closed).
-pub(super) fn active(filter: ResponseFilter, principal: Option<&Principal>, facts: &Facts) -> bool {
-    let upstream_does_it = filter
-        .info()
-        .upstream_does_it
-        .is_some_and(|c| facts.schema().has(c));
-    !upstream_does_it && !principal.is_some_and(|p| p.is_admin)
+fn shape(what: &str) -> Refusal {
+    Refusal::BadUpstream(format!("unexpected {what} shape"))
 }
 
 fn caller(principal: Option<&Principal>) -> &str {
     principal.map_or("", |p| p.user_id.as_str())
 }
 
-/// The request the guard forwards instead of the client's, if one of the rule's filters needs
-/// one for this caller.
+/// The request the guard forwards instead of the client's, if one of the request's active
+/// filters (see [`super::active`]) needs one.
 pub async fn plan(
     filters: &[ResponseFilter],
-    input: &PlanInput<'_>,
-) -> Result<Option<Rewrite>, DenyReason> {
+    input: &FilterContext<'_>,
+) -> Result<Option<Rewrite>, Refusal> {
     for &filter in filters {
-        if !filter.info().rewrites_request || !active(filter, input.principal, input.facts) {
+        if !filter.info().rewrites_request {
             continue;
         }
         let rewrite = match filter {
@@ -172,18 +135,18 @@ pub async fn plan(
 
 /// A query parameter the upstream reads as one value (a repeated one is refused: parameter
 /// pollution).
-fn single<'q>(query: &'q Query, name: &str) -> Result<Option<&'q str>, DenyReason> {
+fn single<'q>(query: &'q Query, name: &str) -> Result<Option<&'q str>, Refusal> {
     query
         .single(name)
-        .map_err(|e| DenyReason::Unprocessable(e.to_string()))
+        .map_err(|e| Refusal::Unprocessable(e.to_string()))
 }
 
 /// An integer as pydantic reads a query value (optional sign, ASCII digits); else 422.
-fn int_param(query: &Query, name: &str) -> Result<Option<i64>, DenyReason> {
+fn int_param(query: &Query, name: &str) -> Result<Option<i64>, Refusal> {
     single(query, name)?
         .map(|v| {
             v.trim().parse::<i64>().map_err(|_| {
-                DenyReason::Unprocessable(format!(
+                Refusal::Unprocessable(format!(
                     "{name}: Input should be a valid integer, unable to parse string as an integer"
                 ))
             })
@@ -191,17 +154,17 @@ fn int_param(query: &Query, name: &str) -> Result<Option<i64>, DenyReason> {
         .transpose()
 }
 
-fn bool_param(query: &Query, name: &str) -> Result<Option<bool>, DenyReason> {
+fn bool_param(query: &Query, name: &str) -> Result<Option<bool>, Refusal> {
     let value = single(query, name)?.map(|v| Value::String(v.to_owned()));
     lax_bool(value.as_ref())
 }
 
 /// A value of a closed set (a pydantic enum): anything else is 422, as the upstream answers.
-fn enum_value(name: &str, value: &str, allowed: &[&str]) -> Result<String, DenyReason> {
+fn enum_value(name: &str, value: &str, allowed: &[&str]) -> Result<String, Refusal> {
     if allowed.contains(&value) {
         Ok(value.to_owned())
     } else {
-        Err(DenyReason::Unprocessable(format!(
+        Err(Refusal::Unprocessable(format!(
             "{name}: Input should be {}",
             allowed.join(", ")
         )))
@@ -209,7 +172,7 @@ fn enum_value(name: &str, value: &str, allowed: &[&str]) -> Result<String, DenyR
 }
 
 /// The upstream's image list filters from the query (spec §1.3 `GET /api/v1/images/`).
-fn image_filter(query: &Query) -> Result<ImageFilter, DenyReason> {
+fn image_filter(query: &Query) -> Result<ImageFilter, Refusal> {
     const ORIGINS: &[&str] = &["internal", "external"];
     const CATEGORIES: &[&str] = &["general", "mask", "control", "user", "other"];
     let categories = query.all("categories");
@@ -232,7 +195,7 @@ fn image_filter(query: &Query) -> Result<ImageFilter, DenyReason> {
             None | Some("DESC") => true,
             Some("ASC") => false,
             Some(_) => {
-                return Err(DenyReason::Unprocessable(
+                return Err(Refusal::Unprocessable(
                     "order_dir: Input should be 'ASC' or 'DESC'".into(),
                 ))
             }
@@ -243,7 +206,7 @@ fn image_filter(query: &Query) -> Result<ImageFilter, DenyReason> {
 /// R1: the caller's own page, computed with the upstream's filters plus main's owner condition,
 /// then hydrated by the upstream (`images_by_names` keeps the order of the names it is given).
 /// A wider page filtered here would make a 10 000-image gallery cost the upstream 10 000 DTOs.
-async fn own_image_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+async fn own_image_page(input: &FilterContext<'_>) -> Result<Option<Rewrite>, Refusal> {
     let query = &input.target.params;
     if single(query, "board_id")?.is_some() {
         // An explicit board (or `none`): the upstream scopes it, the checks guard it.
@@ -256,22 +219,23 @@ async fn own_image_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
     let (names, total) = input
         .facts
         .list(move |c| lists::own_image_page(c, &me, &filter, offset, limit))
-        .await
-        .map_err(unavailable)?;
-    if names.len() > input.max_items {
-        return Err(DenyReason::ListTooLarge(input.max_items));
+        .await?;
+    if names.len() > input.max_list_items {
+        return Err(Refusal::ListTooLarge(input.max_list_items));
     }
     let body = serde_json::to_vec(&json!({ "image_names": names }))
-        .map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
+        .map_err(|e| Refusal::BadUpstream(e.to_string()))?;
     Ok(Some(Rewrite {
-        method: Method::POST,
-        target: Target {
-            path: "/api/v1/images/images_by_names".into(),
-            query: None,
-            params: Query::default(),
+        prelude: None,
+        request: Planned {
+            method: Method::POST,
+            target: Target {
+                path: "/api/v1/images/images_by_names".into(),
+                query: None,
+                params: Query::default(),
+            },
+            body: Some(Bytes::from(body)),
         },
-        body: Some(Bytes::from(body)),
-        before: None,
         reshape: Reshape::ImagePage {
             offset,
             limit,
@@ -281,27 +245,24 @@ async fn own_image_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
 }
 
 /// main's `POST /images/delete`: names the caller may not write are skipped, not refused.
-async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
-    let Some(Value::Array(names)) = input.request_body.and_then(|b| b.get("image_names")) else {
+async fn writable_names(input: &FilterContext<'_>) -> Result<Option<Rewrite>, Refusal> {
+    let Some(Value::Array(names)) = input.data.body.as_ref().and_then(|b| b.get("image_names"))
+    else {
         // Missing or not a list: the upstream answers its own 422.
         return Ok(None);
     };
     let Some(me) = input.principal else {
-        return Err(DenyReason::Unauthenticated("Not authenticated".into()));
+        return Err(Refusal::Unauthenticated("Not authenticated".into()));
     };
     let listed = names
         .iter()
         .map(|n| n.as_str().map(str::to_owned))
         .collect::<Option<Vec<String>>>()
         .ok_or_else(|| {
-            DenyReason::Unprocessable("image_names: Input should be a valid string".into())
+            Refusal::Unprocessable("image_names: Input should be a valid string".into())
         })?;
     // One read decides the whole batch.
-    let mut facts = input
-        .facts
-        .images(listed.clone())
-        .await
-        .map_err(unavailable)?;
+    let mut facts = input.facts.images(listed.clone()).await?;
     let keep: Vec<String> = listed
         .into_iter()
         .filter(|n| policy::media_permits(Predicate::ImageWrite, facts.remove(n), me))
@@ -310,34 +271,38 @@ async fn writable_names(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyRe
         return Ok(None);
     }
     let body = serde_json::to_vec(&json!({ "image_names": keep }))
-        .map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
+        .map_err(|e| Refusal::BadUpstream(e.to_string()))?;
     Ok(Some(Rewrite {
-        method: Method::POST,
-        target: input.target.clone(),
-        body: Some(Bytes::from(body)),
-        before: None,
+        prelude: None,
+        request: Planned {
+            method: Method::POST,
+            target: input.target.clone(),
+            body: Some(Bytes::from(body)),
+        },
         reshape: Reshape::Unchanged,
     }))
 }
 
 /// 6.12's workflow list, asked for as one wide page (workflows are few; 6.12 has no endpoint
 /// that hydrates workflows by id), filtered and cut here.
-fn wide_workflow_page(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+fn wide_workflow_page(input: &FilterContext<'_>) -> Result<Option<Rewrite>, Refusal> {
     let query = &input.target.params;
     let page = int_param(query, "page")?.unwrap_or(0);
     // `per_page=0` means "no paging" to the upstream (`if per_page:`), as if it were absent.
     let per_page = int_param(query, "per_page")?.filter(|&p| p != 0);
     if page < 0 || per_page.is_some_and(|p| p < 0) {
-        return Err(DenyReason::Unprocessable(
+        return Err(Refusal::Unprocessable(
             "page and per_page must not be negative".into(),
         ));
     }
-    let wide = input.max_items.to_string();
+    let wide = input.max_list_items.to_string();
     Ok(Some(Rewrite {
-        method: Method::GET,
-        target: with_params(input.target, &[("page", "0"), ("per_page", &wide)]),
-        body: None,
-        before: None,
+        prelude: None,
+        request: Planned {
+            method: Method::GET,
+            target: with_params(input.target, &[("page", "0"), ("per_page", &wide)]),
+            body: None,
+        },
         reshape: Reshape::WorkflowPage { page, per_page },
     }))
 }
@@ -376,61 +341,60 @@ fn with_params(target: &Target, set: &[(&str, &str)]) -> Target {
 /// Hole 4 on 6.12/6.13: the owner's `include_images=true` would delete other users'
 /// contributions. main deletes only the owner's own images, then the board (the others fall
 /// back to uncategorized): the guard sends exactly that, as two requests.
-async fn board_media_delete(input: &PlanInput<'_>) -> Result<Option<Rewrite>, DenyReason> {
+async fn board_media_delete(input: &FilterContext<'_>) -> Result<Option<Rewrite>, Refusal> {
     if bool_param(&input.target.params, "include_images")? != Some(true) {
         return Ok(None);
     }
     let board = input
+        .data
         .path
         .get("board_id")
         .cloned()
-        .ok_or_else(|| DenyReason::Unprocessable("board_id missing".into()))?;
+        .ok_or_else(|| Refusal::Unprocessable("board_id missing".into()))?;
     let me = caller(input.principal).to_owned();
     let own = input
         .facts
         .list(move |c| lists::own_images_on_board(c, &board, &me))
-        .await
-        .map_err(unavailable)?;
-    if own.len() > input.max_items {
-        return Err(DenyReason::ListTooLarge(input.max_items));
+        .await?;
+    if own.len() > input.max_list_items {
+        return Err(Refusal::ListTooLarge(input.max_list_items));
     }
-    let before = if own.is_empty() {
+    let prelude = if own.is_empty() {
         None
     } else {
         let body = serde_json::to_vec(&json!({ "image_names": own }))
-            .map_err(|e| DenyReason::BadUpstream(e.to_string()))?;
-        Some(Prelude {
+            .map_err(|e| Refusal::BadUpstream(e.to_string()))?;
+        Some(Planned {
             method: Method::POST,
             target: Target {
                 path: "/api/v1/images/delete".into(),
                 query: None,
                 params: Query::default(),
             },
-            body: Bytes::from(body),
+            body: Some(Bytes::from(body)),
         })
     };
     Ok(Some(Rewrite {
-        method: Method::DELETE,
-        target: with_params(input.target, &[("include_images", "false")]),
-        body: None,
-        before,
+        prelude,
+        request: Planned {
+            method: Method::DELETE,
+            target: with_params(input.target, &[("include_images", "false")]),
+            body: None,
+        },
         reshape: Reshape::BoardDelete {
             deleted_images: Vec::new(),
         },
     }))
 }
 
-/// Rewrite one list answer for the caller; `Ok(true)` when it changed.
+/// Rewrite one list answer for the caller (an active filter); `Ok(true)` when it changed.
 pub(super) async fn reshape(
     filter: ResponseFilter,
     json: &mut Value,
     ctx: &FilterContext<'_>,
-) -> Result<bool, DenyReason> {
-    if !active(filter, ctx.principal, ctx.facts) {
-        return Ok(false);
-    }
+) -> Result<bool, Refusal> {
     let me = caller(ctx.principal).to_owned();
-    let query = ctx.query;
+    let query = &ctx.data.query;
     match filter {
         ResponseFilter::OwnImagePage => match ctx.reshape {
             Some(Reshape::ImagePage {
@@ -452,11 +416,7 @@ pub(super) async fn reshape(
                 return Ok(false);
             }
             let starred_first = bool_param(query, "starred_first")?.unwrap_or(true);
-            let own = ctx
-                .facts
-                .list(move |c| lists::own_images(c, &me))
-                .await
-                .map_err(unavailable)?;
+            let own = ctx.facts.list(move |c| lists::own_images(c, &me)).await?;
             let Some(Value::Array(names)) = json.get_mut("image_names") else {
                 return Err(shape("image names"));
             };
@@ -488,7 +448,7 @@ pub(super) async fn reshape(
                 .collect::<Option<Vec<String>>>()
                 .ok_or_else(|| shape("image DTO"))?;
             // One read decides the whole list (not one cache lookup per item).
-            let facts = ctx.facts.images(listed).await.map_err(unavailable)?;
+            let facts = ctx.facts.images(listed).await?;
             items.retain(|i| {
                 let name = i
                     .get("image_name")
@@ -510,7 +470,7 @@ pub(super) async fn reshape(
             };
             if upstream_total > items.len() as u64 {
                 // The wide page did not hold every workflow: filtering it would lose some.
-                return Err(DenyReason::ListTooLarge(items.len()));
+                return Err(Refusal::ListTooLarge(items.len()));
             }
             let own: HashSet<&str> = scope.own_ids.iter().map(String::as_str).collect();
             let mut visible = Vec::new();
@@ -552,8 +512,7 @@ pub(super) async fn reshape(
             let tags = ctx
                 .facts
                 .list(move |c| lists::visible_workflow_tags(c, &scope))
-                .await
-                .map_err(unavailable)?;
+                .await?;
             *json = Value::from(tags);
             Ok(true)
         }
@@ -578,8 +537,7 @@ pub(super) async fn reshape(
                         lists::visible_workflow_category_counts(c, &scope, &keys)
                     }
                 })
-                .await
-                .map_err(unavailable)?;
+                .await?;
             *json = Value::Object(
                 counts
                     .into_iter()
@@ -595,8 +553,7 @@ pub(super) async fn reshape(
             let own: HashSet<String> = ctx
                 .ledger
                 .owned(Entry::StylePreset, &me)
-                .await
-                .map_err(unavailable)?
+                .await?
                 .into_iter()
                 .collect();
             let mut keep = Vec::with_capacity(items.len());
@@ -621,8 +578,7 @@ pub(super) async fn reshape(
             let covers = ctx
                 .facts
                 .list(move |c| lists::own_date_covers(c, &me))
-                .await
-                .map_err(unavailable)?;
+                .await?;
             for board in boards.iter_mut() {
                 let date = board
                     .get("date")
@@ -641,8 +597,7 @@ pub(super) async fn reshape(
             let n = ctx
                 .facts
                 .list(move |c| lists::own_intermediates_count(c, &me))
-                .await
-                .map_err(unavailable)?;
+                .await?;
             *json = Value::from(n);
             Ok(true)
         }
@@ -678,16 +633,12 @@ pub(super) async fn reshape(
 
 /// The caller's view of 6.12's workflows: own (ledger) and shipped defaults; `is_public=true`
 /// (no 6.12 workflow is shared) keeps the defaults only.
-async fn workflow_scope(ctx: &FilterContext<'_>) -> Result<WorkflowScope, DenyReason> {
-    let query = ctx.query;
+async fn workflow_scope(ctx: &FilterContext<'_>) -> Result<WorkflowScope, Refusal> {
+    let query = &ctx.data.query;
     let me = caller(ctx.principal);
     let categories = query.all("categories");
     Ok(WorkflowScope {
-        own_ids: ctx
-            .ledger
-            .owned(Entry::Workflow, me)
-            .await
-            .map_err(unavailable)?,
+        own_ids: ctx.ledger.owned(Entry::Workflow, me).await?,
         defaults_only: bool_param(query, "is_public")? == Some(true),
         categories: (!categories.is_empty()).then(|| categories.to_vec()),
         has_been_opened: bool_param(query, "has_been_opened")?,

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::FilterContext;
-use crate::decision::DenyReason;
+use crate::decision::Refusal;
 use crate::facts::ledger::Entry;
 
 /// Record `json[field] → caller` for the intent written before the create was forwarded. A
@@ -14,7 +14,7 @@ pub(super) async fn record(
     kind: Entry,
     json: Option<&Value>,
     field: &str,
-) -> Result<(), DenyReason> {
+) -> Result<(), Refusal> {
     let (Some((intended, intent)), Some(p)) = (ctx.intent, ctx.principal) else {
         // This upstream keeps the owner itself: nothing to record.
         return Ok(());
@@ -23,7 +23,7 @@ pub(super) async fn record(
         return Ok(());
     }
     let Some(id) = json.and_then(|j| j.get(field)).and_then(Value::as_str) else {
-        return Err(DenyReason::BadUpstream(format!(
+        return Err(Refusal::BadUpstream(format!(
             "the create's answer has no '{field}': its owner cannot be recorded"
         )));
     };
@@ -32,6 +32,6 @@ pub(super) async fn record(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, ?kind, id, "created upstream, but the owner could not be recorded");
-            DenyReason::Unavailable(format!("ledger: {e}"))
+            Refusal::from(e)
         })
 }

@@ -91,7 +91,9 @@ pub(super) async fn revoke_after_password_change(
         PasswordChange::Reset => "password",
     };
     let changed = ctx
-        .request_body
+        .data
+        .body
+        .as_ref()
         .and_then(|b| b.get(field))
         .and_then(Value::as_str)
         .is_some_and(|p| !p.is_empty());
@@ -100,7 +102,7 @@ pub(super) async fn revoke_after_password_change(
     }
     let target = match change {
         PasswordChange::Own => me.user_id.clone(),
-        PasswordChange::Reset => match ctx.path.get("user_id") {
+        PasswordChange::Reset => match ctx.data.path.get("user_id") {
             Some(id) => id.clone(),
             None => return,
         },
@@ -147,7 +149,10 @@ pub(super) fn login_session(
     ctx: &FilterContext<'_>,
 ) -> bool {
     let Some(json) = json else { return false };
-    let changed = !ctx.upstream_revokes;
+    let changed = !ctx
+        .facts
+        .schema()
+        .has(crate::rules::vocab::Capability::RevokesTokens);
     if changed {
         stamp_login_token(json, ctx.secret);
     }

@@ -25,49 +25,58 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
-use crate::decision::{BoxError, DenyReason};
+use crate::decision::{BoxError, Refusal};
 use crate::http::jsonplan::{self, JsonPlan};
 
 /// Read a whole request body: at most `limit` bytes, within `timeout`.
-pub async fn read<B>(
-    body: B,
+pub async fn read(
+    body: crate::decision::Body,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, DenyReason>
-where
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
+) -> Result<Bytes, Refusal> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(DenyReason::TooLarge);
+        return Err(Refusal::TooLarge);
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(DenyReason::Timeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(DenyReason::TooLarge)
-        }
-        Ok(Err(_)) => Err(DenyReason::BadRequest(
-            "could not read the request body".into(),
-        )),
+    match tokio::time::timeout(timeout, read_bounded(body, limit)).await {
+        Err(_) => Err(Refusal::Timeout),
+        Ok(result) => result,
     }
 }
 
+/// Collect at most `limit` bytes (one chunk is kept as it came; more are joined once).
+pub async fn read_bounded(mut body: crate::decision::Body, limit: usize) -> Result<Bytes, Refusal> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| Refusal::BadRequest("could not read the request body".into()))?;
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len());
+            if total > limit {
+                return Err(Refusal::TooLarge);
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
 /// Refuse a compressed request body on a rule that reads it.
-pub fn refuse_encoded(headers: &HeaderMap) -> Result<(), DenyReason> {
+pub fn refuse_encoded(headers: &HeaderMap) -> Result<(), Refusal> {
     let encoded = headers.get_all(CONTENT_ENCODING).iter().any(|v| {
         v.to_str()
             .map(|s| !s.trim().eq_ignore_ascii_case("identity"))
@@ -75,7 +84,7 @@ pub fn refuse_encoded(headers: &HeaderMap) -> Result<(), DenyReason> {
     });
     if encoded {
         // InvokeAI would parse the compressed bytes, not what the guard could decode (differential).
-        return Err(DenyReason::BadRequest(
+        return Err(Refusal::BadRequest(
             "Content-Encoding on a request body is not supported".into(),
         ));
     }
@@ -83,13 +92,13 @@ pub fn refuse_encoded(headers: &HeaderMap) -> Result<(), DenyReason> {
 }
 
 /// Parse a JSON body, keeping what `plan` selects (an empty body is no body).
-pub fn json(bytes: &[u8], plan: &JsonPlan) -> Result<Option<Value>, DenyReason> {
+pub fn json(bytes: &[u8], plan: &JsonPlan) -> Result<Option<Value>, Refusal> {
     if bytes.is_empty() {
         return Ok(None);
     }
     jsonplan::parse(bytes, plan)
         .map(Some)
-        .map_err(|e| DenyReason::Unprocessable(format!("JSON decode error: {e}")))
+        .map_err(|e| Refusal::Unprocessable(format!("JSON decode error: {e}")))
 }
 
 // === multipart ===
@@ -150,11 +159,8 @@ pub const MAX_FORM_FIELDS: usize = 1000;
 pub const MAX_FORM_FILES: usize = 1000;
 
 /// The text fields of a multipart/form-data body (file parts are skipped).
-pub async fn form(
-    bytes: &Bytes,
-    headers: &HeaderMap,
-) -> Result<HashMap<String, String>, DenyReason> {
-    let bad = |m: String| DenyReason::BadRequest(format!("multipart: {m}"));
+pub async fn form(bytes: &Bytes, headers: &HeaderMap) -> Result<HashMap<String, String>, Refusal> {
+    let bad = |m: String| Refusal::BadRequest(format!("multipart: {m}"));
     let mut types = headers.get_all(CONTENT_TYPE).iter();
     let content_type = match (types.next(), types.next()) {
         (Some(v), None) => v
@@ -167,7 +173,7 @@ pub async fn form(
     let boundary = match (media.as_str(), params.get("boundary")) {
         ("multipart/form-data", Some(b)) if !b.is_empty() => b.clone(),
         _ => {
-            return Err(DenyReason::Unprocessable(
+            return Err(Refusal::Unprocessable(
                 "expected a multipart/form-data body".into(),
             ))
         }
@@ -181,7 +187,7 @@ pub async fn form(
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => return Ok(fields),
-            Err(e) => return Err(DenyReason::Unprocessable(format!("multipart: {e}"))),
+            Err(e) => return Err(Refusal::Unprocessable(format!("multipart: {e}"))),
         };
         let part_headers = field.headers();
         let mut dispositions = part_headers.get_all("content-disposition").iter();
@@ -225,11 +231,10 @@ pub async fn form(
         let data = field
             .bytes()
             .await
-            .map_err(|e| DenyReason::Unprocessable(format!("multipart: {e}")))?;
+            .map_err(|e| Refusal::Unprocessable(format!("multipart: {e}")))?;
         if !is_file {
-            let text = String::from_utf8(data.to_vec()).map_err(|_| {
-                DenyReason::Unprocessable(format!("form field '{name}' is not UTF-8"))
-            })?;
+            let text = String::from_utf8(data.to_vec())
+                .map_err(|_| Refusal::Unprocessable(format!("form field '{name}' is not UTF-8")))?;
             fields.insert(name, text);
         }
     }
@@ -239,7 +244,7 @@ pub async fn form(
 
 /// Decode a response body the guard must read (`Content-Encoding` as the upstream sent it).
 /// The decoded size is bounded by `limit` like the raw one.
-pub fn decode(encoding: Option<&str>, bytes: Bytes, limit: usize) -> Result<Bytes, DenyReason> {
+pub fn decode(encoding: Option<&str>, bytes: Bytes, limit: usize) -> Result<Bytes, Refusal> {
     let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
     let decoder: Box<dyn Read> = match encoding.as_deref() {
         None | Some("") | Some("identity") => return Ok(bytes),
@@ -252,7 +257,7 @@ pub fn decode(encoding: Option<&str>, bytes: Bytes, limit: usize) -> Result<Byte
         }
         Some("deflate") => Box::new(flate2::read::DeflateDecoder::new(&bytes[..])),
         Some(other) => {
-            return Err(DenyReason::BadUpstream(format!(
+            return Err(Refusal::BadUpstream(format!(
                 "response Content-Encoding '{other}' cannot be read"
             )))
         }
@@ -261,9 +266,9 @@ pub fn decode(encoding: Option<&str>, bytes: Bytes, limit: usize) -> Result<Byte
     decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| DenyReason::BadUpstream(format!("response body could not be decoded: {e}")))?;
+        .map_err(|e| Refusal::BadUpstream(format!("response body could not be decoded: {e}")))?;
     if out.len() > limit {
-        return Err(DenyReason::BadUpstream(
+        return Err(Refusal::BadUpstream(
             "decoded response body over the filter limit".into(),
         ));
     }

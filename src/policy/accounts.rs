@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::{as_id, forbidden, unavailable, FactSource, Outcome, Selected};
-use crate::decision::DenyReason;
+use super::{as_id, forbidden, FactSource, Outcome, Selected};
+use crate::decision::Refusal;
 use crate::identity::Principal;
 use crate::rules::vocab::{Capability, Predicate};
 
@@ -13,8 +13,8 @@ const SYSTEM_PROTECTED: &str = "The system user is protected and cannot be modif
 /// A boolean as pydantic's lax mode reads it (JSON booleans, `0`/`1` and `0.0`/`1.0`, and the
 /// strings `0 off f false n no` / `1 on t true y yes` in any case); `None` when absent or null.
 /// Anything else is refused (422), as pydantic refuses it: never guessed.
-pub fn lax_bool(v: Option<&Value>) -> Result<Option<bool>, DenyReason> {
-    let bad = || DenyReason::Unprocessable("Input should be a valid boolean".into());
+pub fn lax_bool(v: Option<&Value>) -> Result<Option<bool>, Refusal> {
+    let bad = || Refusal::Unprocessable("Input should be a valid boolean".into());
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -84,9 +84,7 @@ pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
         | P::AdminUnlessUpstream
         | P::CallerOr
         | P::CallerIn
-        | P::QueueDefault => Err(DenyReason::Unauthenticated(
-            "Authentication required".into(),
-        )),
+        | P::QueueDefault => Err(Refusal::Unauthenticated("Authentication required".into())),
     }
 }
 
@@ -107,7 +105,7 @@ pub(super) fn admin(me: &Principal, facts: &mut Vec<String>) -> Outcome {
 
 pub(super) fn user_not_system(args: &[Selected]) -> Outcome {
     match args[0].single().map(as_id).transpose()? {
-        Some(id) if id == "system" => Err(DenyReason::BadRequest(SYSTEM_PROTECTED.into())),
+        Some(id) if id == "system" => Err(Refusal::BadRequest(SYSTEM_PROTECTED.into())),
         _ => Ok(()),
     }
 }
@@ -203,7 +201,7 @@ pub(super) fn images_list_scoped(
 pub(super) fn login_not_system(email: &Selected) -> Outcome {
     match email.single() {
         Some(Value::String(e)) if e.trim().eq_ignore_ascii_case("system@system.invokeai") => Err(
-            DenyReason::Unauthenticated("Incorrect email or password".into()),
+            Refusal::Unauthenticated("Incorrect email or password".into()),
         ),
         _ => Ok(()),
     }
@@ -218,7 +216,7 @@ pub(super) fn user_update_allowed(args: &[Selected]) -> Outcome {
     let promotes = lax_bool(args[2].single())? == Some(true);
     let deactivates = lax_bool(args[3].single())? == Some(false);
     if sets_password || promotes || deactivates {
-        Err(DenyReason::BadRequest(SYSTEM_PROTECTED.into()))
+        Err(Refusal::BadRequest(SYSTEM_PROTECTED.into()))
     } else {
         Ok(())
     }
@@ -239,16 +237,16 @@ pub(super) async fn keeps_an_admin(
     if !removes {
         return Ok(());
     }
-    let row = src.facts.user(&target).await.map_err(unavailable)?;
+    let row = src.facts.user(&target).await?;
     let active_admin = row.is_some_and(|r| r.is_admin && r.is_active);
     facts.push(format!("user {target}: active admin={active_admin}"));
     if !active_admin {
         return Ok(());
     }
-    let admins = src.facts.active_admin_count().await.map_err(unavailable)?;
+    let admins = src.facts.active_admin_count().await?;
     facts.push(format!("active admins={admins}"));
     if admins <= 1 {
-        Err(DenyReason::BadRequest(
+        Err(Refusal::BadRequest(
             "Cannot remove the last administrator".into(),
         ))
     } else {

@@ -19,9 +19,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::decision::{ArgTrace, CheckResult, CheckTrace, Decision, DenyReason, Stage, Verdict};
+use crate::decision::{ArgTrace, CheckResult, CheckTrace, Refusal, Stage, Verdict};
 use crate::facts::ledger::Ledger;
-use crate::facts::{Facts, FactsError};
+use crate::facts::Facts;
 use crate::identity::Principal;
 use crate::rules::vocab::{AdminRule, Predicate};
 use crate::rules::{Arg, Check, Rule, Selector, Source, Step};
@@ -48,7 +48,7 @@ impl RequestData {
         rule: &Rule,
         bytes: &bytes::Bytes,
         headers: &http::HeaderMap,
-    ) -> Result<(), DenyReason> {
+    ) -> Result<(), Refusal> {
         use crate::http::body;
         match rule.body {
             crate::rules::BodyNeed::None => {}
@@ -66,18 +66,14 @@ pub struct FactSource<'a> {
     pub ledger: &'a Ledger,
 }
 
-type Outcome = Result<(), DenyReason>;
+type Outcome = Result<(), Refusal>;
 
-fn forbidden(detail: impl Into<String>) -> DenyReason {
-    DenyReason::Forbidden(detail.into())
-}
-
-fn unavailable(e: FactsError) -> DenyReason {
-    DenyReason::Unavailable(e.to_string())
+fn forbidden(detail: impl Into<String>) -> Refusal {
+    Refusal::Forbidden(detail.into())
 }
 
 /// The rule's `auth = "admin"` requirement (checked before any body is read).
-pub fn admin_route_denial(rule: &Rule, principal: Option<&Principal>) -> Option<DenyReason> {
+pub fn admin_route_denial(rule: &Rule, principal: Option<&Principal>) -> Option<Refusal> {
     match (rule.auth, principal) {
         (crate::rules::Auth::Admin, Some(p)) if !p.is_admin => {
             Some(forbidden("Admin privileges required"))
@@ -104,27 +100,16 @@ pub async fn decide(
     principal: Option<&Principal>,
     src: FactSource<'_>,
 ) -> Verdict {
-    if let Some(reason) = admin_route_denial(rule, principal) {
-        return Verdict::early(Stage::Auth, reason);
-    }
     let mut checks = Vec::with_capacity(rule.checks.len());
     for check in &rule.checks {
         let trace = evaluate(check, data, principal, src).await;
-        let failed = match &trace.result {
-            CheckResult::Failed(reason) => Some(reason.clone()),
-            _ => None,
-        };
+        let failed = matches!(trace.result, CheckResult::Failed(_));
         checks.push(trace);
-        if let Some(reason) = failed {
-            return Verdict {
-                decision: Decision::Deny(reason),
-                stage: Stage::Check,
-                checks,
-            };
+        if failed {
+            break;
         }
     }
     Verdict {
-        decision: Decision::Allow,
         stage: Stage::Check,
         checks,
     }
@@ -306,14 +291,14 @@ fn arg_trace(arg: &Arg, value: &Selected) -> ArgTrace {
     ArgTrace { selector, value }
 }
 
-fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
+fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, Refusal> {
     let sel = match arg {
         Arg::Literal(s) => return Ok(Selected::One(Value::String(s.clone()))),
         Arg::Capability(c) => return Ok(Selected::Capability(*c)),
         Arg::Group { members, .. } => return Ok(Selected::Group(members.clone())),
         Arg::Select(sel) => sel,
     };
-    let missing = |sel: &Selector| DenyReason::Unprocessable(format!("Missing {}", sel.text));
+    let missing = |sel: &Selector| Refusal::Unprocessable(format!("Missing {}", sel.text));
     // Only a form field holding JSON needs an owned root; everything else is walked by reference.
     let parsed_form: Option<Value>;
     let scalar: Option<Value>;
@@ -326,7 +311,7 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
             scalar = data
                 .query
                 .single(name)
-                .map_err(|e| DenyReason::BadRequest(e.to_string()))?
+                .map_err(|e| Refusal::BadRequest(e.to_string()))?
                 .map(|v| Value::String(v.to_owned()));
             scalar.as_ref()
         }
@@ -349,7 +334,7 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
                     Keep::Whole,
                 );
                 parsed_form = Some(jsonplan::parse(text.as_bytes(), &plan).map_err(|_| {
-                    DenyReason::Unprocessable(format!("form field '{name}' is not JSON"))
+                    Refusal::Unprocessable(format!("form field '{name}' is not JSON"))
                 })?);
                 parsed_form.as_ref()
             }
@@ -376,7 +361,7 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
                 (Step::Each, Value::Array(items)) => next.extend(items.iter()),
                 _ if sel.optional => {}
                 (_, _) => {
-                    return Err(DenyReason::Unprocessable(format!(
+                    return Err(Refusal::Unprocessable(format!(
                         "{} has the wrong type",
                         sel.text
                     )));
@@ -392,11 +377,11 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, DenyReason> {
     })
 }
 
-fn as_id(v: &Value) -> Result<String, DenyReason> {
+fn as_id(v: &Value) -> Result<String, Refusal> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
-        _ => Err(DenyReason::Unprocessable(
+        _ => Err(Refusal::Unprocessable(
             "identifier has the wrong type".into(),
         )),
     }

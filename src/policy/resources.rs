@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::{forbidden, unavailable, FactSource, Outcome};
-use crate::decision::DenyReason;
+use super::{forbidden, FactSource, Outcome};
+use crate::decision::Refusal;
 use crate::facts::ledger::Entry;
 use crate::facts::{BoardFact, ImageFact, Visibility};
 use crate::identity::Principal;
@@ -43,15 +43,15 @@ async fn known_board(
     id: &str,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
-) -> Result<BoardFact, DenyReason> {
-    match src.facts.board(id).await.map_err(unavailable)? {
+) -> Result<BoardFact, Refusal> {
+    match src.facts.board(id).await? {
         Some(b) if b.visibility != Visibility::Unknown => {
             facts.push(board_note(&b));
             Ok(b)
         }
         _ => {
             facts.push(format!("board {id}: not found"));
-            Err(DenyReason::NotFound(format!("Board {id} not found")))
+            Err(Refusal::NotFound(format!("Board {id} not found")))
         }
     }
 }
@@ -114,16 +114,11 @@ pub(super) async fn check(
         P::StylePresetRead | P::StylePresetWrite => preset(predicate, id, uid, src, facts).await,
         P::QueueItemOwn | P::QueueItemOwnRoot => {
             let item_id: i64 = id.parse().map_err(|_| {
-                DenyReason::Unprocessable(format!("queue item id '{id}' is not an integer"))
+                Refusal::Unprocessable(format!("queue item id '{id}' is not an integer"))
             })?;
-            let item = src
-                .facts
-                .queue_item(item_id)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| {
-                    DenyReason::NotFound(format!("Queue item with id {item_id} not found"))
-                })?;
+            let item = src.facts.queue_item(item_id).await?.ok_or_else(|| {
+                Refusal::NotFound(format!("Queue item with id {item_id} not found"))
+            })?;
             let owner = match predicate {
                 P::QueueItemOwn => &item.owner,
                 _ => &item.root_owner,
@@ -138,9 +133,8 @@ pub(super) async fn check(
             let sp = src
                 .facts
                 .system_prompt(id)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| DenyReason::NotFound(format!("System prompt {id} not found")))?;
+                .await?
+                .ok_or_else(|| Refusal::NotFound(format!("System prompt {id} not found")))?;
             facts.push(format!(
                 "system prompt {id}: owner={} public={}",
                 sp.owner, sp.is_public
@@ -149,11 +143,7 @@ pub(super) async fn check(
             ok_or_forbidden(allowed, "Not authorized to access this system prompt")
         }
         P::BulkDownloadOwn => {
-            let owner = src
-                .ledger
-                .owner(Entry::BulkDownload, id)
-                .await
-                .map_err(unavailable)?;
+            let owner = src.ledger.owner(Entry::BulkDownload, id).await?;
             facts.push(format!(
                 "bulk download {id}: requester={} (ledger)",
                 owner.as_deref().unwrap_or("unknown")
@@ -179,7 +169,7 @@ pub(super) async fn check(
         | P::AdminIfTrue
         | P::AdminUnlessUpstream
         | P::CallerOr
-        | P::QueueDefault => Err(DenyReason::Unavailable(format!(
+        | P::QueueDefault => Err(Refusal::Unavailable(format!(
             "{} is not a resource check",
             predicate.name()
         ))),
@@ -210,13 +200,10 @@ async fn creator(
     kind: Entry,
     id: &str,
     created_at: &str,
-) -> Result<Creator, DenyReason> {
+) -> Result<Creator, Refusal> {
     let (owner, from) = match in_db {
         Some(o) => (Some(o), "database"),
-        None => (
-            src.ledger.owner(kind, id).await.map_err(unavailable)?,
-            "ledger",
-        ),
+        None => (src.ledger.owner(kind, id).await?, "ledger"),
     };
     let legacy = owner.is_none() && src.ledger.is_legacy(created_at);
     Ok(Creator {
@@ -236,9 +223,8 @@ async fn workflow(
     let wf = src
         .facts
         .workflow(id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| DenyReason::NotFound(format!("Workflow {id} not found")))?;
+        .await?
+        .ok_or_else(|| Refusal::NotFound(format!("Workflow {id} not found")))?;
     // 6.12 keeps no workflow owner: the guard's ledger may know the creator.
     let c = creator(src, wf.owner, Entry::Workflow, id, &wf.created_at).await?;
     facts.push(format!(
@@ -269,9 +255,8 @@ async fn preset(
     let sp = src
         .facts
         .preset(id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| DenyReason::NotFound(format!("Style preset {id} not found")))?;
+        .await?
+        .ok_or_else(|| Refusal::NotFound(format!("Style preset {id} not found")))?;
     // 6.12 stores every preset as `system`: the guard's ledger may know the creator.
     let in_db = src
         .facts
@@ -318,7 +303,7 @@ async fn image(
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    let img = src.facts.image(id).await.map_err(unavailable)?;
+    let img = src.facts.image(id).await?;
     media_check(access, img, me, "image", id, facts)
 }
 
@@ -329,7 +314,7 @@ async fn video(
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    let vid = src.facts.video(id).await.map_err(unavailable)?;
+    let vid = src.facts.video(id).await?;
     media_check(access, vid, me, "video", id, facts)
 }
 

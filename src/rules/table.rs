@@ -168,6 +168,8 @@ impl Rule {
 #[derive(Debug)]
 pub struct RouteMatch<'t> {
     pub rule: &'t Rule,
+    /// The rule's index in [`RouteTable::rules`].
+    pub index: usize,
     /// Path parameters, raw (still percent-encoded as in the canonical path).
     pub params: Vec<(String, String)>,
 }
@@ -341,6 +343,7 @@ impl RouteTable {
                 .collect();
             return Lookup::Found(RouteMatch {
                 rule: &self.rules[*found.value],
+                index: *found.value,
                 params,
             });
         }

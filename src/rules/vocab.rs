@@ -34,11 +34,13 @@ pub enum Capability {
     AttributesSocketEvents,
     /// `GET /images/intermediates` counts only the caller's intermediates (6.13+).
     ScopesIntermediatesCount,
+    /// Tokens carry `token_epoch` and a password change revokes older ones (6.14+).
+    RevokesTokens,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 11] = [
+    pub const ALL: [Capability; 12] = [
         Capability::ScopesImageLists,
         Capability::ScopesBoardDeletes,
         Capability::ScopesUncategorizedDeletes,
@@ -50,6 +52,7 @@ impl Capability {
         Capability::SkipsForeignImageDeletes,
         Capability::AttributesSocketEvents,
         Capability::ScopesIntermediatesCount,
+        Capability::RevokesTokens,
     ];
 
     /// The `routes.toml` name (`upstream.NAME`).
@@ -66,6 +69,7 @@ impl Capability {
             Capability::SkipsForeignImageDeletes => "skips_foreign_image_deletes",
             Capability::AttributesSocketEvents => "attributes_socket_events",
             Capability::ScopesIntermediatesCount => "scopes_intermediates_count",
+            Capability::RevokesTokens => "revokes_tokens",
         }
     }
 
@@ -356,6 +360,9 @@ pub struct FilterInfo {
     pub correlates: Option<Correlation>,
     /// It may change what is sent upstream (another page, another endpoint, fewer names).
     pub rewrites_request: bool,
+    /// `Exempt`: admins see the upstream's answer as it is (lists); `Applies`: it runs for
+    /// everyone (sessions, cache headers, owner records).
+    pub admin: AdminRule,
 }
 
 /// A response filter a rule may name.
@@ -431,15 +438,21 @@ impl ResponseFilter {
             upstream_does_it: None,
             correlates: None,
             rewrites_request: false,
+            admin: AdminRule::Applies,
         };
-        let body = |name, upstream_does_it| FilterInfo {
+        let session = |name, upstream_does_it| FilterInfo {
             reads_body: true,
             upstream_does_it,
             ..headers(name)
         };
         let record = |name, kind, upstream_does_it| FilterInfo {
             records: Some(kind),
-            ..body(name, upstream_does_it)
+            ..session(name, upstream_does_it)
+        };
+        // A list (or count) answered as main answers it to the caller; admins see it whole.
+        let body = |name, upstream_does_it| FilterInfo {
+            admin: AdminRule::Exempt,
+            ..session(name, upstream_does_it)
         };
         let rewrite = |name, upstream_does_it| FilterInfo {
             rewrites_request: true,
@@ -447,7 +460,7 @@ impl ResponseFilter {
         };
         match self {
             F::PrivateMedia => headers("private_media"),
-            F::LoginSession => body("login_session", None),
+            F::LoginSession => session("login_session", None),
             F::RefreshSession => headers("refresh_session"),
             F::LogoutSession => headers("logout_session"),
             F::RecordWorkflowOwner => record(
@@ -471,10 +484,12 @@ impl ResponseFilter {
             },
             F::RevokeOnPasswordChange => FilterInfo {
                 request_fields: &["new_password"],
+                upstream_does_it: Some(Capability::RevokesTokens),
                 ..headers("revoke_on_password_change")
             },
             F::RevokeOnPasswordReset => FilterInfo {
                 request_fields: &["password"],
+                upstream_does_it: Some(Capability::RevokesTokens),
                 ..headers("revoke_on_password_reset")
             },
             F::OwnUncategorizedNames => body(

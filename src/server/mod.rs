@@ -10,10 +10,12 @@
 //!   in-flight connections for at most `limits.shutdown_grace`.
 
 pub mod admin;
+pub mod ctx;
+pub mod evaluate;
 pub mod lifecycle;
-mod pipeline;
+pub mod pipeline;
 
-pub use pipeline::{handle, identity_denial};
+pub use pipeline::{handle, identity_refusal};
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -38,8 +38,6 @@ use http::header::{
     SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -90,7 +88,7 @@ fn bad(why: &'static str) -> Response<Body> {
 
 /// Serve one request on the Socket.IO mount.
 pub async fn handle(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     target: &Target,
     state: &Arc<AppState>,
 ) -> Response<Body> {
@@ -188,35 +186,30 @@ async fn poll(session: Arc<Session>, timing: &Timing) -> Response<Body> {
 }
 
 /// A polling POST: the client's packets into the session.
-async fn post(req: Request<Incoming>, session: Arc<Session>, timing: &Timing) -> Response<Body> {
+async fn post(req: Request<Body>, session: Arc<Session>, timing: &Timing) -> Response<Body> {
     if session.post_active.swap(true, Ordering::AcqRel) {
         let _ = session.inbox.try_send(Inbound::Closed);
         return bad("Concurrent post");
     }
-    let body = http_body_util::Limited::new(req.into_body(), timing.max_payload)
-        .collect()
-        .await;
+    let body = crate::http::body::read_bounded(req.into_body(), timing.max_payload).await;
     let result = match body {
         Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "\"Payload too large\""),
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            match std::str::from_utf8(&bytes) {
-                Err(_) => bad("Payload is not UTF-8"),
-                Ok(body) => {
-                    for packet in body.split(engineio::SEPARATOR) {
-                        let inbound = if packet.starts_with('b') {
-                            Inbound::Binary
-                        } else {
-                            Inbound::Packet(packet.to_owned())
-                        };
-                        if session.inbox.send(inbound).await.is_err() {
-                            break;
-                        }
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Err(_) => bad("Payload is not UTF-8"),
+            Ok(body) => {
+                for packet in body.split(engineio::SEPARATOR) {
+                    let inbound = if packet.starts_with('b') {
+                        Inbound::Binary
+                    } else {
+                        Inbound::Packet(packet.to_owned())
+                    };
+                    if session.inbox.send(inbound).await.is_err() {
+                        break;
                     }
-                    text(StatusCode::OK, "ok")
                 }
+                text(StatusCode::OK, "ok")
             }
-        }
+        },
     };
     session.post_active.store(false, Ordering::Release);
     result
@@ -224,7 +217,7 @@ async fn post(req: Request<Incoming>, session: Arc<Session>, timing: &Timing) ->
 
 /// Answer a websocket upgrade (`101`), then run the socket on the upgraded connection.
 fn upgrade(
-    req: &mut Request<Incoming>,
+    req: &mut Request<Body>,
     state: &Arc<AppState>,
     target: &Target,
     existing: Option<Arc<Session>>,
