@@ -56,39 +56,7 @@ pub(super) async fn filter_list(
             Ok(true)
         }
         // R8: 6.12 counts every user's items of a batch or destination.
-        List::QueueCounts => {
-            let Some(counts) = json.as_object_mut() else {
-                return Err(Refusal::BadUpstream("unexpected queue counts shape".into()));
-            };
-            let scope = match (
-                ctx.data.path.get("batch_id"),
-                counts.get("destination").and_then(Value::as_str),
-            ) {
-                (Some(batch), _) => crate::facts::CountScope::Batch(batch.clone()),
-                (None, Some(dest)) => crate::facts::CountScope::Destination(dest.to_owned()),
-                (None, None) => {
-                    return Err(Refusal::BadUpstream("queue counts without a scope".into()))
-                }
-            };
-            let queue_id = ctx.data.path.get("queue_id").cloned().unwrap_or_default();
-            let own = ctx.facts.own_queue_counts(me, &queue_id, scope).await?;
-            let mut total = 0;
-            for status in ["pending", "in_progress", "completed", "failed", "canceled"] {
-                let n = own.get(status).copied().unwrap_or(0);
-                total += n;
-                counts.insert(status.into(), Value::from(n));
-            }
-            counts.insert("total".into(), Value::from(total));
-            if total == 0 && ctx.data.path.contains_key("batch_id") {
-                // R8: origin/destination come from the caller's own rows (a batch has one owner).
-                for field in ["origin", "destination"] {
-                    if counts.contains_key(field) {
-                        counts.insert(field.into(), Value::Null);
-                    }
-                }
-            }
-            Ok(true)
-        }
+        List::QueueCounts => own_queue_counts(json, ctx, me).await,
         // R7: 6.12 shows the running item's ids to everyone.
         List::QueueStatus => {
             let shape = || Refusal::BadUpstream("unexpected queue status shape".into());
@@ -110,6 +78,43 @@ pub(super) async fn filter_list(
             Ok(true)
         }
     }
+}
+
+/// R8: the queue counts of a batch or destination, of the caller's own items only.
+async fn own_queue_counts(
+    json: &mut Value,
+    ctx: &FilterContext<'_>,
+    me: &str,
+) -> Result<bool, Refusal> {
+    let Some(counts) = json.as_object_mut() else {
+        return Err(Refusal::BadUpstream("unexpected queue counts shape".into()));
+    };
+    let scope = match (
+        ctx.data.path.get("batch_id"),
+        counts.get("destination").and_then(Value::as_str),
+    ) {
+        (Some(batch), _) => crate::facts::CountScope::Batch(batch.clone()),
+        (None, Some(dest)) => crate::facts::CountScope::Destination(dest.to_owned()),
+        (None, None) => return Err(Refusal::BadUpstream("queue counts without a scope".into())),
+    };
+    let queue_id = ctx.data.path.get("queue_id").cloned().unwrap_or_default();
+    let own = ctx.facts.own_queue_counts(me, &queue_id, scope).await?;
+    let mut total = 0;
+    for status in ["pending", "in_progress", "completed", "failed", "canceled"] {
+        let n = own.get(status).copied().unwrap_or(0);
+        total += n;
+        counts.insert(status.into(), Value::from(n));
+    }
+    counts.insert("total".into(), Value::from(total));
+    if total == 0 && ctx.data.path.contains_key("batch_id") {
+        // R8: origin/destination come from the caller's own rows (a batch has one owner).
+        for field in ["origin", "destination"] {
+            if counts.contains_key(field) {
+                counts.insert(field.into(), Value::Null);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// main's `sanitize_queue_item_for_user` redaction, applied to an item the caller does not own.

@@ -393,224 +393,18 @@ pub(super) async fn reshape(
     json: &mut Value,
     ctx: &FilterContext<'_>,
 ) -> Result<bool, Refusal> {
-    let me = caller(ctx.principal).to_owned();
-    let query = &ctx.data.query;
     match filter {
-        ResponseFilter::OwnImagePage => match ctx.reshape {
-            Some(Reshape::ImagePage {
-                offset,
-                limit,
-                total,
-            }) => {
-                let Value::Array(items) = json.take() else {
-                    return Err(shape("images_by_names"));
-                };
-                *json = json!({"items": items, "offset": offset, "limit": limit, "total": total});
-                Ok(true)
-            }
-            // An explicit board_id: nothing was rewritten.
-            _ => Ok(false),
-        },
-        ResponseFilter::OwnImageNames => {
-            if single(query, "board_id")?.is_some() {
-                return Ok(false);
-            }
-            let starred_first = bool_param(query, "starred_first")?.unwrap_or(true);
-            let own = ctx.facts.list(move |c| lists::own_images(c, &me)).await?;
-            let Some(Value::Array(names)) = json.get_mut("image_names") else {
-                return Err(shape("image names"));
-            };
-            names.retain(|n| n.as_str().is_some_and(|n| own.contains_key(n)));
-            let starred = names
-                .iter()
-                .filter(|n| n.as_str().and_then(|n| own.get(n)) == Some(&true))
-                .count();
-            let total = names.len();
-            json["starred_count"] = Value::from(if starred_first { starred } else { 0 });
-            json["total_count"] = Value::from(total);
-            Ok(true)
-        }
-        ResponseFilter::ReadableImages => {
-            let Value::Array(items) = json else {
-                return Err(shape("images_by_names"));
-            };
-            let Some(principal) = ctx.principal else {
-                items.clear();
-                return Ok(true);
-            };
-            let listed = items
-                .iter()
-                .map(|i| {
-                    i.get("image_name")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .collect::<Option<Vec<String>>>()
-                .ok_or_else(|| shape("image DTO"))?;
-            // One read decides the whole list (not one cache lookup per item).
-            let facts = ctx.facts.images(listed).await?;
-            items.retain(|i| {
-                let name = i
-                    .get("image_name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                policy::media_permits(Predicate::ImageRead, facts.get(name).cloned(), principal)
-            });
-            Ok(true)
-        }
-        ResponseFilter::VisibleWorkflowPage => {
-            let Some(&Reshape::WorkflowPage { page, per_page }) = ctx.reshape else {
-                return Err(shape("workflow page (not rewritten)"));
-            };
-            let scope = workflow_scope(ctx).await?;
-            let obj = json.as_object_mut().ok_or_else(|| shape("workflow page"))?;
-            let upstream_total = obj.get("total").and_then(Value::as_u64).unwrap_or(u64::MAX);
-            let Some(Value::Array(items)) = obj.get_mut("items") else {
-                return Err(shape("workflow page"));
-            };
-            if upstream_total > items.len() as u64 {
-                // The wide page did not hold every workflow: filtering it would lose some.
-                return Err(Refusal::ListTooLarge(items.len()));
-            }
-            let own: HashSet<&str> = scope.own_ids.iter().map(String::as_str).collect();
-            let mut visible = Vec::new();
-            for item in items.drain(..) {
-                let id = item.get("workflow_id").and_then(Value::as_str);
-                let category = item.get("category").and_then(Value::as_str);
-                let (Some(id), Some(category)) = (id, category) else {
-                    return Err(shape("workflow list item"));
-                };
-                let shown = category == "default" || (!scope.defaults_only && own.contains(id));
-                if shown {
-                    visible.push(item);
-                }
-            }
-            let total = visible.len() as i64;
-            let (items, per_page_out, pages) = match per_page {
-                Some(n) => {
-                    let start = page.saturating_mul(n).clamp(0, total) as usize;
-                    let end = (start as i64).saturating_add(n).clamp(0, total) as usize;
-                    let pages = total / n + i64::from(total % n > 0);
-                    (visible[start..end].to_vec(), n, pages)
-                }
-                None => (visible, total, 1),
-            };
-            let mut out = Map::new();
-            out.insert("page".into(), Value::from(page));
-            out.insert("pages".into(), Value::from(pages));
-            out.insert("per_page".into(), Value::from(per_page_out));
-            out.insert("total".into(), Value::from(total));
-            out.insert("items".into(), Value::Array(items));
-            *json = Value::Object(out);
-            Ok(true)
-        }
-        ResponseFilter::VisibleWorkflowTags => {
-            if !json.is_array() {
-                return Err(shape("workflow tags"));
-            }
-            let scope = workflow_scope(ctx).await?;
-            let tags = ctx
-                .facts
-                .list(move |c| lists::visible_workflow_tags(c, &scope))
-                .await?;
-            *json = Value::from(tags);
-            Ok(true)
-        }
-        ResponseFilter::VisibleWorkflowTagCounts
-        | ResponseFilter::VisibleWorkflowCategoryCounts => {
-            if !json.is_object() {
-                return Err(shape("workflow counts"));
-            }
-            let scope = workflow_scope(ctx).await?;
-            let by_tag = filter == ResponseFilter::VisibleWorkflowTagCounts;
-            let keys: Vec<String> = if by_tag {
-                query.all("tags").to_vec()
-            } else {
-                query.all("categories").to_vec()
-            };
-            let counts = ctx
-                .facts
-                .list(move |c| {
-                    if by_tag {
-                        lists::visible_workflow_tag_counts(c, &scope, &keys)
-                    } else {
-                        lists::visible_workflow_category_counts(c, &scope, &keys)
-                    }
-                })
-                .await?;
-            *json = Value::Object(
-                counts
-                    .into_iter()
-                    .map(|(k, n)| (k, Value::from(n)))
-                    .collect(),
-            );
-            Ok(true)
-        }
-        ResponseFilter::VisibleStylePresets => {
-            let Value::Array(items) = json else {
-                return Err(shape("style preset list"));
-            };
-            let own: HashSet<String> = ctx
-                .ledger
-                .owned(Entry::StylePreset, &me)
-                .await?
-                .into_iter()
-                .collect();
-            let mut keep = Vec::with_capacity(items.len());
-            for item in items.drain(..) {
-                let id = item.get("id").and_then(Value::as_str);
-                let kind = item.get("type").and_then(Value::as_str);
-                let (Some(id), Some(kind)) = (id, kind) else {
-                    return Err(shape("style preset"));
-                };
-                // main's list rule: default presets, public ones (none on 6.12) and the caller's.
-                if kind == "default" || own.contains(id) {
-                    keep.push(item);
-                }
-            }
-            *items = keep;
-            Ok(true)
-        }
-        ResponseFilter::OwnDateCovers => {
-            let Value::Array(boards) = json else {
-                return Err(shape("virtual boards"));
-            };
-            let covers = ctx
-                .facts
-                .list(move |c| lists::own_date_covers(c, &me))
-                .await?;
-            for board in boards.iter_mut() {
-                let date = board
-                    .get("date")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| shape("virtual board"))?
-                    .to_owned();
-                let cover = covers.get(&date).cloned().map_or(Value::Null, Value::from);
-                board["cover_image_name"] = cover;
-            }
-            Ok(true)
-        }
-        ResponseFilter::OwnIntermediatesCount => {
-            if !json.is_i64() && !json.is_u64() {
-                return Err(shape("intermediates count"));
-            }
-            let n = ctx
-                .facts
-                .list(move |c| lists::own_intermediates_count(c, &me))
-                .await?;
-            *json = Value::from(n);
-            Ok(true)
-        }
-        ResponseFilter::OwnBoardMediaDelete => match ctx.reshape {
-            Some(Reshape::BoardDelete { deleted_images }) => {
-                let obj = json.as_object_mut().ok_or_else(|| shape("board delete"))?;
-                obj.insert("deleted_images".into(), Value::from(deleted_images.clone()));
-                obj.insert("deleted_board_images".into(), Value::Array(Vec::new()));
-                Ok(true)
-            }
-            // Without include_images nothing was rewritten.
-            _ => Ok(false),
-        },
+        ResponseFilter::OwnImagePage => Ok(image_page(json, ctx.reshape)?),
+        ResponseFilter::OwnImageNames => own_image_names(json, ctx).await,
+        ResponseFilter::ReadableImages => readable_images(json, ctx).await,
+        ResponseFilter::VisibleWorkflowPage => workflow_page(json, ctx).await,
+        ResponseFilter::VisibleWorkflowTags => workflow_tags(json, ctx).await,
+        ResponseFilter::VisibleWorkflowTagCounts => workflow_counts(json, ctx, true).await,
+        ResponseFilter::VisibleWorkflowCategoryCounts => workflow_counts(json, ctx, false).await,
+        ResponseFilter::VisibleStylePresets => style_presets(json, ctx).await,
+        ResponseFilter::OwnDateCovers => date_covers(json, ctx).await,
+        ResponseFilter::OwnIntermediatesCount => intermediates_count(json, ctx).await,
+        ResponseFilter::OwnBoardMediaDelete => Ok(board_delete(json, ctx.reshape)?),
         // Not list filters (see `super::apply_body`); the batch delete was rewritten before it
         // was sent and its answer is already the caller's.
         ResponseFilter::SkipForeignDeletes
@@ -629,6 +423,247 @@ pub(super) async fn reshape(
         | ResponseFilter::RedactQueueStatus
         | ResponseFilter::OwnQueueCounts => Ok(false),
     }
+}
+
+/// `images_by_names` DTOs become main's `OffsetPaginatedResults` (the page planned before).
+fn image_page(json: &mut Value, reshape: Option<&Reshape>) -> Result<bool, Refusal> {
+    let Some(&Reshape::ImagePage {
+        offset,
+        limit,
+        total,
+    }) = reshape
+    else {
+        // An explicit board_id: nothing was rewritten.
+        return Ok(false);
+    };
+    let Value::Array(items) = json.take() else {
+        return Err(shape("images_by_names"));
+    };
+    *json = json!({"items": items, "offset": offset, "limit": limit, "total": total});
+    Ok(true)
+}
+
+/// 6.12's image names without a board: only the caller's, recounted.
+async fn own_image_names(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    let query = &ctx.data.query;
+    if single(query, "board_id")?.is_some() {
+        return Ok(false);
+    }
+    let starred_first = bool_param(query, "starred_first")?.unwrap_or(true);
+    let me = caller(ctx.principal).to_owned();
+    let own = ctx.facts.list(move |c| lists::own_images(c, &me)).await?;
+    let Some(Value::Array(names)) = json.get_mut("image_names") else {
+        return Err(shape("image names"));
+    };
+    names.retain(|n| n.as_str().is_some_and(|n| own.contains_key(n)));
+    let starred = names
+        .iter()
+        .filter(|n| n.as_str().and_then(|n| own.get(n)) == Some(&true))
+        .count();
+    let total = names.len();
+    json["starred_count"] = Value::from(if starred_first { starred } else { 0 });
+    json["total_count"] = Value::from(total);
+    Ok(true)
+}
+
+/// `images_by_names`: only the DTOs the caller may read, decided by one read.
+async fn readable_images(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    let Value::Array(items) = json else {
+        return Err(shape("images_by_names"));
+    };
+    let Some(principal) = ctx.principal else {
+        items.clear();
+        return Ok(true);
+    };
+    let listed = items
+        .iter()
+        .map(|i| {
+            i.get("image_name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| shape("image DTO"))?;
+    // One read decides the whole list (not one cache lookup per item).
+    let facts = ctx.facts.images(listed).await?;
+    items.retain(|i| {
+        let name = i
+            .get("image_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        policy::media_permits(Predicate::ImageRead, facts.get(name).cloned(), principal)
+    });
+    Ok(true)
+}
+
+/// The wide workflow page, filtered to what main lists, then cut into the caller's page.
+async fn workflow_page(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    let Some(&Reshape::WorkflowPage { page, per_page }) = ctx.reshape else {
+        return Err(shape("workflow page (not rewritten)"));
+    };
+    let scope = workflow_scope(ctx).await?;
+    let obj = json.as_object_mut().ok_or_else(|| shape("workflow page"))?;
+    let upstream_total = obj.get("total").and_then(Value::as_u64).unwrap_or(u64::MAX);
+    let Some(Value::Array(items)) = obj.get_mut("items") else {
+        return Err(shape("workflow page"));
+    };
+    if upstream_total > items.len() as u64 {
+        // The wide page did not hold every workflow: filtering it would lose some.
+        return Err(Refusal::ListTooLarge(items.len()));
+    }
+    let own: HashSet<&str> = scope.own_ids.iter().map(String::as_str).collect();
+    let mut visible = Vec::new();
+    for item in items.drain(..) {
+        let id = item.get("workflow_id").and_then(Value::as_str);
+        let category = item.get("category").and_then(Value::as_str);
+        let (Some(id), Some(category)) = (id, category) else {
+            return Err(shape("workflow list item"));
+        };
+        if category == "default" || (!scope.defaults_only && own.contains(id)) {
+            visible.push(item);
+        }
+    }
+    let total = visible.len() as i64;
+    let (items, per_page_out, pages) = match per_page {
+        Some(n) => {
+            let start = page.saturating_mul(n).clamp(0, total) as usize;
+            let end = (start as i64).saturating_add(n).clamp(0, total) as usize;
+            let pages = total / n + i64::from(total % n > 0);
+            (visible[start..end].to_vec(), n, pages)
+        }
+        None => (visible, total, 1),
+    };
+    let mut out = Map::new();
+    out.insert("page".into(), Value::from(page));
+    out.insert("pages".into(), Value::from(pages));
+    out.insert("per_page".into(), Value::from(per_page_out));
+    out.insert("total".into(), Value::from(total));
+    out.insert("items".into(), Value::Array(items));
+    *json = Value::Object(out);
+    Ok(true)
+}
+
+/// The tags of the workflows main lists to the caller, recomputed in SQL.
+async fn workflow_tags(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    if !json.is_array() {
+        return Err(shape("workflow tags"));
+    }
+    let scope = workflow_scope(ctx).await?;
+    let tags = ctx
+        .facts
+        .list(move |c| lists::visible_workflow_tags(c, &scope))
+        .await?;
+    *json = Value::from(tags);
+    Ok(true)
+}
+
+/// Workflow counts by tag (`by_tag`) or by category, over what main lists to the caller.
+async fn workflow_counts(
+    json: &mut Value,
+    ctx: &FilterContext<'_>,
+    by_tag: bool,
+) -> Result<bool, Refusal> {
+    if !json.is_object() {
+        return Err(shape("workflow counts"));
+    }
+    let scope = workflow_scope(ctx).await?;
+    let query = &ctx.data.query;
+    let keys: Vec<String> = query
+        .all(if by_tag { "tags" } else { "categories" })
+        .to_vec();
+    let counts = ctx
+        .facts
+        .list(move |c| {
+            if by_tag {
+                lists::visible_workflow_tag_counts(c, &scope, &keys)
+            } else {
+                lists::visible_workflow_category_counts(c, &scope, &keys)
+            }
+        })
+        .await?;
+    *json = Value::Object(
+        counts
+            .into_iter()
+            .map(|(k, n)| (k, Value::from(n)))
+            .collect(),
+    );
+    Ok(true)
+}
+
+/// 6.12's style presets: defaults and the caller's own (ledger).
+async fn style_presets(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    let Value::Array(items) = json else {
+        return Err(shape("style preset list"));
+    };
+    let me = caller(ctx.principal);
+    let own: HashSet<String> = ctx
+        .ledger
+        .owned(Entry::StylePreset, me)
+        .await?
+        .into_iter()
+        .collect();
+    let mut keep = Vec::with_capacity(items.len());
+    for item in items.drain(..) {
+        let id = item.get("id").and_then(Value::as_str);
+        let kind = item.get("type").and_then(Value::as_str);
+        let (Some(id), Some(kind)) = (id, kind) else {
+            return Err(shape("style preset"));
+        };
+        // main's list rule: default presets, public ones (none on 6.12) and the caller's.
+        if kind == "default" || own.contains(id) {
+            keep.push(item);
+        }
+    }
+    *items = keep;
+    Ok(true)
+}
+
+/// The date boards' covers, picked among the caller's own images.
+async fn date_covers(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    let Value::Array(boards) = json else {
+        return Err(shape("virtual boards"));
+    };
+    let me = caller(ctx.principal).to_owned();
+    let covers = ctx
+        .facts
+        .list(move |c| lists::own_date_covers(c, &me))
+        .await?;
+    for board in boards.iter_mut() {
+        let date = board
+            .get("date")
+            .and_then(Value::as_str)
+            .ok_or_else(|| shape("virtual board"))?
+            .to_owned();
+        let cover = covers.get(&date).cloned().map_or(Value::Null, Value::from);
+        board["cover_image_name"] = cover;
+    }
+    Ok(true)
+}
+
+/// The caller's own intermediates, counted.
+async fn intermediates_count(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bool, Refusal> {
+    if !json.is_i64() && !json.is_u64() {
+        return Err(shape("intermediates count"));
+    }
+    let me = caller(ctx.principal).to_owned();
+    let n = ctx
+        .facts
+        .list(move |c| lists::own_intermediates_count(c, &me))
+        .await?;
+    *json = Value::from(n);
+    Ok(true)
+}
+
+/// main's `DeleteBoardResult` for an owner: the own images the prelude deleted.
+fn board_delete(json: &mut Value, reshape: Option<&Reshape>) -> Result<bool, Refusal> {
+    let Some(Reshape::BoardDelete { deleted_images }) = reshape else {
+        // Without include_images nothing was rewritten.
+        return Ok(false);
+    };
+    let obj = json.as_object_mut().ok_or_else(|| shape("board delete"))?;
+    obj.insert("deleted_images".into(), Value::from(deleted_images.clone()));
+    obj.insert("deleted_board_images".into(), Value::Array(Vec::new()));
+    Ok(true)
 }
 
 /// The caller's view of 6.12's workflows: own (ledger) and shipped defaults; `is_public=true`

@@ -1,10 +1,13 @@
-//! Rule evaluation: `decide` is a pure function of the rule, the request data, the caller and a
-//! fact source (InvokeAI main's semantics, spec §0). `serve`, `explain` and `test` share it.
+//! Rule evaluation: [`decide`] is a function of the rule, the request data, the caller and a
+//! fact source (InvokeAI main's semantics, spec §0); it reads facts and never writes. The
+//! pipeline's request phase calls it, for `serve`, `explain` and `test` alike; the rule's
+//! `auth = "admin"` is checked there first ([`admin_route_denial`], before any body is read).
 //!
 //! Invariants:
-//! - A rule allows only when every check holds; the first failing check decides the denial and
+//! - A rule allows only when every check holds; the first failing check decides the refusal and
 //!   is the last entry of the verdict's trace.
-//! - Any error reading facts is `Deny(Unavailable)` (503), never an allow.
+//! - Any error reading facts is a `Refusal::Unavailable` (503; `From<FactsError>`), never an
+//!   allow.
 //! - Whether admins skip a check is the predicate's descriptor (`AdminRule`), never the order of
 //!   match arms: resource checks are true for admins without touching the database; account
 //!   protection and request-shape checks apply to admins too.
@@ -323,30 +326,37 @@ fn resolve(arg: &Arg, data: &RequestData) -> Result<Selected, Refusal> {
                 scalar.as_ref()
             }
             Some(text) => {
-                // Only the selected path is kept (no amplification of a large JSON field).
-                use crate::http::jsonplan::{self, JsonPlan, Keep, PathStep};
-                let mut plan = JsonPlan::default();
-                plan.add(
-                    sel.steps.iter().map(|s| match s {
-                        Step::Field(f) => PathStep::Field(f),
-                        Step::Each => PathStep::Each,
-                    }),
-                    Keep::Whole,
-                );
-                parsed_form = Some(jsonplan::parse(text.as_bytes(), &plan).map_err(|_| {
-                    Refusal::Unprocessable(format!("form field '{name}' is not JSON"))
-                })?);
+                parsed_form = Some(form_json(sel, name, text)?);
                 parsed_form.as_ref()
             }
         },
     };
-    let Some(root) = root.filter(|v| !v.is_null()) else {
-        return if sel.optional {
-            Ok(Selected::Absent)
-        } else {
-            Err(missing(sel))
-        };
-    };
+    match root.filter(|v| !v.is_null()) {
+        Some(root) => walk(sel, root),
+        None if sel.optional => Ok(Selected::Absent),
+        None => Err(missing(sel)),
+    }
+}
+
+/// A form field holding JSON, parsed keeping only the selected path (no amplification of a
+/// large JSON field).
+fn form_json(sel: &Selector, name: &str, text: &str) -> Result<Value, Refusal> {
+    use crate::http::jsonplan::{self, JsonPlan, Keep, PathStep};
+    let mut plan = JsonPlan::default();
+    plan.add(
+        sel.steps.iter().map(|s| match s {
+            Step::Field(f) => PathStep::Field(f),
+            Step::Each => PathStep::Each,
+        }),
+        Keep::Whole,
+    );
+    jsonplan::parse(text.as_bytes(), &plan)
+        .map_err(|_| Refusal::Unprocessable(format!("form field '{name}' is not JSON")))
+}
+
+/// Follow a selector's steps from its root value.
+fn walk(sel: &Selector, root: &Value) -> Result<Selected, Refusal> {
+    let missing = |sel: &Selector| Refusal::Unprocessable(format!("Missing {}", sel.text));
     let each = sel.steps.contains(&Step::Each);
     let mut current = vec![root];
     for step in &sel.steps {
