@@ -193,7 +193,12 @@ fn extra_cases(alice: &Ids, bob: &Ids) -> Vec<Case> {
         ] {
             add(role, "GET", format!("/api/v1/images/?{q}"), None);
         }
-        for q in ["page=0&per_page=2", "page=1&per_page=1", "per_page=-3", "is_public=true"] {
+        for q in [
+            "page=0&per_page=2",
+            "page=1&per_page=1",
+            "per_page=-3",
+            "is_public=true",
+        ] {
             add(role, "GET", format!("/api/v1/workflows/?{q}"), None);
         }
         let mixed = json!({"image_names": [alice.image, bob.image, "missing.png"]});
@@ -249,10 +254,12 @@ fn extra_cases(alice: &Ids, bob: &Ids) -> Vec<Case> {
 fn fill_template(template: &str, ids: &Ids) -> String {
     template
         .split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) => value_for(name, ids),
-            None => seg.to_owned(),
-        })
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => value_for(name, ids),
+                None => seg.to_owned(),
+            },
+        )
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -427,7 +434,12 @@ fn raw(text: &str) -> RawConfig {
 }
 
 /// serve's answer and upstream requests against explain's report.
-fn compare(ex: &Explanation, status: u16, sent: &[Seen], client_body: &Bytes) -> Result<(), String> {
+fn compare(
+    ex: &Explanation,
+    status: u16,
+    sent: &[Seen],
+    client_body: &Bytes,
+) -> Result<(), String> {
     match ex.status {
         Some(own) => {
             if own != status || !sent.is_empty() {
@@ -490,9 +502,15 @@ async fn run_version(version: &str) {
     // whose lists the guard recomputes, rewritten bodies and the two-step board delete.
     let recomputes = version != "6.14.2";
     assert!(t.forwarded >= 150, "{t:?}");
-    assert!(!recomputes || (t.rewritten >= 4 && t.two_step >= 1), "{t:?}");
+    assert!(
+        !recomputes || (t.rewritten >= 4 && t.two_step >= 1),
+        "{t:?}"
+    );
     for status in [307, 400, 401, 403, 404, 413, 422] {
-        assert!(t.answered.contains_key(&status), "{version}: no {status}: {t:?}");
+        assert!(
+            t.answered.contains_key(&status),
+            "{version}: no {status}: {t:?}"
+        );
     }
     // Lists over `limits.max_list_items` are refused (503) by serve and explain alike.
     let lists: Vec<Case> = cases
@@ -502,7 +520,10 @@ async fn run_version(version: &str) {
         .collect();
     let t = agree(version, &lists, "[limits]\nmax_list_items = 3\n").await;
     eprintln!("{version} with max_list_items = 3: {t:?}");
-    assert!(!recomputes || t.answered.contains_key(&503), "{version}: no 503: {t:?}");
+    assert!(
+        !recomputes || t.answered.contains_key(&503),
+        "{version}: no 503: {t:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

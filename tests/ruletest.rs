@@ -46,6 +46,163 @@ fn shipped_rule_tests_pass_for_both_fixtures() {
     );
 }
 
+/// A rule test can expect the upstream request(s) serve sends; a wrong one fails with a diff.
+#[test]
+fn rule_tests_assert_the_upstream_requests() {
+    let m = manifest("6.12.0");
+    let alice_image = m["images"]["alice_private_1"]["image_name"]
+        .as_str()
+        .unwrap();
+    let bob_image = m["images"]["bob_private_1"]["image_name"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upstream.toml");
+    let write = |upstream_target: &str, body: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                r#"db = "{db}"
+routes = "{routes}"
+
+[[case]]
+name = "bob's gallery page is hydrated by images_by_names"
+caller = "bob@example.com"
+method = "GET"
+path = "/api/v1/images/?offset=0&limit=10"
+expect = "allow"
+upstream = [{{ method = "POST", target = "{upstream_target}" }}]
+
+[[case]]
+name = "a batch delete keeps only the writable names"
+caller = "alice@example.com"
+method = "POST"
+path = "/api/v1/images/delete"
+body = {{ image_names = ["{alice_image}", "{bob_image}"] }}
+expect = "allow"
+upstream = [{{ method = "POST", target = "/api/v1/images/delete", body = {body} }}]
+
+[[case]]
+name = "a public body over the limit is the guard's 413"
+caller = "anonymous"
+method = "POST"
+path = "/api/v1/auth/login"
+body = '{{"email": "{long}", "password": "x"}}'
+expect = 413
+check = "body"
+"#,
+                db = repo("tests/fixtures/invokeai-6.12.0-rich.db").display(),
+                routes = repo("routes.toml").display(),
+                long = "a".repeat(70_000),
+            ),
+        )
+        .unwrap();
+    };
+    write(
+        "/api/v1/images/images_by_names",
+        &format!(r#"{{ image_names = ["{alice_image}"] }}"#),
+    );
+    let out = bin().arg("test").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    // The same file expecting what serve does not send fails, naming both.
+    write(
+        "/api/v1/images/",
+        &format!(r#"{{ image_names = ["{bob_image}"] }}"#),
+    );
+    let out = bin().arg("test").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
+    assert!(
+        stdout.contains("- upstream POST /api/v1/images/"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+ upstream POST /api/v1/images/images_by_names"),
+        "{stdout}"
+    );
+}
+
+/// `explain --json` on the cases issue #18 named: what serve sends, in its stable fields.
+#[test]
+fn explain_json_shows_the_upstream_requests_serve_sends() {
+    let m = manifest("6.12.0");
+    let db = repo("tests/fixtures/invokeai-6.12.0-rich.db");
+    let explain = |args: &[&str]| -> Value {
+        let out = bin()
+            .arg("explain")
+            .args(args)
+            .arg("--json")
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let page = explain(&[
+        "GET",
+        "/api/v1/images/?offset=0&limit=10",
+        "--as",
+        "bob@example.com",
+    ]);
+    assert_eq!(page["status"], Value::Null, "{page}");
+    assert_eq!(page["decision"], "allow");
+    assert_eq!(page["upstream"][0]["method"], "POST");
+    assert_eq!(
+        page["upstream"][0]["target"],
+        "/api/v1/images/images_by_names"
+    );
+    assert!(
+        page["upstream"][0]["body"]["image_names"].is_array(),
+        "{page}"
+    );
+    assert_eq!(page["filters"], serde_json::json!(["own_image_page"]));
+    let bad = explain(&["GET", "/api/v1/images/?offset=x", "--as", "bob@example.com"]);
+    assert_eq!(bad["status"], 422, "{bad}");
+    assert_eq!(bad["upstream"], serde_json::json!([]));
+    assert_eq!(bad["decided_by"], "plan");
+    let wide = explain(&[
+        "GET",
+        "/api/v1/workflows/?page=0&per_page=5",
+        "--as",
+        "bob@example.com",
+    ]);
+    assert_eq!(
+        wide["upstream"][0]["target"], "/api/v1/workflows/?page=0&per_page=50000",
+        "{wide}"
+    );
+    let board = m["boards"]["alice_private"]["board_id"].as_str().unwrap();
+    let target = format!("/api/v1/boards/{board}?include_images=true");
+    let delete = explain(&["DELETE", &target, "--as", "alice@example.com"]);
+    let calls: Vec<(String, String)> = delete["upstream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["method"].as_str().unwrap().into(),
+                c["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("POST".to_owned(), "/api/v1/images/delete".to_owned()),
+            (
+                "DELETE".to_owned(),
+                format!("/api/v1/boards/{board}?include_images=false")
+            ),
+        ],
+        "{delete}"
+    );
+}
+
 #[test]
 fn weakening_a_rule_fails_the_rule_tests_loudly() {
     // An admin "simplifies" image reads: the private-image cases must catch it.

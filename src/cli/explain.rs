@@ -89,7 +89,8 @@ impl Explanation {
                     let head = if i == 0 { "upstream " } else { "         " };
                     let body = match &c.body {
                         Some(b) => shown_body(b).to_string(),
-                        None => "(the client's body)".to_owned(),
+                        None if self.client_body => "(the client's body)".to_owned(),
+                        None => "(no body)".to_owned(),
                     };
                     let _ = writeln!(s, "{head} {} {} {body}", c.method, c.target);
                 }

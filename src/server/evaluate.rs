@@ -93,6 +93,9 @@ pub struct Explanation {
     pub upstream: Vec<UpstreamCall>,
     /// The response filters that run on the answer.
     pub filters: Vec<&'static str>,
+    /// The request had a body of its own (what an upstream call with no body of the guard's
+    /// carries).
+    pub client_body: bool,
 }
 
 impl Explanation {
@@ -315,6 +318,7 @@ impl Engine {
             answer: None,
             upstream: Vec::new(),
             filters: ctx.filters.iter().map(|f| f.name()).collect(),
+            client_body: trial.body.is_some(),
         };
         match step {
             Step::Forward(_) => {
