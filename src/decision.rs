@@ -239,6 +239,8 @@ pub struct CheckTrace {
     /// The facts that decided it (owners, visibility, admin flag, ledger entries).
     pub facts: Vec<String>,
     pub result: CheckResult,
+    /// Within an `A or B` requirement: (1-based position, number of alternatives).
+    pub alternative: Option<(usize, usize)>,
 }
 
 /// Which step decided a request.
@@ -265,29 +267,35 @@ pub enum Stage {
 /// all read this one value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verdict {
-    /// The step that decided (for an allow: `Check`, every check held).
+    /// The step that decided (for an allow: `Check`, every requirement held).
     pub stage: Stage,
-    /// Every check evaluated, in order; a refusal's deciding check is the last one.
+    /// Every check evaluated, in order (the alternatives of an `or` that were tried included).
     pub checks: Vec<CheckTrace>,
+    /// The check whose failure refuses the request (an index into `checks`): the failed check
+    /// of a one-check requirement, or the first alternative of an `or` none of which held.
+    pub deciding: Option<usize>,
 }
 
 impl Verdict {
-    /// The refusal of the deciding check, if a check failed.
+    /// The refusal of the deciding check, if a requirement failed.
     pub fn refusal(&self) -> Option<&Refusal> {
-        match self.checks.last().map(|c| &c.result) {
-            Some(CheckResult::Failed(r)) if self.stage == Stage::Check => Some(r),
+        match self.deciding().map(|c| &c.result) {
+            Some(CheckResult::Failed(r)) => Some(r),
             _ => None,
         }
     }
 
-    /// Whether every check held.
+    /// Whether every requirement held.
     pub fn allows(&self) -> bool {
         self.stage == Stage::Check && self.refusal().is_none()
     }
 
-    /// The check that refused, if a check did.
+    /// The check that refused, if a requirement failed.
     pub fn deciding(&self) -> Option<&CheckTrace> {
-        self.refusal().and(self.checks.last())
+        match self.stage {
+            Stage::Check => self.deciding.and_then(|i| self.checks.get(i)),
+            _ => None,
+        }
     }
 
     /// The deciding check's facts (empty when none).

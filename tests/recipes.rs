@@ -66,6 +66,7 @@ fn every_recipe_keeps_coverage_and_passes_its_rule_tests_which_the_shipped_table
         ("public-boards-read-only.sed", None),
         ("model-installers.awk", Some("config/groups.example.toml")),
         ("viewer-only.awk", None),
+        ("auditors.sed", Some("config/groups.example.toml")),
     ] {
         let name = recipe.split('.').next().unwrap();
         let routes = dir.path().join(format!("{name}.toml"));

@@ -48,21 +48,39 @@ impl Explanation {
         } else {
             s.push_str("checks\n");
         }
-        for c in &self.verdict.checks {
+        for (index, c) in self.verdict.checks.iter().enumerate() {
             let mark = match c.result {
                 CheckResult::Failed(_) => "x",
                 CheckResult::Held | CheckResult::AdminExempt | CheckResult::UpstreamEnforces(_) => {
                     "ok"
                 }
             };
-            let _ = writeln!(s, "  [{mark}] {}", c.check);
+            match c.alternative {
+                Some((i, of)) => {
+                    let _ = writeln!(s, "  [{mark}] {}   (alternative {i} of {of})", c.check);
+                }
+                None => {
+                    let _ = writeln!(s, "  [{mark}] {}", c.check);
+                }
+            }
             for a in &c.args {
                 let _ = writeln!(s, "        {} = {}", a.selector, a.value);
             }
             for f in &c.facts {
                 let _ = writeln!(s, "        fact: {f}");
             }
-            let _ = writeln!(s, "        => {}", c.result.label());
+            let result = match (&c.result, c.alternative) {
+                // An alternative that failed while another was tried after it.
+                (CheckResult::Failed(r), Some(_)) if self.verdict.deciding != Some(index) => {
+                    format!(
+                        "did not hold ({} {}); next alternative",
+                        r.status().as_u16(),
+                        r.detail()
+                    )
+                }
+                (result, _) => result.label(),
+            };
+            let _ = writeln!(s, "        => {result}");
         }
         let _ = writeln!(s, "decided   {}", self.decided_by);
         if let Some(status) = self.would_deny() {
@@ -121,6 +139,7 @@ impl Explanation {
                 "args": c.args.iter().map(|a| json!({"selector": a.selector, "value": a.value})).collect::<Vec<_>>(),
                 "facts": c.facts,
                 "result": c.result.label(),
+                "alternative": c.alternative.map(|(index, of)| json!({"index": index, "of": of})),
             })).collect::<Vec<_>>(),
             "decision": self.outcome.label(),
             "decided_by": self.decided_by,

@@ -96,26 +96,40 @@ pub fn media_permits(
         || resources::media_permits(predicate, fact, &principal.user_id)
 }
 
-/// Evaluate a rule's checks in order.
+/// Evaluate a rule's requirements in order; within an `A or B` requirement, alternatives are
+/// tried in order until one holds.
 pub async fn decide(
     rule: &Rule,
     data: &RequestData,
     principal: Option<&Principal>,
     src: FactSource<'_>,
 ) -> Verdict {
-    let mut checks = Vec::with_capacity(rule.checks.len());
-    for check in &rule.checks {
-        let trace = evaluate(check, data, principal, src).await;
-        let failed = matches!(trace.result, CheckResult::Failed(_));
-        checks.push(trace);
-        if failed {
+    let mut verdict = Verdict {
+        stage: Stage::Check,
+        checks: Vec::with_capacity(rule.checks.len()),
+        deciding: None,
+    };
+    for requirement in &rule.checks {
+        let first = verdict.checks.len();
+        let of = requirement.any_of.len();
+        let mut held = false;
+        for (i, check) in requirement.any_of.iter().enumerate() {
+            let mut trace = evaluate(check, data, principal, src).await;
+            trace.alternative = (of > 1).then_some((i + 1, of));
+            held = !matches!(trace.result, CheckResult::Failed(_));
+            verdict.checks.push(trace);
+            if held {
+                break;
+            }
+        }
+        if !held {
+            // None held: the first alternative's refusal answers (the resource check's 403/404
+            // says more than a group's).
+            verdict.deciding = Some(first);
             break;
         }
     }
-    Verdict {
-        stage: Stage::Check,
-        checks,
-    }
+    verdict
 }
 
 /// Evaluate one check and record what it read.
@@ -132,6 +146,7 @@ async fn evaluate(
         args: Vec::new(),
         facts: Vec::new(),
         result: CheckResult::Held,
+        alternative: None,
     };
     if let Some(cap) = check.unless_upstream {
         if src.facts.schema().has(cap) {

@@ -130,6 +130,16 @@ pub struct Check {
     pub text: String,
 }
 
+/// One entry of `require`: checks of which at least one must hold (`A or B`); most entries
+/// have one.
+#[derive(Debug, Clone)]
+pub struct Requirement {
+    /// As written in routes.toml.
+    pub text: String,
+    /// The alternatives, in the order they are tried.
+    pub any_of: Vec<Check>,
+}
+
 /// What a rule needs from the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyNeed {
@@ -145,7 +155,8 @@ pub struct Rule {
     pub methods: Vec<Method>,
     pub path: String,
     pub auth: Auth,
-    pub checks: Vec<Check>,
+    /// `require`: every requirement must hold (each by at least one of its alternatives).
+    pub checks: Vec<Requirement>,
     pub response: Vec<ResponseFilter>,
     pub block: Option<StatusCode>,
     /// `mode = "shadow"`: the checks' denials are logged and forwarded (see [`Mode`]).
@@ -157,6 +168,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Every check of every requirement (all alternatives).
+    pub fn all_checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().flat_map(|r| r.any_of.iter())
+    }
+
     /// Whether this rule's check denials are only logged (the rule's own `mode`, or the global
     /// one): a deny verdict is then forwarded as `would_deny`.
     pub fn shadowed(&self, global: Mode) -> bool {
@@ -274,7 +290,7 @@ impl RouteTable {
             // A bad check or filter is reported at its own line (the rule's line otherwise).
             if let Ok(params) = template_params(&raw_rule.path) {
                 for c in &raw_rule.require {
-                    if let Err(m) = parse_check(c.get_ref(), &params, groups) {
+                    if let Err(m) = parse_requirement(c.get_ref(), &params, groups) {
                         let at = line_of(text, c.span().start);
                         return Err(err(at, Some(&id), format!("check '{}': {m}", c.get_ref())));
                     }
@@ -406,8 +422,9 @@ fn compile_rule(raw: RawRule, line: usize, groups: &Groups) -> Result<Rule, Stri
     let params = template_params(&raw.path)?;
     let mut checks = Vec::new();
     for text in raw.require.iter().map(|s| s.get_ref()) {
-        checks
-            .push(parse_check(text, &params, groups).map_err(|m| format!("check '{text}': {m}"))?);
+        checks.push(
+            parse_requirement(text, &params, groups).map_err(|m| format!("check '{text}': {m}"))?,
+        );
     }
     let response = raw
         .response
@@ -426,10 +443,11 @@ fn compile_rule(raw: RawRule, line: usize, groups: &Groups) -> Result<Rule, Stri
     if raw.mode == Mode::Shadow && block.is_some() {
         return Err("a blocked route cannot be in shadow mode (block is not a check)".into());
     }
-    if raw.auth == Auth::Admin && checks.iter().any(|c| c.predicate == Predicate::Admin) {
+    let all: Vec<Check> = checks.iter().flat_map(|r| r.any_of.clone()).collect();
+    if raw.auth == Auth::Admin && all.iter().any(|c| c.predicate == Predicate::Admin) {
         return Err("auth = \"admin\" already implies the 'admin' check".into());
     }
-    let mut body = body_need(&checks)?;
+    let mut body = body_need(&all)?;
     if response.iter().any(|f| f.needs_request_body()) {
         body = match body {
             BodyNeed::None | BodyNeed::Json => BodyNeed::Json,
@@ -438,7 +456,7 @@ fn compile_rule(raw: RawRule, line: usize, groups: &Groups) -> Result<Rule, Stri
             }
         };
     }
-    let json_plan = json_plan(&checks, &response);
+    let json_plan = json_plan(&all, &response);
     Ok(Rule {
         id: raw.id,
         methods,
@@ -614,6 +632,50 @@ fn check_overlaps(rules: &[Rule]) -> Result<(), (usize, String)> {
         }
     }
     Ok(())
+}
+
+/// Parse one `require` entry: `CHECK`, or `CHECK or CHECK or …` (any one holding is enough).
+fn parse_requirement(
+    full: &str,
+    params: &[String],
+    groups: &Groups,
+) -> Result<Requirement, String> {
+    let any_of = split_top_level(full, " or ")?
+        .into_iter()
+        .map(|alt| parse_check(alt, params, groups))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Requirement {
+        text: full.trim().to_owned(),
+        any_of,
+    })
+}
+
+/// Split on `sep` outside parentheses and string literals.
+fn split_top_level<'a>(text: &'a str, sep: &str) -> Result<Vec<&'a str>, String> {
+    let mut out = Vec::new();
+    let (mut depth, mut in_str, mut start) = (0usize, false, 0usize);
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => in_str = !in_str,
+            b'(' if !in_str => depth += 1,
+            b')' if !in_str => depth = depth.saturating_sub(1),
+            _ if !in_str && depth == 0 && text[i..].starts_with(sep) => {
+                out.push(text[start..i].trim());
+                i += sep.len();
+                start = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(text[start..].trim());
+    if out.iter().any(|alt| alt.is_empty()) {
+        return Err("an 'or' needs a check on each side".into());
+    }
+    Ok(out)
 }
 
 /// Parse `name`, `name(arg, arg)`, optionally followed by `unless upstream.CAPABILITY`.
@@ -823,6 +885,44 @@ fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn or_splits_only_at_the_top_level() {
+        let params = vec!["board_id".to_owned()];
+        let groups = Groups::parse("g.toml", "[groups]\na = [\"x@y\"]\n").unwrap();
+        let r = parse_requirement(
+            r#"board.read(path.board_id) or caller.in("a") or caller_or(path.board_id, "b or c")"#,
+            &params,
+            &groups,
+        )
+        .unwrap();
+        let names: Vec<&str> = r.any_of.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "board.read(path.board_id)",
+                r#"caller.in("a")"#,
+                r#"caller_or(path.board_id, "b or c")"#
+            ]
+        );
+        let one = parse_requirement("board.read(path.board_id)", &params, &groups).unwrap();
+        assert_eq!(one.any_of.len(), 1);
+        for bad in [
+            "board.read(path.board_id) or",
+            " or authenticated",
+            "admin or  or admin",
+        ] {
+            assert!(parse_requirement(bad, &params, &groups).is_err(), "{bad}");
+        }
+        // Each alternative is a whole check, with its own `unless upstream.X`.
+        let r = parse_requirement(
+            "admin_unless_upstream(\"scopes_image_lists\") or caller.in(\"a\")",
+            &params,
+            &groups,
+        )
+        .unwrap();
+        assert_eq!(r.any_of[0].predicate, Predicate::AdminUnlessUpstream);
+    }
 
     #[test]
     fn overlap_semantics() {
