@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub groups: Option<PathBuf>,
     /// `enforce` (default) or `shadow`: every rule's checks are logged, not enforced.
     pub mode: Option<crate::rules::Mode>,
+    /// A candidate route table evaluated beside the enforced one (differences logged).
+    pub candidate_routes: Option<PathBuf>,
     /// IP addresses or CIDR ranges; a list, or one comma-separated string (environment).
     #[serde(default, deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,
@@ -150,6 +152,8 @@ pub struct Settings {
     pub log_level: String,
     /// The global mode (`shadow`: no rule's checks are enforced).
     pub mode: crate::rules::Mode,
+    /// A candidate route table evaluated beside `routes` (never enforced).
+    pub candidate_routes: Option<PathBuf>,
 }
 
 /// The default InvokeAI database path: `$INVOKEAI_ROOT/databases/invokeai.db`, else
@@ -493,6 +497,7 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             }
         })?,
         mode: raw.mode.unwrap_or_default(),
+        candidate_routes: raw.candidate_routes,
     })
 }
 
@@ -558,7 +563,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "mode",
         flag: None,
         default: "`enforce`",
-        meaning: "`shadow`: no rule's checks are enforced, denials are logged as would_deny",
+        meaning: "`shadow`: a dry run: a resource check's refusal of a read (GET/HEAD) is logged as would_deny and forwarded; writes, admin-only, account, identity and group checks stay enforced",
+    },
+    SettingDoc {
+        key: "candidate_routes",
+        flag: None,
+        default: "none",
+        meaning: "a candidate route table evaluated beside `routes` for every request, never enforced; each request the two answer differently is logged (`invoke_guard::candidate`) and counted",
     },
     SettingDoc {
         key: "trusted_proxies",

@@ -18,7 +18,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 
-use crate::rules::vocab::Capability;
+use crate::rules::vocab::{Capability, Predicate};
 
 /// The error type of bodies the guard passes on (hyper's, or the guard's own read timeout).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -234,7 +234,7 @@ impl CheckResult {
 pub struct CheckTrace {
     /// The check as written in routes.toml.
     pub check: String,
-    pub predicate: &'static str,
+    pub predicate: Predicate,
     pub args: Vec<ArgTrace>,
     /// The facts that decided it (owners, visibility, admin flag, ledger entries).
     pub facts: Vec<String>,

@@ -39,6 +39,15 @@ struct WithheldLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CandidateLabels {
+    rule_id: String,
+    /// What the enforced table did: `forward` or the guard's own status class word.
+    enforced: &'static str,
+    /// What the candidate table would have done.
+    candidate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -68,6 +77,7 @@ struct Metrics {
     sockets_open: Gauge,
     decisions: Family<DecisionLabels, Counter>,
     withheld: Family<WithheldLabels, Counter>,
+    candidate_differences: Family<CandidateLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
     duration: Histogram,
@@ -92,6 +102,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         sockets_open: Gauge::default(),
         decisions: Family::default(),
         withheld: Family::default(),
+        candidate_differences: Family::default(),
         cache_hits: Counter::default(),
         cache_misses: Counter::default(),
         duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
@@ -121,6 +132,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "responses_withheld",
         "Allowed requests whose upstream answer could not be read, filtered or recorded (fail closed)",
         m.withheld.clone(),
+    );
+    registry.register(
+        "candidate_differences",
+        "Requests the candidate route table would have answered differently from the enforced one",
+        m.candidate_differences.clone(),
     );
     registry.register("facts_cache_hits", "Fact cache hits", m.cache_hits.clone());
     registry.register(
@@ -279,6 +295,19 @@ pub fn response_withheld(rule_id: &str, reason: &'static str) {
         .get_or_create(&WithheldLabels {
             rule_id: rule_id.to_owned(),
             reason,
+        })
+        .inc();
+}
+
+/// The candidate table would have answered this request differently (`enforced`/`candidate`:
+/// `forward`, `redirect`, `socket` or a status such as `403`).
+pub fn candidate_difference(rule_id: &str, enforced: &'static str, candidate: &'static str) {
+    METRICS
+        .candidate_differences
+        .get_or_create(&CandidateLabels {
+            rule_id: rule_id.to_owned(),
+            enforced,
+            candidate,
         })
         .inc();
 }

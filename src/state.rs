@@ -35,6 +35,9 @@ pub struct AppState {
     pub correlations: crate::socketio::correlate::Correlations,
     /// The global mode (see [`crate::rules::Mode`]).
     pub mode: crate::rules::Mode,
+    /// The candidate table compared with the enforced one (`candidate_routes`), if configured.
+    pub candidate: arc_swap::ArcSwapOption<RouteTable>,
+    pub candidate_path: Option<PathBuf>,
     /// Set once shutdown began: `/readyz` answers 503 while the listeners still serve.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -44,6 +47,11 @@ impl AppState {
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
         let groups = load_groups(settings.groups.as_deref())?;
         let routes = RouteTable::load_with_groups(&settings.routes, &groups)?;
+        let candidate = settings
+            .candidate_routes
+            .as_deref()
+            .map(|p| RouteTable::load_with_groups(p, &groups))
+            .transpose()?;
         let facts = Facts::open(&settings.facts)?;
         let ledger = Ledger::open(&settings.ledger)?;
         let upstream = Upstream::new(
@@ -70,6 +78,8 @@ impl AppState {
             sockets: Default::default(),
             correlations: Default::default(),
             mode: settings.mode,
+            candidate: arc_swap::ArcSwapOption::from(candidate.map(Arc::new)),
+            candidate_path: settings.candidate_routes.clone(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -82,6 +92,7 @@ impl AppState {
             limits: &self.limits,
             mode: self.mode,
             tls: self.tls,
+            candidate: self.candidate.load_full(),
         }
     }
 
@@ -100,6 +111,7 @@ impl AppState {
     /// endpoints the running one covers (a half-written or emptied file) is refused unless the
     /// file sets `allow_coverage_loss = true`.
     pub fn reload_routes(&self) -> Result<usize, RouteError> {
+        self.reload_candidate();
         let loaded = load_groups(self.groups_path.as_deref())
             .and_then(|groups| RouteTable::load_with_groups(&self.routes_path, &groups))
             .and_then(|table| {
@@ -145,12 +157,33 @@ impl AppState {
         }
     }
 
+    /// Re-read the candidate table, if one is configured; on error keep the last good one (it
+    /// is never enforced, so its errors never touch the enforced table).
+    fn reload_candidate(&self) {
+        let Some(path) = &self.candidate_path else {
+            return;
+        };
+        let loaded = load_groups(self.groups_path.as_deref())
+            .and_then(|groups| RouteTable::load_with_groups(path, &groups));
+        match loaded {
+            Ok(table) => {
+                tracing::info!(rules = table.rules().len(), "candidate routes reloaded");
+                self.candidate.store(Some(Arc::new(table)));
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "candidate routes reload rejected; keeping the last good candidate table"
+            ),
+        }
+    }
+
     /// Poll routes.toml and the groups file for content changes (ConfigMap symlink swaps
     /// included) and reload both together.
     pub fn spawn_routes_watcher(self: &Arc<Self>, every: std::time::Duration) {
         let state = Arc::downgrade(self);
         let paths: Vec<PathBuf> = std::iter::once(self.routes_path.clone())
             .chain(self.groups_path.clone())
+            .chain(self.candidate_path.clone())
             .collect();
         let read = move || -> Option<Vec<Vec<u8>>> {
             paths.iter().map(|p| std::fs::read(p).ok()).collect()

@@ -617,8 +617,12 @@ async fn lists_stay_correct_while_other_users_write() {
     let carol = uid(&m, "carol");
     let path = db.path.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writes done so far: the reader keeps reading until the writer has really run beside it
+    // (on a loaded machine the writer thread may start late).
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let (stop, carol, bob) = (stop.clone(), carol.clone(), bob.clone());
+        let written = written.clone();
         std::thread::spawn(move || {
             let c = rusqlite::Connection::open(&path).unwrap();
             c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
@@ -641,12 +645,18 @@ async fn lists_stay_correct_while_other_users_write() {
                     )
                     .unwrap();
                 }
+                written.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             n
         })
     };
     let tok = token_for(&m, "bob");
-    for round in 0..40 {
+    let concurrent = |round: u64| {
+        round >= 40 && written.load(std::sync::atomic::Ordering::Relaxed) > 10 || round >= 4000
+    };
+    let mut round = 0u64;
+    while !concurrent(round) {
+        round += 1;
         let r = send(
             "GET",
             &g.url(&format!("/api/v1/images/?limit=5&offset={}", round % 4)),

@@ -10,6 +10,7 @@ use invoke_guard::cli::ruletest;
 use invoke_guard::config::RawConfig;
 use invoke_guard::rules::Mode;
 use invoke_guard::server::evaluate as trial;
+use serde_json::json;
 
 /// The shipped routes with every other rule in shadow mode (blocked routes cannot be).
 fn half_shadowed(routes: &str) -> String {
@@ -61,7 +62,13 @@ async fn shadow_keeps_enforced_answers(version: &str) {
         let in_shadow = b.rule_id.as_ref().is_some_and(|id| shadow_ids.contains(id));
         let check_denial =
             a.status.is_some() && a.verdict.stage == invoke_guard::decision::Stage::Check;
-        if in_shadow && check_denial {
+        // Only a resource check's refusal of a read is a dry run; everything else stays enforced.
+        let dry = check_denial
+            && matches!(t.method.as_str(), "GET" | "HEAD")
+            && a.verdict.deciding().is_some_and(|c| {
+                c.predicate.info().shadow == invoke_guard::rules::vocab::Shadow::Dry
+            });
+        if in_shadow && dry {
             // Forwarded, and the would-be answer is the enforced one, with the same provenance.
             assert_eq!(b.status, None, "{name}");
             assert!(b.forwarded(), "{name}");
@@ -77,7 +84,7 @@ async fn shadow_keeps_enforced_answers(version: &str) {
             same += 1;
         }
     }
-    assert!(would_deny > 10 && same > 10, "{would_deny} {same}");
+    assert!(would_deny >= 3 && same > 10, "{would_deny} {same}");
 }
 
 #[tokio::test]
@@ -298,4 +305,181 @@ expect = 403
         stdout.contains("+ got    would_deny 403 (shadow mode)"),
         "{stdout}"
     );
+}
+
+/// A dry run must not do what enforcement exists to prevent (issue #19 item 2): with every rule in
+/// shadow mode on 6.12, bob's delete of every user's uncategorized images, a login as `system`, an
+/// admin-only write, a demotion of the last admin and a write to someone else's board are refused
+/// and never reach InvokeAI, while a read another user may not make is a logged dry run.
+#[tokio::test]
+async fn global_shadow_never_forwards_destructive_account_or_admin_refusals() {
+    let m = manifest("6.12.0");
+    let db = copy_fixture("invokeai-6.12.0-rich.db");
+    let up = mock(None).await;
+    let raw: RawConfig = toml::from_str("mode = \"shadow\"").unwrap();
+    let g = guard_with(&shipped_routes(), &db.path, &up.url(), raw).await;
+    let bob = token_for(&m, "bob");
+    let admin = token_for(&m, "admin");
+    let alice_board = m["boards"]["alice_private"]["board_id"].as_str().unwrap();
+    let admin_id = m["users"]["admin"]["user_id"].as_str().unwrap();
+    let refused = [
+        (
+            "DELETE",
+            "/api/v1/images/uncategorized".to_owned(),
+            Some(&bob),
+            None,
+            403,
+        ),
+        (
+            "POST",
+            "/api/v1/auth/login".to_owned(),
+            None,
+            Some(json!({"email": "system@system.invokeai", "password": "x"})),
+            401,
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/auth/users/{admin_id}"),
+            Some(&admin),
+            Some(json!({"is_admin": false})),
+            400,
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/boards/{alice_board}"),
+            Some(&bob),
+            Some(json!({"board_name": "mine now"})),
+            403,
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/boards/{alice_board}?include_images=true"),
+            Some(&bob),
+            None,
+            403,
+        ),
+    ];
+    for (method, path, token, body, status) in refused {
+        let before = up.count();
+        let r = send(method, &g.url(&path), token.map(String::as_str), body).await;
+        assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.detail());
+        assert_eq!(
+            up.count(),
+            before,
+            "{method} {path} reached InvokeAI in shadow mode"
+        );
+    }
+    // A read is the dry run shadow mode is for: logged as would_deny, forwarded.
+    let before = up.count();
+    let r = send(
+        "GET",
+        &g.url(&format!("/api/v1/boards/{alice_board}")),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), before + 1);
+}
+
+/// The candidate table (issue #19 item 2, Envoy's shadow rules): enforcement is unchanged, and
+/// each request the candidate answers differently is logged and counted with both verdicts; a
+/// candidate that fails to reload keeps the last good one.
+#[tokio::test]
+async fn a_candidate_table_is_compared_never_enforced() {
+    let m = manifest("6.12.0");
+    let db = copy_fixture("invokeai-6.12.0-rich.db");
+    let up = mock(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = shipped_routes();
+    // The candidate opens image reads to everyone and makes board deletes admin-only.
+    let candidate = shipped
+        .replacen(
+            "path    = \"/api/v1/images/i/{image_name}\"\nauth    = \"user\"\nrequire = [\"image.read(path.image_name)\"]",
+            "path    = \"/api/v1/images/i/{image_name}\"\nauth    = \"user\"\nrequire = []",
+            1,
+        );
+    assert_ne!(candidate, shipped);
+    let candidate_path = dir.path().join("candidate.toml");
+    std::fs::write(&candidate_path, &candidate).unwrap();
+    let raw = raw_config(&format!(
+        "candidate_routes = {:?}",
+        candidate_path.display().to_string()
+    ));
+    let g = guard_with(&shipped, &db.path, &up.url(), raw).await;
+    let bob = token_for(&m, "bob");
+    let alice = token_for(&m, "alice");
+    let image = m["images"]["alice_private_1"]["image_name"]
+        .as_str()
+        .unwrap();
+    let url = g.url(&format!("/api/v1/images/i/{image}"));
+    let before = up.count();
+    let r = send("GET", &url, Some(&bob), None).await;
+    assert_eq!(r.status, 403, "the enforced table still decides");
+    assert_eq!(up.count(), before, "the candidate forwards nothing");
+    // The owner's read: both tables forward; no difference.
+    assert_eq!(send("GET", &url, Some(&alice), None).await.status, 200);
+    let metrics = invoke_guard::metrics::render();
+    let line = "invoke_guard_candidate_differences_total{rule_id=\"images.get\",enforced=\"403\",candidate=\"forward\"} 1";
+    assert!(metrics.contains(line), "{metrics}");
+    assert!(
+        !metrics.contains("enforced=\"forward\",candidate=\"forward\""),
+        "{metrics}"
+    );
+    // A broken candidate keeps the last good one (and the enforced table is untouched).
+    std::fs::write(&candidate_path, "[[rule]]\nid = \"broken\"").unwrap();
+    let _ = g.state.reload_routes();
+    assert_eq!(send("GET", &url, Some(&bob), None).await.status, 403);
+    let metrics = invoke_guard::metrics::render();
+    let line2 = "invoke_guard_candidate_differences_total{rule_id=\"images.get\",enforced=\"403\",candidate=\"forward\"} 2";
+    assert!(metrics.contains(line2), "{metrics}");
+    // explain shows both verdicts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("INVOKE_GUARD_LOG", "warn")
+        .args([
+            "explain",
+            "GET",
+            &format!("/api/v1/images/i/{image}"),
+            "--as",
+            "bob@example.com",
+            "--json",
+            "--db",
+        ])
+        .arg(&db.path)
+        .arg("--set")
+        .arg(format!(
+            "candidate_routes={}",
+            dir.path().join("good.toml").display()
+        ))
+        .output()
+        .unwrap();
+    // (good.toml does not exist: explain names the file it cannot read)
+    assert!(!out.status.success());
+    std::fs::write(dir.path().join("good.toml"), &candidate).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("INVOKE_GUARD_LOG", "warn")
+        .args([
+            "explain",
+            "GET",
+            &format!("/api/v1/images/i/{image}"),
+            "--as",
+            "bob@example.com",
+            "--json",
+            "--db",
+        ])
+        .arg(&db.path)
+        .arg("--set")
+        .arg(format!(
+            "candidate_routes={}",
+            dir.path().join("good.toml").display()
+        ))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["status"], 403);
+    assert_eq!(v["candidate"]["answer"], "forward", "{v}");
+    assert_eq!(v["candidate"]["differs"], true);
 }

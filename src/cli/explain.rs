@@ -83,6 +83,20 @@ impl Explanation {
             let _ = writeln!(s, "        => {result}");
         }
         let _ = writeln!(s, "decided   {}", self.decided_by);
+        if let Some(c) = &self.candidate {
+            let _ = writeln!(
+                s,
+                "candidate {} by {} ({}): {}",
+                c.rule_id.as_deref().unwrap_or("(no rule)"),
+                c.decided_by,
+                c.answer.label(),
+                if c.differs() {
+                    "DIFFERS from the enforced table"
+                } else {
+                    "the same as the enforced table"
+                }
+            );
+        }
         if let Some(status) = self.would_deny() {
             let _ = writeln!(
                 s,
@@ -135,7 +149,7 @@ impl Explanation {
             })),
             "checks": self.verdict.checks.iter().map(|c| json!({
                 "check": c.check,
-                "predicate": c.predicate,
+                "predicate": c.predicate.name(),
                 "args": c.args.iter().map(|a| json!({"selector": a.selector, "value": a.value})).collect::<Vec<_>>(),
                 "facts": c.facts,
                 "result": c.result.label(),
@@ -148,6 +162,12 @@ impl Explanation {
             "answer": self.answer,
             "upstream": self.upstream.iter().map(call_json).collect::<Vec<_>>(),
             "filters": self.filters,
+            "candidate": self.candidate.as_ref().map(|c| json!({
+                "rule": c.rule_id,
+                "answer": c.answer.label(),
+                "decided_by": c.decided_by,
+                "differs": c.differs(),
+            })),
         })
     }
 }

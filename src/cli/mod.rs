@@ -295,6 +295,12 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<(String, bool)> {
         engine.mode = settings.mode;
         engine.limits = settings.limits.clone();
         engine.tls = settings.tls.is_some();
+        if let Some(path) = &settings.candidate_routes {
+            let groups = crate::state::load_groups(settings.groups.as_deref())?;
+            engine.candidate = Some(std::sync::Arc::new(RouteTable::load_with_groups(
+                path, &groups,
+            )?));
+        }
         let ex = engine.run(&request).await?;
         let allowed = ex.forwarded();
         let text = if args.json {

@@ -142,7 +142,7 @@ async fn evaluate(
     let info = check.predicate.info();
     let mut trace = CheckTrace {
         check: check.text.clone(),
-        predicate: info.name,
+        predicate: check.predicate,
         args: Vec::new(),
         facts: Vec::new(),
         result: CheckResult::Held,

@@ -173,10 +173,20 @@ impl Rule {
         self.checks.iter().flat_map(|r| r.any_of.iter())
     }
 
-    /// Whether this rule's check denials are only logged (the rule's own `mode`, or the global
-    /// one): a deny verdict is then forwarded as `would_deny`.
+    /// Whether this rule is in shadow mode (its own `mode`, or the global one). What that
+    /// forwards is narrower: see [`Rule::forwards_in_shadow`].
     pub fn shadowed(&self, global: Mode) -> bool {
         self.mode == Mode::Shadow || global == Mode::Shadow
+    }
+
+    /// Whether a refusal by `predicate` of a `method` request is forwarded (as `would_deny`)
+    /// under `global`: only on a shadowed rule, only for reads (GET, HEAD), only for resource
+    /// checks. Writes, admin-only, account, identity and group checks stay enforced: a dry run
+    /// never deletes, escalates or logs in what enforcement refuses.
+    pub fn forwards_in_shadow(&self, global: Mode, method: &Method, predicate: Predicate) -> bool {
+        self.shadowed(global)
+            && matches!(*method, Method::GET | Method::HEAD)
+            && predicate.info().shadow == crate::rules::vocab::Shadow::Dry
     }
 }
 

@@ -114,6 +114,17 @@ pub enum AdminRule {
     Applies,
 }
 
+/// Whether shadow mode may forward a request this check refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shadow {
+    /// A resource check: in shadow mode, a read (GET/HEAD) it refuses is logged as `would_deny`
+    /// and forwarded.
+    Dry,
+    /// Admin-only, account, identity, group and list-scoping checks: enforced in shadow mode too
+    /// (a dry run must not do what enforcement exists to prevent).
+    Never,
+}
+
 /// One predicate's descriptor.
 #[derive(Debug, Clone, Copy)]
 pub struct PredicateInfo {
@@ -123,6 +134,7 @@ pub struct PredicateInfo {
     pub required: usize,
     pub admin: AdminRule,
     pub body: BodyUse,
+    pub shadow: Shadow,
 }
 
 /// Every check a rule may name.
@@ -227,6 +239,7 @@ impl Predicate {
             required: 1,
             admin: Exempt,
             body: BodyUse::Value,
+            shadow: Shadow::Dry,
         };
         let account = |name, args: &'static [ArgKind], required| PredicateInfo {
             name,
@@ -234,6 +247,7 @@ impl Predicate {
             required,
             admin: Applies,
             body: BodyUse::Value,
+            shadow: Shadow::Never,
         };
         match self {
             P::Authenticated => account("authenticated", NONE, 0),
@@ -272,7 +286,11 @@ impl Predicate {
                 body: BodyUse::Refs,
                 ..resource("enqueue.allowed_owner")
             },
-            P::ImagesListScoped => resource("images.list_scoped"),
+            // An admin-only listing unless the upstream scopes it: never a dry run.
+            P::ImagesListScoped => PredicateInfo {
+                shadow: Shadow::Never,
+                ..resource("images.list_scoped")
+            },
             P::UserUpdateAllowed => account("user.update_allowed", &[Sel, Sel, Sel, Sel], 4),
             P::UserNotSystem => account("user.not_system", ONE, 1),
             P::UserKeepsAnAdmin => account("user.keeps_an_admin", &[Sel, Sel, Sel], 1),
@@ -285,6 +303,7 @@ impl Predicate {
             // what an admin may do.
             P::CallerIn => PredicateInfo {
                 args: &[Group],
+                shadow: Shadow::Never,
                 ..resource("caller.in")
             },
             P::QueueDefault => account("queue.default", ONE, 1),

@@ -27,13 +27,15 @@ use crate::socketio::correlate::Ticket;
 use crate::upstream::Planned;
 
 /// What the request phase reads besides the request: the same in `serve`, `explain` and `test`.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Env<'a> {
     pub facts: &'a Facts,
     pub ledger: &'a Ledger,
     pub limits: &'a Limits,
     /// The global mode (a rule's own `mode` applies on top).
     pub mode: Mode,
+    /// A candidate table evaluated beside the enforced one, never enforced.
+    pub candidate: Option<Arc<RouteTable>>,
     /// The guard serves HTTPS (session cookies get `Secure`).
     pub tls: bool,
 }
@@ -82,6 +84,10 @@ pub struct RequestCtx {
     pub outcome: Outcome,
     /// The log's path when the target was refused: the raw one, escaped.
     pub raw_path: Option<String>,
+    /// The buffered request body (kept only when a candidate table may need it).
+    pub body: Option<bytes::Bytes>,
+    /// The candidate table's answer for this request, when one is configured.
+    pub candidate: Option<super::candidate::Candidate>,
 }
 
 impl RequestCtx {
@@ -104,6 +110,8 @@ impl RequestCtx {
             tickets: Vec::new(),
             outcome: Outcome::Pending,
             raw_path: None,
+            body: None,
+            candidate: None,
         }
     }
 

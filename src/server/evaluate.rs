@@ -93,6 +93,8 @@ pub struct Explanation {
     pub upstream: Vec<UpstreamCall>,
     /// The response filters that run on the answer.
     pub filters: Vec<&'static str>,
+    /// The candidate table's verdict, when one is configured.
+    pub candidate: Option<super::candidate::Candidate>,
     /// The request had a body of its own (what an upstream call with no body of the guard's
     /// carries).
     pub client_body: bool,
@@ -126,6 +128,8 @@ pub struct Engine {
     pub limits: Limits,
     /// Whether `serve` would run with TLS.
     pub tls: bool,
+    /// The candidate table `serve` would compare with (see `server::candidate`).
+    pub candidate: Option<Arc<RouteTable>>,
 }
 
 impl Engine {
@@ -168,6 +172,7 @@ impl Engine {
             mode: Mode::Enforce,
             limits: crate::config::settings(Default::default(), Default::default())?.limits,
             tls: false,
+            candidate: None,
         })
     }
 
@@ -178,6 +183,7 @@ impl Engine {
             limits: &self.limits,
             mode: self.mode,
             tls: self.tls,
+            candidate: self.candidate.clone(),
         }
     }
 
@@ -319,6 +325,7 @@ impl Engine {
             upstream: Vec::new(),
             filters: ctx.filters.iter().map(|f| f.name()).collect(),
             client_body: trial.body.is_some(),
+            candidate: ctx.candidate.clone(),
         };
         match step {
             Step::Forward(_) => {

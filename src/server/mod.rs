@@ -10,6 +10,7 @@
 //!   in-flight connections for at most `limits.shutdown_grace`.
 
 pub mod admin;
+pub mod candidate;
 pub mod ctx;
 pub mod evaluate;
 pub mod lifecycle;

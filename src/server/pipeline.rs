@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 
 use super::ctx::{Env, Plan, RequestCtx};
 use super::ConnInfo;
-use crate::decision::{self, Body, Outcome, Refusal, Stage};
+use crate::decision::{self, Body, CheckResult, Outcome, Refusal, Stage};
 use crate::filters;
 use crate::http::body;
 use crate::http::canonical;
@@ -84,34 +84,53 @@ pub async fn handle(
 }
 
 /// The request phase: from the raw request to a [`Step`]. `framing` is what the connection's
-/// raw-byte scanner saw (`serve`; `None` elsewhere).
+/// raw-byte scanner saw (`serve`; `None` elsewhere). With a candidate table configured, it is
+/// evaluated last, beside the enforced decision (see [`super::candidate`]).
 pub async fn request_phase(
     ctx: &mut RequestCtx,
     req: Request<Body>,
     framing: Option<&'static str>,
     env: &Env<'_>,
 ) -> Step {
-    match request_steps(ctx, req, framing, env).await {
-        Ok(step) => step,
+    let (parts, body) = req.into_parts();
+    let step = match request_steps(ctx, &parts, body, framing, env).await {
+        Ok(Next::Socket(body)) => {
+            return Step::Socket(Box::new(Request::from_parts(parts, body)));
+        }
+        Ok(Next::Forward(body)) => Step::Forward(body),
+        Ok(Next::Redirect(location)) => Step::Redirect(location),
         Err(refusal) => Step::Refuse(refusal),
+    };
+    ctx.head = Some(parts);
+    if let Some(table) = &env.candidate {
+        ctx.candidate = Some(super::candidate::evaluate(ctx, &step, table, env).await);
     }
+    step
+}
+
+/// Where the request steps leave a request (the body still to be forwarded or handed over).
+enum Next {
+    Forward(Body),
+    Redirect(String),
+    Socket(Body),
 }
 
 async fn request_steps(
     ctx: &mut RequestCtx,
-    req: Request<Body>,
+    parts: &http::request::Parts,
+    body: Body,
     framing: Option<&'static str>,
     env: &Env<'_>,
-) -> Result<Step, Refusal> {
+) -> Result<Next, Refusal> {
     ctx.verdict.stage = Stage::Target;
-    if let Err(refusal) = accept_target(ctx, &req, framing) {
+    if let Err(refusal) = accept_target(ctx, parts, framing) {
         // Escaped for the log: the raw target may hold control bytes.
-        ctx.raw_path = Some(format!("{:?}", req.uri().path()));
+        ctx.raw_path = Some(format!("{:?}", parts.uri.path()));
         return Err(refusal);
     }
     ctx.verdict.stage = Stage::Route;
-    if let Some(location) = route(ctx, req.method())? {
-        return Ok(Step::Redirect(location));
+    if let Some(location) = route(ctx, &parts.method)? {
+        return Ok(Next::Redirect(location));
     }
     let table = ctx.table.clone();
     let rule = ctx.rule.map(|i| &table.rules()[i]).expect("routed");
@@ -120,61 +139,68 @@ async fn request_steps(
     }
     if rule.auth == Auth::Socket {
         // Socket.IO is terminated by the guard: identity at CONNECT, every frame filtered.
-        return Ok(Step::Socket(Box::new(req)));
+        return Ok(Next::Socket(body));
     }
     ctx.verdict.stage = Stage::Identity;
-    identify(ctx, req.headers(), env).await?;
+    identify(ctx, &parts.headers, env).await?;
     ctx.verdict.stage = Stage::Auth;
     if let Some(refusal) = policy::admin_route_denial(rule, ctx.principal.as_ref()) {
         // Before any body is read: a non-admin never makes the guard buffer an admin route's body.
         return Err(refusal);
     }
     ctx.verdict.stage = Stage::Body;
-    let (parts, body) = req.into_parts();
-    let body = collect(ctx, &parts, body, env).await?;
-    ctx.head = Some(parts);
+    let body = collect(ctx, parts, body, env).await?;
     let src = FactSource {
         facts: env.facts,
         ledger: env.ledger,
     };
     ctx.verdict = policy::decide(rule, &ctx.data, ctx.principal.as_ref(), src).await;
-    ctx.outcome = match ctx.verdict.refusal() {
+    ctx.outcome = match ctx.verdict.deciding() {
         None => Outcome::Allowed,
-        // Shadow mode: a check's refusal is logged and counted (`would_deny`), then forwarded.
-        Some(refusal) if rule.shadowed(env.mode) => Outcome::WouldDeny(refusal.clone()),
-        Some(refusal) => return Err(refusal.clone()),
+        // Shadow mode: a resource check's refusal of a read is logged and counted (`would_deny`),
+        // then forwarded; every other refusal is enforced (see `Rule::forwards_in_shadow`).
+        Some(c) => match &c.result {
+            CheckResult::Failed(r)
+                if rule.forwards_in_shadow(env.mode, &ctx.method, c.predicate) =>
+            {
+                Outcome::WouldDeny(r.clone())
+            }
+            CheckResult::Failed(r) => return Err(r.clone()),
+            CheckResult::Held | CheckResult::AdminExempt | CheckResult::UpstreamEnforces(_) => {
+                Outcome::Allowed
+            }
+        },
     };
     plan(ctx, env).await.inspect_err(|_| {
         ctx.verdict.stage = Stage::Plan;
     })?;
-    Ok(Step::Forward(body))
+    Ok(Next::Forward(body))
 }
 
 /// Framing and target: the canonical target, or why the request cannot be read safely.
-fn accept_target<B>(
+fn accept_target(
     ctx: &mut RequestCtx,
-    req: &Request<B>,
+    parts: &http::request::Parts,
     framing: Option<&'static str>,
 ) -> Result<(), Refusal> {
-    if let Some(why) = framing.or_else(|| framing_error(req)) {
+    if let Some(why) = framing.or_else(|| framing_error(&parts.headers)) {
         return Err(Refusal::BadRequest(why.into()));
     }
     // Absolute-form or authority-form targets on HTTP/1 (`GET http://x/… HTTP/1.1`, CONNECT).
-    if req.version() <= Version::HTTP_11 && req.uri().authority().is_some() {
+    if parts.version <= Version::HTTP_11 && parts.uri.authority().is_some() {
         return Err(Refusal::BadTarget("absolute-form request target".into()));
     }
-    if req.method() == Method::CONNECT {
+    if parts.method == Method::CONNECT {
         return Err(Refusal::BadTarget("CONNECT is not supported".into()));
     }
-    let target = canonical::canonicalize(req.uri().path(), req.uri().query())
+    let target = canonical::canonicalize(parts.uri.path(), parts.uri.query())
         .map_err(|e| Refusal::BadTarget(e.to_string()))?;
     ctx.target = Some(target);
     Ok(())
 }
 
 /// Framing problems HTTP/1 parsers disagree on (request smuggling), visible in the headers.
-fn framing_error<B>(req: &Request<B>) -> Option<&'static str> {
-    let h = req.headers();
+fn framing_error(h: &http::HeaderMap) -> Option<&'static str> {
     // CL.TE / TE.CL desync (Kettle 2019; hyper #3860/#4123): refuse both together.
     if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
         return Some("Content-Length with Transfer-Encoding");
@@ -274,6 +300,9 @@ async fn collect(
         BodyNeed::Json | BodyNeed::Multipart => {
             body::refuse_encoded(&parts.headers)?;
             let bytes = body::read(body, &parts.headers, limit, timeout).await?;
+            if env.candidate.is_some() {
+                ctx.body = Some(bytes.clone());
+            }
             let table = ctx.table.clone();
             let rule = ctx.rule.map(|i| &table.rules()[i]).expect("routed");
             ctx.data.fill(rule, &bytes, &parts.headers).await?;
@@ -600,7 +629,7 @@ pub fn decided_by(ctx: &RequestCtx) -> &'static str {
     let verdict = &ctx.verdict;
     match (&ctx.outcome, verdict.stage) {
         (Outcome::Refused(_) | Outcome::WouldDeny(_), Stage::Check) => {
-            verdict.deciding().map_or("-", |c| c.predicate)
+            verdict.deciding().map_or("-", |c| c.predicate.name())
         }
         (Outcome::Refused(_), Stage::Target) => "target",
         (Outcome::Refused(_), Stage::Route) => "route",
@@ -613,8 +642,24 @@ pub fn decided_by(ctx: &RequestCtx) -> &'static str {
     }
 }
 
-/// The logging phase: one decision line and one metric sample per request.
+/// The logging phase: one decision line and one metric sample per request (and, where a
+/// candidate table answers differently, one candidate line and its count).
 pub fn logging(ctx: &RequestCtx, status: StatusCode) {
+    if let Some(c) = ctx.candidate.as_ref().filter(|c| c.differs()) {
+        crate::metrics::candidate_difference(ctx.rule_id(), c.enforced.label(), c.answer.label());
+        tracing::info!(
+            target: "invoke_guard::candidate",
+            rule_id = %ctx.rule_id(),
+            candidate_rule_id = c.rule_id.as_deref().unwrap_or("-"),
+            user_id = ctx.principal.as_ref().map_or("-", |p| p.user_id.as_str()),
+            method = %ctx.method,
+            path = %ctx.log_path(),
+            enforced = c.enforced.label(),
+            enforced_check = decided_by(ctx),
+            candidate = c.answer.label(),
+            candidate_check = c.decided_by,
+        );
+    }
     let elapsed = ctx.started.elapsed();
     let decided_by = decided_by(ctx);
     let reason = ctx.refusal().map_or("-", Refusal::label);
