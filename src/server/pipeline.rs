@@ -5,8 +5,9 @@
 //! - The canonical target from `target` is what `route` matches and what `forward` sends.
 //! - Nothing reaches `Upstream::send` without an `Allow` verdict from `policy::decide` for the
 //!   rule that matched, or a check denial of a rule in shadow mode (logged as `would_deny`).
-//! - Every request ends in one decision log line and one metric sample, both read from the
-//!   request's [`Verdict`] (deciding check, facts), never from tokens or query values.
+//! - Every request ends in one decision log line ([`crate::decisionlog`]) and one metric
+//!   sample, both read from the request's [`Verdict`] (deciding check, facts), never from tokens
+//!   or query values; the line carries the `X-Request-Id` the upstream gets.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,30 +39,38 @@ use crate::state::AppState;
 /// One request's state through the phases, and what its log line reports.
 struct RequestCtx {
     started: Instant,
+    /// The `X-Request-Id` set on the request (forwarded with it).
+    request_id: HeaderValue,
+    client: std::net::IpAddr,
     method: Method,
     path: String,
     rule_id: String,
     user_id: Option<String>,
+    email: Option<String>,
     outcome: &'static str,
     /// What decided (deny verdicts; an allow records `all`).
     decided_by: &'static str,
     reason: &'static str,
-    facts: String,
+    /// The deciding check's facts (denials only).
+    facts: Vec<String>,
     detail: Option<String>,
 }
 
 impl RequestCtx {
-    fn new(req: &Request<Incoming>) -> Self {
+    fn new(req: &Request<Incoming>, request_id: HeaderValue, client: std::net::IpAddr) -> Self {
         RequestCtx {
             started: Instant::now(),
+            request_id,
+            client,
             method: req.method().clone(),
             path: String::new(),
             rule_id: "-".into(),
             user_id: None,
+            email: None,
             outcome: "allow",
             decided_by: "-",
             reason: "-",
-            facts: String::new(),
+            facts: Vec::new(),
             detail: None,
         }
     }
@@ -69,7 +78,10 @@ impl RequestCtx {
     /// Record a verdict's provenance.
     fn verdict(&mut self, verdict: &Verdict) {
         self.decided_by = verdict.decided_by();
-        self.facts = verdict.facts_line();
+        self.facts = verdict
+            .deciding()
+            .map(|c| c.facts.clone())
+            .unwrap_or_default();
         if let Decision::Deny(reason) = &verdict.decision {
             self.outcome = "deny";
             self.reason = reason.label();
@@ -88,30 +100,38 @@ impl RequestCtx {
             self.reason,
             elapsed.as_secs_f64(),
         );
-        tracing::info!(
-            target: "invoke_guard::decision",
-            rule_id = %self.rule_id,
-            user_id = self.user_id.as_deref().unwrap_or("-"),
-            method = %self.method,
-            path = %self.path,
-            outcome = self.outcome,
-            reason = self.reason,
-            check = self.decided_by,
-            facts = %self.facts,
-            detail = self.detail.as_deref().unwrap_or(""),
-            status = status.as_u16(),
-            micros = elapsed.as_micros() as u64,
-        );
+        crate::decisionlog::emit(&crate::decisionlog::DecisionLine {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            client: self.client,
+            rule_id: &self.rule_id,
+            user_id: self.user_id.as_deref(),
+            email: self.email.as_deref(),
+            method: self.method.as_str(),
+            path: &self.path,
+            outcome: self.outcome,
+            reason: self.reason,
+            check: self.decided_by,
+            facts: &self.facts,
+            detail: self.detail.as_deref().unwrap_or(""),
+            status: status.as_u16(),
+            micros: elapsed.as_micros() as u64,
+        });
     }
 }
 
 /// Handle one request end to end; never fails (errors become responses).
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     state: &Arc<AppState>,
     conn: &ConnInfo,
 ) -> Response<Body> {
-    let mut ctx = RequestCtx::new(&req);
+    // Set on the request itself: the upstream gets the id this request is logged under.
+    let request_id = crate::http::request_id::assign(
+        req.headers_mut(),
+        conn.client.peer,
+        &state.trusted_proxies,
+    );
+    let mut ctx = RequestCtx::new(&req, request_id, conn.client.peer);
     let response = match pipeline(req, state, conn, &mut ctx).await {
         Ok(response) => response,
         Err(verdict) => {
@@ -153,13 +173,13 @@ async fn pipeline(
 ) -> Result<Response<Body>, Verdict> {
     // framing
     if let Some(reason) = framing_error(&req, conn) {
-        // Escaped for the log: the raw target may hold control bytes.
-        ctx.path = format!("{:?}", req.uri().path());
+        // As sent: the decision log escapes and caps it.
+        req.uri().path().clone_into(&mut ctx.path);
         return Err(deny(Stage::Target, reason));
     }
     // target
     let target = canonical::canonicalize(req.uri().path(), req.uri().query()).map_err(|e| {
-        ctx.path = format!("{:?}", req.uri().path());
+        req.uri().path().clone_into(&mut ctx.path);
         deny(Stage::Target, DenyReason::BadTarget(e.to_string()))
     })?;
     ctx.path.clone_from(&target.path);
@@ -190,6 +210,7 @@ async fn pipeline(
     // identify (the secret is read once: identity, upstream token, response filters)
     let (secret, principal) = identify(rule, req.headers(), state).await?;
     ctx.user_id = principal.as_ref().map(|p| p.user_id.clone());
+    ctx.email = principal.as_ref().map(|p| p.email.clone());
     if let Some(reason) = policy::admin_route_denial(rule, principal.as_ref()) {
         // Before any body is read: a non-admin never makes the guard buffer an admin route's body.
         return Err(deny(Stage::Auth, reason));
