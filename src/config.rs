@@ -244,27 +244,22 @@ pub fn is_service_link(name: &str, value: &str) -> bool {
     if name.ends_with("_SERVICE_PORT") || name.contains("_SERVICE_PORT_") {
         return is_port(value);
     }
-    if name.ends_with("_PORT") {
-        return is_url(value, None);
-    }
     // `…_PORT_{N}_{PROTO}` and its `_PROTO`, `_PORT`, `_ADDR` companions.
-    let Some(at) = name.rfind("_PORT_") else {
-        return false;
-    };
-    let mut parts = name[at + "_PORT_".len()..].split('_');
-    let (Some(n), Some(p)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    if !is_port(n) || !proto(p) {
-        return false;
+    if let Some(at) = name.rfind("_PORT_") {
+        let mut parts = name[at + "_PORT_".len()..].split('_');
+        if let (Some(n), Some(p)) = (parts.next(), parts.next()) {
+            if is_port(n) && proto(p) {
+                return match (parts.next(), parts.next()) {
+                    (None, _) => is_url(value, Some(n)),
+                    (Some("PROTO"), None) => value.eq_ignore_ascii_case(p),
+                    (Some("PORT"), None) => value == n,
+                    (Some("ADDR"), None) => is_ip(value),
+                    _ => false,
+                };
+            }
+        }
     }
-    match (parts.next(), parts.next()) {
-        (None, _) => is_url(value, Some(n)),
-        (Some("PROTO"), None) => value.eq_ignore_ascii_case(p),
-        (Some("PORT"), None) => value == n,
-        (Some("ADDR"), None) => is_ip(value),
-        _ => false,
-    }
+    name.ends_with("_PORT") && is_url(value, None)
 }
 
 /// The `INVOKE_GUARD_*` variables of this process that are Kubernetes service links (ignored;
@@ -352,8 +347,10 @@ fn layer_error(e: figment::Error) -> ConfigError {
     let mut key: Vec<String> = e.path.clone();
     let mut hint = String::new();
     if let figment::error::Kind::UnknownField(found, expected) = &e.kind {
-        // The path is the enclosing table's: the key as written is one deeper.
-        key.push(found.clone());
+        // The key as written, whether or not the path already ends in it.
+        if key.last() != Some(found) {
+            key.push(found.clone());
+        }
         hint = crate::rules::did_you_mean(found, expected.iter().copied());
     }
     let key = key.join(".");
