@@ -608,22 +608,42 @@ fn commands_list_only_the_flags_they_use() {
     };
     let serve = help("serve");
     for flag in [
-        "--listen", "--admin-listen", "--upstream", "--tls-cert", "--db", "--routes", "--set",
+        "--listen",
+        "--admin-listen",
+        "--upstream",
+        "--tls-cert",
+        "--db",
+        "--routes",
+        "--set",
     ] {
         assert!(serve.contains(flag), "serve lacks {flag}:\n{serve}");
     }
     for cmd in ["explain", "test"] {
         let text = help(cmd);
-        for unused in ["--listen", "--admin-listen", "--upstream", "--tls-cert", "--tls-key"] {
+        for unused in [
+            "--listen",
+            "--admin-listen",
+            "--upstream",
+            "--tls-cert",
+            "--tls-key",
+        ] {
             assert!(!text.contains(unused), "{cmd} lists {unused}:\n{text}");
         }
-        for used in ["--db", "--routes", "--ledger", "--groups", "--config", "--set"] {
+        for used in [
+            "--db", "--routes", "--ledger", "--groups", "--config", "--set",
+        ] {
             assert!(text.contains(used), "{cmd} lacks {used}:\n{text}");
         }
     }
     let health = help("health");
     for unused in [
-        "--db", "--routes", "--ledger", "--groups", "--listen", "--upstream", "--tls-cert",
+        "--db",
+        "--routes",
+        "--ledger",
+        "--groups",
+        "--listen",
+        "--upstream",
+        "--tls-cert",
     ] {
         assert!(!health.contains(unused), "health lists {unused}:\n{health}");
     }

@@ -151,7 +151,9 @@ async fn lines_carry_the_forwarded_request_id_the_client_and_the_email() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let line = lines_with("path=/api/v1/rid-untrusted").pop().expect("a line");
+    let line = lines_with("path=/api/v1/rid-untrusted")
+        .pop()
+        .expect("a line");
     let id = field(&line, "request_id");
     assert_ne!(id, "chosen-by-client");
     assert_eq!(up.last().unwrap().headers["x-request-id"], id.as_str());
@@ -178,7 +180,9 @@ async fn lines_carry_the_forwarded_request_id_the_client_and_the_email() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let line = lines_with("path=/api/v1/rid-trusted").pop().expect("a line");
+    let line = lines_with("path=/api/v1/rid-trusted")
+        .pop()
+        .expect("a line");
     assert_eq!(field(&line, "request_id"), "lb-7f3a");
     assert_eq!(up.last().unwrap().headers["x-request-id"], "lb-7f3a");
     // A denial has the id too.
@@ -221,7 +225,10 @@ async fn an_operator_keeps_denials_and_drops_allows() {
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });

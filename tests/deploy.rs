@@ -231,3 +231,85 @@ fn the_build_image_is_new_enough_for_the_crate() {
         "Dockerfile builds with Rust {tag}, Cargo.toml needs {msrv}"
     );
 }
+
+#[test]
+fn serve_waits_for_the_database_of_a_first_install_not_ready_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("databases").join("invokeai.db");
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            "/dev/null",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream_url,
+            "--routes",
+            "routes.toml",
+            "--set",
+            "db_wait_ms=120000",
+            "--ledger",
+        ])
+        .arg(dir.path().join("ledger.db"))
+        .arg("--db")
+        .arg(&db)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let waiting = lines
+        .find_map(|l| {
+            l.ok()
+                .filter(|l| l.contains("waiting for InvokeAI's database"))
+        })
+        .expect("a waiting line (the guard must not exit)");
+    let at = waiting.find("admin=").expect("the admin address") + "admin=".len();
+    let admin = waiting[at..].split_whitespace().next().unwrap().to_owned();
+    // Alive, not ready, and it says why.
+    let (ok, text) = health(&admin);
+    assert!(
+        !ok && text.contains("503") && text.contains("waiting for InvokeAI's database"),
+        "{text}"
+    );
+    let live = bin()
+        .args([
+            "health",
+            "--config",
+            "/dev/null",
+            "--live",
+            "--admin",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(live.status.success(), "{live:?}");
+    // InvokeAI creates its database: the guard starts for real and becomes ready.
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(common::fixture_path("invokeai-6.14.2-rich.db"), &db).unwrap();
+    let started = lines
+        .find_map(|l| l.ok().filter(|l| l.contains("invoke-guard started")))
+        .expect("started once the database appeared");
+    assert!(started.contains(&format!("admin={admin}")), "{started}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, text) = health(&admin);
+        if ok {
+            assert!(text.contains("ready: "), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for sig in ["-TERM", "-INT"] {
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+}

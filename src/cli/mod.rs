@@ -709,6 +709,9 @@ async fn wait_for_db(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let deadline = std::time::Instant::now() + settings.db_wait;
     let status = waiting_for.clone();
+    let admin_addr = admin.map_or("off".to_owned(), |l| {
+        crate::server::local_addr(l).to_string()
+    });
     let wait = async move {
         let mut last = String::new();
         let result = loop {
@@ -728,7 +731,7 @@ async fn wait_for_db(
                 left.as_secs()
             );
             if error != last {
-                tracing::info!(%error, left_s = left.as_secs(), "waiting for InvokeAI's database (db_wait_ms)");
+                tracing::info!(%error, left_s = left.as_secs(), admin = %admin_addr, "waiting for InvokeAI's database (db_wait_ms; /readyz answers 503 meanwhile)");
                 last = error;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500).min(left)).await;
