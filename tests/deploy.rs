@@ -1,7 +1,7 @@
 //! Deployment artefacts, as far as this machine can check them without a container engine
 //! (scripts/deploy/validate.sh checks the Kubernetes and Compose files against their schemas):
-//! the Dockerfile's promises, the routes ConfigMap in sync with routes.toml, and
-//! `invoke-guard health` against a running guard.
+//! the Dockerfile's promises, the kustomize base's routes in sync with routes.toml,
+//! `invoke-guard health` against a running guard, and a start that waits for the database.
 
 mod common;
 
@@ -73,26 +73,26 @@ fn dockerfile_pins_bases_by_digest_runs_static_non_root_with_a_healthcheck() {
 }
 
 #[test]
-fn routes_configmap_matches_routes_toml() {
-    let routes = repo("routes.toml");
-    let cm = repo("deploy/kubernetes/routes-configmap.yaml");
-    let (_, body) = cm
-        .split_once("  routes.toml: |\n")
-        .expect("data.routes.toml block");
-    let expected: String = routes
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                "\n".to_owned()
-            } else {
-                format!("    {l}\n")
-            }
-        })
-        .collect();
+fn the_kustomize_base_generates_its_routes_from_a_copy_of_routes_toml() {
     assert!(
-        body == expected,
-        "deploy/kubernetes/routes-configmap.yaml is stale: run deploy/kubernetes/gen-routes-configmap.sh"
+        repo("deploy/kubernetes/routes.toml") == repo("routes.toml"),
+        "deploy/kubernetes/routes.toml is stale: run deploy/kubernetes/gen-routes.sh"
     );
+    let k = repo("deploy/kubernetes/kustomization.yaml");
+    for needle in [
+        "configMapGenerator:",
+        "name: invoke-guard-routes",
+        "- routes.toml",
+        "name: invoke-guard-groups",
+        "- groups.toml",
+    ] {
+        assert!(k.contains(needle), "kustomization.yaml lacks {needle}");
+    }
+    // Hash suffixes are on (the default): no generator option turns them off.
+    assert!(!k.contains("disableNameSuffixHash"), "{k}");
+    // The groups file the base ships loads (no groups).
+    invoke_guard::rules::Groups::parse("groups.toml", &repo("deploy/kubernetes/groups.toml"))
+        .unwrap();
 }
 
 fn bin() -> Command {
