@@ -226,6 +226,7 @@ fn escape_capped(out: &mut Vec<u8>, value: &str, max: usize) {
 }
 
 fn escape(out: &mut Vec<u8>, value: &str) {
+    // Log injection (CWE-117) and Trojan Source (CVE-2021-42574): nothing raw that ends or reorders a line.
     let bytes = value.as_bytes();
     let mut start = 0;
     let mut i = 0;
