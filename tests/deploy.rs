@@ -103,9 +103,51 @@ fn bin() -> Command {
     c
 }
 
+/// `serve` on 127.0.0.1:0 (admin too) with the shipped routes, its ledger in `dir`; its stderr lines.
+fn serve(
+    upstream: &str,
+    dir: &Path,
+    db: &Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            "/dev/null",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--routes",
+            "routes.toml",
+        ])
+        .args(extra)
+        .arg("--ledger")
+        .arg(dir.join("ledger.db"))
+        .arg("--db")
+        .arg(db)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
 fn health(admin: &str) -> (bool, String) {
+    health_with(admin, &[])
+}
+
+/// `invoke-guard health --admin ADMIN` with `extra` flags: (exit 0, stdout + stderr).
+fn health_with(admin: &str, extra: &[&str]) -> (bool, String) {
     let out = bin()
         .args(["health", "--config", "/dev/null", "--admin", admin])
+        .args(extra)
         .output()
         .unwrap();
     (
@@ -128,28 +170,12 @@ fn health_follows_readiness_of_a_running_guard() {
     // An upstream that accepts connections (readiness asks for one; the kernel's backlog answers).
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
-    let mut child = bin()
-        .args([
-            "serve",
-            "--config",
-            "/dev/null",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream_url,
-            "--routes",
-            "routes.toml",
-            "--ledger",
-        ])
-        .arg(dir.path().join("ledger.db"))
-        .arg("--db")
-        .arg(common::fixture_path("invokeai-6.14.2-rich.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = serve(
+        &upstream_url,
+        dir.path(),
+        &common::fixture_path("invokeai-6.14.2-rich.db"),
+        &[],
+    );
     let started = lines
         .find_map(|l| l.ok().filter(|l| l.contains("invoke-guard started")))
         .expect("a start line");
@@ -186,23 +212,7 @@ fn health_follows_readiness_of_a_running_guard() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let (alive, text) = {
-        let out = bin()
-            .args([
-                "health",
-                "--config",
-                "/dev/null",
-                "--live",
-                "--admin",
-                &admin,
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (alive, text) = health_with(&admin, &["--live"]);
     assert!(alive, "alive during the delay: {text}");
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -238,30 +248,12 @@ fn serve_waits_for_the_database_of_a_first_install_not_ready_meanwhile() {
     let db = dir.path().join("databases").join("invokeai.db");
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
-    let mut child = bin()
-        .args([
-            "serve",
-            "--config",
-            "/dev/null",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream_url,
-            "--routes",
-            "routes.toml",
-            "--set",
-            "db_wait_ms=120000",
-            "--ledger",
-        ])
-        .arg(dir.path().join("ledger.db"))
-        .arg("--db")
-        .arg(&db)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = serve(
+        &upstream_url,
+        dir.path(),
+        &db,
+        &["--set", "db_wait_ms=120000"],
+    );
     let waiting = lines
         .find_map(|l| {
             l.ok()
@@ -276,18 +268,8 @@ fn serve_waits_for_the_database_of_a_first_install_not_ready_meanwhile() {
         !ok && text.contains("503") && text.contains("waiting for InvokeAI's database"),
         "{text}"
     );
-    let live = bin()
-        .args([
-            "health",
-            "--config",
-            "/dev/null",
-            "--live",
-            "--admin",
-            &admin,
-        ])
-        .output()
-        .unwrap();
-    assert!(live.status.success(), "{live:?}");
+    let (alive, text) = health_with(&admin, &["--live"]);
+    assert!(alive, "{text}");
     // InvokeAI creates its database: the guard starts for real and becomes ready.
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     std::fs::copy(common::fixture_path("invokeai-6.14.2-rich.db"), &db).unwrap();

@@ -239,14 +239,14 @@ async fn a_restart_with_a_broken_routes_file_serves_the_last_good_table_loudly()
     let f = state.fallback().expect("the fallback is recorded");
     assert!(f.error.contains("missing field"), "{}", f.error);
     // The table enforces as before: the guard answers, the rule needs a user.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(invoke_guard::server::run(
-        listener,
-        state.clone(),
-        None,
-        std::future::pending(),
-    ));
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server =
+            invoke_guard::server::run(listener, state.clone(), None, std::future::pending());
+        tokio::spawn(server);
+        addr
+    };
     let api = format!("http://{addr}/api/v1/x");
     assert_eq!(send("GET", &api, None, None).await.status, 401);
     let t = token_for(&manifest("6.14.2"), "alice");
