@@ -1,8 +1,13 @@
-//! The command line: `serve`, `check`, `explain` and `test`.
+//! The command line: `serve`, `check`, `explain`, `test` and `health`.
 //!
 //! Invariants:
-//! - `serve` refuses to start on any problem `check` would report (same loading code).
+//! - `serve` refuses to start on any problem `check` would report (same loading code), with two
+//!   announced exceptions: a routes.toml that does not load while a persisted last good table
+//!   saved for it stands in (see [`crate::state`]), and, with `db_wait_ms`, a database that does
+//!   not exist yet (it waits, `/readyz` 503, then refuses as `check` does).
 //! - `explain` and `test` run the same phases and `policy::decide` as `serve` ([`trial`]).
+//! - Each command takes only the flags it uses ([`Layers`] for all, [`PolicyFiles`] for the
+//!   ones that decide, [`Common`] for `serve` and `check`).
 
 pub mod ruletest;
 pub mod trial;
