@@ -52,6 +52,17 @@ summary() {
   ' "$LOG"
 }
 
+# A cold machine spends ~15 min installing InvokeAI venvs, Chromium and friends: start that now, in the
+# background, so it overlaps the Rust build, the tests and the fuzz build (CPU-bound, where the installs are
+# mostly downloads); the "test prerequisites" step below waits for it and fails the run if it failed.
+SETUP_PID=""
+if [[ $QUICK == 0 ]]; then
+  SETUP_LOG="$(mktemp -t invoke-guard-setup.XXXXXX)"
+  trap 'rm -f "$LOG" "$SETUP_LOG"; [[ -n "$SETUP_PID" ]] && kill "$SETUP_PID" 2>/dev/null || true' EXIT
+  scripts/setup-test-deps.sh >"$SETUP_LOG" 2>&1 &
+  SETUP_PID=$!
+fi
+
 step "format and lints (cargo fmt --check, clippy -D warnings)"
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
   command -v rustup >/dev/null && rustup component add clippy rustfmt
@@ -74,8 +85,12 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh 2>&1 | tee -a "$LOG"
 step "loopback soak, ${SOAK_SECONDS:-60} s (tests/soak.rs)"
 SOAK_SECONDS="${SOAK_SECONDS:-60}" cargo test --locked --test soak -- --ignored --nocapture 2>&1 | tee -a "$LOG"
 
-step "test prerequisites"
-scripts/setup-test-deps.sh
+step "test prerequisites (started in the background at the beginning)"
+setup_rc=0
+wait "$SETUP_PID" || setup_rc=$?
+SETUP_PID=""
+cat "$SETUP_LOG"
+[[ $setup_rc == 0 ]] || { echo "test.sh: scripts/setup-test-deps.sh failed (exit $setup_rc, log above)" >&2; exit "$setup_rc"; }
 
 step "deployment artefacts (Kubernetes schemas, Compose schema)"
 scripts/deploy/validate.sh 2>&1 | tee -a "$LOG"

@@ -4,7 +4,11 @@
 //!
 //! Invariants:
 //! - Unknown keys are errors (`deny_unknown_fields`) in every layer, so a typo in a file key, an
-//!   environment variable or a `--set` never silently means a default.
+//!   environment variable or a `--set` never silently means a default. The one exception is
+//!   Kubernetes service-link variables (`INVOKE_GUARD_PORT=tcp://…` for a Service named
+//!   `invoke-guard`), recognised by name *and* value shape ([`is_service_link`]) and ignored.
+//! - An error names where the value came from as the operator wrote it: the file and line, the
+//!   environment variable (`INVOKE_GUARD_LIMITS__MAX_BODY_BYTE`), or the `--set KEY=VALUE`.
 //! - Precedence: dedicated flags > `--set` > environment > config file > built-in default.
 //! - Every setting is listed once in [`SETTINGS`] (key, default, meaning); a test checks that
 //!   list against these structs and the README's table against the list.
@@ -36,6 +40,8 @@ pub struct RawConfig {
     pub db: Option<PathBuf>,
     pub routes: Option<PathBuf>,
     pub ledger: Option<PathBuf>,
+    /// How long `serve` waits for InvokeAI's database to appear (first install); 0: not at all.
+    pub db_wait_ms: Option<u64>,
     /// Caller groups for `caller.in` (reloaded with routes.toml); none by default.
     pub groups: Option<PathBuf>,
     /// `enforce` (default) or `shadow`: every rule's checks are logged, not enforced.
@@ -142,6 +148,8 @@ pub struct Settings {
     pub db: PathBuf,
     pub routes: PathBuf,
     pub ledger: PathBuf,
+    /// How long `serve` waits for a usable database before giving up (zero: fail at once).
+    pub db_wait: Duration,
     /// The groups file for `caller.in`, when configured.
     pub groups: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -210,17 +218,100 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 /// `--tls-cert`/`--tls-key` flags read.
 const NOT_SETTINGS: [&str; 4] = ["config", "log", "tls_cert", "tls_key"];
 
+const ENV_PREFIX: &str = "INVOKE_GUARD_";
+
+/// Whether an environment variable is one Kubernetes injects for a Service (service links:
+/// `{SVC}_SERVICE_HOST`, `{SVC}_SERVICE_PORT[_{PORT_NAME}]`, `{SVC}_PORT`,
+/// `{SVC}_PORT_{N}_{PROTO}[_PROTO|_PORT|_ADDR]`), judged by name and value together, so a
+/// setting spelt like one (`INVOKE_GUARD_PORT=9091`) is still refused as unknown.
+pub fn is_service_link(name: &str, value: &str) -> bool {
+    let is_ip = |v: &str| v.parse::<IpAddr>().is_ok();
+    let is_port = |v: &str| v.parse::<u16>().is_ok_and(|p| p > 0);
+    let proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    // `tcp://10.96.0.13:9091` (an IPv6 address comes bracketed).
+    let is_url = |v: &str, want_port: Option<&str>| {
+        let Some((scheme, rest)) = v.split_once("://") else {
+            return false;
+        };
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        proto(&scheme.to_ascii_uppercase())
+            && is_ip(host)
+            && is_port(port)
+            && want_port.is_none_or(|w| w == port)
+    };
+    if name.ends_with("_SERVICE_HOST") {
+        return is_ip(value);
+    }
+    if name.ends_with("_SERVICE_PORT") || name.contains("_SERVICE_PORT_") {
+        return is_port(value);
+    }
+    // `…_PORT_{N}_{PROTO}` and its `_PROTO`, `_PORT`, `_ADDR` companions.
+    if let Some(at) = name.rfind("_PORT_") {
+        let mut parts = name[at + "_PORT_".len()..].split('_');
+        if let (Some(n), Some(p)) = (parts.next(), parts.next()) {
+            if is_port(n) && proto(p) {
+                return match (parts.next(), parts.next()) {
+                    (None, _) => is_url(value, Some(n)),
+                    (Some("PROTO"), None) => value.eq_ignore_ascii_case(p),
+                    (Some("PORT"), None) => value == n,
+                    (Some("ADDR"), None) => is_ip(value),
+                    _ => false,
+                };
+            }
+        }
+    }
+    name.ends_with("_PORT") && is_url(value, None)
+}
+
+/// The `INVOKE_GUARD_*` variables of this process that are Kubernetes service links (ignored;
+/// `serve` logs them at debug level).
+pub fn service_link_variables() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, v)| k.starts_with(ENV_PREFIX) && is_service_link(k, v))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// One `--set KEY=VALUE`, as a figment provider named after what the operator typed.
+struct SetFlag {
+    typed: String,
+    line: String,
+}
+
+impl figment::Provider for SetFlag {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("--set {}", self.typed))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::providers::Format;
+        figment::providers::Toml::string(&self.line).data()
+    }
+}
+
 /// Layer the config file (if any), `INVOKE_GUARD_*` environment variables and `--set key=value`
 /// pairs, later layers winning.
 pub fn load(path: Option<&Path>, sets: &[String]) -> Result<RawConfig, ConfigError> {
-    use figment::providers::{Env, Format, Toml};
+    use figment::providers::Env;
     use figment::Figment;
     // The file is read (and its TOML errors reported with their line) by `read_file`; figment
     // gets it back as data so its keys and the other layers merge key by key.
     let file = read_file(path)?;
+    // Service links are judged by value too, so they are picked here, where values are seen.
+    let links: Vec<String> = service_link_variables()
+        .into_iter()
+        .map(|k| k[ENV_PREFIX.len()..].to_owned())
+        .collect();
     let mut figment = Figment::from(figment::providers::Serialized::defaults(file)).merge(
-        Env::prefixed("INVOKE_GUARD_")
+        Env::prefixed(ENV_PREFIX)
             .ignore(&NOT_SETTINGS)
+            .filter(move |key| !links.iter().any(|l| key == l.as_str()))
             .split("__"),
     );
     for set in sets {
@@ -246,24 +337,42 @@ pub fn load(path: Option<&Path>, sets: &[String]) -> Result<RawConfig, ConfigErr
         } else {
             format!("{key} = {}", toml::Value::String(value.to_owned()))
         };
-        figment = figment.merge(Toml::string(&line));
+        figment = figment.merge(SetFlag {
+            typed: set.clone(),
+            line,
+        });
     }
-    figment.extract().map_err(|e| {
-        let from = e
-            .metadata
-            .as_ref()
-            .map(|m| m.name.to_string())
-            .unwrap_or_else(|| "configuration".into());
-        let key = if e.path.is_empty() {
-            String::new()
-        } else {
-            format!(" (key '{}')", e.path.join("."))
-        };
-        ConfigError::File {
-            path: from,
-            message: format!("{}{key}", e.kind),
+    figment.extract().map_err(layer_error)
+}
+
+/// A figment error, naming the layer as the operator wrote it: the environment variable, the
+/// `--set`, or the file; an unknown key gets the nearest known one.
+fn layer_error(e: figment::Error) -> ConfigError {
+    let mut key: Vec<String> = e.path.clone();
+    let mut hint = String::new();
+    if let figment::error::Kind::UnknownField(found, expected) = &e.kind {
+        // The key as written, whether or not the path already ends in it.
+        if key.last() != Some(found) {
+            key.push(found.clone());
         }
-    })
+        hint = crate::rules::did_you_mean(found, expected.iter().copied());
+    }
+    let key = key.join(".");
+    let name = e.metadata.as_ref().map(|m| m.name.to_string());
+    let from = match name {
+        Some(n) if n.contains("environment variable") && !key.is_empty() => env_name(&key),
+        Some(n) => n,
+        None => "configuration".into(),
+    };
+    let shown = if key.is_empty() || from.starts_with(ENV_PREFIX) {
+        String::new()
+    } else {
+        format!(" (key '{key}')")
+    };
+    ConfigError::File {
+        path: from,
+        message: format!("{}{shown}{hint}", e.kind),
+    }
 }
 
 /// Read the config file (`None`: no file).
@@ -484,6 +593,7 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             .ledger
             .or(raw.ledger)
             .unwrap_or_else(default_ledger_path),
+        db_wait: Duration::from_millis(raw.db_wait_ms.unwrap_or(0)),
         groups: cli.groups.or(raw.groups),
         tls,
         trusted_proxies,
@@ -552,6 +662,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         flag: Some("--ledger"),
         default: "`$XDG_STATE_HOME/invoke-guard/ledger.db`",
         meaning: "the guard's own database (must be writable and persistent)",
+    },
+    SettingDoc {
+        key: "db_wait_ms",
+        flag: None,
+        default: "0",
+        meaning: "`serve` waits this long for InvokeAI's database to appear (first install), `/readyz` 503 meanwhile; 0: fail at once",
     },
     SettingDoc {
         key: "groups",

@@ -16,6 +16,7 @@
 //! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, rooms, per-event filtering.
 //! - [`upstream`]: the pooled upstream client.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
+//! - [`decisionlog`]: the fixed-shape decision line (escaped, capped, one per request).
 //! - [`logwriter`]: log lines written to stderr by one writer thread, off the request path.
 //! - [`config`] (layered by figment, every setting listed once), [`state`], [`metrics`]
 //!   (negotiated exposition format): plumbing.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod coverage;
 pub mod decision;
+pub mod decisionlog;
 pub mod facts;
 pub mod filters;
 pub mod http;

@@ -1,5 +1,6 @@
-//! The log writer of `serve`: log lines (the decision log above all) are formatted on the
-//! worker thread and appended to one shared buffer; one writer thread writes the buffer to
+//! The log writer of `serve`: log lines (the decision log above all, through
+//! [`NonBlocking::write_line`]) are formatted on the worker thread and appended to one shared
+//! buffer; one writer thread writes the buffer to
 //! stderr in batches. A request never waits for a `write(2)` to stderr (a pipe, a journal, a
 //! container runtime's log reader), and a busy guard does not wake the writer once per line:
 //! the writer is woken by the first line of a batch, then lingers [`LINGER`] so the lines of
@@ -139,6 +140,32 @@ impl Drop for FlushGuard {
     }
 }
 
+impl NonBlocking {
+    /// Hand over one whole line (the decision log's writer).
+    pub fn write_line(&self, line: &[u8]) {
+        self.shared.append(line);
+    }
+}
+
+impl Shared {
+    /// Append `buf` (a whole line) to the pending bytes, waiting for room when full.
+    fn append(&self, buf: &[u8]) {
+        if buf.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        while !state.pending.is_empty() && state.pending.len() + buf.len() > MAX_PENDING {
+            state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        let first = state.pending.is_empty();
+        state.pending.extend_from_slice(buf);
+        drop(state);
+        if first {
+            self.work.notify_one();
+        }
+    }
+}
+
 /// One event's writer: tracing's fmt layer formats a whole line, then writes it in one call.
 pub struct LineWriter {
     shared: Arc<Shared>,
@@ -146,23 +173,7 @@ pub struct LineWriter {
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let mut state = self.shared.lock();
-        while !state.pending.is_empty() && state.pending.len() + buf.len() > MAX_PENDING {
-            state = self
-                .shared
-                .done
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        let first = state.pending.is_empty();
-        state.pending.extend_from_slice(buf);
-        drop(state);
-        if first {
-            self.shared.work.notify_one();
-        }
+        self.shared.append(buf);
         Ok(buf.len())
     }
 

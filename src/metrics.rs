@@ -83,6 +83,7 @@ struct Metrics {
     duration: Histogram,
     routes_reloads: Counter,
     routes_reload_failures: Counter,
+    routes_fallback: Gauge,
     rules: Gauge,
     shadow_rules: Gauge,
     last_reload_successful: Gauge,
@@ -108,6 +109,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
         routes_reloads: Counter::default(),
         routes_reload_failures: Counter::default(),
+        routes_fallback: Gauge::default(),
         rules: Gauge::default(),
         shadow_rules: Gauge::default(),
         last_reload_successful: Gauge::default(),
@@ -151,13 +153,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "routes_reloads",
-        "Successful routes.toml reloads",
+        "Successful routes.toml reloads (the load at start is not one)",
         m.routes_reloads.clone(),
     );
     registry.register(
         "routes_reload_failures",
         "Rejected routes.toml reloads (last good kept)",
         m.routes_reload_failures.clone(),
+    );
+    registry.register(
+        "routes_fallback",
+        "1 while the persisted last good route table is served because the configured routes.toml (or groups file) did not load at start, else 0",
+        m.routes_fallback.clone(),
     );
     registry.register(
         "routes_last_reload_successful",
@@ -320,9 +327,12 @@ pub fn cache_miss() {
     METRICS.cache_misses.inc();
 }
 
-/// A route table was loaded (at start or on reload) and is now active.
-pub fn routes_loaded(rules: usize, shadow: usize, sha256: &str) {
-    METRICS.routes_reloads.inc();
+/// A route table was loaded (at start, or on a reload when `reload`) and is now active.
+pub fn routes_loaded(rules: usize, shadow: usize, sha256: &str, reload: bool) {
+    if reload {
+        METRICS.routes_reloads.inc();
+    }
+    METRICS.routes_fallback.set(0);
     METRICS.rules.set(rules as i64);
     METRICS.shadow_rules.set(shadow as i64);
     METRICS.last_reload_successful.set(1);
@@ -339,6 +349,12 @@ pub fn routes_loaded(rules: usize, shadow: usize, sha256: &str) {
             sha256: sha256.to_owned(),
         })
         .set(1);
+}
+
+/// The persisted last good table is served: the configured files did not load at start.
+pub fn routes_fallback() {
+    METRICS.routes_fallback.set(1);
+    METRICS.last_reload_successful.set(0);
 }
 
 pub fn routes_reload_failed() {

@@ -4,9 +4,16 @@
 //! - The route table is swapped whole (`ArcSwap`); a request evaluates against the one snapshot
 //!   it loaded at its start.
 //! - A reload that fails validation keeps the last good table (and is counted and logged).
+//! - Every table that loads is persisted beside the ledger (`routes.last-good.json`: the exact
+//!   routes and groups texts it was compiled from, written atomically). A start whose configured
+//!   files do not load serves that table instead of exiting, provided it was saved for the same
+//!   file paths; it is re-validated like any file, and the fallback is loud until the files load
+//!   again: `/readyz` says so (still 200: with `strategy: Recreate` the old pod is gone, so a
+//!   failing readiness would stop nothing and be an outage), the `routes_fallback` gauge is 1,
+//!   and an error line is logged on every poll of the files.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -40,17 +47,156 @@ pub struct AppState {
     pub candidate_path: Option<PathBuf>,
     /// Set once shutdown began: `/readyz` answers 503 while the listeners still serve.
     draining: std::sync::atomic::AtomicBool,
+    /// Where every table that loads is persisted (beside the ledger).
+    last_good: PathBuf,
+    /// Set while the persisted table is served because the configured files did not load.
+    fallback: Mutex<Option<Fallback>>,
+}
+
+/// Why the persisted last good table is served.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// The load error of the configured files.
+    pub error: String,
+    /// When the served table was persisted (seconds since the epoch).
+    pub saved_at: u64,
+}
+
+/// The texts a table is compiled from, and where they were read (what is persisted).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Sources {
+    routes_path: PathBuf,
+    routes: String,
+    groups_path: Option<PathBuf>,
+    groups: Option<String>,
+    /// Seconds since the epoch (set when persisted).
+    #[serde(default)]
+    saved_at: u64,
+}
+
+impl Sources {
+    fn read(routes_path: &Path, groups_path: Option<&Path>) -> Result<Self, RouteError> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read_to_string(p).map_err(|e| RouteError {
+                file: p.display().to_string(),
+                line: 0,
+                rule: None,
+                message: format!("cannot read the {what}: {e}"),
+            })
+        };
+        Ok(Sources {
+            routes: read(routes_path, "route table")?,
+            groups: groups_path.map(|g| read(g, "groups file")).transpose()?,
+            routes_path: routes_path.to_owned(),
+            groups_path: groups_path.map(Path::to_owned),
+            saved_at: 0,
+        })
+    }
+
+    fn compile(&self) -> Result<RouteTable, RouteError> {
+        let groups = match (&self.groups_path, &self.groups) {
+            (Some(p), Some(text)) => crate::rules::Groups::parse(&p.display().to_string(), text)?,
+            _ => crate::rules::Groups::default(),
+        };
+        RouteTable::parse_with_groups(
+            &self.routes_path.display().to_string(),
+            &self.routes,
+            &groups,
+        )
+    }
+}
+
+/// Where the last good table is persisted: beside the ledger.
+pub fn last_good_path(ledger: &Path) -> PathBuf {
+    ledger.with_file_name("routes.last-good.json")
+}
+
+/// Persist `sources` atomically (a temporary file renamed over the old one).
+fn persist(path: &Path, sources: &mut Sources) -> std::io::Result<()> {
+    use std::io::Write;
+    sources.saved_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The ledger's directory: on a first start it may not exist yet.
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(sources).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The persisted table, if one was saved for these file paths and still compiles.
+fn restore(
+    path: &Path,
+    routes_path: &Path,
+    groups_path: Option<&Path>,
+) -> Result<(RouteTable, u64), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let saved: Sources =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Only the table saved for this very configuration stands in for it.
+    if saved.routes_path != routes_path || saved.groups_path.as_deref() != groups_path {
+        return Err(format!(
+            "{} was saved for routes {} and groups {}, not these",
+            path.display(),
+            saved.routes_path.display(),
+            saved
+                .groups_path
+                .as_deref()
+                .map_or("none".into(), |g| g.display().to_string())
+        ));
+    }
+    let table = saved
+        .compile()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((table, saved.saved_at))
 }
 
 impl AppState {
     /// Build the state from validated settings (opens the database and the ledger).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Arc<Self>> {
-        let groups = load_groups(settings.groups.as_deref())?;
-        let routes = RouteTable::load_with_groups(&settings.routes, &groups)?;
+        let last_good = last_good_path(&settings.ledger);
+        let groups_path = settings.groups.as_deref();
+        let loaded = Sources::read(&settings.routes, groups_path)
+            .and_then(|sources| sources.compile().map(|table| (table, sources)));
+        let (routes, fallback) = match loaded {
+            Ok((table, mut sources)) => {
+                if let Err(e) = persist(&last_good, &mut sources) {
+                    tracing::warn!(path = %last_good.display(), error = %e, "could not persist the route table (a restart with a broken routes.toml would have nothing to serve)");
+                }
+                (table, None)
+            }
+            Err(e) => match restore(&last_good, &settings.routes, groups_path) {
+                Ok((table, saved_at)) => {
+                    tracing::error!(
+                        error = %e,
+                        last_good = %last_good.display(),
+                        saved_at,
+                        "routes.toml does not load: SERVING THE LAST GOOD ROUTE TABLE persisted at the last successful load; fix the file"
+                    );
+                    (
+                        table,
+                        Some(Fallback {
+                            error: e.to_string(),
+                            saved_at,
+                        }),
+                    )
+                }
+                Err(why) => {
+                    return Err(anyhow::anyhow!(
+                        "{e} (and no last good route table to serve instead: {why})"
+                    ))
+                }
+            },
+        };
         let candidate = settings
             .candidate_routes
             .as_deref()
-            .map(|p| RouteTable::load_with_groups(p, &groups))
+            .map(|p| RouteTable::load_with_groups(p, &load_groups(groups_path)?))
             .transpose()?;
         let facts = Facts::open(&settings.facts)?;
         let ledger = Ledger::open(&settings.ledger)?;
@@ -64,7 +210,11 @@ impl AppState {
             routes.rules().len(),
             routes.shadow_rules(settings.mode).len(),
             routes.checksum(),
+            false,
         );
+        if fallback.is_some() {
+            crate::metrics::routes_fallback();
+        }
         Ok(Arc::new(Self {
             routes: ArcSwap::from_pointee(routes),
             routes_path: settings.routes.clone(),
@@ -81,6 +231,8 @@ impl AppState {
             candidate: arc_swap::ArcSwapOption::from(candidate.map(Arc::new)),
             candidate_path: settings.candidate_routes.clone(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            last_good,
+            fallback: Mutex::new(fallback),
         }))
     }
 
@@ -107,17 +259,25 @@ impl AppState {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Why the persisted last good table is served, while it is.
+    pub fn fallback(&self) -> Option<Fallback> {
+        self.fallback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Re-read routes.toml; on error keep the current table. A table that would stop covering
     /// endpoints the running one covers (a half-written or emptied file) is refused unless the
     /// file sets `allow_coverage_loss = true`.
     pub fn reload_routes(&self) -> Result<usize, RouteError> {
         self.reload_candidate();
-        let loaded = load_groups(self.groups_path.as_deref())
-            .and_then(|groups| RouteTable::load_with_groups(&self.routes_path, &groups))
-            .and_then(|table| {
+        let loaded = Sources::read(&self.routes_path, self.groups_path.as_deref())
+            .and_then(|sources| sources.compile().map(|table| (table, sources)))
+            .and_then(|(table, sources)| {
                 let lost = crate::coverage::lost(&self.routes.load(), &table);
                 if lost.is_empty() || table.allows_coverage_loss() {
-                    return Ok(table);
+                    return Ok((table, sources));
                 }
                 let shown: Vec<&str> = lost.iter().take(5).map(String::as_str).collect();
                 Err(RouteError {
@@ -134,10 +294,22 @@ impl AppState {
                 })
             });
         match loaded {
-            Ok(table) => {
+            Ok((table, mut sources)) => {
                 let n = table.rules().len();
                 let shadow = table.shadow_rules(self.mode);
-                crate::metrics::routes_loaded(n, shadow.len(), table.checksum());
+                crate::metrics::routes_loaded(n, shadow.len(), table.checksum(), true);
+                if self
+                    .fallback
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    tracing::warn!("routes.toml loads again: the persisted last good table is no longer served");
+                }
+                if let Err(e) = persist(&self.last_good, &mut sources) {
+                    tracing::warn!(path = %self.last_good.display(), error = %e, "could not persist the route table");
+                }
                 if !shadow.is_empty() {
                     tracing::warn!(
                         shadow_rules = shadow.len(),
@@ -193,6 +365,13 @@ impl AppState {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(state) = state.upgrade() else { return };
+                if let Some(f) = state.fallback() {
+                    tracing::error!(
+                        error = %f.error,
+                        saved_at = f.saved_at,
+                        "routes.toml does not load: still serving the last good route table persisted at the last successful load; fix the file"
+                    );
+                }
                 let now = read();
                 if now.is_some() && now != last {
                     let _ = state.reload_routes();
@@ -201,6 +380,18 @@ impl AppState {
             }
         });
     }
+}
+
+/// Whether `serve` will have a route table: the configured files load, or a persisted last
+/// good table stands in for them (nothing is persisted or logged here).
+pub fn preflight_routes(settings: &Settings) -> anyhow::Result<()> {
+    let groups = settings.groups.as_deref();
+    if let Err(e) = Sources::read(&settings.routes, groups).and_then(|s| s.compile()) {
+        restore(&last_good_path(&settings.ledger), &settings.routes, groups).map_err(|why| {
+            anyhow::anyhow!("{e} (and no last good route table to serve instead: {why})")
+        })?;
+    }
+    Ok(())
 }
 
 /// The groups file (empty groups when none is configured).

@@ -521,6 +521,7 @@ fn documented_defaults_are_the_defaults() {
             "facts.cache_ttl_ms" => ms(f.cache_ttl),
             "facts.poll_interval_ms" => ms(f.poll_interval),
             "facts.busy_timeout_ms" => ms(f.busy_timeout),
+            "db_wait_ms" => ms(s.db_wait),
             "log.format" => if s.log_json { "`json`" } else { "`text`" }.to_owned(),
             "log.level" => format!("`{}`", s.log_level),
             "trusted_proxies" | "groups" | "tls.cert" | "tls.key" => {
@@ -539,4 +540,170 @@ fn documented_defaults_are_the_defaults() {
         }
     }
     assert!(compared >= 25, "{compared}");
+}
+
+#[test]
+fn kubernetes_service_link_variables_are_ignored_and_typos_still_refused() {
+    // What a pod gets for Services named `invoke-guard` and `invoke-guard-metrics`.
+    let links = [
+        ("INVOKE_GUARD_PORT", "tcp://10.96.0.13:9091"),
+        ("INVOKE_GUARD_PORT_9091_TCP", "tcp://10.96.0.13:9091"),
+        ("INVOKE_GUARD_PORT_9091_TCP_PROTO", "tcp"),
+        ("INVOKE_GUARD_PORT_9091_TCP_PORT", "9091"),
+        ("INVOKE_GUARD_PORT_9091_TCP_ADDR", "10.96.0.13"),
+        ("INVOKE_GUARD_SERVICE_HOST", "10.96.0.13"),
+        ("INVOKE_GUARD_SERVICE_PORT", "9091"),
+        ("INVOKE_GUARD_SERVICE_PORT_HTTP", "9091"),
+        ("INVOKE_GUARD_METRICS_PORT", "tcp://[fd00::1]:9092"),
+        ("INVOKE_GUARD_METRICS_SERVICE_HOST", "fd00::1"),
+        ("INVOKE_GUARD_METRICS_SERVICE_PORT", "9092"),
+    ];
+    let (ok, err) = check_layered("", &links, &[]);
+    assert!(ok, "{err}");
+    // A setting spelt like a link but without a link's value is not one.
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_PORT", "9091")], &[]);
+    assert!(!ok && err.contains("INVOKE_GUARD_PORT:"), "{err}");
+    // A misspelt setting beside the links: refused, named, with the nearest key.
+    let mut env = links.to_vec();
+    env.push(("INVOKE_GUARD_LISTN", "127.0.0.1:1"));
+    let (ok, err) = check_layered("", &env, &[]);
+    assert!(
+        !ok && err.contains("INVOKE_GUARD_LISTN") && err.contains("did you mean 'listen'?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn set_and_environment_errors_name_what_the_operator_wrote() {
+    let (ok, err) = check_layered("", &[], &["--set", "limits.max_body_byte=1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--set limits.max_body_byte=1") && !err.contains("TOML source string"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean 'max_body_bytes'?"), "{err}");
+    let (ok, err) = check_layered("", &[], &["--set", "limits.max_body_bytes=lots"]);
+    assert!(
+        !ok && err.contains("--set limits.max_body_bytes=lots") && !err.contains("TOML source"),
+        "{err}"
+    );
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_LIMITS__MAX_BODY_BYTE", "1")], &[]);
+    assert!(
+        !ok && err.contains("INVOKE_GUARD_LIMITS__MAX_BODY_BYTE:"),
+        "names the variable: {err}"
+    );
+    let (ok, err) = check_layered("", &[("INVOKE_GUARD_LIMITS__MAX_BODY_BYTES", "lots")], &[]);
+    assert!(
+        !ok && err.contains("INVOKE_GUARD_LIMITS__MAX_BODY_BYTES:"),
+        "names the variable: {err}"
+    );
+}
+
+#[test]
+fn commands_list_only_the_flags_they_use() {
+    let help = |cmd: &str| {
+        let out = bin().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let serve = help("serve");
+    for flag in [
+        "--listen",
+        "--admin-listen",
+        "--upstream",
+        "--tls-cert",
+        "--db",
+        "--routes",
+        "--set",
+    ] {
+        assert!(serve.contains(flag), "serve lacks {flag}:\n{serve}");
+    }
+    for cmd in ["explain", "test"] {
+        let text = help(cmd);
+        for unused in [
+            "--listen",
+            "--admin-listen",
+            "--upstream",
+            "--tls-cert",
+            "--tls-key",
+        ] {
+            assert!(!text.contains(unused), "{cmd} lists {unused}:\n{text}");
+        }
+        for used in [
+            "--db", "--routes", "--ledger", "--groups", "--config", "--set",
+        ] {
+            assert!(text.contains(used), "{cmd} lacks {used}:\n{text}");
+        }
+    }
+    let health = help("health");
+    for unused in [
+        "--db",
+        "--routes",
+        "--ledger",
+        "--groups",
+        "--listen",
+        "--upstream",
+        "--tls-cert",
+    ] {
+        assert!(!health.contains(unused), "health lists {unused}:\n{health}");
+    }
+}
+
+#[test]
+fn check_warns_about_group_members_that_match_no_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = dir.path().join("groups.toml");
+    std::fs::write(
+        &groups,
+        "[groups]\nauditors = [\"Alice@Example.com\", \"alise@example.com\"]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = check_with(
+        &[
+            "--config",
+            "/dev/null",
+            "--ledger",
+            dir.path().join("ledger.db").to_str().unwrap(),
+            "--groups",
+            groups.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("'alise@example.com'") && warnings[0].contains("'auditors'"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_does_not_call_a_shadowed_admin_rule_unenforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string("routes.toml").unwrap();
+    let marked = shipped.replacen(
+        "id      = \"auth.users_list\"\n",
+        "id      = \"auth.users_list\"\nmode    = \"shadow\"\n",
+        1,
+    );
+    assert_ne!(marked, shipped);
+    let routes = routes_file(&dir, &marked);
+    let out = bin()
+        .args(["check", "--config", "/dev/null", "--routes"])
+        .arg(&routes)
+        .arg("--db")
+        .arg(fixture_db())
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("auth.users_list"))
+        .unwrap_or_else(|| panic!("no warning names it: {stdout}"));
+    assert!(!line.contains("not enforced"), "{line}");
+    assert!(line.contains("still admin-only"), "{line}");
 }

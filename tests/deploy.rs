@@ -1,7 +1,7 @@
 //! Deployment artefacts, as far as this machine can check them without a container engine
 //! (scripts/deploy/validate.sh checks the Kubernetes and Compose files against their schemas):
-//! the Dockerfile's promises, the routes ConfigMap in sync with routes.toml, and
-//! `invoke-guard health` against a running guard.
+//! the Dockerfile's promises, the kustomize base's routes in sync with routes.toml,
+//! `invoke-guard health` against a running guard, and a start that waits for the database.
 
 mod common;
 
@@ -73,26 +73,26 @@ fn dockerfile_pins_bases_by_digest_runs_static_non_root_with_a_healthcheck() {
 }
 
 #[test]
-fn routes_configmap_matches_routes_toml() {
-    let routes = repo("routes.toml");
-    let cm = repo("deploy/kubernetes/routes-configmap.yaml");
-    let (_, body) = cm
-        .split_once("  routes.toml: |\n")
-        .expect("data.routes.toml block");
-    let expected: String = routes
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                "\n".to_owned()
-            } else {
-                format!("    {l}\n")
-            }
-        })
-        .collect();
+fn the_kustomize_base_generates_its_routes_from_a_copy_of_routes_toml() {
     assert!(
-        body == expected,
-        "deploy/kubernetes/routes-configmap.yaml is stale: run deploy/kubernetes/gen-routes-configmap.sh"
+        repo("deploy/kubernetes/routes.toml") == repo("routes.toml"),
+        "deploy/kubernetes/routes.toml is stale: run deploy/kubernetes/gen-routes.sh"
     );
+    let k = repo("deploy/kubernetes/kustomization.yaml");
+    for needle in [
+        "configMapGenerator:",
+        "name: invoke-guard-routes",
+        "- routes.toml",
+        "name: invoke-guard-groups",
+        "- groups.toml",
+    ] {
+        assert!(k.contains(needle), "kustomization.yaml lacks {needle}");
+    }
+    // Hash suffixes are on (the default): no generator option turns them off.
+    assert!(!k.contains("disableNameSuffixHash"), "{k}");
+    // The groups file the base ships loads (no groups).
+    invoke_guard::rules::Groups::parse("groups.toml", &repo("deploy/kubernetes/groups.toml"))
+        .unwrap();
 }
 
 fn bin() -> Command {
@@ -103,9 +103,51 @@ fn bin() -> Command {
     c
 }
 
+/// `serve` on 127.0.0.1:0 (admin too) with the shipped routes, its ledger in `dir`; its stderr lines.
+fn serve(
+    upstream: &str,
+    dir: &Path,
+    db: &Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--config",
+            "/dev/null",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--routes",
+            "routes.toml",
+        ])
+        .args(extra)
+        .arg("--ledger")
+        .arg(dir.join("ledger.db"))
+        .arg("--db")
+        .arg(db)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
 fn health(admin: &str) -> (bool, String) {
+    health_with(admin, &[])
+}
+
+/// `invoke-guard health --admin ADMIN` with `extra` flags: (exit 0, stdout + stderr).
+fn health_with(admin: &str, extra: &[&str]) -> (bool, String) {
     let out = bin()
         .args(["health", "--config", "/dev/null", "--admin", admin])
+        .args(extra)
         .output()
         .unwrap();
     (
@@ -128,28 +170,12 @@ fn health_follows_readiness_of_a_running_guard() {
     // An upstream that accepts connections (readiness asks for one; the kernel's backlog answers).
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
-    let mut child = bin()
-        .args([
-            "serve",
-            "--config",
-            "/dev/null",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream_url,
-            "--routes",
-            "routes.toml",
-            "--ledger",
-        ])
-        .arg(dir.path().join("ledger.db"))
-        .arg("--db")
-        .arg(common::fixture_path("invokeai-6.14.2-rich.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = serve(
+        &upstream_url,
+        dir.path(),
+        &common::fixture_path("invokeai-6.14.2-rich.db"),
+        &[],
+    );
     let started = lines
         .find_map(|l| l.ok().filter(|l| l.contains("invoke-guard started")))
         .expect("a start line");
@@ -186,23 +212,7 @@ fn health_follows_readiness_of_a_running_guard() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let (alive, text) = {
-        let out = bin()
-            .args([
-                "health",
-                "--config",
-                "/dev/null",
-                "--live",
-                "--admin",
-                &admin,
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (alive, text) = health_with(&admin, &["--live"]);
     assert!(alive, "alive during the delay: {text}");
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -230,4 +240,58 @@ fn the_build_image_is_new_enough_for_the_crate() {
         version(tag) >= version(msrv),
         "Dockerfile builds with Rust {tag}, Cargo.toml needs {msrv}"
     );
+}
+
+#[test]
+fn serve_waits_for_the_database_of_a_first_install_not_ready_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("databases").join("invokeai.db");
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    let (mut child, mut lines) = serve(
+        &upstream_url,
+        dir.path(),
+        &db,
+        &["--set", "db_wait_ms=120000"],
+    );
+    let waiting = lines
+        .find_map(|l| {
+            l.ok()
+                .filter(|l| l.contains("waiting for InvokeAI's database"))
+        })
+        .expect("a waiting line (the guard must not exit)");
+    let at = waiting.find("admin=").expect("the admin address") + "admin=".len();
+    let admin = waiting[at..].split_whitespace().next().unwrap().to_owned();
+    // Alive, not ready, and it says why.
+    let (ok, text) = health(&admin);
+    assert!(
+        !ok && text.contains("503") && text.contains("waiting for InvokeAI's database"),
+        "{text}"
+    );
+    let (alive, text) = health_with(&admin, &["--live"]);
+    assert!(alive, "{text}");
+    // InvokeAI creates its database: the guard starts for real and becomes ready.
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(common::fixture_path("invokeai-6.14.2-rich.db"), &db).unwrap();
+    let started = lines
+        .find_map(|l| l.ok().filter(|l| l.contains("invoke-guard started")))
+        .expect("started once the database appeared");
+    assert!(started.contains(&format!("admin={admin}")), "{started}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, text) = health(&admin);
+        if ok {
+            assert!(text.contains("ready: "), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for sig in ["-TERM", "-INT"] {
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
 }

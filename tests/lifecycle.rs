@@ -186,3 +186,220 @@ async fn termination_turns_readiness_first_then_drains_and_closes_sockets() {
         "the listener is closed after the drain"
     );
 }
+
+fn settings_for(
+    dir: &std::path::Path,
+    db: &std::path::Path,
+    upstream: std::net::SocketAddr,
+) -> invoke_guard::config::Settings {
+    config::settings(
+        RawConfig::default(),
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            upstream: Some(format!("http://{upstream}")),
+            db: Some(db.to_owned()),
+            routes: Some(dir.join("routes.toml")),
+            ledger: Some(dir.join("ledger.db")),
+            ..Overrides::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn admin_of(state: &std::sync::Arc<AppState>) -> std::net::SocketAddr {
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = admin.local_addr().unwrap();
+    tokio::spawn(invoke_guard::server::admin::run(
+        admin,
+        state.clone(),
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_broken_routes_file_serves_the_last_good_table_loudly() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(dir.path(), &db.path, upstream);
+    std::fs::write(&settings.routes, ROUTES).unwrap();
+    let first = AppState::from_settings(&settings).unwrap();
+    let rules = first.routes.load().rules().len();
+    assert!(first.fallback().is_none());
+    first.facts.shutdown();
+    drop(first);
+    assert!(invoke_guard::state::last_good_path(&settings.ledger).is_file());
+
+    // A bad ConfigMap edit, then a restart (strategy: Recreate): the guard still starts.
+    std::fs::write(&settings.routes, "[[rule]]\nid = \"broken\"\n").unwrap();
+    let state = AppState::from_settings(&settings).expect("serves the last good table");
+    assert_eq!(state.routes.load().rules().len(), rules);
+    let f = state.fallback().expect("the fallback is recorded");
+    assert!(f.error.contains("missing field"), "{}", f.error);
+    // The table enforces as before: the guard answers, the rule needs a user.
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server =
+            invoke_guard::server::run(listener, state.clone(), None, std::future::pending());
+        tokio::spawn(server);
+        addr
+    };
+    let api = format!("http://{addr}/api/v1/x");
+    assert_eq!(send("GET", &api, None, None).await.status, 401);
+    let t = token_for(&manifest("6.14.2"), "alice");
+    assert_eq!(send("GET", &api, Some(&t), None).await.status, 200);
+    // Loud: readiness says so, and the gauge is 1.
+    let admin = admin_of(&state).await;
+    let ready = send("GET", &format!("http://{admin}/readyz"), None, None).await;
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 200, "{body}");
+    assert!(
+        body.contains("DEGRADED: serving the last good route table")
+            && body.contains("missing field"),
+        "{body}"
+    );
+    let metrics = send("GET", &format!("http://{admin}/metrics"), None, None).await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("invoke_guard_routes_fallback 1"),
+        "{metrics}"
+    );
+
+    // The file is fixed: it loads again and the fallback ends.
+    std::fs::write(&settings.routes, ROUTES).unwrap();
+    state.reload_routes().unwrap();
+    assert!(state.fallback().is_none());
+    let ready = send("GET", &format!("http://{admin}/readyz"), None, None).await;
+    assert!(!String::from_utf8_lossy(&ready.body).contains("DEGRADED"));
+    state.facts.shutdown();
+}
+
+#[tokio::test]
+async fn a_broken_routes_file_without_a_table_saved_for_it_still_refuses_to_start() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(dir.path(), &db.path, upstream);
+    std::fs::write(&settings.routes, "[[rule]]\nid = \"broken\"\n").unwrap();
+    let e = AppState::from_settings(&settings)
+        .err()
+        .expect("nothing to serve");
+    assert!(e.to_string().contains("no last good route table"), "{e}");
+    // A table saved for another routes file does not stand in for this one.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut elsewhere = settings_for(&other, &db.path, upstream);
+    elsewhere.ledger = settings.ledger.clone();
+    std::fs::write(&elsewhere.routes, ROUTES).unwrap();
+    let ok = AppState::from_settings(&elsewhere).unwrap();
+    ok.facts.shutdown();
+    let e = AppState::from_settings(&settings)
+        .err()
+        .expect("not this file's table");
+    assert!(e.to_string().contains("was saved for routes"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_get_and_head_only_and_drains_on_shutdown() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(dir.path(), &db.path, upstream);
+    std::fs::write(&settings.routes, ROUTES).unwrap();
+    let state = AppState::from_settings(&settings).unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = admin.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(invoke_guard::server::admin::run(
+        admin,
+        state.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let url = format!("http://{addr}{path}");
+        assert_eq!(send("GET", &url, None, None).await.status, 200, "{path}");
+        assert_eq!(send("HEAD", &url, None, None).await.status, 200, "{path}");
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            let r = send(method, &url, None, None).await;
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.headers["allow"], "GET, HEAD");
+        }
+    }
+    // A kept-alive connection (a scraper's) is closed by the drain, and the loop ends.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the admin loop ends after its drain")
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed by the drain");
+    assert!(n.is_ok());
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+    state.facts.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_bounds_its_connections_and_idle_heads() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(dir.path(), &db.path, upstream);
+    std::fs::write(&settings.routes, ROUTES).unwrap();
+    settings.limits.header_read_timeout = Duration::from_millis(300);
+    let state = AppState::from_settings(&settings).unwrap();
+    let addr = admin_of(&state).await;
+    // Idle connections up to the limit hold their slots; the next one is closed unanswered.
+    let mut idle = Vec::new();
+    for _ in 0..invoke_guard::server::admin::MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), over.read_to_end(&mut got))
+        .await
+        .expect("the connection over the limit is closed");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    // An idle connection that never sends its head is closed (header_read_timeout).
+    let mut first = idle.remove(0);
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), first.read_to_end(&mut got))
+        .await
+        .expect("an idle admin connection is closed");
+    drop(idle);
+    // With the slots free again, the listener answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        if read_head(&mut s).await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    state.facts.shutdown();
+}

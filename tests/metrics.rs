@@ -156,4 +156,16 @@ async fn metrics_are_negotiated_parse_and_carry_operator_series() {
     assert_eq!(kind("invoke_guard_request_duration_seconds"), P::Histogram);
     assert_eq!(kind("invoke_guard_upgraded_connections"), P::Gauge);
     assert!(!text.contains(&t), "metrics must never carry tokens");
+
+    // Two guards started, none reloaded: the load at start is not a reload.
+    let reloads = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("invoke_guard_routes_reloads_total "))
+            .map(str::to_owned)
+    };
+    assert_eq!(reloads(&text).as_deref(), Some("0"), "{text}");
+    g.state.reload_routes().unwrap();
+    let after = send("GET", &url, None, None).await;
+    let after = String::from_utf8(after.body.to_vec()).unwrap();
+    assert_eq!(reloads(&after).as_deref(), Some("1"), "{after}");
 }

@@ -1,10 +1,15 @@
 //! The command line: `serve`, `check`, `explain`, `test` and `health`.
 //!
 //! Invariants:
-//! - `serve` refuses to start on any problem `check` would report (same loading code).
+//! - `serve` refuses to start on any problem `check` would report (same loading code), with two
+//!   announced exceptions: a routes.toml that does not load while a persisted last good table
+//!   saved for it stands in (see [`crate::state`]), and, with `db_wait_ms`, a database that does
+//!   not exist yet (it waits, `/readyz` 503, then refuses as `check` does).
 //! - `explain` and `test` evaluate requests with `serve`'s own request phase
-//!   ([`crate::server::evaluate`]) under the same settings (limits, mode, groups); this module
-//!   only parses arguments and renders results.
+//!   ([`crate::server::evaluate`]) under the same settings (limits, mode, groups, candidate
+//!   table); this module only parses arguments and renders results.
+//! - Each command takes only the flags it uses ([`Layers`] for all, [`PolicyFiles`] for the
+//!   ones that decide, [`Common`] for `serve` and `check`).
 
 mod explain;
 pub mod ruletest;
@@ -54,7 +59,7 @@ pub struct HealthArgs {
     #[arg(long)]
     pub live: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub common: Layers,
 }
 
 /// `invoke-guard explain METHOD PATH --as USER`.
@@ -80,7 +85,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub common: PolicyFiles,
 }
 
 /// `invoke-guard test FILE...`.
@@ -93,13 +98,13 @@ pub struct TestArgs {
     #[arg(long)]
     pub verbose: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub common: PolicyFiles,
 }
 
-/// Options shared by every command. Settings are layered: config file < `INVOKE_GUARD_*`
-/// environment (`__` nests: `INVOKE_GUARD_LIMITS__MAX_BODY_BYTES`) < `--set` < these flags.
+/// How settings are layered, for every command: config file < `INVOKE_GUARD_*` environment
+/// (`__` nests: `INVOKE_GUARD_LIMITS__MAX_BODY_BYTES`) < `--set` < the dedicated flags.
 #[derive(Debug, Args)]
-pub struct Common {
+pub struct Layers {
     /// Any setting as KEY=VALUE, e.g. --set limits.max_body_bytes=1048576 (repeatable; see the
     /// README's settings table).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -107,15 +112,38 @@ pub struct Common {
     /// Config file (default: config/invoke-guard.toml when present).
     #[arg(long, env = "INVOKE_GUARD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:9091].
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Admin address for /healthz, /readyz, /metrics ("off" disables) [default: 127.0.0.1:9092].
-    #[arg(long)]
-    pub admin_listen: Option<String>,
-    /// InvokeAI base URL [default: http://127.0.0.1:9090].
-    #[arg(long)]
-    pub upstream: Option<String>,
+}
+
+impl Layers {
+    fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = Path::new("config/invoke-guard.toml");
+            default.is_file().then(|| default.to_owned())
+        })
+    }
+
+    /// Load and validate settings with `overrides` on top (and `INVOKE_GUARD_LOG`, which
+    /// overrides `log.level`).
+    fn settings_with(&self, overrides: Overrides) -> anyhow::Result<Settings> {
+        let raw = config::load(self.config_path().as_deref(), &self.set)?;
+        let settings = config::settings(raw, overrides)?;
+        if let Ok(filter) = std::env::var("INVOKE_GUARD_LOG") {
+            config::log_filter(&filter).map_err(|e| anyhow::anyhow!("INVOKE_GUARD_LOG: {e}"))?;
+        }
+        Ok(settings)
+    }
+
+    /// Load and validate settings (no flag overrides).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.settings_with(Overrides::default())
+    }
+}
+
+/// The files a decision reads: `serve`, `check`, `explain` and `test`.
+#[derive(Debug, Args)]
+pub struct PolicyFiles {
+    #[command(flatten)]
+    pub layers: Layers,
     /// InvokeAI database [default: $INVOKEAI_ROOT/databases/invokeai.db, else ~/invokeai/databases/invokeai.db].
     #[arg(long)]
     pub db: Option<PathBuf>,
@@ -128,6 +156,40 @@ pub struct Common {
     /// Caller groups for `caller.in("NAME")` (TOML; reloaded with the routes) [default: none].
     #[arg(long)]
     pub groups: Option<PathBuf>,
+}
+
+impl PolicyFiles {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            db: self.db.clone(),
+            routes: self.routes.clone(),
+            ledger: self.ledger.clone(),
+            groups: self.groups.clone(),
+            ..Overrides::default()
+        }
+    }
+
+    /// Load and validate settings, these flags on top.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.layers.settings_with(self.overrides())
+    }
+}
+
+/// Everything `serve` opens (and `check` validates): the policy files, the listeners and the
+/// upstream.
+#[derive(Debug, Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub files: PolicyFiles,
+    /// Address to listen on [default: 127.0.0.1:9091].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Admin address for /healthz, /readyz, /metrics ("off" disables) [default: 127.0.0.1:9092].
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// InvokeAI base URL [default: http://127.0.0.1:9090].
+    #[arg(long)]
+    pub upstream: Option<String>,
     /// TLS certificate chain (PEM); serve HTTPS (HTTP/2 + HTTP/1.1).
     #[arg(long, env = "INVOKE_GUARD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -137,35 +199,20 @@ pub struct Common {
 }
 
 impl Common {
-    fn config_path(&self) -> Option<PathBuf> {
-        self.config.clone().or_else(|| {
-            let default = Path::new("config/invoke-guard.toml");
-            default.is_file().then(|| default.to_owned())
-        })
-    }
-
     fn overrides(&self) -> Overrides {
         Overrides {
             listen: self.listen.clone(),
             admin_listen: self.admin_listen.clone(),
             upstream: self.upstream.clone(),
-            db: self.db.clone(),
-            routes: self.routes.clone(),
-            ledger: self.ledger.clone(),
-            groups: self.groups.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            ..self.files.overrides()
         }
     }
 
-    /// Load and validate settings (and `INVOKE_GUARD_LOG`, which overrides `log.level`).
+    /// Load and validate settings, every flag on top.
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let raw = config::load(self.config_path().as_deref(), &self.set)?;
-        let settings = config::settings(raw, self.overrides())?;
-        if let Ok(filter) = std::env::var("INVOKE_GUARD_LOG") {
-            config::log_filter(&filter).map_err(|e| anyhow::anyhow!("INVOKE_GUARD_LOG: {e}"))?;
-        }
-        Ok(settings)
+        self.files.layers.settings_with(self.overrides())
     }
 }
 
@@ -446,25 +493,93 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
             missing.join("\n  ")
         )
     })?;
-    let shadow = table.shadow_rules(settings.mode);
-    let shadow_note = match (settings.mode, shadow.len()) {
-        (crate::rules::Mode::Shadow, _) => {
-            "\nwarning: SHADOW MODE (mode = \"shadow\"): no rule's checks are enforced; denials are only logged as would_deny".to_owned()
-        }
-        (_, 0) => String::new(),
-        (_, n) => format!(
-            "\nwarning: SHADOW: {n} rule(s) not enforced (denials only logged as would_deny): {}",
-            shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
-        ),
-    };
+    let shadow_note = shadow_warning(&table, settings.mode);
+    let groups_note: String = unknown_members(&groups, &settings)?
+        .iter()
+        .map(|(group, member)| {
+            format!(
+                "\nwarning: groups file {}: member '{member}' of group '{group}' matches no user of {} (a typo? it admits nobody)",
+                settings.groups.as_deref().unwrap_or(Path::new("-")).display(),
+                settings.db.display()
+            )
+        })
+        .collect();
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}{groups_note}",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),
         schema.label(),
         schema.migration_version
     ))
+}
+
+/// `check`'s shadow warning. `auth = "admin"` is enforced whatever the mode (it is not a check),
+/// so an admin rule is never called "not enforced".
+fn shadow_warning(table: &RouteTable, mode: crate::rules::Mode) -> String {
+    use crate::rules::Auth;
+    if mode == crate::rules::Mode::Shadow {
+        return "\nwarning: SHADOW MODE (mode = \"shadow\"): no rule's `require` checks are enforced; denials are only logged as would_deny (identity and `auth = \"admin\"` are still enforced)".to_owned();
+    }
+    let shadow = table.shadow_rules(mode);
+    let (admin, other): (Vec<_>, Vec<_>) = shadow.iter().partition(|r| r.auth == Auth::Admin);
+    let ids = |rules: &[&&crate::rules::Rule]| {
+        rules
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::new();
+    if !other.is_empty() {
+        out.push_str(&format!(
+            "\nwarning: SHADOW: {} rule(s) not enforced (denials only logged as would_deny): {}",
+            other.len(),
+            ids(&other)
+        ));
+    }
+    if !admin.is_empty() {
+        out.push_str(&format!(
+            "\nwarning: SHADOW: {} `auth = \"admin\"` rule(s) in shadow mode: still admin-only (auth is enforced), only their `require` checks are logged as would_deny: {}",
+            admin.len(),
+            ids(&admin)
+        ));
+    }
+    out
+}
+
+/// Group members (emails or user ids) that match no user of the database: (group, member).
+fn unknown_members(
+    groups: &crate::rules::Groups,
+    settings: &Settings,
+) -> anyhow::Result<Vec<(String, String)>> {
+    if settings.groups.is_none() {
+        return Ok(Vec::new());
+    }
+    let conn = db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+    let mut known = std::collections::HashSet::new();
+    let mut stmt = conn.prepare("SELECT user_id, email FROM users")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    for row in rows {
+        let (id, email) = row?;
+        known.insert(id.to_lowercase());
+        if let Some(e) = email {
+            known.insert(e.to_lowercase());
+        }
+    }
+    let mut unknown: Vec<(String, String)> = groups
+        .iter()
+        .flat_map(|(name, members)| {
+            members
+                .iter()
+                .filter(|m| !known.contains(*m))
+                .map(move |m| (name.to_owned(), m.to_owned()))
+        })
+        .collect();
+    unknown.sort();
+    Ok(unknown)
 }
 
 fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {
@@ -487,6 +602,16 @@ fn init_tracing(settings: &Settings) -> crate::logwriter::FlushGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = crate::logwriter::spawn(std::io::stderr());
+    // Decision lines bypass tracing's formatter (crate::decisionlog) but not its filter.
+    let lines = writer.clone();
+    crate::decisionlog::install(
+        if settings.log_json {
+            crate::decisionlog::Format::Json
+        } else {
+            crate::decisionlog::Format::Text
+        },
+        move |line| lines.write_line(line),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -503,11 +628,32 @@ fn serve(common: &Common) -> anyhow::Result<()> {
     let settings = common.settings()?;
     // Declared first, dropped last: every line logged until `serve` returns is written.
     let _log = init_tracing(&settings);
-    probe_db(&settings)?;
+    for variable in config::service_link_variables() {
+        tracing::debug!(%variable, "ignored: a Kubernetes service-link variable, not a setting");
+    }
+    if settings.db_wait.is_zero() {
+        probe_db(&settings)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let admin = match settings.admin_listen {
+            Some(addr) => Some(
+                bind(
+                    addr,
+                    "admin_listen",
+                    "--admin-listen / INVOKE_GUARD_ADMIN_LISTEN (\"off\" disables it)",
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        if !settings.db_wait.is_zero() {
+            // A broken routes.toml is reported now, not after the database appeared.
+            crate::state::preflight_routes(&settings)?;
+            wait_for_db(&settings, admin.as_ref()).await?;
+        }
         let state = AppState::from_settings(&settings)?;
         let tls = match &settings.tls {
             Some((cert, key)) => {
@@ -520,13 +666,7 @@ fn serve(common: &Common) -> anyhow::Result<()> {
         let listener = bind(settings.listen, "listen", "--listen / INVOKE_GUARD_LISTEN").await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut admin_addr = None;
-        if let Some(addr) = settings.admin_listen {
-            let admin = bind(
-                addr,
-                "admin_listen",
-                "--admin-listen / INVOKE_GUARD_ADMIN_LISTEN (\"off\" disables it)",
-            )
-            .await?;
+        if let Some(admin) = admin {
             admin_addr = Some(crate::server::local_addr(&admin));
             let mut rx = stop_rx.clone();
             tokio::spawn(crate::server::admin::run(
@@ -576,6 +716,62 @@ fn serve(common: &Common) -> anyhow::Result<()> {
         tracing::info!("invoke-guard stopped");
         Ok(())
     })
+}
+
+/// `db_wait_ms`: wait until InvokeAI's database is usable (it appears on InvokeAI's first start),
+/// the admin listener answering `/readyz` 503 meanwhile; an error once the wait is over.
+async fn wait_for_db(
+    settings: &Settings,
+    admin: Option<&tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let waiting_for = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let deadline = std::time::Instant::now() + settings.db_wait;
+    let status = waiting_for.clone();
+    let admin_addr = admin.map_or("off".to_owned(), |l| {
+        crate::server::local_addr(l).to_string()
+    });
+    let wait = async move {
+        let mut last = String::new();
+        let result = loop {
+            let error = match probe_db(settings) {
+                Ok(_) => break Ok(()),
+                Err(e) => format!("{e:#}"),
+            };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Err(anyhow::anyhow!(
+                    "{error} (waited db_wait_ms = {} ms for InvokeAI's database)",
+                    settings.db_wait.as_millis()
+                ));
+            }
+            *status.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+                "waiting for InvokeAI's database ({error}); {} s left of db_wait_ms",
+                left.as_secs()
+            );
+            if error != last {
+                tracing::info!(%error, left_s = left.as_secs(), admin = %admin_addr, "waiting for InvokeAI's database (db_wait_ms; /readyz answers 503 meanwhile)");
+                last = error;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500).min(left)).await;
+        };
+        let _ = done_tx.send(());
+        result
+    };
+    match admin {
+        Some(listener) => {
+            let serving = crate::server::admin::run_waiting(
+                listener,
+                &settings.limits,
+                waiting_for,
+                async move {
+                    let _ = done_rx.await;
+                },
+            );
+            tokio::join!(wait, serving).0
+        }
+        None => wait.await,
+    }
 }
 
 /// Bind a listener; the error names the setting and what to do.

@@ -6,6 +6,7 @@
 //! - [`cookies`]: cookies as Starlette reads them.
 //! - [`body`]: bounded, timed body reads; JSON, multipart and response decoding as InvokeAI reads them.
 //! - [`jsonplan`]: pruned JSON parsing (only what a rule's checks read).
+//! - [`request_id`]: the `X-Request-Id` a request is logged and forwarded with.
 
 pub mod body;
 pub mod canonical;
@@ -13,3 +14,4 @@ pub mod cookies;
 pub mod framing;
 pub mod headers;
 pub mod jsonplan;
+pub mod request_id;

@@ -30,6 +30,11 @@ impl Members {
         self.0.len()
     }
 
+    /// The members as stored (lower-cased).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -117,6 +122,11 @@ impl Groups {
     /// The members of a group, if the file defines it.
     pub fn get(&self, name: &str) -> Option<Arc<Members>> {
         self.by_name.get(name).cloned()
+    }
+
+    /// Every group with its members, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Members)> {
+        self.by_name.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
     }
 
     /// Group names, for error messages.

@@ -57,6 +57,10 @@ pub struct Plan {
 /// One request's state.
 pub struct RequestCtx {
     pub started: Instant,
+    /// The `X-Request-Id` the request is logged under and forwarded with (`serve`).
+    pub request_id: Option<http::HeaderValue>,
+    /// The connection's peer (`serve`).
+    pub client: Option<std::net::IpAddr>,
     pub method: Method,
     /// The route table snapshot this request is evaluated against.
     pub table: Arc<RouteTable>,
@@ -82,7 +86,7 @@ pub struct RequestCtx {
     /// Socket events this request explains (6.12), noted while it is forwarded.
     pub tickets: Vec<Ticket>,
     pub outcome: Outcome,
-    /// The log's path when the target was refused: the raw one, escaped.
+    /// The log's path when the target was refused: the raw one (the decision log escapes it).
     pub raw_path: Option<String>,
     /// The buffered request body (kept only when a candidate table may need it).
     pub body: Option<bytes::Bytes>,
@@ -94,6 +98,8 @@ impl RequestCtx {
     pub fn new(method: Method, table: Arc<RouteTable>) -> Self {
         RequestCtx {
             started: Instant::now(),
+            request_id: None,
+            client: None,
             method,
             table,
             target: None,

@@ -37,6 +37,35 @@ use crate::state::AppState;
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The next connection, or `None` once `shutdown` resolved. Accept errors (EMFILE and friends)
+/// persist until something closes: retrying at once spins a core and floods the log, so they
+/// back off (doubling up to [`ACCEPT_BACKOFF_MAX`], reset by the next success).
+async fn accept<F: Future<Output = ()> + Unpin>(
+    listener: &TcpListener,
+    shutdown: &mut F,
+    backoff: &mut std::time::Duration,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => {
+                    *backoff = ACCEPT_BACKOFF_MIN;
+                    return Some(pair);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(*backoff) => {}
+                        () = &mut *shutdown => return None,
+                    }
+                    *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            },
+            () = &mut *shutdown => return None,
+        }
+    }
+}
+
 /// Accept connections until `shutdown` resolves, then drain (bounded by the configured grace).
 pub async fn run<F>(
     listener: TcpListener,
@@ -62,27 +91,7 @@ where
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    pair
-                }
-                Err(e) => {
-                    // EMFILE and friends persist until something closes: retrying at once spins
-                    // a core and floods the log, so back off (doubling, capped).
-                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "accept failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = &mut shutdown => break,
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut shutdown, &mut backoff).await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing");
             continue;

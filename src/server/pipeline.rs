@@ -12,8 +12,9 @@
 //!   upstream (or what a planned rewrite derives from it).
 //! - Nothing reaches the upstream unless the request phase returned [`Step::Forward`]: every
 //!   check held, or a check refused in shadow mode (logged as `would_deny`).
-//! - Every request ends in one decision log line and one metric sample, read from the request's
-//!   [`Outcome`] and [`crate::decision::Verdict`], never from tokens or query values.
+//! - Every request ends in one decision log line ([`crate::decisionlog`]) and one metric
+//!   sample, read from the request's [`Outcome`] and [`crate::decision::Verdict`], never from
+//!   tokens or query values; the line carries the `X-Request-Id` the upstream gets.
 
 use std::sync::Arc;
 
@@ -55,12 +56,19 @@ pub enum Step {
 
 /// Serve one request end to end; never fails (errors become responses).
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     state: &Arc<AppState>,
     conn: &ConnInfo,
 ) -> Response<Body> {
     let env = state.env();
     let mut ctx = RequestCtx::new(req.method().clone(), state.routes.load_full());
+    // Set on the request itself: the upstream gets the id this request is logged under.
+    ctx.request_id = Some(crate::http::request_id::assign(
+        req.headers_mut(),
+        conn.client.peer,
+        &state.trusted_proxies,
+    ));
+    ctx.client = Some(conn.client.peer);
     let req = req.map(|body| body.map_err(Into::into).boxed());
     let response = match request_phase(&mut ctx, req, conn.framing.get(), &env).await {
         Step::Forward(body) => forward(&mut ctx, body, state, conn).await,
@@ -124,8 +132,8 @@ async fn request_steps(
 ) -> Result<Next, Refusal> {
     ctx.verdict.stage = Stage::Target;
     if let Err(refusal) = accept_target(ctx, parts, framing) {
-        // Escaped for the log: the raw target may hold control bytes.
-        ctx.raw_path = Some(format!("{:?}", parts.uri.path()));
+        // As sent: the decision log escapes and caps it.
+        ctx.raw_path = Some(parts.uri.path().to_owned());
         return Err(refusal);
     }
     ctx.verdict.stage = Stage::Route;
@@ -671,19 +679,26 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
         reason,
         elapsed.as_secs_f64(),
     );
-    let facts = ctx.verdict.facts().join("; ");
-    tracing::info!(
-        target: "invoke_guard::decision",
-        rule_id = %ctx.rule_id(),
-        user_id = ctx.principal.as_ref().map_or("-", |p| p.user_id.as_str()),
-        method = %ctx.method,
-        path = %ctx.log_path(),
+    crate::decisionlog::emit(&crate::decisionlog::DecisionLine {
+        request_id: ctx
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        client: ctx
+            .client
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        rule_id: ctx.rule_id(),
+        user_id: ctx.principal.as_ref().map(|p| p.user_id.as_str()),
+        email: ctx.principal.as_ref().map(|p| p.email.as_str()),
+        method: ctx.method.as_str(),
+        path: ctx.log_path(),
         outcome,
         reason,
-        check = decided_by,
-        facts = %facts,
-        detail = ctx.refusal().and_then(Refusal::cause).unwrap_or(""),
-        status = status.as_u16(),
-        micros = elapsed.as_micros() as u64,
-    );
+        check: decided_by,
+        facts: ctx.verdict.facts(),
+        detail: ctx.refusal().and_then(Refusal::cause).unwrap_or(""),
+        status: status.as_u16(),
+        micros: elapsed.as_micros() as u64,
+    });
 }

@@ -1,0 +1,557 @@
+//! The decision log: one fixed-shape line per request, written without tracing's formatter.
+//!
+//! A [`DecisionLine`] borrows every field from the request's context; [`emit`] formats it into
+//! a reused per-thread buffer (text: hand-written `key=value` pairs; JSON: one `serde_json`
+//! call) and hands the bytes to the sink [`install`]ed by `serve` (the writer thread of
+//! [`crate::logwriter`]). Whether a line is written is still the log filter's decision
+//! (`log.level` / `INVOKE_GUARD_LOG`), asked per line class with `tracing::enabled!`:
+//! - [`ALLOW_TARGET`] (`invoke_guard::decision::allow`): outcomes `allow`, `redirect`, `socket`;
+//! - [`DENY_TARGET`] (`invoke_guard::decision::deny`): every other outcome (`deny`, `would_deny`,
+//!   `withheld`, `upstream_error`, `prelude_refused`).
+//!
+//! So `info,invoke_guard::decision::allow=off` keeps denials and drops allows, and
+//! `invoke_guard::decision=off` drops both.
+//!
+//! Invariants:
+//! - **One line per call, unforgeable.** In the text format every string value is escaped:
+//!   control characters (C0, DEL, C1), the Unicode line and paragraph separators and the
+//!   bidirectional controls become `\n`, `\t`, `\u{…}`, quotes and backslashes are escaped, and
+//!   a value with anything but plain visible ASCII is quoted. A value can therefore never end the
+//!   line or start a `key=` of its own (log injection, CWE-117; Trojan Source, CVE-2021-42574).
+//!   The JSON format escapes through `serde_json`.
+//! - **Bounded.** Every value is cut at [`MAX_VALUE_BYTES`] (on a character boundary) and marked
+//!   `...[truncated N bytes]`; the facts at [`MAX_FACT_BYTES`] each and [`MAX_FACTS`] in all, so
+//!   a line is a few KiB at most whatever the request carried.
+//! - Nothing is allocated per line once a thread's buffer has grown (no `String` of the facts,
+//!   no `Debug` formatting, no ANSI colours).
+//! - Without an installed sink (unit tests, `explain`), nothing is written.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// The target of lines whose request was forwarded as asked (`allow`, `redirect`, `socket`).
+pub const ALLOW_TARGET: &str = "invoke_guard::decision::allow";
+/// The target of every other line (`deny`, `would_deny`, `withheld`, ...).
+pub const DENY_TARGET: &str = "invoke_guard::decision::deny";
+/// The most bytes of one value that are logged.
+pub const MAX_VALUE_BYTES: usize = 256;
+/// The most bytes of one fact that are logged.
+pub const MAX_FACT_BYTES: usize = 256;
+/// The most facts logged on one line.
+pub const MAX_FACTS: usize = 16;
+
+/// One decision, every field borrowed from the request's context.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionLine<'a> {
+    /// `X-Request-Id` as sent upstream (a trusted proxy's, or the guard's own).
+    pub request_id: &'a str,
+    /// The connection's peer address.
+    pub client: IpAddr,
+    /// The matched rule, or `-`.
+    pub rule_id: &'a str,
+    pub user_id: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub method: &'a str,
+    /// The canonical path, or the raw one when the target was refused (escaped here).
+    pub path: &'a str,
+    /// `allow`, `deny`, `would_deny`, `redirect`, `socket`, `withheld`, ...
+    pub outcome: &'a str,
+    /// A fixed reason label, or `-`.
+    pub reason: &'a str,
+    /// The predicate or stage that decided (`all` for an allow), or `-`.
+    pub check: &'a str,
+    /// The deciding check's facts (joined with `; ` when written).
+    pub facts: &'a [String],
+    /// A cause for operators (database errors, withheld answers); empty when none.
+    pub detail: &'a str,
+    pub status: u16,
+    pub micros: u64,
+}
+
+impl DecisionLine<'_> {
+    /// The target this line is filtered and written under.
+    pub fn target(&self) -> &'static str {
+        match self.outcome {
+            "allow" | "redirect" | "socket" => ALLOW_TARGET,
+            _ => DENY_TARGET,
+        }
+    }
+}
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `TIMESTAMP  INFO TARGET: key=value ...`, like the guard's other text lines.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","target":…,"fields":{…}}`, like its other JSON lines.
+    Json,
+}
+
+type SinkFn = dyn Fn(&[u8]) + Send + Sync;
+
+struct Sink {
+    format: Format,
+    write: Box<SinkFn>,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Where this process's decision lines go (once per process; `false` if one was installed
+/// already). `write` gets whole lines, newline included.
+pub fn install(format: Format, write: impl Fn(&[u8]) + Send + Sync + 'static) -> bool {
+    SINK.set(Sink {
+        format,
+        write: Box::new(write),
+    })
+    .is_ok()
+}
+
+thread_local! {
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Write one decision line, if a sink is installed and the log filter enables its target.
+pub fn emit(line: &DecisionLine<'_>) {
+    let Some(sink) = SINK.get() else { return };
+    let enabled = match line.target() {
+        ALLOW_TARGET => {
+            tracing::enabled!(target: "invoke_guard::decision::allow", tracing::Level::INFO)
+        }
+        _ => tracing::enabled!(target: "invoke_guard::decision::deny", tracing::Level::INFO),
+    };
+    if !enabled {
+        return;
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        format_line(buf, sink.format, line, SystemTime::now());
+        (sink.write)(buf);
+        // A line is a few KiB at most; do not keep a rare large one's capacity.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+    });
+}
+
+/// Format `line` (newline included) into `out`.
+pub fn format_line(out: &mut Vec<u8>, format: Format, line: &DecisionLine<'_>, now: SystemTime) {
+    match format {
+        Format::Text => text(out, line, now),
+        Format::Json => {
+            // Writing into a Vec cannot fail, and every value serializes.
+            let _ = serde_json::to_writer(&mut *out, &JsonLine { line, now });
+            out.push(b'\n');
+        }
+    }
+}
+
+fn text(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
+    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+    out.extend_from_slice(b"  INFO ");
+    out.extend_from_slice(l.target().as_bytes());
+    out.push(b':');
+    let field = |out: &mut Vec<u8>, key: &str, value: &str| {
+        out.push(b' ');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        text_value(out, value, MAX_VALUE_BYTES);
+    };
+    field(out, "request_id", l.request_id);
+    // An address is plain ASCII.
+    let _ = write!(out, " client={}", l.client);
+    field(out, "rule_id", l.rule_id);
+    field(out, "user_id", l.user_id.unwrap_or("-"));
+    field(out, "email", l.email.unwrap_or("-"));
+    field(out, "method", l.method);
+    field(out, "path", l.path);
+    field(out, "outcome", l.outcome);
+    field(out, "reason", l.reason);
+    field(out, "check", l.check);
+    out.extend_from_slice(b" facts=\"");
+    for_each_fact(l.facts, |part| match part {
+        Part::Separator => out.extend_from_slice(b"; "),
+        Part::Fact(f) => escape_capped(out, f, MAX_FACT_BYTES),
+        Part::More(n) => {
+            let _ = write!(out, "...[{n} more facts]");
+        }
+    });
+    out.extend_from_slice(b"\" detail=");
+    text_value(out, l.detail, MAX_VALUE_BYTES);
+    out.extend_from_slice(b" status=");
+    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
+    out.extend_from_slice(b" micros=");
+    out.extend_from_slice(itoa::Buffer::new().format(l.micros).as_bytes());
+    out.push(b'\n');
+}
+
+/// A value bare when it is plain visible ASCII (and not empty), else quoted and escaped.
+fn text_value(out: &mut Vec<u8>, value: &str, max: usize) {
+    let bare = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='));
+    if bare {
+        out.extend_from_slice(value.as_bytes());
+    } else {
+        out.push(b'"');
+        escape_capped(out, value, max);
+        out.push(b'"');
+    }
+}
+
+/// `value` cut at `max` bytes (on a character boundary) and the number of bytes cut.
+fn cap(value: &str, max: usize) -> (&str, usize) {
+    if value.len() <= max {
+        return (value, 0);
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&value[..end], value.len() - end)
+}
+
+/// Escape `value` (capped) for the inside of a quoted text value.
+fn escape_capped(out: &mut Vec<u8>, value: &str, max: usize) {
+    let (value, cut) = cap(value, max);
+    escape(out, value);
+    if cut > 0 {
+        let _ = write!(out, "...[truncated {cut} bytes]");
+    }
+}
+
+fn escape(out: &mut Vec<u8>, value: &str) {
+    // Log injection (CWE-117) and Trojan Source (CVE-2021-42574): nothing raw that ends or reorders a line.
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // The common case: visible ASCII and spaces, copied in runs.
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            i += 1;
+            continue;
+        }
+        let ch = value[i..].chars().next().unwrap_or('\u{fffd}');
+        let len = ch.len_utf8();
+        let replacement: Option<&[u8]> = match ch {
+            '"' => Some(b"\\\""),
+            '\\' => Some(b"\\\\"),
+            '\n' => Some(b"\\n"),
+            '\r' => Some(b"\\r"),
+            '\t' => Some(b"\\t"),
+            _ => None,
+        };
+        if replacement.is_none() && !needs_unicode_escape(ch) {
+            i += len;
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match replacement {
+            Some(r) => out.extend_from_slice(r),
+            None => {
+                let _ = write!(out, "\\u{{{:04x}}}", ch as u32);
+            }
+        }
+        i += len;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Characters that can end a line or rearrange what a reader sees.
+fn needs_unicode_escape(ch: char) -> bool {
+    ch.is_control()
+        || matches!(
+            ch,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+enum Part<'a> {
+    Separator,
+    Fact(&'a str),
+    More(usize),
+}
+
+/// The facts as written: at most [`MAX_FACTS`], `; `-separated, then how many were left out.
+fn for_each_fact<'a>(facts: &'a [String], mut f: impl FnMut(Part<'a>)) {
+    for (i, fact) in facts.iter().take(MAX_FACTS).enumerate() {
+        if i > 0 {
+            f(Part::Separator);
+        }
+        f(Part::Fact(fact));
+    }
+    if facts.len() > MAX_FACTS {
+        f(Part::Separator);
+        f(Part::More(facts.len() - MAX_FACTS));
+    }
+}
+
+// === JSON ===
+
+struct JsonLine<'a, 'b> {
+    line: &'b DecisionLine<'a>,
+    now: SystemTime,
+}
+
+/// A string value, capped and marked like the text format's.
+struct Capped<'a>(&'a str, usize);
+
+impl Serialize for Capped<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (value, cut) = cap(self.0, self.1);
+        if cut == 0 {
+            s.serialize_str(value)
+        } else {
+            s.collect_str(&format_args!("{value}...[truncated {cut} bytes]"))
+        }
+    }
+}
+
+/// The facts, joined as in the text format, streamed into one JSON string.
+struct Facts<'a>(&'a [String]);
+
+impl std::fmt::Display for Facts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut result = Ok(());
+        for_each_fact(self.0, |part| {
+            if result.is_err() {
+                return;
+            }
+            result = match part {
+                Part::Separator => f.write_str("; "),
+                Part::Fact(fact) => {
+                    let (value, cut) = cap(fact, MAX_FACT_BYTES);
+                    f.write_str(value).and_then(|()| match cut {
+                        0 => Ok(()),
+                        n => write!(f, "...[truncated {n} bytes]"),
+                    })
+                }
+                Part::More(n) => write!(f, "...[{n} more facts]"),
+            };
+        });
+        result
+    }
+}
+
+impl Serialize for Facts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            s.serialize_str("")
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
+struct Fields<'a, 'b>(&'b DecisionLine<'a>);
+
+impl Serialize for Fields<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let l = self.0;
+        fn v(x: &str) -> Capped<'_> {
+            Capped(x, MAX_VALUE_BYTES)
+        }
+        let mut m = s.serialize_map(Some(14))?;
+        m.serialize_entry("request_id", &v(l.request_id))?;
+        m.serialize_entry("client", &l.client)?;
+        m.serialize_entry("rule_id", &v(l.rule_id))?;
+        m.serialize_entry("user_id", &v(l.user_id.unwrap_or("-")))?;
+        m.serialize_entry("email", &v(l.email.unwrap_or("-")))?;
+        m.serialize_entry("method", &v(l.method))?;
+        m.serialize_entry("path", &v(l.path))?;
+        m.serialize_entry("outcome", &v(l.outcome))?;
+        m.serialize_entry("reason", &v(l.reason))?;
+        m.serialize_entry("check", &v(l.check))?;
+        m.serialize_entry("facts", &Facts(l.facts))?;
+        m.serialize_entry("detail", &v(l.detail))?;
+        m.serialize_entry("status", &l.status)?;
+        m.serialize_entry("micros", &l.micros)?;
+        m.end()
+    }
+}
+
+impl Serialize for JsonLine<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry(
+            "timestamp",
+            &format_args!("{}", humantime::format_rfc3339_micros(self.now)),
+        )?;
+        m.serialize_entry("level", "INFO")?;
+        m.serialize_entry("target", self.line.target())?;
+        m.serialize_entry("fields", &Fields(self.line))?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(path: &'a str, facts: &'a [String]) -> DecisionLine<'a> {
+        DecisionLine {
+            request_id: "r-1",
+            client: "10.1.2.3".parse().unwrap(),
+            rule_id: "boards.get",
+            user_id: Some("u-1"),
+            email: Some("bob@example.com"),
+            method: "GET",
+            path,
+            outcome: "deny",
+            reason: "forbidden",
+            check: "board.read",
+            facts,
+            detail: "",
+            status: 403,
+            micros: 42,
+        }
+    }
+
+    fn text_of(l: &DecisionLine<'_>) -> String {
+        let mut out = Vec::new();
+        format_line(&mut out, Format::Text, l, SystemTime::UNIX_EPOCH);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_lines_have_a_fixed_shape() {
+        let facts = ["board b-1 owner u-2".to_owned(), "caller u-1".to_owned()];
+        assert_eq!(
+            text_of(&line("/api/v1/boards/b-1", &facts)),
+            "1970-01-01T00:00:00.000000Z  INFO invoke_guard::decision::deny: request_id=r-1 \
+             client=10.1.2.3 rule_id=boards.get user_id=u-1 email=bob@example.com method=GET \
+             path=/api/v1/boards/b-1 outcome=deny reason=forbidden check=board.read \
+             facts=\"board b-1 owner u-2; caller u-1\" detail=\"\" status=403 micros=42\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_and_quotes_cannot_forge_a_line_or_a_field() {
+        let forged = "x\n2026-01-01T00:00:00Z  INFO invoke_guard::decision: rule_id=images.get \
+                      user_id=\"admin\" outcome=\"allow\"\r\u{2028}\u{202e}\u{85}\u{1b}[31m\\";
+        let facts = [format!("board {forged} owner u-2")];
+        let text = text_of(&line(forged, &facts));
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(text.ends_with('\n'));
+        for raw in ['\r', '\u{2028}', '\u{202e}', '\u{85}', '\u{1b}'] {
+            assert!(!text.contains(raw), "{raw:?} in {text}");
+        }
+        assert!(
+            text.contains(r"\u{2028}\u{202e}\u{0085}\u{001b}[31m\\"),
+            "{text}"
+        );
+        // Read as logfmt, the line has each key once, and the forged text stays a value.
+        let fields = logfmt(text.trim_end().split_once(": ").unwrap().1);
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "request_id",
+                "client",
+                "rule_id",
+                "user_id",
+                "email",
+                "method",
+                "path",
+                "outcome",
+                "reason",
+                "check",
+                "facts",
+                "detail",
+                "status",
+                "micros"
+            ],
+            "{text}"
+        );
+        assert_eq!(fields[7].1, "deny");
+        assert!(fields[6].1.starts_with("x\\n2026-"), "{:?}", fields[6]);
+    }
+
+    /// key=value pairs, values bare or quoted with backslash escapes (kept as written).
+    fn logfmt(mut rest: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        while let Some((key, after)) = rest.trim_start().split_once('=') {
+            let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+                let mut end = 0;
+                let bytes = quoted.as_bytes();
+                while bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                (&quoted[..end], &quoted[end + 1..])
+            } else {
+                after.split_at(after.find(' ').unwrap_or(after.len()))
+            };
+            out.push((key.to_owned(), value.to_owned()));
+            rest = tail;
+        }
+        out
+    }
+
+    #[test]
+    fn every_value_is_capped_and_marked() {
+        let long = "é".repeat(1_000_000);
+        let facts: Vec<String> = (0..100).map(|i| format!("fact {i} {long}")).collect();
+        let mut l = line(&long, &facts);
+        l.detail = &long;
+        l.request_id = &long;
+        let text = text_of(&l);
+        assert!(text.len() < 8 * 1024, "{}", text.len());
+        assert!(text.contains("...[truncated 1999744 bytes]"), "{text}");
+        assert!(text.contains("...[84 more facts]"), "{text}");
+        let mut json = Vec::new();
+        format_line(&mut json, Format::Json, &l, SystemTime::UNIX_EPOCH);
+        assert!(json.len() < 8 * 1024, "{}", json.len());
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let path = v["fields"]["path"].as_str().unwrap();
+        assert!(path.ends_with("...[truncated 1999744 bytes]"), "{path}");
+        assert!(path.len() <= MAX_VALUE_BYTES + 32);
+    }
+
+    #[test]
+    fn json_lines_keep_the_tracing_shape() {
+        let facts = ["a \"b\"\nc".to_owned(), "d".to_owned()];
+        let mut out = Vec::new();
+        format_line(
+            &mut out,
+            Format::Json,
+            &line("/p", &facts),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], DENY_TARGET);
+        let f = &v["fields"];
+        assert_eq!(f["facts"], "a \"b\"\nc; d");
+        assert_eq!(f["client"], "10.1.2.3");
+        assert_eq!(f["email"], "bob@example.com");
+        assert_eq!(f["status"], 403);
+        assert_eq!(f["micros"], 42);
+        assert_eq!(f["request_id"], "r-1");
+    }
+
+    #[test]
+    fn allows_and_denials_have_their_own_targets() {
+        let mut l = line("/p", &[]);
+        for (outcome, target) in [
+            ("allow", ALLOW_TARGET),
+            ("redirect", ALLOW_TARGET),
+            ("socket", ALLOW_TARGET),
+            ("deny", DENY_TARGET),
+            ("would_deny", DENY_TARGET),
+            ("withheld", DENY_TARGET),
+            ("upstream_error", DENY_TARGET),
+        ] {
+            l.outcome = outcome;
+            assert_eq!(l.target(), target, "{outcome}");
+        }
+    }
+}
