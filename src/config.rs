@@ -44,7 +44,7 @@ pub struct RawConfig {
     pub db_wait_ms: Option<u64>,
     /// Caller groups for `caller.in` (reloaded with routes.toml); none by default.
     pub groups: Option<PathBuf>,
-    /// `enforce` (default) or `shadow`: every rule's checks are logged, not enforced.
+    /// `enforce` (default) or `shadow`: every rule in shadow mode (see `rules::SHADOW_SCOPE`).
     pub mode: Option<crate::rules::Mode>,
     /// A candidate route table evaluated beside the enforced one (differences logged).
     pub candidate_routes: Option<PathBuf>,

@@ -184,7 +184,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("rules", "Rules in the active route table", m.rules.clone());
     registry.register(
         "shadow_rules",
-        "Rules decided but not enforced (shadow mode: denials are logged and forwarded)",
+        "Rules in shadow mode (a resource check's refusal of a read is logged and forwarded; everything else enforced)",
         m.shadow_rules.clone(),
     );
     registry.register(

@@ -314,7 +314,8 @@ impl AppState {
                     tracing::warn!(
                         shadow_rules = shadow.len(),
                         rules = %shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(","),
-                        "SHADOW MODE: these rules' denials are logged as would_deny and forwarded, not enforced"
+                        scope = crate::rules::SHADOW_SCOPE,
+                        "SHADOW MODE for these rules"
                     );
                 }
                 self.routes.store(Arc::new(table));

@@ -266,7 +266,10 @@ fn check_and_rule_tests_show_shadow_rules() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("warning: SHADOW: 1 rule(s) not enforced") && stdout.contains("images.get"),
+        stdout.contains("warning: SHADOW: 1 rule(s) in shadow mode")
+            && stdout.contains("images.get")
+            && stdout.contains("never shadowed: any write")
+            && stdout.contains("admin_unless_upstream"),
         "{stdout}"
     );
     let cases = dir.path().join("cases.toml");

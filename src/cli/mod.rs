@@ -514,12 +514,17 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
     ))
 }
 
-/// `check`'s shadow warning. `auth = "admin"` is enforced whatever the mode (it is not a check),
-/// so an admin rule is never called "not enforced".
+/// `check`'s shadow warning: which rules, and what shadow mode forwards (never writes, never the
+/// checks [`crate::rules::never_shadowed`] names; `auth = "admin"` is enforced whatever the mode).
 fn shadow_warning(table: &RouteTable, mode: crate::rules::Mode) -> String {
     use crate::rules::Auth;
+    let scope = format!(
+        "{}: never shadowed: any write, {}",
+        crate::rules::SHADOW_SCOPE,
+        crate::rules::never_shadowed().join(", ")
+    );
     if mode == crate::rules::Mode::Shadow {
-        return "\nwarning: SHADOW MODE (mode = \"shadow\"): no rule's `require` checks are enforced; denials are only logged as would_deny (identity and `auth = \"admin\"` are still enforced)".to_owned();
+        return format!("\nwarning: SHADOW MODE (mode = \"shadow\"), every rule: {scope}");
     }
     let shadow = table.shadow_rules(mode);
     let (admin, other): (Vec<_>, Vec<_>) = shadow.iter().partition(|r| r.auth == Auth::Admin);
@@ -533,14 +538,14 @@ fn shadow_warning(table: &RouteTable, mode: crate::rules::Mode) -> String {
     let mut out = String::new();
     if !other.is_empty() {
         out.push_str(&format!(
-            "\nwarning: SHADOW: {} rule(s) not enforced (denials only logged as would_deny): {}",
+            "\nwarning: SHADOW: {} rule(s) in shadow mode ({scope}): {}",
             other.len(),
             ids(&other)
         ));
     }
     if !admin.is_empty() {
         out.push_str(&format!(
-            "\nwarning: SHADOW: {} `auth = \"admin\"` rule(s) in shadow mode: still admin-only (auth is enforced), only their `require` checks are logged as would_deny: {}",
+            "\nwarning: SHADOW: {} `auth = \"admin\"` rule(s) in shadow mode: still admin-only (auth is enforced; {scope}): {}",
             admin.len(),
             ids(&admin)
         ));
@@ -698,12 +703,14 @@ fn serve(common: &Common) -> anyhow::Result<()> {
         let shadow = state.routes.load().shadow_rules(settings.mode).len();
         if settings.mode == crate::rules::Mode::Shadow {
             tracing::warn!(
-                "SHADOW MODE (mode = \"shadow\"): NO RULE IS ENFORCED; every check denial is only logged as would_deny and forwarded"
+                scope = crate::rules::SHADOW_SCOPE,
+                "SHADOW MODE (mode = \"shadow\") for every rule"
             );
         } else if shadow > 0 {
             tracing::warn!(
                 shadow_rules = shadow,
-                "SHADOW: {shadow} rule(s) have mode = \"shadow\": their check denials are only logged as would_deny and forwarded"
+                scope = crate::rules::SHADOW_SCOPE,
+                "SHADOW: {shadow} rule(s) have mode = \"shadow\""
             );
         }
         let mut rx = stop_rx;

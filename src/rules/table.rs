@@ -148,6 +148,20 @@ pub enum BodyNeed {
     Multipart,
 }
 
+/// What shadow mode forwards, in one sentence for every place that warns about it.
+pub const SHADOW_SCOPE: &str = "only a resource check's refusal of a read (GET/HEAD) is logged as \
+would_deny and forwarded; writes, identity, auth = \"admin\" and the admin-only, account and group \
+checks stay enforced";
+
+/// The predicates shadow mode never forwards a refusal of (for `check`'s warning).
+pub fn never_shadowed() -> Vec<&'static str> {
+    Predicate::ALL
+        .into_iter()
+        .filter(|p| p.info().shadow == crate::rules::vocab::Shadow::Never)
+        .map(Predicate::name)
+        .collect()
+}
+
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -346,7 +360,7 @@ impl RouteTable {
         self.allow_coverage_loss
     }
 
-    /// Rules whose denials are not enforced under the global `mode`.
+    /// Rules in shadow mode under the global `mode` (what that forwards: [`SHADOW_SCOPE`]).
     pub fn shadow_rules(&self, global: Mode) -> Vec<&Rule> {
         self.rules.iter().filter(|r| r.shadowed(global)).collect()
     }

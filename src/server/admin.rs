@@ -75,10 +75,10 @@ async fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                 let shadow = state.routes.load().shadow_rules(state.mode).len();
                 let mut note = match (state.mode, shadow) {
                     (crate::rules::Mode::Shadow, _) => {
-                        " (SHADOW MODE: no rule is enforced, denials are only logged)".to_owned()
+                        " (SHADOW MODE: every rule; a dry run for reads, writes and account checks enforced)".to_owned()
                     }
                     (_, 0) => String::new(),
-                    (_, n) => format!(" (SHADOW: {n} rule(s) not enforced, denials only logged)"),
+                    (_, n) => format!(" (SHADOW: {n} rule(s) in shadow mode: a dry run for reads, writes and account checks enforced)"),
                 };
                 if let Some(f) = state.fallback() {
                     note.push_str(&format!(
