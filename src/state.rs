@@ -29,10 +29,10 @@ pub struct AppState {
     /// Peers (addresses or ranges) whose `X-Forwarded-*` headers are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: bool,
-    /// Live Socket.IO sessions.
-    pub sockets: crate::socketio::registry::Registry,
-    /// Recent requests that explain owner-less socket events (6.12).
-    pub correlations: crate::socketio::correlate::Correlations,
+    /// Socket.IO: its live sessions and the narrow environment they run in.
+    pub sockets: Arc<crate::socketio::Env>,
+    /// Recent requests that explain owner-less socket events (6.12; shared with `sockets`).
+    pub correlations: Arc<crate::socketio::correlate::Correlations>,
     /// The global mode (see [`crate::rules::Mode`]).
     pub mode: crate::rules::Mode,
     /// Set once shutdown began: `/readyz` answers 503 while the listeners still serve.
@@ -52,6 +52,19 @@ impl AppState {
             settings.limits.upstream_idle_timeout,
             settings.limits.upstream_response_timeout,
         );
+        let correlations = Arc::new(crate::socketio::correlate::Correlations::default());
+        let sockets = Arc::new(crate::socketio::Env::new(
+            facts.clone(),
+            ledger.clone(),
+            upstream.authority().to_string(),
+            correlations.clone(),
+            &settings.limits,
+            crate::socketio::Config {
+                connect_timeout: settings.limits.socket_connect_timeout,
+                allowed_origins: settings.allowed_origins.clone(),
+                trusted_proxies: settings.trusted_proxies.clone(),
+            },
+        ));
         crate::metrics::routes_loaded(
             routes.rules().len(),
             routes.shadow_rules(settings.mode).len(),
@@ -67,8 +80,8 @@ impl AppState {
             limits: settings.limits.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             tls: settings.tls.is_some(),
-            sockets: Default::default(),
-            correlations: Default::default(),
+            sockets,
+            correlations,
             mode: settings.mode,
             draining: std::sync::atomic::AtomicBool::new(false),
         }))

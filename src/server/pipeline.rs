@@ -185,7 +185,7 @@ async fn pipeline(
     if rule.auth == Auth::Socket {
         // Socket.IO is terminated here: identity is checked at CONNECT, every frame is filtered.
         ctx.outcome = "socket";
-        return Ok(crate::socketio::handle(req, &target, state).await);
+        return Ok(crate::socketio::handle(req, &target, &state.sockets, conn.client.peer).await);
     }
     // identify (the secret is read once: identity, upstream token, response filters)
     let (secret, principal) = identify(rule, req.headers(), state).await?;
