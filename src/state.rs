@@ -46,6 +46,11 @@ impl AppState {
         let routes = RouteTable::load_with_groups(&settings.routes, &groups)?;
         let facts = Facts::open(&settings.facts)?;
         let ledger = Ledger::open(&settings.ledger)?;
+        // A new ledger beside a database with user content it cannot tell from a lost ledger's
+        // stays pending (that content admin-only) until an operator adopts it.
+        let db = crate::facts::db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+        ledger.settle(&db, &facts.schema())?;
+        drop(db);
         let upstream = Upstream::new(
             &settings.upstream,
             settings.limits.upstream_connect_timeout,
@@ -148,7 +153,7 @@ impl AppState {
     }
 
     /// Poll routes.toml and the groups file for content changes (ConfigMap symlink swaps
-    /// included) and reload both together.
+    /// included) and reload both together; while the ledger is pending adoption, poll it too.
     pub fn spawn_routes_watcher(self: &Arc<Self>, every: std::time::Duration) {
         let state = Arc::downgrade(self);
         let paths: Vec<PathBuf> = std::iter::once(self.routes_path.clone())
@@ -162,6 +167,12 @@ impl AppState {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(state) = state.upgrade() else { return };
+                // `invoke-guard ledger adopt-existing` run beside this guard takes effect here.
+                if let crate::facts::ledger::Adoption::Pending { .. } = state.ledger.adoption() {
+                    if let Err(e) = state.ledger.refresh_adoption().await {
+                        tracing::warn!(error = %e, "could not re-read the ledger's adoption state");
+                    }
+                }
                 let now = read();
                 if now.is_some() && now != last {
                     let _ = state.reload_routes();

@@ -225,7 +225,11 @@ async fn deeply_nested_json_is_bounded() {
         deep(100)
     ))
     .await;
-    assert_eq!(r.status, 200, "100 levels in a skipped member: {:?}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "100 levels in a skipped member: {:?}",
+        r.body
+    );
     assert_eq!(w.up.count(), 1);
     w.still_serving().await;
 }

@@ -578,7 +578,11 @@ mod tests {
             let in_skipped = format!(r#"{{"skipped":{},"a":1}}"#, deep(n));
             let full = serde_json::from_str::<Value>(&in_read).is_ok();
             assert_eq!(parse(in_read.as_bytes(), &read).is_ok(), full, "read, {n}");
-            assert_eq!(parse(in_skipped.as_bytes(), &read).is_ok(), full, "skipped, {n}");
+            assert_eq!(
+                parse(in_skipped.as_bytes(), &read).is_ok(),
+                full,
+                "skipped, {n}"
+            );
             let err = parse(in_skipped.as_bytes(), &read).err();
             if let Some(e) = err {
                 assert!(e.to_string().contains("recursion limit"), "{e}");

@@ -88,17 +88,13 @@ pub(super) async fn check(
         P::ImageOwn => image(Access::Own, id, shown, uid, src, facts).await,
         P::ImageBoardWrite => image(Access::BoardWrite, id, shown, uid, src, facts).await,
         P::ImageWriteOwner => image(Access::WriteOwner, id, shown, uid, src, facts).await,
-        P::ImageBoardWriteOwner => {
-            image(Access::BoardWriteOwner, id, shown, uid, src, facts).await
-        }
+        P::ImageBoardWriteOwner => image(Access::BoardWriteOwner, id, shown, uid, src, facts).await,
         P::VideoRead => video(Access::Read, id, shown, uid, src, facts).await,
         P::VideoWrite => video(Access::Write, id, shown, uid, src, facts).await,
         P::VideoOwn => video(Access::Own, id, shown, uid, src, facts).await,
         P::VideoBoardWrite => video(Access::BoardWrite, id, shown, uid, src, facts).await,
         P::VideoWriteOwner => video(Access::WriteOwner, id, shown, uid, src, facts).await,
-        P::VideoBoardWriteOwner => {
-            video(Access::BoardWriteOwner, id, shown, uid, src, facts).await
-        }
+        P::VideoBoardWriteOwner => video(Access::BoardWriteOwner, id, shown, uid, src, facts).await,
         P::BoardRead => {
             // `none` is the uncategorized pseudo-board: listing it is scoped by InvokeAI.
             if id == "none" {
@@ -266,8 +262,9 @@ async fn workflow(
     let allowed = match (predicate, owner.as_deref()) {
         (Predicate::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
         // Unknown owner (6.12): created before the guard, like main's `system` workflows;
-        // created since, its owner was lost (an orphan): admins only.
-        (Predicate::WorkflowRead, None) => legacy,
+        // created since, its owner was lost (an orphan): admins only. The shipped `default`
+        // workflows stay readable even while the ledger has not adopted the database.
+        (Predicate::WorkflowRead, None) => legacy || wf.category == "default",
         (_, Some(o)) => o == uid,
         (_, None) => false,
     };

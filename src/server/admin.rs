@@ -3,7 +3,8 @@
 //! Invariants:
 //! - It binds its own address (loopback by default) and never proxies anything.
 //! - `/readyz` is 200 only while the route table is loaded, InvokeAI's database is readable,
-//!   InvokeAI accepts TCP connections and shutdown has not begun.
+//!   InvokeAI accepts TCP connections and shutdown has not begun; its body says when the
+//!   ledger has not adopted the database (the guard serves, failing closed on unowned items).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,7 +49,14 @@ async fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                     (_, 0) => String::new(),
                     (_, n) => format!(" (SHADOW: {n} rule(s) not enforced, denials only logged)"),
                 };
-                text(StatusCode::OK, format!("ready: {rules} rules{note}\n"))
+                let ledger = match state.ledger.adoption() {
+                    crate::facts::ledger::Adoption::Adopted { .. } => String::new(),
+                    crate::facts::ledger::Adoption::Pending { .. } => "; LEDGER NOT ADOPTED: unowned user workflows and style presets from before the ledger are admin-only until `invoke-guard ledger adopt-existing`".to_owned(),
+                };
+                text(
+                    StatusCode::OK,
+                    format!("ready: {rules} rules{note}{ledger}\n"),
+                )
             } else {
                 let upstream = match state.upstream.reachable().await {
                     Ok(()) => "reachable".to_owned(),

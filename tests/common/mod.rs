@@ -238,7 +238,18 @@ async fn start_guard(
     ledger: Option<&Path>,
 ) -> Guard {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let ledger = ledger.map_or_else(|| ledger_dir.path().join("ledger.db"), Path::to_owned);
+    let ledger = match ledger {
+        Some(path) => path.to_owned(),
+        None => {
+            // The default test ledger was adopted by its operator when the guard was deployed
+            // over the fixture (items from before it are legacy); `guard_with_ledger` starts
+            // with whatever ledger it is given.
+            let path = ledger_dir.path().join("ledger.db");
+            let l = invoke_guard::facts::ledger::Ledger::open(&path).unwrap();
+            l.adopt_existing(Default::default()).unwrap();
+            path
+        }
+    };
     let routes_path = ledger_dir.path().join("routes.toml");
     std::fs::write(&routes_path, routes).unwrap();
     let settings = config::settings(
