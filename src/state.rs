@@ -68,6 +68,7 @@ impl AppState {
                 connect_timeout: settings.limits.socket_connect_timeout,
                 allowed_origins: settings.allowed_origins.clone(),
                 trusted_proxies: settings.trusted_proxies.clone(),
+                secure_cookies: settings.tls.is_some(),
             },
         ));
         crate::metrics::routes_loaded(

@@ -6,18 +6,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use invoke_guard::facts::ledger::{Adoption, Ledger};
 use serde_json::{json, Value};
-
-fn workflow_json(id: &str) -> Value {
-    json!({"name": format!("wf {id}"), "author": "", "description": "", "version": "1.0.0",
-        "contact": "", "tags": "", "notes": "", "exposedFields": [],
-        "meta": {"version": "3.0.0", "category": "user"}, "nodes": [], "edges": [], "form": null, "id": id})
-}
 
 /// InvokeAI 6.12 as far as workflows go: a create writes its row (no owner column), everything
 /// else answers `{"ok": true}`.
@@ -224,38 +218,9 @@ async fn a_new_ledger_with_nothing_to_adopt_is_adopted_at_start() {
     }
 }
 
-/// Decision log lines of this test process.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .with_env_filter("invoke_guard::decision=info")
-            .init();
-        logs
-    })
-    .clone()
-}
-
 /// Every JSON log line captured so far.
 fn decision_lines(logs: &Logs) -> Vec<Value> {
-    String::from_utf8_lossy(&logs.0.lock().unwrap())
+    logs.text()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .collect()
@@ -265,7 +230,7 @@ fn decision_lines(logs: &Logs) -> Vec<Value> {
 /// (`board QUERYVALUE: not found`); the README promises query values are never logged.
 #[tokio::test]
 async fn query_values_never_reach_the_decision_log() {
-    let logs = logs();
+    let logs = capture_logs("invoke_guard::decision=info", true);
     let db = copy_fixture("invokeai-6.14.2-rich.db");
     let m = manifest("6.14.2");
     let up = mock(None).await;

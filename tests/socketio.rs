@@ -211,17 +211,9 @@ struct WsClient {
 
 impl WsClient {
     async fn open(g: &Guard, headers: &[(&str, &str)]) -> Self {
-        let url = format!("ws://{}/ws/socket.io/?EIO=4&transport=websocket", g.addr);
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-                .unwrap();
-        for (k, v) in headers {
-            req.headers_mut().insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut ws = ws_request(g, "/ws/socket.io/?EIO=4&transport=websocket", headers)
+            .await
+            .unwrap_or_else(|status| panic!("websocket handshake answered {status}"));
         let open = next_text(&mut ws).await.unwrap();
         assert!(open.starts_with("0{\"sid\""), "{open}");
         assert!(open.contains("\"upgrades\":[]"), "{open}");
@@ -591,12 +583,39 @@ const POLLING: &str = "/ws/socket.io/?EIO=4&transport=polling";
 
 /// A polling handshake with `headers`; the new session's sid.
 async fn open_polling(w: &World, headers: &[(&str, &str)]) -> String {
+    open_polling_with_cookie(w, headers).await.0
+}
+
+/// A polling handshake with `headers`; the sid, and the `Cookie` a cookie jar would send next.
+async fn open_polling_with_cookie(w: &World, headers: &[(&str, &str)]) -> (String, String) {
     let open = send_with("GET", &w.g.url(POLLING), None, None, headers).await;
     assert_eq!(open.status, 200, "{:?}", open.body);
     let text = String::from_utf8(open.body.to_vec()).unwrap();
     let handshake: Value = serde_json::from_str(&text[1..]).unwrap();
     assert_eq!(handshake["upgrades"], json!(["websocket"]));
-    handshake["sid"].as_str().unwrap().to_owned()
+    let set_cookie = open.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("Path=/ws/socket.io/"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    (handshake["sid"].as_str().unwrap().to_owned(), cookie)
+}
+
+/// CONNECT a polling session by POST (`auth.token` of `role`, or none) and read the reply by GET,
+/// both with `headers`.
+async fn connect_by_post(
+    w: &World,
+    sid: &str,
+    role: Option<&str>,
+    headers: &[(&str, &str)],
+) -> String {
+    let connect = match role {
+        Some(r) => format!("40{}", json!({"token": w.token(r)})),
+        None => "40".to_owned(),
+    };
+    assert_eq!(poll_post(w, sid, &connect, headers).await.status, 200);
+    String::from_utf8_lossy(&poll_get(w, sid, headers).await.body).into_owned()
 }
 
 async fn poll_get(w: &World, sid: &str, headers: &[(&str, &str)]) -> Reply {
@@ -822,15 +841,8 @@ async fn anonymous_handshakes_cannot_starve_the_session_cap() {
         Some(r#"40{"sid":"sio-sid"}"#)
     );
     let anon_alice = open_polling(&w, &[]).await;
-    poll_post(
-        &w,
-        &anon_alice,
-        &format!("40{}", json!({"token": w.token("alice")})),
-        &[],
-    )
-    .await;
     assert_eq!(
-        String::from_utf8_lossy(&poll_get(&w, &anon_alice, &[]).await.body),
+        connect_by_post(&w, &anon_alice, Some("alice"), &[]).await,
         r#"40{"sid":"sio-sid"}"#
     );
     assert_eq!(w.g.state.sockets.registry.counts().0, 3);
@@ -927,6 +939,37 @@ async fn a_session_id_is_not_a_credential() {
     let body = String::from_utf8(poll_get(&w, &sid, &alice).await.body.to_vec()).unwrap();
     assert!(body.contains("invocation_started"), "{body}");
 
+    // python-engineio sends its headers on the handshake (and the upgrade) only, then the cookies
+    // it was given: the session's own cookie stands for the bound caller, nothing else does.
+    let (sid, jar) = open_polling_with_cookie(&w, &alice).await;
+    let python = [("cookie", jar.as_str())];
+    assert_eq!(
+        connect_by_post(&w, &sid, Some("alice"), &python).await,
+        r#"40{"sid":"sio-sid"}"#
+    );
+    assert_eq!(poll_get(&w, &sid, &[]).await.status, 403, "no cookie");
+    let forged = format!(
+        "{}=AAAAAAAAAAAAAAAAAAAAAAAA",
+        invoke_guard::socketio::session::SESSION_PROOF_COOKIE
+    );
+    assert_eq!(poll_get(&w, &sid, &[("cookie", &forged)]).await.status, 403);
+    let bob_and_jar = [
+        ("cookie", jar.as_str()),
+        ("authorization", bob_bearer.as_str()),
+    ];
+    assert_eq!(
+        poll_get(&w, &sid, &bob_and_jar).await.status,
+        403,
+        "bob with her cookie"
+    );
+    assert!(ws_upgrade(
+        &w,
+        &sid,
+        &[("cookie", &jar), ("authorization", &alice_bearer)]
+    )
+    .await
+    .is_ok());
+
     // A cookie-bound session (a browser) refuses a request without the cookie.
     let cookie = format!(
         "{}={}",
@@ -952,15 +995,8 @@ async fn a_session_id_is_not_a_credential() {
     // A session that authenticated only in CONNECT (no transport credential): another user's
     // credential on its transport is refused; the sid alone is all python-engineio asks too.
     let sid = open_polling(&w, &[]).await;
-    poll_post(
-        &w,
-        &sid,
-        &format!("40{}", json!({"token": w.token("alice")})),
-        &[],
-    )
-    .await;
     assert_eq!(
-        String::from_utf8_lossy(&poll_get(&w, &sid, &[]).await.body),
+        connect_by_post(&w, &sid, Some("alice"), &[]).await,
         r#"40{"sid":"sio-sid"}"#
     );
     assert_eq!(poll_get(&w, &sid, &bob).await.status, 403);
@@ -1107,7 +1143,7 @@ async fn a_cookie_connect_from_a_foreign_origin_is_refused() {
 /// credential).
 #[tokio::test]
 async fn logs_name_sessions_by_a_hash_never_by_sid() {
-    let logs = capture_logs();
+    let logs = capture_logs("invoke_guard=info", false);
     let w = world().await;
     let sid = open_polling(&w, &[]).await;
     poll_post(
@@ -1130,41 +1166,6 @@ async fn logs_name_sessions_by_a_hash_never_by_sid() {
     }
     assert!(seen.contains(&format!("session={tag}")), "{seen}");
     assert!(!seen.contains(&sid), "the sid was logged: {seen}");
-}
-
-/// Log lines of this test process (the socket target), shared by the tests that read them.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> Logs {
-    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .with_env_filter("invoke_guard=info")
-            .init();
-        logs
-    })
-    .clone()
 }
 
 /// python-engineio clients refuse a polling payload of more than 16 packets: the guard spreads a

@@ -15,8 +15,9 @@
 //! - The handshake request itself needs no identity (clients authenticate in CONNECT); its
 //!   `Authorization` and `Cookie` are kept for the first CONNECT's fallback, as the server does.
 //! - Every transport request of an existing session (polling GET/POST, the upgrade) passes
-//!   [`session::Session::admit_request`] with the user of its verified Bearer or session cookie,
-//!   before anything reaches the session: refused (403, counted) when it is not the session's.
+//!   [`session::Session::admit_request`] with the user of its verified Bearer or session cookie
+//!   and the session's proof cookie, before anything reaches the session: refused (403, counted)
+//!   when it is not the session's. The polling handshake sets that cookie.
 //! - Polling allows one GET and one POST in flight per session; an unknown sid is 400; a polling
 //!   response carries at most 16 packets and about `maxPayload` bytes (what clients accept); a
 //!   polling POST holding more than one CONNECT is refused whole (400).
@@ -87,6 +88,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Peers whose `X-Forwarded-For`/`-Host` are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The guard serves HTTPS: cookies it sets are `Secure`.
+    pub secure_cookies: bool,
 }
 
 impl Env {
@@ -219,12 +222,17 @@ pub async fn handle(
         // A credential that cannot be checked binds nothing and admits nothing (fail closed).
         Err(_) => return unavailable(),
     };
+    let proof = crate::http::cookies::get(req.headers(), session::SESSION_PROOF_COOKIE)
+        .ok()
+        .flatten();
     let existing = match q.sid.as_deref() {
         None => None,
         Some(sid) => match env.registry.get(sid) {
             None => return bad("Invalid session"),
             Some(session) => {
-                if let Err(why) = session.admit_request(identity.as_deref(), foreign_origin) {
+                if let Err(why) =
+                    session.admit_request(identity.as_deref(), proof.as_deref(), foreign_origin)
+                {
                     crate::metrics::socket_refused(why);
                     tracing::info!(target: "invoke_guard::socket", session = %session.tag, why, "socket transport request refused");
                     return text(StatusCode::FORBIDDEN, "\"Not authorized for this session\"");
@@ -261,10 +269,29 @@ pub async fn handle(
             upgrade(&mut req, key, socket, timing)
         }
         (Method::GET, Some("polling"), None) => match new_session(&req) {
-            Ok(session) => text(
-                StatusCode::OK,
-                engineio::open_packet(&session.sid, true, &timing),
-            ),
+            Ok(session) => {
+                let mut res = text(
+                    StatusCode::OK,
+                    engineio::open_packet(&session.sid, true, &timing),
+                );
+                // The session's proof for clients that send their credential on the handshake only
+                // (python-engineio keeps cookies, browsers too); scoped to the socket's path.
+                let cookie = format!(
+                    "{}={}; Path={}/; HttpOnly; SameSite=Strict{}",
+                    session::SESSION_PROOF_COOKIE,
+                    session.secret,
+                    target.path.trim_end_matches('/'),
+                    if env.config.secure_cookies {
+                        "; Secure"
+                    } else {
+                        ""
+                    }
+                );
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    res.headers_mut().insert(http::header::SET_COOKIE, v);
+                }
+                res
+            }
             Err(registry::Full) => too_many_sessions(),
         },
         (Method::GET, Some("polling"), Some(session)) => poll(session, &timing).await,

@@ -16,8 +16,11 @@
 //!   without limit.
 //! - The sid is not a credential on its own: a session is bound to the user of the first verified
 //!   transport credential it sees (normally the handshake's Bearer or session cookie); every later
-//!   transport request must present that user's credential, and one presenting another user's
-//!   is refused even on an unbound session whose CONNECT named someone else ([`Session::admit_request`]).
+//!   transport request of a bound session must present that user's credential or the session's
+//!   own secret cookie ([`SESSION_PROOF_COOKIE`], set on the polling handshake: python-engineio
+//!   sends custom headers on the handshake and the upgrade only, but keeps cookies), and one
+//!   presenting another user's credential is refused even on an unbound session whose CONNECT
+//!   named someone else ([`Session::admit_request`]).
 //! - Only the session's first CONNECT may fall back to the handshake's credentials; a re-CONNECT
 //!   after a DISCONNECT authenticates from its own `auth.token` only.
 //! - A CONNECT authenticated only by the session cookie is refused when any transport request of
@@ -90,6 +93,8 @@ pub struct Session {
     pub post_active: AtomicBool,
     /// A short hash of the sid: what logs show (the sid is a polling session's credential).
     pub tag: String,
+    /// The session's secret: the value of [`SESSION_PROOF_COOKIE`] its client was given.
+    pub secret: String,
     /// The user a verified transport credential bound the session to.
     bound: Mutex<Option<String>>,
     /// The user of the accepted CONNECT, while connected.
@@ -100,6 +105,9 @@ pub struct Session {
 
 /// Why a transport request was refused (a metric label).
 pub type Refusal = &'static str;
+
+/// The cookie that carries a session's secret (`Path=/ws/socket.io/`, HttpOnly, SameSite=Strict).
+pub const SESSION_PROOF_COOKIE: &str = "invoke_guard_sio";
 
 #[derive(Default)]
 struct Outbox {
@@ -113,6 +121,7 @@ impl Session {
         Session {
             tag: tag_of(&sid),
             sid,
+            secret: new_sid(),
             inbox,
             outbox: Mutex::new(Outbox::default()),
             notify: Notify::new(),
@@ -197,20 +206,24 @@ impl Session {
     }
 
     /// Check one transport request (polling GET/POST, websocket upgrade) of this session:
-    /// `identity` is the user of the request's verified credential, if it presents one.
+    /// `identity` is the user of the request's verified credential, if it presents one, and
+    /// `proof` the value of its [`SESSION_PROOF_COOKIE`].
     pub fn admit_request(
         &self,
         identity: Option<&str>,
+        proof: Option<&str>,
         foreign_origin: bool,
     ) -> Result<(), Refusal> {
         if foreign_origin {
             self.foreign_origin.store(true, Ordering::Release);
         }
+        let proven = proof.is_some_and(|p| same_secret(p, &self.secret));
         let mut bound = self.bound.lock().expect("session binding lock");
         // Session-id replay: the sid alone does not stand for the caller it was opened by.
         match (bound.as_deref(), identity) {
             (Some(b), Some(u)) if b == u => Ok(()),
             (Some(_), Some(_)) => Err("session of another caller"),
+            (Some(_), None) if proven => Ok(()),
             (Some(_), None) => Err("session credential missing"),
             (None, None) => Ok(()),
             (None, Some(u)) => {
@@ -271,6 +284,16 @@ pub fn start(env: Arc<Env>, handshake: Handshake, timing: Timing) -> Result<Arc<
     };
     tokio::spawn(actor.run(rx));
     Ok(session)
+}
+
+/// Compare a presented secret with the session's in constant time (length aside).
+fn same_secret(presented: &str, secret: &str) -> bool {
+    presented.len() == secret.len()
+        && presented
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// A short, stable name for a session in logs: the first 12 hex digits of SHA-256(sid).
@@ -933,26 +956,36 @@ mod tests {
     #[test]
     fn transport_requests_must_stand_for_the_bound_caller() {
         let s = Session::detached(Some("alice"));
-        assert_eq!(s.admit_request(Some("alice"), false), Ok(()));
+        let secret = s.secret.clone();
+        assert_eq!(s.admit_request(Some("alice"), None, false), Ok(()));
         assert_eq!(
-            s.admit_request(None, false),
+            s.admit_request(None, Some(&secret), false),
+            Ok(()),
+            "its cookie"
+        );
+        assert_eq!(
+            s.admit_request(None, None, false),
             Err("session credential missing")
         );
         assert_eq!(
-            s.admit_request(Some("bob"), false),
+            s.admit_request(None, Some("not-the-secret"), false),
+            Err("session credential missing")
+        );
+        assert_eq!(
+            s.admit_request(Some("bob"), Some(&secret), false),
             Err("session of another caller")
         );
         // Unbound: the first verified credential binds; a connected caller must match it.
         let s = Session::detached(None);
         s.set_caller(Some("alice"));
-        assert_eq!(s.admit_request(None, false), Ok(()));
+        assert_eq!(s.admit_request(None, None, false), Ok(()));
         assert_eq!(
-            s.admit_request(Some("bob"), false),
+            s.admit_request(Some("bob"), None, false),
             Err("session of another caller")
         );
-        assert_eq!(s.admit_request(Some("alice"), true), Ok(()));
+        assert_eq!(s.admit_request(Some("alice"), None, true), Ok(()));
         assert_eq!(
-            s.admit_request(None, false),
+            s.admit_request(None, None, false),
             Err("session credential missing")
         );
         assert!(s.foreign_origin.load(Ordering::Acquire));
