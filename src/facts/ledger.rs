@@ -434,10 +434,26 @@ impl Ledger {
                 legacy_before: line,
             }));
         }
-        match meta("born")? {
-            Some(born) => Ok(Some(Adoption::Pending { born })),
-            None => Ok(None),
+        if let Some(born) = meta("born")? {
+            return Ok(Some(Adoption::Pending { born }));
         }
+        // A ledger from before `meta`: `open` adopts it at its first record (see `with_connection`).
+        let mut first: Option<String> = None;
+        for table in ["workflow_owner", "style_preset_owner", "bulk_download"] {
+            if has(table)? {
+                let t: Option<String> =
+                    conn.query_row(&format!("SELECT MIN(recorded_at) FROM {table}"), [], |r| {
+                        r.get(0)
+                    })?;
+                first = match (first, t) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(first.map(|t| Adoption::Adopted {
+            legacy_before: timestamp(&t),
+        }))
     }
 
     /// Tokens of `user_id` issued before this Unix second are revoked (None: nothing revoked).
@@ -608,6 +624,27 @@ mod tests {
         l.adopt_existing(Unowned::default()).unwrap();
         assert!(l.is_legacy("2000-01-01 00:00:00.000"));
         assert!(!l.is_legacy("2999-01-01 00:00:00.000"));
+    }
+
+    #[test]
+    fn peek_reports_the_state_open_would_find() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        assert_eq!(Ledger::peek(&path).unwrap(), None, "no file yet");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch(
+            "INSERT INTO bulk_download (item_name, user_id, recorded_at) \
+             VALUES ('z', 'u', '2026-02-03T04:05:06.789Z');",
+        )
+        .unwrap();
+        drop(conn);
+        let peeked = Ledger::peek(&path).unwrap();
+        assert_eq!(peeked, Some(Ledger::open(&path).unwrap().adoption()));
+        let fresh = dir.path().join("fresh.db");
+        let born = Ledger::open(&fresh).unwrap().adoption();
+        assert!(matches!(born, Adoption::Pending { .. }));
+        assert_eq!(Ledger::peek(&fresh).unwrap(), Some(born));
     }
 
     #[test]
