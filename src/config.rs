@@ -51,6 +51,10 @@ pub struct RawConfig {
     /// IP addresses or CIDR ranges; a list, or one comma-separated string (environment).
     #[serde(default, deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,
+    /// Origins (`scheme://host[:port]`) besides the request's own host that may open
+    /// cookie-authenticated Socket.IO sessions; a list, or one comma-separated string.
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub tls: RawTls,
     #[serde(default)]
@@ -83,6 +87,8 @@ pub struct RawLimits {
     pub max_public_body_bytes: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,
     pub max_list_items: Option<usize>,
+    pub socket_connect_timeout_ms: Option<u64>,
+    pub socket_pending_per_client: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -137,6 +143,11 @@ pub struct Limits {
     /// The most items the guard recomputes one list over (older upstreams): a larger list is
     /// refused (503), never passed on unfiltered.
     pub max_list_items: usize,
+    /// A Socket.IO session without an authenticated CONNECT is closed after this.
+    pub socket_connect_timeout: Duration,
+    /// Socket.IO sessions without an authenticated CONNECT per client address (the oldest is
+    /// closed beyond it); they never count toward `max_connections`.
+    pub socket_pending_per_client: usize,
 }
 
 /// Validated settings.
@@ -154,6 +165,9 @@ pub struct Settings {
     pub groups: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins (lower-case `scheme://host:port`) allowed for cookie-authenticated sockets,
+    /// besides the request's own host.
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
     pub facts: crate::facts::FactsConfig,
     pub log_json: bool,
@@ -504,6 +518,18 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let allowed_origins = raw
+        .allowed_origins
+        .iter()
+        .map(|o| {
+            crate::socketio::origin::normalize(o).ok_or_else(|| ConfigError::Invalid {
+                key: "allowed_origins",
+                message: format!(
+                    "'{o}': expected an origin such as https://invoke.example.com or http://10.0.0.5:9091 (scheme, host, optional port; no path)"
+                ),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let l = raw.limits;
     let limits = Limits {
         max_body_bytes: l.max_body_bytes.unwrap_or(16 * 1024 * 1024),
@@ -541,16 +567,23 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
             "limits.body_read_timeout_ms",
         )?,
         max_list_items: l.max_list_items.unwrap_or(50_000),
+        socket_connect_timeout: ms(
+            l.socket_connect_timeout_ms,
+            5_000,
+            "limits.socket_connect_timeout_ms",
+        )?,
+        socket_pending_per_client: l.socket_pending_per_client.unwrap_or(8),
     };
     if limits.max_body_bytes == 0
         || limits.max_header_bytes < 8192
         || limits.max_connections == 0
         || limits.max_public_body_bytes == 0
         || limits.max_list_items == 0
+        || limits.socket_pending_per_client == 0
     {
         return Err(ConfigError::Invalid {
             key: "limits",
-            message: "max_body_bytes, max_public_body_bytes, max_connections and max_list_items must be > 0, max_header_bytes >= 8192"
+            message: "max_body_bytes, max_public_body_bytes, max_connections, max_list_items and socket_pending_per_client must be > 0, max_header_bytes >= 8192"
                 .into(),
         });
     }
@@ -597,6 +630,7 @@ pub fn settings(raw: RawConfig, cli: Overrides) -> Result<Settings, ConfigError>
         groups: cli.groups.or(raw.groups),
         tls,
         trusted_proxies,
+        allowed_origins,
         limits,
         facts,
         log_json,
@@ -694,6 +728,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         meaning: "IPs or CIDR ranges whose X-Forwarded-* are kept (list, or comma-separated)",
     },
     SettingDoc {
+        key: "allowed_origins",
+        flag: None,
+        default: "none",
+        meaning: "origins besides the guard's own host that may open cookie-authenticated Socket.IO sessions (list, or comma-separated)",
+    },
+    SettingDoc {
         key: "tls.cert",
         flag: Some("--tls-cert"),
         default: "none",
@@ -776,6 +816,18 @@ pub const SETTINGS: &[SettingDoc] = &[
         flag: None,
         default: "(fd soft limit − 64) / 2, at most 4096",
         meaning: "new connections beyond it are closed",
+    },
+    SettingDoc {
+        key: "limits.socket_connect_timeout_ms",
+        flag: None,
+        default: "5000",
+        meaning: "a Socket.IO session with no authenticated CONNECT by then is closed",
+    },
+    SettingDoc {
+        key: "limits.socket_pending_per_client",
+        flag: None,
+        default: "8",
+        meaning: "Socket.IO sessions per client address not yet CONNECTed (outside `max_connections`; the oldest is closed beyond it)",
     },
     SettingDoc {
         key: "facts.pool_size",

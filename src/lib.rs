@@ -1,7 +1,7 @@
 //! invoke-guard: an authorization reverse proxy for a multiuser InvokeAI server.
 //!
 //! Layout (folders show the architecture; each module states its invariants in its `//!` header):
-//! - [`cli`]: `serve`, `check`, `explain`, `test`, `health` (a thin `main` hands over here).
+//! - [`cli`]: `serve`, `check`, `explain`, `test`, `health`, `ledger` (a thin `main` hands over here).
 //! - [`server`]: the accept loop, the request pipeline in named phases, the admin listener, the
 //!   lifecycle (readiness first, then drain) and TLS certificates that follow their files.
 //! - [`http`]: canonical targets, framing, headers, cookies, bodies (what the guard reads, and how).
@@ -13,7 +13,8 @@
 //! - [`policy`]: `decide`, a pure function of rule, request data, caller and fact source.
 //! - [`decision`]: verdicts with provenance, mapped to HTTP in one place.
 //! - [`filters`]: response filters (sessions, owner records, 6.12 list rewrites).
-//! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, rooms, per-event filtering.
+//! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, session guards, rooms,
+//!   per-event filtering; it sees a narrow `socketio::Env`, never the whole [`state`].
 //! - [`upstream`]: the pooled upstream client.
 //! - [`coverage`]: the InvokeAI endpoint inventory checked against the route table.
 //! - [`decisionlog`]: the fixed-shape decision line (escaped, capped, one per request).

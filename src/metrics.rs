@@ -69,10 +69,16 @@ struct EndingLabels {
     ending: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 struct Metrics {
     registry: Registry,
     socket_frames: Family<FrameLabels, Counter>,
     sockets_closed: Family<EndingLabels, Counter>,
+    socket_refusals: Family<ReasonLabels, Counter>,
     sockets_opened: Counter,
     sockets_open: Gauge,
     decisions: Family<DecisionLabels, Counter>,
@@ -99,6 +105,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics {
         socket_frames: Family::default(),
         sockets_closed: Family::default(),
+        socket_refusals: Family::default(),
         sockets_opened: Counter::default(),
         sockets_open: Gauge::default(),
         decisions: Family::default(),
@@ -213,6 +220,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         m.sockets_closed.clone(),
     );
     registry.register(
+        "socket_refusals",
+        "Socket.IO transport requests and CONNECTs refused by a session guard, by reason",
+        m.socket_refusals.clone(),
+    );
+    registry.register(
         "sockets_opened",
         "Socket.IO sessions started",
         m.sockets_opened.clone(),
@@ -234,6 +246,14 @@ pub fn socket_frame(direction: &'static str, event: &'static str, outcome: &'sta
             event,
             outcome,
         })
+        .inc();
+}
+
+/// Count one refusal by a Socket.IO session guard (a fixed reason label).
+pub fn socket_refused(reason: &'static str) {
+    METRICS
+        .socket_refusals
+        .get_or_create(&ReasonLabels { reason })
         .inc();
 }
 

@@ -36,10 +36,10 @@ pub struct AppState {
     /// Peers (addresses or ranges) whose `X-Forwarded-*` headers are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: bool,
-    /// Live Socket.IO sessions.
-    pub sockets: crate::socketio::registry::Registry,
-    /// Recent requests that explain owner-less socket events (6.12).
-    pub correlations: crate::socketio::correlate::Correlations,
+    /// Socket.IO: its live sessions and the narrow environment they run in.
+    pub sockets: Arc<crate::socketio::Env>,
+    /// Recent requests that explain owner-less socket events (6.12; shared with `sockets`).
+    pub correlations: Arc<crate::socketio::correlate::Correlations>,
     /// The global mode (see [`crate::rules::Mode`]).
     pub mode: crate::rules::Mode,
     /// The candidate table compared with the enforced one (`candidate_routes`), if configured.
@@ -200,12 +200,31 @@ impl AppState {
             .transpose()?;
         let facts = Facts::open(&settings.facts)?;
         let ledger = Ledger::open(&settings.ledger)?;
+        // A new ledger beside a database with user content it cannot tell from a lost ledger's
+        // stays pending (that content admin-only) until an operator adopts it.
+        let db = crate::facts::db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+        ledger.settle(&db, &facts.schema())?;
+        drop(db);
         let upstream = Upstream::new(
             &settings.upstream,
             settings.limits.upstream_connect_timeout,
             settings.limits.upstream_idle_timeout,
             settings.limits.upstream_response_timeout,
         );
+        let correlations = Arc::new(crate::socketio::correlate::Correlations::default());
+        let sockets = Arc::new(crate::socketio::Env::new(
+            facts.clone(),
+            ledger.clone(),
+            upstream.authority().to_string(),
+            correlations.clone(),
+            &settings.limits,
+            crate::socketio::Config {
+                connect_timeout: settings.limits.socket_connect_timeout,
+                allowed_origins: settings.allowed_origins.clone(),
+                trusted_proxies: settings.trusted_proxies.clone(),
+                secure_cookies: settings.tls.is_some(),
+            },
+        ));
         crate::metrics::routes_loaded(
             routes.rules().len(),
             routes.shadow_rules(settings.mode).len(),
@@ -225,8 +244,8 @@ impl AppState {
             limits: settings.limits.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             tls: settings.tls.is_some(),
-            sockets: Default::default(),
-            correlations: Default::default(),
+            sockets,
+            correlations,
             mode: settings.mode,
             candidate: arc_swap::ArcSwapOption::from(candidate.map(Arc::new)),
             candidate_path: settings.candidate_routes.clone(),
@@ -351,7 +370,7 @@ impl AppState {
     }
 
     /// Poll routes.toml and the groups file for content changes (ConfigMap symlink swaps
-    /// included) and reload both together.
+    /// included) and reload both together; while the ledger is pending adoption, poll it too.
     pub fn spawn_routes_watcher(self: &Arc<Self>, every: std::time::Duration) {
         let state = Arc::downgrade(self);
         let paths: Vec<PathBuf> = std::iter::once(self.routes_path.clone())
@@ -372,6 +391,12 @@ impl AppState {
                         saved_at = f.saved_at,
                         "routes.toml does not load: still serving the last good route table persisted at the last successful load; fix the file"
                     );
+                }
+                // `invoke-guard ledger adopt-existing` run beside this guard takes effect here.
+                if let crate::facts::ledger::Adoption::Pending { .. } = state.ledger.adoption() {
+                    if let Err(e) = state.ledger.refresh_adoption().await {
+                        tracing::warn!(error = %e, "could not re-read the ledger's adoption state");
+                    }
                 }
                 let now = read();
                 if now.is_some() && now != last {

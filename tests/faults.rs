@@ -491,12 +491,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn workflow_json(id: &str) -> Value {
-    json!({"name": format!("wf {id}"), "author": "", "description": "", "version": "1.0.0",
-        "contact": "", "tags": "", "notes": "", "exposedFields": [],
-        "meta": {"version": "3.0.0", "category": "user"}, "nodes": [], "edges": [], "form": null, "id": id})
-}
-
 #[tokio::test]
 async fn ledger_disk_full_never_leaves_a_create_readable_by_everyone() {
     // 6.12 keeps no workflow owner: the guard records it. With the ledger's disk full:

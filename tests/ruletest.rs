@@ -41,7 +41,7 @@ fn shipped_rule_tests_pass_for_both_fixtures() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("invoke-guard test: 272 passed, 0 failed"),
+        stdout.contains("invoke-guard test: 278 passed, 0 failed"),
         "{stdout}"
     );
 }

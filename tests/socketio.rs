@@ -211,17 +211,9 @@ struct WsClient {
 
 impl WsClient {
     async fn open(g: &Guard, headers: &[(&str, &str)]) -> Self {
-        let url = format!("ws://{}/ws/socket.io/?EIO=4&transport=websocket", g.addr);
-        let mut req =
-            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-                .unwrap();
-        for (k, v) in headers {
-            req.headers_mut().insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut ws = ws_request(g, "/ws/socket.io/?EIO=4&transport=websocket", headers)
+            .await
+            .unwrap_or_else(|status| panic!("websocket handshake answered {status}"));
         let open = next_text(&mut ws).await.unwrap();
         assert!(open.starts_with("0{\"sid\""), "{open}");
         assert!(open.contains("\"upgrades\":[]"), "{open}");
@@ -534,53 +526,41 @@ async fn revocation_closes_the_socket_and_demotion_stops_admin_deliveries() {
     );
 }
 
-/// Polling as socket.io-client starts: handshake, CONNECT by POST, then the websocket upgrade.
+/// Polling as socket.io-client starts: handshake, CONNECT by POST, then the websocket upgrade;
+/// every transport request carries the client's header, as python-socketio sends it.
 #[tokio::test]
 async fn polling_then_upgrade_carries_the_same_session() {
     let w = world().await;
-    let base = "/ws/socket.io/?EIO=4&transport=polling";
     let bearer = format!("Bearer {}", w.token("alice"));
-    let open = send_with(
-        "GET",
-        &w.g.url(base),
-        None,
-        None,
-        &[("authorization", &bearer)],
-    )
-    .await;
-    assert_eq!(open.status, 200);
-    let text = String::from_utf8(open.body.to_vec()).unwrap();
-    let handshake: Value = serde_json::from_str(&text[1..]).unwrap();
-    assert_eq!(handshake["upgrades"], json!(["websocket"]));
-    let sid = handshake["sid"].as_str().unwrap().to_owned();
-    let with_sid = format!("{base}&sid={sid}");
-    let posted = send_bytes(
-        "POST",
-        &w.g.url(&with_sid),
-        None,
-        bytes::Bytes::from(format!(
+    let alice = [("authorization", bearer.as_str())];
+    let sid = open_polling(&w, &alice).await;
+    let posted = poll_post(
+        &w,
+        &sid,
+        &format!(
             "40{}\u{1e}42[\"subscribe_queue\",{{\"queue_id\":\"default\"}}]",
             json!({"token": w.token("alice")})
-        )),
-        &[("content-type", "text/plain;charset=UTF-8")],
+        ),
+        &alice,
     )
     .await;
     assert_eq!(posted.status, 200);
-    let got = send("GET", &w.g.url(&with_sid), None, None).await;
+    let got = poll_get(&w, &sid, &alice).await;
     assert_eq!(String::from_utf8_lossy(&got.body), r#"40{"sid":"sio-sid"}"#);
-    // Unknown sids and a second concurrent GET are refused.
+    // Unknown sids are refused.
     assert_eq!(
-        send("GET", &w.g.url(&format!("{base}&sid=nope")), None, None)
-            .await
-            .status,
+        send(
+            "GET",
+            &w.g.url("/ws/socket.io/?EIO=4&transport=polling&sid=nope"),
+            None,
+            None
+        )
+        .await
+        .status,
         400
     );
     // Upgrade.
-    let url = format!(
-        "ws://{}/ws/socket.io/?EIO=4&transport=websocket&sid={sid}",
-        w.g.addr
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut ws = ws_upgrade(&w, &sid, &alice).await.unwrap();
     ws.send(Message::text("2probe")).await.unwrap();
     assert_eq!(next_text(&mut ws).await.as_deref(), Some("3probe"));
     ws.send(Message::text("5")).await.unwrap();
@@ -597,6 +577,104 @@ async fn polling_then_upgrade_carries_the_same_session() {
         w.up.conns()[0].messages,
         vec![r#"42["subscribe_queue",{"queue_id":"default"}]"#.to_owned()]
     );
+}
+
+const POLLING: &str = "/ws/socket.io/?EIO=4&transport=polling";
+
+/// A polling handshake with `headers`; the new session's sid.
+async fn open_polling(w: &World, headers: &[(&str, &str)]) -> String {
+    open_polling_with_cookie(w, headers).await.0
+}
+
+/// A polling handshake with `headers`; the sid, and the `Cookie` a cookie jar would send next.
+async fn open_polling_with_cookie(w: &World, headers: &[(&str, &str)]) -> (String, String) {
+    let open = send_with("GET", &w.g.url(POLLING), None, None, headers).await;
+    assert_eq!(open.status, 200, "{:?}", open.body);
+    let text = String::from_utf8(open.body.to_vec()).unwrap();
+    let handshake: Value = serde_json::from_str(&text[1..]).unwrap();
+    assert_eq!(handshake["upgrades"], json!(["websocket"]));
+    let set_cookie = open.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("Path=/ws/socket.io/"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    (handshake["sid"].as_str().unwrap().to_owned(), cookie)
+}
+
+/// CONNECT a polling session by POST (`auth.token` of `role`, or none) and read the reply by GET,
+/// both with `headers`.
+async fn connect_by_post(
+    w: &World,
+    sid: &str,
+    role: Option<&str>,
+    headers: &[(&str, &str)],
+) -> String {
+    let connect = match role {
+        Some(r) => format!("40{}", json!({"token": w.token(r)})),
+        None => "40".to_owned(),
+    };
+    assert_eq!(poll_post(w, sid, &connect, headers).await.status, 200);
+    String::from_utf8_lossy(&poll_get(w, sid, headers).await.body).into_owned()
+}
+
+async fn poll_get(w: &World, sid: &str, headers: &[(&str, &str)]) -> Reply {
+    send_with(
+        "GET",
+        &w.g.url(&format!("{POLLING}&sid={sid}")),
+        None,
+        None,
+        headers,
+    )
+    .await
+}
+
+async fn poll_post(w: &World, sid: &str, payload: &str, headers: &[(&str, &str)]) -> Reply {
+    send_bytes(
+        "POST",
+        &w.g.url(&format!("{POLLING}&sid={sid}")),
+        None,
+        bytes::Bytes::from(payload.to_owned()),
+        &[headers, &[("content-type", "text/plain;charset=UTF-8")]].concat(),
+    )
+    .await
+}
+
+/// A websocket upgrade of the polling session `sid` with `headers`; the HTTP status on refusal.
+async fn ws_upgrade(w: &World, sid: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    ws_request(
+        &w.g,
+        &format!("/ws/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+        headers,
+    )
+    .await
+}
+
+async fn ws_request(g: &Guard, target: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    let url = format!("ws://{}{target}", g.addr);
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+/// The current value of `invoke_guard_socket_refusals_total{reason}` (process-wide).
+fn refusals(reason: &str) -> u64 {
+    let text = invoke_guard::metrics::render_as(invoke_guard::metrics::Format::Text004);
+    let prefix = format!("invoke_guard_socket_refusals_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test]
@@ -668,19 +746,426 @@ async fn owner_less_6_12_events_go_to_the_caller_of_the_request_behind_them() {
     assert!(eb.is_empty(), "bob got {eb:?}");
 }
 
-#[tokio::test]
-async fn sessions_are_capped_without_identity() {
+/// A guard whose session cap is `cap`, and whose sessions must CONNECT within `connect_ms`.
+async fn capped_world(cap: usize, connect_ms: u64) -> World {
     let db = copy_fixture("invokeai-6.14.2-rich.db");
     let up = mock_sio().await;
-    let raw = raw_config("[limits]\nmax_connections = 3\n");
+    let raw = raw_config(&format!(
+        "[limits]\nmax_connections = {cap}\nsocket_connect_timeout_ms = {connect_ms}\n"
+    ));
     let g = guard_with(&shipped_routes(), &db.path, &up.url(), raw).await;
-    let url = g.url("/ws/socket.io/?EIO=4&transport=polling");
-    for _ in 0..3 {
-        assert_eq!(send("GET", &url, None, None).await.status, 200);
+    World {
+        db,
+        up,
+        g,
+        m: manifest("6.14.2"),
     }
-    let refused = send("GET", &url, None, None).await;
+}
+
+/// Identified callers are capped (503 beyond); anonymous handshakes never take their slots.
+#[tokio::test]
+async fn sessions_of_known_callers_are_capped() {
+    let w = capped_world(3, 60_000).await;
+    let bearer = format!("Bearer {}", w.token("alice"));
+    let url = w.g.url(POLLING);
+    for _ in 0..3 {
+        let r = send_with("GET", &url, None, None, &[("authorization", &bearer)]).await;
+        assert_eq!(r.status, 200);
+    }
+    let refused = send_with("GET", &url, None, None, &[("authorization", &bearer)]).await;
     assert_eq!(refused.status, 503);
     assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(
+        ws_request(
+            &w.g,
+            "/ws/socket.io/?EIO=4&transport=websocket",
+            &[("authorization", &bearer)]
+        )
+        .await
+        .err(),
+        Some(503)
+    );
+    // An anonymous handshake is still answered: its session is pending, not counted ...
+    let sid = open_polling(&w, &[]).await;
+    // ... and its CONNECT finds every counted slot taken.
+    let r = poll_post(
+        &w,
+        &sid,
+        &format!("40{}", json!({"token": w.token("bob")})),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &[]).await.body),
+        r#"44{"message":"Connection rejected by server"}"#
+    );
+}
+
+/// Issue #20 item 2: thirty anonymous handshakes at a cap of 24 used to make alice's own
+/// handshake answer 503 on both transports.
+#[tokio::test]
+async fn anonymous_handshakes_cannot_starve_the_session_cap() {
+    let w = capped_world(24, 60_000).await;
+    let mut anonymous = Vec::new();
+    for i in 0..30 {
+        if i % 2 == 0 {
+            anonymous.push(open_polling(&w, &[]).await);
+        } else {
+            let ws = ws_request(&w.g, "/ws/socket.io/?EIO=4&transport=websocket", &[])
+                .await
+                .expect("anonymous websocket handshake");
+            std::mem::forget(ws);
+        }
+    }
+    let (counted, pending) = w.g.state.sockets.registry.counts();
+    assert_eq!(counted, 0, "anonymous sessions count toward nothing");
+    assert!(
+        pending <= 24,
+        "{pending} pending sessions (bounded by the cap)"
+    );
+    // Alice, by Bearer on polling and on a websocket, and anonymously with auth.token.
+    let bearer = format!("Bearer {}", w.token("alice"));
+    let alice = [("authorization", bearer.as_str())];
+    let sid = open_polling(&w, &alice).await;
+    let r = poll_post(&w, &sid, "40", &alice).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &alice).await.body),
+        r#"40{"sid":"sio-sid"}"#
+    );
+    let mut ws = WsClient::open(&w.g, &alice).await;
+    ws.send("40").await;
+    assert_eq!(
+        ws.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"40{"sid":"sio-sid"}"#)
+    );
+    let anon_alice = open_polling(&w, &[]).await;
+    assert_eq!(
+        connect_by_post(&w, &anon_alice, Some("alice"), &[]).await,
+        r#"40{"sid":"sio-sid"}"#
+    );
+    assert_eq!(w.g.state.sockets.registry.counts().0, 3);
+}
+
+/// A session nobody authenticates is closed after `limits.socket_connect_timeout_ms`, and so is
+/// one whose caller DISCONNECTed and never came back.
+#[tokio::test]
+async fn sessions_without_an_authenticated_connect_are_closed() {
+    let w = capped_world(24, 300).await;
+    let sid = open_polling(&w, &[]).await;
+    // The long poll ends with the close packet (before the connect timeout it would wait for the
+    // next ping, 25 s on).
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &[]).await.body),
+        "1"
+    );
+    assert_eq!(poll_get(&w, &sid, &[]).await.status, 400, "the sid is gone");
+    // A refused CONNECT does not keep it open either.
+    let sid = open_polling(&w, &[]).await;
+    poll_post(&w, &sid, r#"40{"token":"x.y.z"}"#, &[]).await;
+    let first = String::from_utf8_lossy(&poll_get(&w, &sid, &[]).await.body).to_string();
+    assert_eq!(first, r#"44{"message":"Connection rejected by server"}"#);
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &[]).await.body),
+        "1"
+    );
+    // Connected, then DISCONNECTed: closed unless it CONNECTs again.
+    let mut c = WsClient::open(&w.g, &[]).await;
+    c.send(&format!("40{}", json!({"token": w.token("alice")})))
+        .await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"40{"sid":"sio-sid"}"#)
+    );
+    c.send("41").await;
+    let mut rest = Vec::new();
+    while let Some(f) = c.recv(Duration::from_secs(30)).await {
+        rest.push(f);
+    }
+    assert_eq!(rest, ["1"], "closed after the DISCONNECT");
+}
+
+/// Issue #20 item 1: whoever held alice's sid could read her stream (anonymously, as bob by
+/// polling or by upgrading her session).
+#[tokio::test]
+async fn a_session_id_is_not_a_credential() {
+    let w = world().await;
+    let alice_bearer = format!("Bearer {}", w.token("alice"));
+    let bob_bearer = format!("Bearer {}", w.token("bob"));
+    let alice = [("authorization", alice_bearer.as_str())];
+    let bob = [("authorization", bob_bearer.as_str())];
+    let sid = open_polling(&w, &alice).await;
+    poll_post(
+        &w,
+        &sid,
+        "40\u{1e}42[\"subscribe_queue\",{\"queue_id\":\"default\"}]",
+        &alice,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &alice).await.body),
+        r#"40{"sid":"sio-sid"}"#
+    );
+    wait_for_upstream(&w, 1).await;
+    let before = (
+        refusals("session credential missing"),
+        refusals("session of another caller"),
+    );
+    assert_eq!(poll_get(&w, &sid, &[]).await.status, 403, "anonymous GET");
+    assert_eq!(poll_get(&w, &sid, &bob).await.status, 403, "bob's GET");
+    assert_eq!(
+        poll_post(&w, &sid, "41", &bob).await.status,
+        403,
+        "bob's POST"
+    );
+    assert_eq!(
+        ws_upgrade(&w, &sid, &bob).await.err(),
+        Some(403),
+        "bob's upgrade"
+    );
+    assert_eq!(
+        ws_upgrade(&w, &sid, &[]).await.err(),
+        Some(403),
+        "anonymous upgrade"
+    );
+    assert_eq!(refusals("session credential missing") - before.0, 2);
+    assert!(refusals("session of another caller") - before.1 >= 3);
+    // Alice's own requests still work, and her stream reached nobody else.
+    w.up.emit(
+        "invocation_started",
+        json!({"user_id": w.uid("alice"), "queue_id": "default"}),
+    );
+    let body = String::from_utf8(poll_get(&w, &sid, &alice).await.body.to_vec()).unwrap();
+    assert!(body.contains("invocation_started"), "{body}");
+
+    // python-engineio sends its headers on the handshake (and the upgrade) only, then the cookies
+    // it was given: the session's own cookie stands for the bound caller, nothing else does.
+    let (sid, jar) = open_polling_with_cookie(&w, &alice).await;
+    let python = [("cookie", jar.as_str())];
+    assert_eq!(
+        connect_by_post(&w, &sid, Some("alice"), &python).await,
+        r#"40{"sid":"sio-sid"}"#
+    );
+    assert_eq!(poll_get(&w, &sid, &[]).await.status, 403, "no cookie");
+    let forged = format!(
+        "{}=AAAAAAAAAAAAAAAAAAAAAAAA",
+        invoke_guard::socketio::session::SESSION_PROOF_COOKIE
+    );
+    assert_eq!(poll_get(&w, &sid, &[("cookie", &forged)]).await.status, 403);
+    let bob_and_jar = [
+        ("cookie", jar.as_str()),
+        ("authorization", bob_bearer.as_str()),
+    ];
+    assert_eq!(
+        poll_get(&w, &sid, &bob_and_jar).await.status,
+        403,
+        "bob with her cookie"
+    );
+    assert!(ws_upgrade(
+        &w,
+        &sid,
+        &[("cookie", &jar), ("authorization", &alice_bearer)]
+    )
+    .await
+    .is_ok());
+
+    // A cookie-bound session (a browser) refuses a request without the cookie.
+    let cookie = format!(
+        "{}={}",
+        invoke_guard::identity::SESSION_COOKIE,
+        w.token("alice")
+    );
+    let browser = [("cookie", cookie.as_str())];
+    let sid = open_polling(&w, &browser).await;
+    assert_eq!(poll_post(&w, &sid, "40", &browser).await.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &browser).await.body),
+        r#"40{"sid":"sio-sid"}"#
+    );
+    assert_eq!(poll_get(&w, &sid, &[]).await.status, 403);
+    // The web UI: Bearer on polling, the cookie alone on the upgrade (same user): accepted.
+    let ui = [
+        ("authorization", alice_bearer.as_str()),
+        ("cookie", cookie.as_str()),
+    ];
+    let sid = open_polling(&w, &ui).await;
+    assert!(ws_upgrade(&w, &sid, &browser).await.is_ok());
+
+    // A session that authenticated only in CONNECT (no transport credential): another user's
+    // credential on its transport is refused; the sid alone is all python-engineio asks too.
+    let sid = open_polling(&w, &[]).await;
+    assert_eq!(
+        connect_by_post(&w, &sid, Some("alice"), &[]).await,
+        r#"40{"sid":"sio-sid"}"#
+    );
+    assert_eq!(poll_get(&w, &sid, &bob).await.status, 403);
+    assert_eq!(ws_upgrade(&w, &sid, &bob).await.err(), Some(403));
+}
+
+/// Issue #20 item 1: `41` then `40` without auth used to fall back to the handshake's Bearer.
+#[tokio::test]
+async fn a_reconnect_authenticates_from_its_own_packet() {
+    let w = world().await;
+    let bearer = format!("Bearer {}", w.token("alice"));
+    let mut c = WsClient::open(&w.g, &[("authorization", &bearer)]).await;
+    c.send("40").await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"40{"sid":"sio-sid"}"#),
+        "the first CONNECT falls back to the handshake's Bearer"
+    );
+    c.send("41").await;
+    c.send("40").await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"44{"message":"Connection rejected by server"}"#),
+        "a re-CONNECT without auth.token"
+    );
+    c.send(&format!("40{}", json!({"token": w.token("alice")})))
+        .await;
+    assert_eq!(
+        c.recv(Duration::from_secs(5)).await.as_deref(),
+        Some(r#"40{"sid":"sio-sid"}"#),
+        "a re-CONNECT with its own auth.token"
+    );
+    wait_for_upstream(&w, 2).await;
+}
+
+/// Issue #20 item 3: one polling POST of 60 CONNECT/DISCONNECT pairs opened 60 upstream sockets.
+#[tokio::test]
+async fn connect_disconnect_amplification_is_bounded() {
+    let w = world().await;
+    let connect = format!("40{}", json!({"token": w.token("alice")}));
+    let sid = open_polling(&w, &[]).await;
+    let pairs = (0..60)
+        .map(|_| format!("{connect}\u{1e}41"))
+        .collect::<Vec<_>>()
+        .join("\u{1e}");
+    let before = refusals("connect payload");
+    let r = poll_post(&w, &sid, &pairs, &[]).await;
+    assert_eq!(r.status, 400, "a payload asking for 60 upstream sockets");
+    assert_eq!(refusals("connect payload") - before, 1);
+    // Nothing of it was delivered; an ordinary CONNECT still works.
+    assert_eq!(poll_post(&w, &sid, &connect, &[]).await.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &[]).await.body),
+        r#"40{"sid":"sio-sid"}"#
+    );
+    wait_for_upstream(&w, 1).await;
+    assert_eq!(w.up.conns().len(), 1);
+    // The same over a websocket, frame by frame: a burst, then one CONNECT per refill period.
+    let started = Instant::now();
+    let mut c = WsClient::open(&w.g, &[]).await;
+    for _ in 0..60 {
+        c.send(&connect).await;
+        c.send("41").await;
+    }
+    let replies = c.collect(Duration::from_millis(1500)).await;
+    let accepted = replies.iter().filter(|f| f.starts_with("40")).count() as u32;
+    let rejected = replies.iter().filter(|f| f.starts_with("44")).count() as u32;
+    let allowed = invoke_guard::socketio::session::CONNECT_BURST
+        + (started.elapsed().as_nanos()
+            / invoke_guard::socketio::session::CONNECT_REFILL.as_nanos()) as u32;
+    assert!(
+        accepted >= 1 && accepted <= allowed,
+        "{accepted} accepted, {allowed} allowed"
+    );
+    assert_eq!(accepted + rejected, 60, "{replies:?}");
+    assert!(w.up.conns().len() as u32 <= 1 + allowed);
+}
+
+/// Issue #20 item 4: a CONNECT authenticated only by the session cookie was accepted from a
+/// foreign `Origin` (cross-site websocket hijacking).
+#[tokio::test]
+async fn a_cookie_connect_from_a_foreign_origin_is_refused() {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let up = mock_sio().await;
+    let raw = raw_config("allowed_origins = [\"https://invoke.example.com\"]\n");
+    let g = guard_with(&shipped_routes(), &db.path, &up.url(), raw).await;
+    let w = World {
+        db,
+        up,
+        g,
+        m: manifest("6.14.2"),
+    };
+    let cookie = format!(
+        "{}={}",
+        invoke_guard::identity::SESSION_COOKIE,
+        w.token("alice")
+    );
+    let own = format!("http://{}", w.g.addr);
+    let attempt = |origin: String, connect: String| {
+        let cookie = cookie.clone();
+        let g = &w.g;
+        async move {
+            let mut c = WsClient::open(g, &[("cookie", &cookie), ("origin", &origin)]).await;
+            c.send(&connect).await;
+            c.recv(Duration::from_secs(5)).await.unwrap()
+        }
+    };
+    let before = refusals("foreign origin");
+    let rejected = r#"44{"message":"Connection rejected by server"}"#;
+    let accepted = r#"40{"sid":"sio-sid"}"#;
+    assert_eq!(
+        attempt("http://evil.example".into(), "40".into()).await,
+        rejected
+    );
+    assert_eq!(attempt("null".into(), "40".into()).await, rejected);
+    assert_eq!(refusals("foreign origin") - before, 2);
+    assert!(w.up.conns().is_empty());
+    assert_eq!(attempt(own, "40".into()).await, accepted);
+    assert_eq!(
+        attempt("https://invoke.example.com".into(), "40".into()).await,
+        accepted,
+        "a configured origin"
+    );
+    // With its own auth.token the CONNECT does not rest on the cookie.
+    let token = format!("40{}", json!({"token": w.token("alice")}));
+    assert_eq!(attempt("http://evil.example".into(), token).await, accepted);
+    // Polling: a foreign Origin on any request of the session counts.
+    let sid = open_polling(&w, &[("cookie", &cookie)]).await;
+    let r = poll_post(
+        &w,
+        &sid,
+        "40",
+        &[("cookie", &cookie), ("origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&poll_get(&w, &sid, &[("cookie", &cookie)]).await.body),
+        rejected
+    );
+}
+
+/// Issue #20 item 5: the `socket connected` line logged the live sid (a polling session's
+/// credential).
+#[tokio::test]
+async fn logs_name_sessions_by_a_hash_never_by_sid() {
+    let logs = capture_logs("invoke_guard=info", false);
+    let w = world().await;
+    let sid = open_polling(&w, &[]).await;
+    poll_post(
+        &w,
+        &sid,
+        &format!("40{}", json!({"token": w.token("alice")})),
+        &[],
+    )
+    .await;
+    poll_get(&w, &sid, &[]).await;
+    poll_post(&w, &sid, "1", &[]).await;
+    let tag = invoke_guard::socketio::session::tag_of(&sid);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = logs.text();
+        if seen.contains(&tag) && seen.contains("socket closed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.contains(&format!("session={tag}")), "{seen}");
+    assert!(!seen.contains(&sid), "the sid was logged: {seen}");
 }
 
 /// python-engineio clients refuse a polling payload of more than 16 packets: the guard spreads a

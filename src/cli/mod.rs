@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `explain`, `test` and `health`.
+//! The command line: `serve`, `check`, `explain`, `test`, `health` and `ledger`.
 //!
 //! Invariants:
 //! - `serve` refuses to start on any problem `check` would report (same loading code), with two
@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Overrides, Settings};
+use crate::facts::ledger::Ledger;
 use crate::facts::{db, Schema};
 use crate::rules::RouteTable;
 use crate::state::AppState;
@@ -47,6 +48,27 @@ pub enum Command {
     Test(TestArgs),
     /// Exit 0 when the running guard's /readyz answers 200 (for a container HEALTHCHECK).
     Health(HealthArgs),
+    /// The guard's ledger: its adoption state, and the operator's adoption of existing items.
+    Ledger(LedgerArgs),
+}
+
+/// `invoke-guard ledger ...`.
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub action: LedgerAction,
+}
+
+/// What to do with the ledger.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Say whether the ledger has adopted the database's existing workflows and style presets.
+    Status(Common),
+    /// Accept the database's workflows and style presets that have no owner in this ledger and
+    /// were created before it as shared (readable by every user, changeable by admins). Run it
+    /// once on a first deployment over an existing InvokeAI 6.12; after a lost ledger, restore
+    /// the old ledger instead if you can (their owners are otherwise lost for good).
+    AdoptExisting(Common),
 }
 
 /// `invoke-guard health`.
@@ -259,6 +281,16 @@ pub fn main(cli: Cli) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("invoke-guard health: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ledger(args) => match ledger(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("invoke-guard ledger: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -493,6 +525,7 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
             missing.join("\n  ")
         )
     })?;
+    let ledger_note = ledger_state(&settings, &schema)?;
     let shadow_note = shadow_warning(&table, settings.mode);
     let groups_note: String = unknown_members(&groups, &settings)?
         .iter()
@@ -505,7 +538,7 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
         })
         .collect();
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}{groups_note}",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{ledger_note}{shadow_note}{groups_note}",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),
@@ -585,6 +618,98 @@ fn unknown_members(
         .collect();
     unknown.sort();
     Ok(unknown)
+}
+
+/// The ledger's adoption state as `check` and `ledger status` report it, appended to their line
+/// (nothing is created or changed).
+fn ledger_state(settings: &Settings, schema: &Schema) -> anyhow::Result<String> {
+    use crate::facts::ledger::{self, Adoption};
+    let (born, file) = match Ledger::peek(&settings.ledger)? {
+        Some(Adoption::Adopted { legacy_before }) => {
+            return Ok(format!(
+                "; ledger adopted (unowned items created before {legacy_before} are shared)"
+            ));
+        }
+        Some(Adoption::Pending { born }) => (born, "pending adoption"),
+        // A ledger `serve` would create now.
+        None => (sqlite_now()?, "not created yet"),
+    };
+    let conn = db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+    let ledger_conn = match settings.ledger.exists() {
+        true => Some(rusqlite::Connection::open_with_flags(
+            &settings.ledger,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?),
+        false => None,
+    };
+    let unowned = ledger::unowned_before(&conn, schema, &born, ledger_conn.as_ref())?;
+    if unowned.total() == 0 {
+        return Ok(format!(
+            "; ledger {file}, nothing to adopt (serve adopts it at start)"
+        ));
+    }
+    Ok(format!(
+        "\nwarning: LEDGER NOT ADOPTED ({file}): {unowned} in the database have no recorded \
+         owner; they are served to admins only until `invoke-guard ledger adopt-existing` (after a \
+         lost ledger, restore the old one instead if you can)"
+    ))
+}
+
+/// Now, as SQLite (and InvokeAI) write timestamps (UTC, `YYYY-MM-DD HH:MM:SS.fff`).
+fn sqlite_now() -> anyhow::Result<String> {
+    Ok(rusqlite::Connection::open_in_memory()?.query_row(
+        "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// `ledger status` / `ledger adopt-existing`.
+pub fn ledger(args: &LedgerArgs) -> anyhow::Result<String> {
+    let common = match &args.action {
+        LedgerAction::Status(c) | LedgerAction::AdoptExisting(c) => c,
+    };
+    let settings = common.settings()?;
+    let schema = probe_db(&settings)?;
+    match args.action {
+        LedgerAction::Status(_) => {
+            let note = ledger_state(&settings, &schema)?;
+            Ok(format!(
+                "{}: {}",
+                settings.ledger.display(),
+                note.trim_start_matches(['\n', ';', ' '])
+            ))
+        }
+        LedgerAction::AdoptExisting(_) => {
+            let _log = init_tracing(&settings);
+            let ledger = Ledger::open(&settings.ledger)?;
+            if let crate::facts::ledger::Adoption::Adopted { legacy_before } = ledger.adoption() {
+                return Ok(format!(
+                    "ledger {}: adopted already (unowned items created before {legacy_before} are shared); nothing changed",
+                    settings.ledger.display()
+                ));
+            }
+            let conn = db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+            let unowned = ledger.unowned(&conn, &schema)?;
+            let adopted = ledger.adopt_existing(unowned)?;
+            let crate::facts::ledger::Adoption::Adopted { legacy_before } = adopted else {
+                anyhow::bail!("the ledger did not record the adoption");
+            };
+            tracing::warn!(
+                ledger = %settings.ledger.display(),
+                db = %settings.db.display(),
+                workflows = unowned.workflows,
+                presets = unowned.presets,
+                legacy_before = %legacy_before,
+                "ledger adopt-existing: unowned workflows and style presets created before the ledger are now shared"
+            );
+            Ok(format!(
+                "ledger {}: adopted: {unowned} created before {legacy_before} without a recorded owner are now shared \
+                 (readable by every user, changeable by admins); a running guard applies this within seconds",
+                settings.ledger.display()
+            ))
+        }
+    }
 }
 
 fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {

@@ -13,6 +13,9 @@
 //!   same data either way (a unit test compares both).
 //! - [`Keep::Refs`] keeps only what `enqueue.allowed` scans (`image_name`, `video_name`,
 //!   `board.board_id` at any depth), capped at [`MAX_REFS`] values.
+//! - Nesting is limited to serde_json's recursion limit for the whole document, skipped members
+//!   included ([`MAX_DEPTH`]; serde_json's own skipper is iterative and has no limit): a body a
+//!   full parse would refuse is refused, whatever the rule reads.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +25,10 @@ use serde_json::{Map, Value};
 
 /// The most media/board references one body may carry (a batch over this many images is refused).
 pub const MAX_REFS: usize = 100_000;
+
+/// Arrays and objects open at once that make serde_json refuse a document (its recursion limit:
+/// 127 levels parse, 128 do not).
+pub const MAX_DEPTH: usize = 128;
 
 /// What to keep at one position of the document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +88,8 @@ pub fn parse(bytes: &[u8], plan: &JsonPlan) -> Result<Value, serde_json::Error> 
     let text = std::str::from_utf8(bytes).map_err(|e| {
         <serde_json::Error as serde::de::Error>::custom(format!("invalid UTF-8: {e}"))
     })?;
+    // Deep nesting in a member no check reads: refused as a full parse would refuse it.
+    within_depth(text)?;
     let mut de = serde_json::Deserializer::from_str(text);
     let mut refs = 0usize;
     let value = Pruned {
@@ -90,6 +99,37 @@ pub fn parse(bytes: &[u8], plan: &JsonPlan) -> Result<Value, serde_json::Error> 
     .deserialize(&mut de)?;
     de.end()?;
     Ok(value.unwrap_or(Value::Null))
+}
+
+/// Refuse a document with [`MAX_DEPTH`] arrays/objects open at once (brackets inside strings do
+/// not count). One pass over the bytes, no allocation.
+fn within_depth(text: &str) -> Result<(), serde_json::Error> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth >= MAX_DEPTH {
+                    return Err(<serde_json::Error as serde::de::Error>::custom(
+                        "recursion limit exceeded",
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A seed that returns `None` for a value that keeps nothing.
@@ -526,6 +566,31 @@ mod tests {
         // Invalid UTF-8 in a skipped string (found by fuzz/fuzz_targets/args.rs).
         assert!(parse(b"{\"a\":1,\"b\":\"x\xad\"}", &p).is_err());
         assert!(parse(br#"{"a":1} x"#, &p).is_err());
+    }
+
+    #[test]
+    fn nesting_is_limited_in_skipped_members_exactly_as_in_read_ones() {
+        let read = plan(&[(&["a"], Keep::Whole)]);
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        for n in [1, 100, 125, 126, 127, 128, 129, 200, 100_000] {
+            // Inside one object: the member is at depth n + 1.
+            let in_read = format!(r#"{{"a":{}}}"#, deep(n));
+            let in_skipped = format!(r#"{{"skipped":{},"a":1}}"#, deep(n));
+            let full = serde_json::from_str::<Value>(&in_read).is_ok();
+            assert_eq!(parse(in_read.as_bytes(), &read).is_ok(), full, "read, {n}");
+            assert_eq!(
+                parse(in_skipped.as_bytes(), &read).is_ok(),
+                full,
+                "skipped, {n}"
+            );
+            let err = parse(in_skipped.as_bytes(), &read).err();
+            if let Some(e) = err {
+                assert!(e.to_string().contains("recursion limit"), "{e}");
+            }
+        }
+        // Brackets inside strings are text, escaped quotes included.
+        let texty = format!(r#"{{"a":1,"s":"\"{}"}}"#, "[".repeat(1000));
+        assert!(parse(texty.as_bytes(), &read).is_ok());
     }
 
     #[test]

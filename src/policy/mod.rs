@@ -173,7 +173,10 @@ async fn evaluate(
             trace.result = CheckResult::AdminExempt;
             return trace;
         }
-        Some(me) => apply(check.predicate, &values, me, src, &mut trace.facts).await,
+        Some(me) => {
+            let hide_id = check.args.first().is_some_and(hides_value);
+            apply(check.predicate, &values, hide_id, me, src, &mut trace.facts).await
+        }
         None => accounts::anonymous(check.predicate, &values),
     };
     trace.result = match result {
@@ -183,10 +186,12 @@ async fn evaluate(
     trace
 }
 
-/// Every predicate, for an identified caller.
+/// Every predicate, for an identified caller. `hide_id`: the first argument's value must not
+/// appear in the facts (a query value).
 async fn apply(
     predicate: Predicate,
     args: &[Selected],
+    hide_id: bool,
     me: &Principal,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
@@ -240,7 +245,9 @@ async fn apply(
         | P::BulkDownloadOwn => {
             for value in args[0].items() {
                 let id = as_id(value)?;
-                resources::check(predicate, &id, me, src, facts).await?;
+                // The README's promise: query values are never logged (facts go to the log).
+                let shown = if hide_id { QUERY_VALUE } else { id.as_str() };
+                resources::check(predicate, &id, shown, me, src, facts).await?;
             }
             Ok(())
         }
@@ -279,16 +286,25 @@ impl Selected {
     }
 }
 
+/// What the facts of a check say instead of an id that came from the query.
+pub const QUERY_VALUE: &str = "(query value)";
+
+/// Whether an argument's value is kept out of traces and facts: query values and passwords.
+fn hides_value(arg: &Arg) -> bool {
+    match arg {
+        Arg::Select(sel) => matches!(sel.source, Source::Query(_)) || sel.text.contains("password"),
+        Arg::Literal(_) | Arg::Capability(_) | Arg::Group { .. } => false,
+    }
+}
+
 /// How an argument appears in a trace: query values and passwords are never shown.
 fn arg_trace(arg: &Arg, value: &Selected) -> ArgTrace {
-    let (selector, hidden) = match arg {
-        Arg::Select(sel) => (
-            sel.text.clone(),
-            matches!(sel.source, Source::Query(_)) || sel.text.contains("password"),
-        ),
-        Arg::Literal(l) => (format!("\"{l}\""), false),
-        Arg::Capability(c) => (format!("\"{}\"", c.name()), false),
-        Arg::Group { name, .. } => (format!("\"{name}\""), false),
+    let hidden = hides_value(arg);
+    let selector = match arg {
+        Arg::Select(sel) => sel.text.clone(),
+        Arg::Literal(l) => format!("\"{l}\""),
+        Arg::Capability(c) => format!("\"{}\"", c.name()),
+        Arg::Group { name, .. } => format!("\"{name}\""),
     };
     let shown = |v: &Value| {
         let mut text = v.to_string();

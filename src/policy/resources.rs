@@ -1,6 +1,10 @@
 //! Resource checks (spec §0): who may read, write or own an image, board, workflow, preset,
 //! queue item, system prompt or bulk download. Admins never reach this module (descriptor
-//! `AdminRule::Exempt`). Every fact that decides is written to the trace.
+//! `AdminRule::Exempt`). Every fact that decides is written to the trace, naming the resource as
+//! the caller lets it be shown (a query value never appears).
+//!
+//! Unknown resources: boards, workflows, presets, queue items and system prompts are 404; media
+//! positively absent from the database is 404 on reads (InvokeAI 6.14.2) and 403 on mutations.
 
 use serde_json::Value;
 
@@ -31,26 +35,28 @@ fn image_writable(img: &ImageFact, me: &str) -> bool {
     img.owner == me || img.board.as_ref().is_some_and(|b| board_writable(b, me))
 }
 
-fn board_note(b: &BoardFact) -> String {
+/// A board's facts; `shown` is how its id may appear in the log.
+fn board_note(b: &BoardFact, shown: &str) -> String {
     format!(
-        "board {}: owner={} visibility={:?}",
-        b.board_id, b.owner, b.visibility
+        "board {shown}: owner={} visibility={:?}",
+        b.owner, b.visibility
     )
 }
 
 /// A board the predicate needs: unknown (or of unknown visibility) is 404, as main answers.
 async fn known_board(
     id: &str,
+    shown: &str,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Result<BoardFact, Refusal> {
     match src.facts.board(id).await? {
         Some(b) if b.visibility != Visibility::Unknown => {
-            facts.push(board_note(&b));
+            facts.push(board_note(&b, shown));
             Ok(b)
         }
         _ => {
-            facts.push(format!("board {id}: not found"));
+            facts.push(format!("board {shown}: not found"));
             Err(Refusal::NotFound(format!("Board {id} not found")))
         }
     }
@@ -64,10 +70,12 @@ fn ok_or_forbidden(allowed: bool, detail: &str) -> Outcome {
     }
 }
 
-/// One resource check for one id.
+/// One resource check for one id; its facts name the id as `shown` (a query value is never
+/// logged).
 pub(super) async fn check(
     predicate: Predicate,
     id: &str,
+    shown: &str,
     me: &Principal,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
@@ -75,43 +83,45 @@ pub(super) async fn check(
     use Predicate as P;
     let uid = me.user_id.as_str();
     match predicate {
-        P::ImageRead => image(Access::Read, id, uid, src, facts).await,
-        P::ImageWrite => image(Access::Write, id, uid, src, facts).await,
-        P::ImageOwn => image(Access::Own, id, uid, src, facts).await,
-        P::ImageBoardWrite => image(Access::BoardWrite, id, uid, src, facts).await,
-        P::ImageWriteOwner => image(Access::WriteOwner, id, uid, src, facts).await,
-        P::ImageBoardWriteOwner => image(Access::BoardWriteOwner, id, uid, src, facts).await,
-        P::VideoRead => video(Access::Read, id, uid, src, facts).await,
-        P::VideoWrite => video(Access::Write, id, uid, src, facts).await,
-        P::VideoOwn => video(Access::Own, id, uid, src, facts).await,
-        P::VideoBoardWrite => video(Access::BoardWrite, id, uid, src, facts).await,
-        P::VideoWriteOwner => video(Access::WriteOwner, id, uid, src, facts).await,
-        P::VideoBoardWriteOwner => video(Access::BoardWriteOwner, id, uid, src, facts).await,
+        P::ImageRead => image(Access::Read, id, shown, uid, src, facts).await,
+        P::ImageWrite => image(Access::Write, id, shown, uid, src, facts).await,
+        P::ImageOwn => image(Access::Own, id, shown, uid, src, facts).await,
+        P::ImageBoardWrite => image(Access::BoardWrite, id, shown, uid, src, facts).await,
+        P::ImageWriteOwner => image(Access::WriteOwner, id, shown, uid, src, facts).await,
+        P::ImageBoardWriteOwner => image(Access::BoardWriteOwner, id, shown, uid, src, facts).await,
+        P::VideoRead => video(Access::Read, id, shown, uid, src, facts).await,
+        P::VideoWrite => video(Access::Write, id, shown, uid, src, facts).await,
+        P::VideoOwn => video(Access::Own, id, shown, uid, src, facts).await,
+        P::VideoBoardWrite => video(Access::BoardWrite, id, shown, uid, src, facts).await,
+        P::VideoWriteOwner => video(Access::WriteOwner, id, shown, uid, src, facts).await,
+        P::VideoBoardWriteOwner => video(Access::BoardWriteOwner, id, shown, uid, src, facts).await,
         P::BoardRead => {
             // `none` is the uncategorized pseudo-board: listing it is scoped by InvokeAI.
             if id == "none" {
                 facts.push("board none: uncategorized (scoped upstream)".into());
                 return Ok(());
             }
-            let b = known_board(id, src, facts).await?;
+            let b = known_board(id, shown, src, facts).await?;
             ok_or_forbidden(
                 board_readable(&b, uid),
                 "Not authorized to access this board",
             )
         }
         P::BoardWrite => {
-            let b = known_board(id, src, facts).await?;
+            let b = known_board(id, shown, src, facts).await?;
             ok_or_forbidden(
                 board_writable(&b, uid),
                 "Not authorized to modify this board",
             )
         }
         P::BoardOwn => {
-            let b = known_board(id, src, facts).await?;
+            let b = known_board(id, shown, src, facts).await?;
             ok_or_forbidden(b.owner == uid, "Not authorized to modify this board")
         }
-        P::WorkflowRead | P::WorkflowOwn => workflow(predicate, id, uid, src, facts).await,
-        P::StylePresetRead | P::StylePresetWrite => preset(predicate, id, uid, src, facts).await,
+        P::WorkflowRead | P::WorkflowOwn => workflow(predicate, id, shown, uid, src, facts).await,
+        P::StylePresetRead | P::StylePresetWrite => {
+            preset(predicate, id, shown, uid, src, facts).await
+        }
         P::QueueItemOwn | P::QueueItemOwnRoot => {
             let item_id: i64 = id.parse().map_err(|_| {
                 Refusal::Unprocessable(format!("queue item id '{id}' is not an integer"))
@@ -124,7 +134,7 @@ pub(super) async fn check(
                 _ => &item.root_owner,
             };
             facts.push(format!(
-                "queue item {item_id}: owner={} root owner={}",
+                "queue item {shown}: owner={} root owner={}",
                 item.owner, item.root_owner
             ));
             ok_or_forbidden(owner == uid, "Not authorized to modify this queue item")
@@ -136,7 +146,7 @@ pub(super) async fn check(
                 .await?
                 .ok_or_else(|| Refusal::NotFound(format!("System prompt {id} not found")))?;
             facts.push(format!(
-                "system prompt {id}: owner={} public={}",
+                "system prompt {shown}: owner={} public={}",
                 sp.owner, sp.is_public
             ));
             let allowed = sp.owner == uid || (predicate == P::SystemPromptRead && sp.is_public);
@@ -145,7 +155,7 @@ pub(super) async fn check(
         P::BulkDownloadOwn => {
             let owner = src.ledger.owner(Entry::BulkDownload, id).await?;
             facts.push(format!(
-                "bulk download {id}: requester={} (ledger)",
+                "bulk download {shown}: requester={} (ledger)",
                 owner.as_deref().unwrap_or("unknown")
             ));
             ok_or_forbidden(
@@ -216,6 +226,7 @@ async fn creator(
 async fn workflow(
     predicate: Predicate,
     id: &str,
+    shown: &str,
     uid: &str,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
@@ -228,7 +239,7 @@ async fn workflow(
     // 6.12 keeps no workflow owner: the guard's ledger may know the creator.
     let c = creator(src, wf.owner, Entry::Workflow, id, &wf.created_at).await?;
     facts.push(format!(
-        "workflow {id}: owner={} public={} category={}",
+        "workflow {shown}: owner={} public={} category={}",
         c.label(&wf.created_at),
         wf.is_public,
         wf.category
@@ -237,8 +248,9 @@ async fn workflow(
     let allowed = match (predicate, owner.as_deref()) {
         (Predicate::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
         // Unknown owner (6.12): created before the guard, like main's `system` workflows;
-        // created since, its owner was lost (an orphan): admins only.
-        (Predicate::WorkflowRead, None) => legacy,
+        // created since, its owner was lost (an orphan): admins only. The shipped `default`
+        // workflows stay readable even while the ledger has not adopted the database.
+        (Predicate::WorkflowRead, None) => legacy || wf.category == "default",
         (_, Some(o)) => o == uid,
         (_, None) => false,
     };
@@ -248,6 +260,7 @@ async fn workflow(
 async fn preset(
     predicate: Predicate,
     id: &str,
+    shown: &str,
     uid: &str,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
@@ -265,7 +278,7 @@ async fn preset(
         .then(|| sp.owner.clone());
     let c = creator(src, in_db, Entry::StylePreset, id, &sp.created_at).await?;
     facts.push(format!(
-        "style preset {id}: owner={} public={} type={}",
+        "style preset {shown}: owner={} public={} type={}",
         c.label(&sp.created_at),
         sp.is_public,
         sp.kind
@@ -299,23 +312,25 @@ enum Access {
 async fn image(
     access: Access,
     id: &str,
+    shown: &str,
     me: &str,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
     let img = src.facts.image(id).await?;
-    media_check(access, img, me, "image", id, facts)
+    media_check(access, img, me, Media::Image, (id, shown), facts)
 }
 
 async fn video(
     access: Access,
     id: &str,
+    shown: &str,
     me: &str,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
     let vid = src.facts.video(id).await?;
-    media_check(access, vid, me, "video", id, facts)
+    media_check(access, vid, me, Media::Video, (id, shown), facts)
 }
 
 /// A media predicate decided on a fact already read (per-item list filters): the same rules as
@@ -359,25 +374,64 @@ pub(super) fn media_permits(predicate: Predicate, fact: Option<ImageFact>, me: &
         | Predicate::CallerOr
         | Predicate::QueueDefault => return false,
     };
-    media_check(access, fact, me, "image", "", &mut Vec::new()).is_ok()
+    media_check(access, fact, me, Media::Image, ("", ""), &mut Vec::new()).is_ok()
 }
 
+/// Images and videos: the same checks, their own words.
+#[derive(Debug, Clone, Copy)]
+enum Media {
+    Image,
+    Video,
+}
+
+impl Media {
+    fn noun(self) -> &'static str {
+        match self {
+            Media::Image => "image",
+            Media::Video => "video",
+        }
+    }
+
+    /// What InvokeAI 6.14.2 answers a read of media that is gone.
+    fn gone(self) -> Refusal {
+        Refusal::NotFound(
+            match self {
+                Media::Image => "Image not found",
+                Media::Video => "Video not found",
+            }
+            .into(),
+        )
+    }
+}
+
+/// `(id, shown)`: the media name, and how it may appear in the facts.
 fn media_check(
     access: Access,
     fact: Option<ImageFact>,
     me: &str,
-    kind: &str,
-    id: &str,
+    media: Media,
+    (id, shown): (&str, &str),
     facts: &mut Vec<String>,
 ) -> Outcome {
+    let kind = media.noun();
     let denied = || forbidden(format!("Not authorized to access {kind} {id}"));
     let Some(img) = fact else {
-        facts.push(format!("{kind} {id}: not found"));
-        // Main answers 403 (not 404) for unknown images to non-admins: no existence oracle.
-        return Err(denied());
+        facts.push(format!("{kind} {shown}: not found"));
+        return Err(match access {
+            // Gone is not denied (6.14.2's `_assert_image_record_exists`): the web UI drops a
+            // reference to media that answers 404 and keeps one that answers 403. The fact is a
+            // positive absence (no row); a database error never gets here (503).
+            Access::Read => media.gone(),
+            // Mutations keep 403, as in 6.14.2 (its ownership checks refuse before any lookup).
+            Access::Write
+            | Access::Own
+            | Access::BoardWrite
+            | Access::WriteOwner
+            | Access::BoardWriteOwner => denied(),
+        });
     };
     facts.push(format!(
-        "{kind} {id}: owner={} board={}",
+        "{kind} {shown}: owner={} board={}",
         img.owner,
         img.board.as_ref().map_or("none".to_owned(), |b| format!(
             "{} (owner={} visibility={:?})",
@@ -422,7 +476,7 @@ pub(super) async fn enqueue_allowed(
         boards.len()
     ));
     for (predicate, name) in media {
-        check(predicate, &name, me, src, facts).await?;
+        check(predicate, &name, &name, me, src, facts).await?;
     }
     // Without the public-board exception, a node board must be the caller's own.
     let board_check = if public_boards_writable {
@@ -432,7 +486,7 @@ pub(super) async fn enqueue_allowed(
     };
     for board in boards {
         if board != "none" {
-            check(board_check, &board, me, src, facts).await?;
+            check(board_check, &board, &board, me, src, facts).await?;
         }
     }
     Ok(())

@@ -5,7 +5,8 @@
 //! - Only GET and HEAD are answered; any other method is 405 with `Allow: GET, HEAD`.
 //! - `/readyz` is 200 only while the route table is loaded, InvokeAI's database is readable,
 //!   InvokeAI accepts TCP connections and shutdown has not begun; while the persisted last good
-//!   table stands in for a routes.toml that does not load, its body says so.
+//!   table stands in for a routes.toml that does not load, its body says so, and it says when
+//!   the ledger has not adopted the database (the guard serves, failing closed on unowned items).
 //! - The accept loop is bounded like the main one: accept errors back off, at most
 //!   [`MAX_CONNECTIONS`] connections, a connection must send its head within
 //!   `limits.header_read_timeout`, and shutdown drains for at most `limits.shutdown_grace`.
@@ -88,7 +89,14 @@ async fn route(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
                         f.error.replace('\n', " ")
                     ));
                 }
-                text(StatusCode::OK, format!("ready: {rules} rules{note}\n"))
+                let ledger = match state.ledger.adoption() {
+                    crate::facts::ledger::Adoption::Adopted { .. } => String::new(),
+                    crate::facts::ledger::Adoption::Pending { .. } => "; LEDGER NOT ADOPTED: unowned user workflows and style presets from before the ledger are admin-only until `invoke-guard ledger adopt-existing`".to_owned(),
+                };
+                text(
+                    StatusCode::OK,
+                    format!("ready: {rules} rules{note}{ledger}\n"),
+                )
             } else {
                 let upstream = match state.upstream.reachable().await {
                     Ok(()) => "reachable".to_owned(),

@@ -14,11 +14,29 @@
 //!   socket gets `41` and is closed; a demoted admin stops getting admin deliveries at once.
 //! - The outbox is bounded: a client that does not read is disconnected (counted), never buffered
 //!   without limit.
+//! - The sid is not a credential on its own: a session is bound to the user of the first verified
+//!   transport credential it sees (normally the handshake's Bearer or session cookie); every later
+//!   transport request of a bound session must present that user's credential or the session's
+//!   own secret cookie ([`SESSION_PROOF_COOKIE`], set on the polling handshake: python-engineio
+//!   sends custom headers on the handshake and the upgrade only, but keeps cookies), and one
+//!   presenting another user's credential is refused even on an unbound session whose CONNECT
+//!   named someone else ([`Session::admit_request`]).
+//! - Only the session's first CONNECT may fall back to the handshake's credentials; a re-CONNECT
+//!   after a DISCONNECT authenticates from its own `auth.token` only.
+//! - A CONNECT authenticated only by the session cookie is refused when any transport request of
+//!   the session carried a foreign `Origin` (see [`super::origin`]).
+//! - At most one upstream socket is open per session, and a session opens at most
+//!   [`CONNECT_BURST`] of them plus one per [`CONNECT_REFILL`] (CONNECT/DISCONNECT amplification).
+//! - A session without an accepted CONNECT (from the start, or since its last DISCONNECT) is
+//!   closed after `limits.socket_connect_timeout_ms`.
+//! - Logs name a session by [`Session::tag`] (a hash), never by its sid.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use std::net::IpAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use http::header::{AUTHORIZATION, HOST};
@@ -32,10 +50,10 @@ use tokio_tungstenite::WebSocketStream;
 use super::engineio::{self, Timing};
 use super::events::{self, Known, Me, Need};
 use super::packet::{self, Kind};
-use super::rooms;
+use super::registry::{Full, Registration};
+use super::{rooms, Env};
 use crate::facts::ledger::Entry;
-use crate::identity::{self, Principal};
-use crate::state::AppState;
+use crate::identity::{self, Principal, TokenSource};
 
 /// Most packets, and bytes, waiting for a client that does not read.
 const OUTBOX_PACKETS: usize = 2048;
@@ -44,6 +62,11 @@ const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
 const UPSTREAM_HANDSHAKE: Duration = Duration::from_secs(10);
 
 const REJECTED: &str = "44{\"message\":\"Connection rejected by server\"}";
+
+/// CONNECTs a session may make at once, and how often it earns another (each accepted one opens
+/// an upstream websocket; legitimate clients CONNECT once per session).
+pub const CONNECT_BURST: u32 = 3;
+pub const CONNECT_REFILL: Duration = Duration::from_secs(10);
 
 /// What a transport hands the session.
 #[derive(Debug)]
@@ -68,7 +91,23 @@ pub struct Session {
     /// A polling GET or POST is in flight (a second one is a protocol error).
     pub get_active: AtomicBool,
     pub post_active: AtomicBool,
+    /// A short hash of the sid: what logs show (the sid is a polling session's credential).
+    pub tag: String,
+    /// The session's secret: the value of [`SESSION_PROOF_COOKIE`] its client was given.
+    pub secret: String,
+    /// The user a verified transport credential bound the session to.
+    bound: Mutex<Option<String>>,
+    /// The user of the accepted CONNECT, while connected.
+    caller: Mutex<Option<String>>,
+    /// A transport request of the session carried a foreign `Origin`.
+    foreign_origin: AtomicBool,
 }
+
+/// Why a transport request was refused (a metric label).
+pub type Refusal = &'static str;
+
+/// The cookie that carries a session's secret (`Path=/ws/socket.io/`, HttpOnly, SameSite=Strict).
+pub const SESSION_PROOF_COOKIE: &str = "invoke_guard_sio";
 
 #[derive(Default)]
 struct Outbox {
@@ -77,6 +116,32 @@ struct Outbox {
 }
 
 impl Session {
+    fn new(inbox: mpsc::Sender<Inbound>, bound: Option<String>, foreign_origin: bool) -> Self {
+        let sid = new_sid();
+        Session {
+            tag: tag_of(&sid),
+            sid,
+            secret: new_sid(),
+            inbox,
+            outbox: Mutex::new(Outbox::default()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            get_active: AtomicBool::new(false),
+            post_active: AtomicBool::new(false),
+            bound: Mutex::new(bound),
+            caller: Mutex::new(None),
+            foreign_origin: AtomicBool::new(foreign_origin),
+        }
+    }
+
+    /// A session with no actor behind it (unit tests of the registry and the binding).
+    #[cfg(test)]
+    pub(crate) fn detached(bound: Option<&str>) -> Arc<Self> {
+        let (tx, _rx) = mpsc::channel(1);
+        Arc::new(Session::new(tx, bound.map(str::to_owned), false))
+    }
+
     /// Queue a packet for the client; false when the client is too slow (the session closes).
     fn push(&self, packet: String) -> bool {
         let mut out = self.outbox.lock().expect("outbox lock");
@@ -133,41 +198,143 @@ impl Session {
         let _ = self.inbox.try_send(Inbound::Closed);
         self.close();
     }
+
+    /// End a session that never CONNECTed (closed to make room for another).
+    pub fn evict(&self) {
+        let _ = self.inbox.try_send(Inbound::Closed);
+        self.close();
+    }
+
+    /// Check one transport request (polling GET/POST, websocket upgrade) of this session:
+    /// `identity` is the user of the request's verified credential, if it presents one, and
+    /// `proof` the value of its [`SESSION_PROOF_COOKIE`].
+    pub fn admit_request(
+        &self,
+        identity: Option<&str>,
+        proof: Option<&str>,
+        foreign_origin: bool,
+    ) -> Result<(), Refusal> {
+        if foreign_origin {
+            self.foreign_origin.store(true, Ordering::Release);
+        }
+        let proven = proof.is_some_and(|p| same_secret(p, &self.secret));
+        let mut bound = self.bound.lock().expect("session binding lock");
+        // Session-id replay: the sid alone does not stand for the caller it was opened by.
+        match (bound.as_deref(), identity) {
+            (Some(b), Some(u)) if b == u => Ok(()),
+            (Some(_), Some(_)) => Err("session of another caller"),
+            (Some(_), None) if proven => Ok(()),
+            (Some(_), None) => Err("session credential missing"),
+            (None, None) => Ok(()),
+            (None, Some(u)) => {
+                let caller = self.caller.lock().expect("session caller lock");
+                if caller.as_deref().is_some_and(|c| c != u) {
+                    return Err("session of another caller");
+                }
+                *bound = Some(u.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn set_caller(&self, user_id: Option<&str>) {
+        *self.caller.lock().expect("session caller lock") = user_id.map(str::to_owned);
+    }
 }
 
-/// Start a session; returns its shared half (the actor runs until the session ends).
-pub fn start(
-    state: Arc<AppState>,
-    handshake: HeaderMap,
-    upstream_path: String,
-    timing: Timing,
-) -> Arc<Session> {
+/// What a transport request that opens a session brings to it.
+pub struct Handshake {
+    /// `Authorization` and `Cookie` of the request (the first CONNECT's fallback).
+    pub headers: HeaderMap,
+    pub upstream_path: String,
+    pub client: IpAddr,
+    /// The user of its verified transport credential, if any (binds the session).
+    pub identity: Option<String>,
+    pub foreign_origin: bool,
+}
+
+/// Start a session; returns its shared half (the actor runs until the session ends), or
+/// [`Full`] when its caller is known and every counted slot is taken.
+pub fn start(env: Arc<Env>, handshake: Handshake, timing: Timing) -> Result<Arc<Session>, Full> {
     let (tx, rx) = mpsc::channel(64);
-    let session = Arc::new(Session {
-        sid: new_sid(),
-        inbox: tx,
-        outbox: Mutex::new(Outbox::default()),
-        notify: Notify::new(),
-        closed: AtomicBool::new(false),
-        upgraded: AtomicBool::new(false),
-        get_active: AtomicBool::new(false),
-        post_active: AtomicBool::new(false),
-    });
-    state.sockets.insert(session.clone());
+    let session = Arc::new(Session::new(
+        tx,
+        handshake.identity.clone(),
+        handshake.foreign_origin,
+    ));
+    let registration = env.registry.admit(
+        session.clone(),
+        handshake.client,
+        handshake.identity.is_some(),
+    )?;
     crate::metrics::socket_opened();
     let actor = Actor {
         session: session.clone(),
-        state,
-        handshake,
-        upstream_path,
+        connect_deadline: tokio::time::Instant::now() + env.config.connect_timeout,
+        env,
+        _registration: registration,
+        handshake: Some(handshake.headers),
+        upstream_path: handshake.upstream_path,
         timing,
         caller: None,
         upstream: None,
         subscribed: false,
         running: None,
+        connects: ConnectBudget::new(Instant::now()),
     };
     tokio::spawn(actor.run(rx));
-    session
+    Ok(session)
+}
+
+/// Compare a presented secret with the session's in constant time (length aside).
+fn same_secret(presented: &str, secret: &str) -> bool {
+    presented.len() == secret.len()
+        && presented
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// A short, stable name for a session in logs: the first 12 hex digits of SHA-256(sid).
+pub fn tag_of(sid: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(sid.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session's CONNECT allowance: [`CONNECT_BURST`] at once, one more per [`CONNECT_REFILL`].
+#[derive(Debug, Clone, Copy)]
+struct ConnectBudget {
+    tokens: u32,
+    since: Instant,
+}
+
+impl ConnectBudget {
+    fn new(now: Instant) -> Self {
+        ConnectBudget {
+            tokens: CONNECT_BURST,
+            since: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let periods = now.duration_since(self.since).as_nanos() / CONNECT_REFILL.as_nanos();
+        if periods > 0 {
+            let earned = u32::try_from(periods).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(CONNECT_BURST);
+            self.since = if self.tokens == CONNECT_BURST {
+                now
+            } else {
+                self.since + CONNECT_REFILL * earned
+            };
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// A random session id: a polling session's only credential, so it must be unguessable.
@@ -189,9 +356,11 @@ struct Caller {
 
 struct Actor {
     session: Arc<Session>,
-    state: Arc<AppState>,
-    /// Authorization and Cookie of the Engine.IO handshake request.
-    handshake: HeaderMap,
+    env: Arc<Env>,
+    /// Removes the session from the registry when the actor ends.
+    _registration: Registration,
+    /// Authorization and Cookie of the Engine.IO handshake request, until the first CONNECT.
+    handshake: Option<HeaderMap>,
     upstream_path: String,
     timing: Timing,
     caller: Option<Caller>,
@@ -200,6 +369,9 @@ struct Actor {
     /// The item this session's upstream stream last reported in progress, and its owner
     /// (6.12/6.13 run one item at a time; model loads in between belong to it).
     running: Option<(i64, String)>,
+    connects: ConnectBudget,
+    /// While no caller is connected: when the session is closed for want of a CONNECT.
+    connect_deadline: tokio::time::Instant,
 }
 
 /// Why a session ended (a metric label).
@@ -207,7 +379,7 @@ type Ending = &'static str;
 
 impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>) {
-        let mut changes = self.state.facts.changes();
+        let mut changes = self.env.facts.changes();
         let mut ping = tokio::time::interval(self.timing.ping_interval);
         ping.tick().await;
         let mut last_pong = Instant::now();
@@ -258,6 +430,10 @@ impl Actor {
                     self.revoke("token expired");
                     break "token expired";
                 }
+                // Session-cap starvation: a session nobody authenticates does not linger.
+                () = tokio::time::sleep_until(self.connect_deadline), if self.caller.is_none() => {
+                    break "no CONNECT";
+                }
             }
             if self.session.is_closed() {
                 break "closed";
@@ -265,7 +441,7 @@ impl Actor {
         };
         tracing::info!(
             target: "invoke_guard::socket",
-            sid = %self.session.sid,
+            session = %self.session.tag,
             user_id = self.caller.as_ref().map(|c| c.principal.user_id.as_str()).unwrap_or("-"),
             ending,
             "socket closed"
@@ -276,7 +452,7 @@ impl Actor {
         crate::metrics::socket_closed(ending);
         self.session.push("1".into());
         self.session.close();
-        self.state.sockets.remove(&self.session.sid);
+        // (dropping the actor drops its registration: the sid is then unknown)
     }
 
     /// One Engine.IO packet from the client.
@@ -344,11 +520,18 @@ impl Actor {
 
     /// Authenticate a CONNECT and open the upstream socket as that caller.
     async fn connect(&mut self, data: &str) -> Result<(), Ending> {
+        // CONNECT/DISCONNECT amplification: each accepted CONNECT opens an upstream websocket.
+        if !self.connects.take(Instant::now()) {
+            crate::metrics::socket_refused("connect budget");
+            return self.reject("too many CONNECTs");
+        }
         let auth_token = serde_json::from_str::<Value>(data)
             .ok()
             .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned))
             .filter(|t| !t.is_empty());
-        let mut headers = self.handshake.clone();
+        // Stored-credential replay: only the first CONNECT may fall back to the handshake's
+        // credentials; after a DISCONNECT the packet must carry its own `auth.token`.
+        let mut headers = self.handshake.take().unwrap_or_default();
         if let Some(token) = &auth_token {
             // The server's precedence: `auth.token` first; an invalid one never falls back.
             match HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -362,6 +545,17 @@ impl Actor {
             Ok(p) => p,
             Err(why) => return self.reject(why),
         };
+        // Cross-site websocket hijacking: a browser attaches the cookie for any site's page.
+        if principal.via == TokenSource::Cookie
+            && self.session.foreign_origin.load(Ordering::Acquire)
+        {
+            crate::metrics::socket_refused("foreign origin");
+            return self.reject("cookie CONNECT from a foreign Origin");
+        }
+        if !self.env.registry.promote(&self.session.sid) {
+            crate::metrics::socket_refused("session cap");
+            return self.reject("too many sessions");
+        }
         let token = principal.token.clone();
         match self.open_upstream(&principal).await {
             Ok((mut ws, ack)) if ack.starts_with("44") => {
@@ -373,43 +567,38 @@ impl Actor {
                 self.upstream = Some(ws);
                 tracing::info!(
                     target: "invoke_guard::socket",
-                    sid = %self.session.sid,
+                    session = %self.session.tag,
                     user_id = %principal.user_id,
                     is_admin = principal.is_admin,
                     "socket connected"
                 );
+                self.session.set_caller(Some(&principal.user_id));
                 self.caller = Some(Caller { principal, token });
                 self.reply(ack)
             }
             Err(e) => {
-                tracing::warn!(sid = %self.session.sid, error = %e, "upstream socket failed");
+                tracing::warn!(session = %self.session.tag, error = %e, "upstream socket failed");
                 self.reply(REJECTED.into())
             }
         }
     }
 
     fn reject(&self, why: &'static str) -> Result<(), Ending> {
-        tracing::info!(target: "invoke_guard::socket", sid = %self.session.sid, why, "socket CONNECT rejected");
+        tracing::info!(target: "invoke_guard::socket", session = %self.session.tag, why, "socket CONNECT rejected");
         crate::metrics::socket_frame("client", "connect", "rejected");
         self.reply(REJECTED.into())
     }
 
     async fn identify(&self, headers: &HeaderMap) -> Result<Principal, &'static str> {
         let secret = self
-            .state
+            .env
             .facts
             .jwt_secret()
             .await
             .map_err(|_| "facts unavailable")?;
-        identity::identify_with(
-            headers,
-            true,
-            &secret,
-            &self.state.facts,
-            &self.state.ledger,
-        )
-        .await
-        .map_err(|_| "identity refused")
+        identity::identify_with(headers, true, &secret, &self.env.facts, &self.env.ledger)
+            .await
+            .map_err(|_| "identity refused")
     }
 
     /// Re-check the caller after a database change: revoked → `41` and close; demoted → at once.
@@ -421,7 +610,7 @@ impl Actor {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", caller.token)) {
             headers.insert(AUTHORIZATION, v);
         }
-        let secret = match self.state.facts.jwt_secret().await {
+        let secret = match self.env.facts.jwt_secret().await {
             Ok(s) => s,
             // Facts unreadable: fail closed.
             Err(_) => {
@@ -429,19 +618,13 @@ impl Actor {
                 return Err("facts unavailable");
             }
         };
-        match identity::identify_with(
-            &headers,
-            false,
-            &secret,
-            &self.state.facts,
-            &self.state.ledger,
-        )
-        .await
+        match identity::identify_with(&headers, false, &secret, &self.env.facts, &self.env.ledger)
+            .await
         {
             Ok(p) => {
                 if let Some(c) = self.caller.as_mut() {
                     if c.principal.is_admin != p.is_admin {
-                        tracing::info!(target: "invoke_guard::socket", sid = %self.session.sid, user_id = %p.user_id, is_admin = p.is_admin, "socket caller's role changed");
+                        tracing::info!(target: "invoke_guard::socket", session = %self.session.tag, user_id = %p.user_id, is_admin = p.is_admin, "socket caller's role changed");
                     }
                     c.principal.is_admin = p.is_admin;
                 }
@@ -455,14 +638,14 @@ impl Actor {
     }
 
     fn revoke(&self, why: &'static str) {
-        tracing::info!(target: "invoke_guard::socket", sid = %self.session.sid, why, "socket revoked");
+        tracing::info!(target: "invoke_guard::socket", session = %self.session.tag, why, "socket revoked");
         self.session.push("41".into());
     }
 
     async fn open_upstream(&self, principal: &Principal) -> anyhow::Result<(UpstreamWs, String)> {
-        let secret = self.state.facts.jwt_secret().await?;
+        let secret = self.env.facts.jwt_secret().await?;
         let token = principal.upstream_token(&secret);
-        let authority = self.state.upstream.authority().to_string();
+        let authority = self.env.upstream.clone();
         let uri = format!(
             "ws://{authority}{}?EIO=4&transport=websocket",
             self.upstream_path
@@ -516,8 +699,17 @@ impl Actor {
         if let Some(mut up) = self.upstream.take() {
             let _ = up.close(None).await;
         }
-        self.caller = None;
+        self.lose_caller();
+    }
+
+    /// The socket is no longer connected: a new CONNECT is due within the connect timeout.
+    /// True when a caller was connected.
+    fn lose_caller(&mut self) -> bool {
+        let had = self.caller.take().is_some();
         self.subscribed = false;
+        self.session.set_caller(None);
+        self.connect_deadline = tokio::time::Instant::now() + self.env.config.connect_timeout;
+        had
     }
 
     /// One upstream frame (`None`: the upstream socket ended).
@@ -535,7 +727,7 @@ impl Actor {
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // The upstream socket is gone: the client's socket is disconnected.
                 self.upstream = None;
-                if self.caller.take().is_some() {
+                if self.lose_caller() {
                     self.reply("41".into())?;
                 }
                 return Ok(());
@@ -549,7 +741,7 @@ impl Actor {
             Ok(engineio::Packet::Message(m)) => self.upstream_message(&text, m).await,
             Ok(engineio::Packet::Close) => {
                 self.upstream = None;
-                if self.caller.take().is_some() {
+                if self.lose_caller() {
                     self.reply("41".into())?;
                 }
                 Ok(())
@@ -652,7 +844,7 @@ impl Actor {
 
     /// Resolve what an event needs; an unreadable fact drops the event (fail closed).
     async fn resolve(&self, need: Need) -> Result<Known, ()> {
-        let facts = &self.state.facts;
+        let facts = &self.env.facts;
         Ok(match need {
             Need::Nothing => Known::Nothing,
             Need::BatchOwner(b) => Known::Owner(facts.batch_owner(&b).await.map_err(|_| ())?),
@@ -665,21 +857,21 @@ impl Actor {
                 Some((_, owner)) => Known::Owners(vec![owner.clone()]),
                 None => Known::Owners(facts.in_progress_owners("default").await.map_err(|_| ())?),
             },
-            Need::RecallOwner => Known::Owner(self.state.correlations.recall_owner()),
+            Need::RecallOwner => Known::Owner(self.env.correlations.recall_owner()),
             Need::BulkOwner(name) => {
                 // The event can overtake the ledger record of the response that announced it:
                 // wait for it (bounded) while such a request is pending (spec §4.4).
                 let deadline = Instant::now() + super::correlate::BULK_HOLD;
                 loop {
                     let owner = self
-                        .state
+                        .env
                         .ledger
                         .owner(Entry::BulkDownload, &name)
                         .await
                         .map_err(|_| ())?;
                     if owner.is_some()
                         || Instant::now() >= deadline
-                        || !self.state.correlations.bulk_pending()
+                        || !self.env.correlations.bulk_pending()
                     {
                         break Known::Owner(owner);
                     }
@@ -735,5 +927,77 @@ fn metric_name(name: &str) -> &'static str {
         "model_install_*"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_budget_allows_a_burst_then_one_per_refill() {
+        let t0 = Instant::now();
+        let mut b = ConnectBudget::new(t0);
+        for _ in 0..CONNECT_BURST {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0), "the burst is spent");
+        assert!(!b.take(t0 + CONNECT_REFILL / 2));
+        assert!(b.take(t0 + CONNECT_REFILL), "one earned");
+        assert!(!b.take(t0 + CONNECT_REFILL));
+        // A long pause refills to the burst, never beyond it.
+        let later = t0 + CONNECT_REFILL * 100;
+        for _ in 0..CONNECT_BURST {
+            assert!(b.take(later));
+        }
+        assert!(!b.take(later));
+    }
+
+    #[test]
+    fn transport_requests_must_stand_for_the_bound_caller() {
+        let s = Session::detached(Some("alice"));
+        let secret = s.secret.clone();
+        assert_eq!(s.admit_request(Some("alice"), None, false), Ok(()));
+        assert_eq!(
+            s.admit_request(None, Some(&secret), false),
+            Ok(()),
+            "its cookie"
+        );
+        assert_eq!(
+            s.admit_request(None, None, false),
+            Err("session credential missing")
+        );
+        assert_eq!(
+            s.admit_request(None, Some("not-the-secret"), false),
+            Err("session credential missing")
+        );
+        assert_eq!(
+            s.admit_request(Some("bob"), Some(&secret), false),
+            Err("session of another caller")
+        );
+        // Unbound: the first verified credential binds; a connected caller must match it.
+        let s = Session::detached(None);
+        s.set_caller(Some("alice"));
+        assert_eq!(s.admit_request(None, None, false), Ok(()));
+        assert_eq!(
+            s.admit_request(Some("bob"), None, false),
+            Err("session of another caller")
+        );
+        assert_eq!(s.admit_request(Some("alice"), None, true), Ok(()));
+        assert_eq!(
+            s.admit_request(None, None, false),
+            Err("session credential missing")
+        );
+        assert!(s.foreign_origin.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn tags_are_short_stable_and_do_not_contain_the_sid() {
+        let sid = new_sid();
+        let tag = tag_of(&sid);
+        assert_eq!(tag.len(), 12);
+        assert_eq!(tag, tag_of(&sid));
+        assert!(!sid.contains(&tag) && !tag.contains(&sid));
+        assert_ne!(tag, tag_of(&new_sid()));
     }
 }

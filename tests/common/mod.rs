@@ -238,7 +238,18 @@ async fn start_guard(
     ledger: Option<&Path>,
 ) -> Guard {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let ledger = ledger.map_or_else(|| ledger_dir.path().join("ledger.db"), Path::to_owned);
+    let ledger = match ledger {
+        Some(path) => path.to_owned(),
+        None => {
+            // The default test ledger was adopted by its operator when the guard was deployed
+            // over the fixture (items from before it are legacy); `guard_with_ledger` starts
+            // with whatever ledger it is given.
+            let path = ledger_dir.path().join("ledger.db");
+            let l = invoke_guard::facts::ledger::Ledger::open(&path).unwrap();
+            l.adopt_existing(Default::default()).unwrap();
+            path
+        }
+    };
     let routes_path = ledger_dir.path().join("routes.toml");
     std::fs::write(&routes_path, routes).unwrap();
     let settings = config::settings(
@@ -587,4 +598,61 @@ pub fn encoded_json(bytes: impl Into<Bytes>, encoding: &str) -> Response<Full<By
     r.headers_mut()
         .insert("vary", "Accept-Encoding".parse().unwrap());
     r
+}
+
+/// Log lines of this test process, through a global subscriber installed by the first caller of
+/// [`capture_logs`] in a test binary (its filter and format stay for the whole binary).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs(filter: &str, json: bool) -> Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .with_env_filter(filter);
+        if json {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+        // Decision lines are written by the guard's own writer, into the same buffer.
+        let lines = logs.clone();
+        let format = if json {
+            invoke_guard::decisionlog::Format::Json
+        } else {
+            invoke_guard::decisionlog::Format::Text
+        };
+        invoke_guard::decisionlog::install(format, move |line| {
+            lines.0.lock().unwrap().extend_from_slice(line)
+        });
+        logs
+    })
+    .clone()
+}
+
+/// A user workflow as the 6.12 web UI saves it.
+pub fn workflow_json(id: &str) -> Value {
+    json!({"name": format!("wf {id}"), "author": "", "description": "", "version": "1.0.0",
+        "contact": "", "tags": "", "notes": "", "exposedFields": [],
+        "meta": {"version": "3.0.0", "category": "user"}, "nodes": [], "edges": [], "form": null, "id": id})
 }

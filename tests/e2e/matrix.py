@@ -565,8 +565,10 @@ class Matrix:
             return "leak", f"private media served with Cache-Control: {resp.header('cache-control')!r}"
         self.add("alice: her image /full is served Cache-Control: private, no-store", "alice", "GET",
                  f"/api/v1/images/i/{self.img('alice_private_1')}/full", 200, check=private_cache)
-        self.add("bob: unknown image is 403 (not an existence oracle)", "bob", "GET",
-                 "/api/v1/images/i/no-such-image.png", 403)
+        self.add("bob: unknown image is 404 Image not found (gone is not denied, as 6.14.2 answers)", "bob", "GET",
+                 "/api/v1/images/i/no-such-image.png", 404)
+        self.add("bob: DELETE of an unknown image stays 403 (mutations refuse before any lookup, as 6.14.2)", "bob",
+                 "DELETE", "/api/v1/images/i/no-such-image.png", 403)
 
         # media by cookie (the browser's <img> cannot send a Bearer header): a browser-like client whose cookie
         # jar keeps what the login set, and no Authorization header
@@ -1020,6 +1022,14 @@ class Matrix:
                  f"/api/v1/images/i/{self.img('victim_carol_on_alice_public_del')}", 200)
         self.add("alice: DELETE her own image", "alice", "DELETE", f"/api/v1/images/i/{self.img('victim_alice_own_del')}",
                  200)
+
+        def gone(resp):
+            detail = (resp.json() or {}).get("detail")
+            return None if detail == "Image not found" else ("fail", f"detail {detail!r}, expected 'Image not found'")
+        for suffix in ("", "/full", "/metadata"):
+            self.add(f"alice: GET{suffix or ' the DTO of'} her deleted image is 404 Image not found (gone, not denied: "
+                     "the 6.14.2 UI drops the reference)", "alice", "GET",
+                     f"/api/v1/images/i/{self.img('victim_alice_own_del')}{suffix}", 404, check=gone)
         self.add("admin: DELETE alice's private image", "admin", "DELETE",
                  f"/api/v1/images/i/{self.img('victim_alice_private_admin_del')}", 200)
         self.add("bob: batch delete of his own image and alice's: his is deleted, hers skipped (main)", "bob",

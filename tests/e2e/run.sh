@@ -136,6 +136,12 @@ for V in "${VERSIONS[@]}"; do
     APORT="$(free_port)"
     mkdir -p "$RUNDIR/guard"
     t=$(date +%s.%N)
+    # The operator's step when deploying over an existing InvokeAI (README, "Owner records on 6.12"): the scenario's
+    # 6.12 workflows and presets predate the guard, so its new ledger adopts them (a no-op where nothing is unowned).
+    ( cd "$REPO" && "$GUARD_BIN" ledger adopt-existing --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" \
+      --ledger "$RUNDIR/guard/ledger.db" ) > "$RUNDIR/ledger-adopt.out" 2>&1 \
+      || { cat "$RUNDIR/ledger-adopt.out" >&2; die "invoke-guard ledger adopt-existing failed"; }
+    log "$(grep -v ' WARN ' "$RUNDIR/ledger-adopt.out" | tail -1)"
     # (run from the repo root, where the guard finds config/invoke-guard.toml; the flags override it)
     ( cd "$REPO" && exec "$GUARD_BIN" serve --listen "127.0.0.1:$GPORT" --upstream "http://127.0.0.1:$UPORT" \
       --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/guard/ledger.db" \

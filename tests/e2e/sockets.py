@@ -33,8 +33,10 @@ cancel, retry (6.14), clear, bulk download, recall, model install (a failing URL
 model written here), and an upscale with that model (model_load_*, invocation_progress).
 
 Then: refused connections (anonymous, garbage, bad signature, expired, deactivated, system, an invalid
-auth.token with a valid Bearer header, other namespace), each with no upstream socket opened (InvokeAI's log),
-and revocation: bob deactivated through the API and through sqlite3 on the server's database while
+auth.token with a valid Bearer header, other namespace), each with no upstream socket opened (InvokeAI's log);
+session guards (issue #20; raw frames against real clients: alice's sid used anonymously, by bob's polling and
+by his websocket upgrade, a re-CONNECT without auth.token, 60 CONNECT/DISCONNECT pairs in one POST and on a
+websocket, a cookie-only CONNECT from a foreign Origin); and revocation: bob deactivated through the API and through sqlite3 on the server's database while
 connected (delay printed, target <= 1 s), an admin demoted through the API and the database (admin deliveries
 stop; delay printed), a token expiring while connected.
 
@@ -968,6 +970,144 @@ class Suite:
                         "leak" if accepted_ns else ("fail" if new else "pass"),
                         "; ".join(ln[-140:] for ln in new[:3]))
 
+    # ------------------------------------------------------------------ session guards (issue #20)
+    def session_guards(self):
+        """A session id is not a credential; a re-CONNECT authenticates afresh; one payload cannot open many
+        upstream sockets; a cookie CONNECT from another site's page is refused. Attacks are raw HTTP/websocket
+        frames; the victims are real python-socketio clients, which must keep working (FALSE_DENY otherwise)."""
+        if self.direct:
+            return  # InvokeAI itself treats the sid as the session's only credential: nothing to compare
+        import requests
+        import websocket
+        base = self.a.base
+        ws_base = "ws" + base[len("http"):]
+        poll = f"{base}{SIO_PATH}/?EIO=4&transport=polling"
+        alice, bob = self.tokens["alice"], self.tokens["bob"]
+        bearer = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
+
+        def real_client(label, headers, auth):
+            sio = socketio.Client(reconnection=False, logger=False, engineio_logger=False)
+            sio.connect(base, headers=headers, auth=auth, transports=["polling"], socketio_path=SIO_PATH,
+                        wait_timeout=15)
+            return sio
+
+        def still_works(sio) -> bool:
+            acked = threading.Event()
+            try:
+                sio.emit("subscribe_queue", {"queue_id": Q}, callback=lambda *a: acked.set())
+            except Exception:  # noqa: BLE001
+                return False
+            return acked.wait(10) and sio.connected
+
+        def upgrade_status(sid, headers, origin=None):
+            try:
+                ws = websocket.create_connection(f"{ws_base}{SIO_PATH}/?EIO=4&transport=websocket&sid={sid}",
+                                                 header=[f"{k}: {v}" for k, v in headers.items()], timeout=10,
+                                                 **({"origin": origin} if origin else {}))
+                ws.close()
+                return 101
+            except websocket.WebSocketBadStatusException as e:
+                return e.status_code
+
+        # 1. session-id replay against a real client on long-polling (Bearer on every request, as the UI sends it)
+        styles = [("Bearer header", bearer(alice), {"token": alice})]
+        cookie = self.guard_login_cookie(self.users["alice"]["email"], self.users["alice"]["password"])
+        if cookie:
+            styles.append(("session cookie", {"Cookie": f"{SESSION_COOKIE}={cookie}"}, None))
+        for style, headers, auth in styles:
+            try:
+                victim = real_client(style, headers, auth)
+            except Exception as e:  # noqa: BLE001
+                self.record(f"session guard: alice connects on polling with her {style}", "false_deny",
+                            f"{type(e).__name__}: {e}")
+                continue
+            sid = victim.eio.sid
+            attacks = [
+                ("an anonymous polling GET", lambda: requests.get(f"{poll}&sid={sid}", timeout=60).status_code),
+                ("bob's polling GET (his own Bearer)",
+                 lambda: requests.get(f"{poll}&sid={sid}", headers=bearer(bob), timeout=60).status_code),
+                ("bob's polling POST of a DISCONNECT",
+                 lambda: requests.post(f"{poll}&sid={sid}", data="41", headers=bearer(bob), timeout=60).status_code),
+                ("bob's websocket upgrade of her session", lambda: upgrade_status(sid, bearer(bob))),
+                ("an anonymous websocket upgrade of her session", lambda: upgrade_status(sid, {})),
+            ]
+            for what, attack in attacks:
+                got = attack()
+                self.record(f"session guard ({style}): {what} with alice's sid is refused",
+                            "pass" if got == 403 else "leak", f"answered {got}")
+            works = still_works(victim)
+            self.record(f"session guard ({style}): alice's real client still works after the attempts",
+                        "pass" if works else "false_deny", "" if works else "; ".join(CLIENT_LOG.lines[-3:]))
+            victim.disconnect()
+
+        # 2. a re-CONNECT after a DISCONNECT never falls back to the handshake's credential
+        before = len(self.socket_log_lines())
+        ws = websocket.create_connection(f"{ws_base}{SIO_PATH}/?EIO=4&transport=websocket", header=[
+            f"Authorization: Bearer {alice}"], timeout=15)
+
+        def recv_packet():
+            while True:
+                msg = ws.recv()
+                if msg == "2":
+                    ws.send("3")
+                    continue
+                return msg
+        recv_packet()  # the open packet
+        ws.send("40")
+        first = recv_packet()
+        ws.send("41")
+        ws.send("40")
+        second = recv_packet()
+        self.record("session guard: the first CONNECT falls back to the handshake's Bearer (as InvokeAI does)",
+                    "pass" if first.startswith("40") else "false_deny", first[:80])
+        self.record("session guard: a re-CONNECT without auth.token after a DISCONNECT is refused",
+                    "pass" if second.startswith("44") else "leak", second[:80])
+        ws.close()
+
+        # 3. CONNECT/DISCONNECT amplification
+        r = requests.get(poll, timeout=30)
+        sid = json.loads(r.text[1:])["sid"]
+        pairs = "\x1e".join([f'40{json.dumps({"token": alice})}', "41"] * 60)
+        got = requests.post(f"{poll}&sid={sid}", data=pairs, timeout=30).status_code
+        self.record("session guard: one polling POST of 60 CONNECT/DISCONNECT pairs is refused", "pass" if got == 400
+                    else "fail", f"answered {got}")
+        t0 = now()
+        ws = websocket.create_connection(f"{ws_base}{SIO_PATH}/?EIO=4&transport=websocket", timeout=15)
+        recv_packet()
+        for _ in range(60):
+            ws.send(f'40{json.dumps({"token": alice})}')
+            ws.send("41")
+        replies = []
+        ws.settimeout(3)
+        try:
+            while len(replies) < 60:
+                replies.append(recv_packet())
+        except Exception:  # noqa: BLE001  (timeout: everything arrived)
+            pass
+        ws.close()
+        accepted = sum(p.startswith("40") for p in replies)
+        allowed = 3 + int((now() - t0) // 10)
+        time.sleep(1.0)
+        opened = [ln for ln in self.socket_log_lines()[before:] if "connected" in ln]
+        self.record("session guard: 60 CONNECT/DISCONNECT pairs on a websocket open at most a burst of upstream "
+                    "sockets", "pass" if 1 <= accepted <= allowed and len(opened) <= 1 + allowed else "fail",
+                    f"{accepted} accepted, {len(replies) - accepted} refused; InvokeAI logged {len(opened)} new "
+                    f"socket connections (allowed {1 + allowed})")
+
+        # 4. cross-site websocket hijacking: the guard's cookie alone, from another site's page
+        if cookie:
+            for origin, want in (("http://evil.example", "44"), (base, "40")):
+                ws = websocket.create_connection(f"{ws_base}{SIO_PATH}/?EIO=4&transport=websocket", header=[
+                    f"Cookie: {SESSION_COOKIE}={cookie}"], origin=origin, timeout=15)
+                recv_packet()
+                ws.send("40")
+                reply = recv_packet()
+                ws.close()
+                ok = reply.startswith(want)
+                self.record(f"session guard: a cookie-only CONNECT from Origin {origin} is "
+                            f"{'refused' if want == '44' else 'accepted'}",
+                            "pass" if ok else ("leak" if want == "44" else "false_deny"), reply[:80])
+
     # ------------------------------------------------------------------ revocation
     def sql(self, stmt, args):
         con = sqlite3.connect(self.a.db, timeout=10)
@@ -1182,7 +1322,7 @@ class Suite:
         try:
             self.connect_all()
             # an aborted section is a failure; the later ones still run
-            for section in (self.run_phases, self.after_phases, self.refusals, self.revocation):
+            for section in (self.run_phases, self.after_phases, self.refusals, self.session_guards, self.revocation):
                 try:
                     section()
                 except Exception as e:  # noqa: BLE001

@@ -147,6 +147,10 @@ GPORT="$(free_port)"
 APORT="$(free_port)"
 mkdir -p "$RUNDIR/guard"
 t=$(date +%s.%N)
+# The operator's step over an existing InvokeAI (README, "Owner records on 6.12"): setup.py's items predate the guard.
+( cd "$REPO" && "$GUARD_BIN" ledger adopt-existing --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" \
+    --ledger "$RUNDIR/guard/ledger.db" ) > "$RUNDIR/ledger-adopt.out" 2>&1 \
+  || { cat "$RUNDIR/ledger-adopt.out" >&2; die "invoke-guard ledger adopt-existing failed"; }
 # Run from the repo root like tests/e2e/run.sh (config/invoke-guard.toml; the flags override it). Decision lines
 # are logged at info level: the false-deny classification reads them, so the level is pinned.
 ( cd "$REPO" && INVOKE_GUARD_LOG=info exec "$GUARD_BIN" serve --listen "127.0.0.1:$GPORT" --upstream "$UPSTREAM" \
