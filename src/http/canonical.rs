@@ -134,43 +134,54 @@ pub fn canonicalize(path: &str, query: Option<&str>) -> Result<Target, TargetErr
 }
 
 /// Canonicalize the path part only. See the module invariants.
+///
+/// One pass over the bytes, written straight into the output (no per-segment `String`): the
+/// refusals and their order are those of a segment-by-segment reading (empty segment, then the
+/// segment's bytes left to right, then dot segments).
 pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     // Absolute-form and authority tricks (`http://x/…`, `//host/…`): only a rooted path is accepted.
     if !raw.starts_with('/') {
         return Err(TargetError::NotOriginForm);
     }
-    let mut out = String::with_capacity(raw.len());
     let body = &raw[1..];
     // A lone "/" is the root; otherwise split keeps a trailing empty segment for a trailing slash.
     if body.is_empty() {
         return Ok("/".to_owned());
     }
-    let segments: Vec<&str> = body.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
+    let mut out = String::with_capacity(raw.len());
+    // An escape of a byte >= 0x80 was kept: only then can decoding the result be invalid UTF-8
+    // (raw bytes >= 0x80 are refused as non-pchars).
+    let mut high_escape = false;
+    let mut segments = body.split('/').peekable();
+    while let Some(seg) = segments.next() {
         // Double slash (`//admin`) bypasses prefix rules in some matchers: refuse empty segments.
-        if seg.is_empty() && i != last {
+        if seg.is_empty() && segments.peek().is_some() {
             return Err(TargetError::EmptySegment);
         }
-        let canon = canonical_segment(seg)?;
+        out.push('/');
+        let start = out.len();
+        high_escape |= canonical_segment(seg, &mut out)?;
         // Dot segments, plain or encoded (`..`, `%2e%2e`): the upstream would resolve them.
-        if canon == "." || canon == ".." {
+        if matches!(&out[start..], "." | "..") {
             return Err(TargetError::DotSegment);
         }
-        out.push('/');
-        out.push_str(&canon);
     }
     // Percent-decoding the result must give valid UTF-8 (overlong `%C0%AF` and friends).
-    let decoded: Vec<u8> = percent_encoding::percent_decode_str(&out).collect();
-    if std::str::from_utf8(&decoded).is_err() {
-        return Err(TargetError::InvalidUtf8);
+    if high_escape {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&out).collect();
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(TargetError::InvalidUtf8);
+        }
     }
     Ok(out)
 }
 
-fn canonical_segment(seg: &str) -> Result<String, TargetError> {
+/// Append the canonical form of one segment to `out`; `true` when it kept an escape of a byte
+/// >= 0x80.
+fn canonical_segment(seg: &str, out: &mut String) -> Result<bool, TargetError> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = seg.as_bytes();
-    let mut out = String::with_capacity(seg.len());
+    let mut high_escape = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -189,8 +200,10 @@ fn canonical_segment(seg: &str) -> Result<String, TargetError> {
                 // Unreserved characters have one canonical spelling: the decoded one.
                 v if is_unreserved(v) => out.push(v as char),
                 v => {
+                    high_escape |= v >= 0x80;
                     out.push('%');
-                    out.push_str(&format!("{v:02X}"));
+                    out.push(HEX[usize::from(v >> 4)] as char);
+                    out.push(HEX[usize::from(v & 0xf)] as char);
                 }
             }
             i += 3;
@@ -204,7 +217,7 @@ fn canonical_segment(seg: &str) -> Result<String, TargetError> {
         }
         i += 1;
     }
-    Ok(out)
+    Ok(high_escape)
 }
 
 fn check_query_bytes(q: &str) -> Result<(), TargetError> {
