@@ -27,6 +27,7 @@
 #   summary.md             the printed table
 #   functions-NAME.txt     per function: self instructions per request (callgrind_annotate of both
 #                          runs, subtracted, divided by the request difference), largest first
+#   functions-NAME-inclusive.txt  per function with everything it called (where a phase's cost is)
 #   functions-NAME-origin.txt  the same for the origin behind NAME
 #   upstream-requests.txt  the request head each proxy sends upstream for the same client request
 #                          (captured, byte for byte, by a recording origin; not under valgrind)
@@ -341,9 +342,11 @@ def background(counts):
 def thread_files(prefix):
     return sorted(glob.glob(prefix + "-*")) or sorted(glob.glob(prefix))
 
-def per_function(path):
-    """Self instructions per function of one callgrind file (callgrind_annotate, no threshold)."""
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", path],
+def per_function(path, inclusive=False):
+    """Instructions per function of one callgrind file (callgrind_annotate, no threshold): self
+    cost, or with `inclusive` the cost of the function and everything it called."""
+    flag = "--inclusive=yes" if inclusive else "--inclusive=no"
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", flag, path],
                           capture_output=True, text=True, check=True).stdout
     total, fns, body = 0, collections.Counter(), False
     for line in text.splitlines():
@@ -363,8 +366,9 @@ def per_function(path):
     return total, fns
 
 def load(prefix):
-    """(request-path total, background total, per-function Counter) over a run's thread files."""
-    req, bg, fns = 0, 0, collections.Counter()
+    """(request-path total, background total, per-function self Counter, inclusive Counter)
+    over a run's thread files."""
+    req, bg, fns, incl = 0, 0, collections.Counter(), collections.Counter()
     for f in thread_files(prefix):
         total, counts = per_function(f)
         if background(counts):
@@ -372,7 +376,8 @@ def load(prefix):
             continue
         req += total
         fns.update(counts)
-    return req, bg, fns
+        incl.update(per_function(f, inclusive=True)[1])
+    return req, bg, fns, incl
 
 def diff(name, role):
     a = load(f"{work}/{name}.{small}.{role}.cg")
@@ -388,6 +393,15 @@ def diff(name, role):
         for k, v in rows:
             if abs(v) >= 0.5:
                 fh.write(f"{v:12,.0f}  {k}\n")
+    if role == "proxy":
+        # Inclusive: a function and all it called (recursive and shared callees can make rows
+        # add up to more than the total: read a row, not a sum).
+        incl = {k: (b[3].get(k, 0) - a[3].get(k, 0)) / dn for k in set(a[3]) | set(b[3])}
+        with open(f"{out}/functions-{name}-inclusive.txt", "w") as fh:
+            fh.write(f"# {name}: inclusive instructions per request (the function and its callees), (N={large} - N={small}) / {dn}\n")
+            for k, v in sorted(incl.items(), key=lambda kv: -kv[1]):
+                if v >= 10:
+                    fh.write(f"{v:12,.0f}  {k}\n")
     return per_req, bg, rows
 
 res = {}
