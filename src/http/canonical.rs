@@ -137,14 +137,15 @@ pub fn canonicalize(path: &str, query: Option<&str>) -> Result<Target, TargetErr
 ///
 /// One pass over the bytes, written straight into the output (no per-segment `String`): the
 /// refusals and their order are those of a segment-by-segment reading (empty segment, then the
-/// segment's bytes left to right, then dot segments).
+/// segment's bytes left to right, then dot segments). Segments are found with `memchr`, and runs
+/// of plain `pchar`s are copied whole.
 pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     // Absolute-form and authority tricks (`http://x/…`, `//host/…`): only a rooted path is accepted.
     if !raw.starts_with('/') {
         return Err(TargetError::NotOriginForm);
     }
     let body = &raw[1..];
-    // A lone "/" is the root; otherwise split keeps a trailing empty segment for a trailing slash.
+    // A lone "/" is the root; otherwise a trailing `/` leaves a trailing empty segment.
     if body.is_empty() {
         return Ok("/".to_owned());
     }
@@ -152,19 +153,27 @@ pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     // An escape of a byte >= 0x80 was kept: only then can decoding the result be invalid UTF-8
     // (raw bytes >= 0x80 are refused as non-pchars).
     let mut high_escape = false;
-    let mut segments = body.split('/').peekable();
-    while let Some(seg) = segments.next() {
+    let mut start = 0;
+    loop {
+        // `/` is ASCII: every slice below is on a character boundary.
+        let end = memchr::memchr(b'/', &body.as_bytes()[start..]).map_or(body.len(), |i| start + i);
+        let seg = &body[start..end];
+        let last = end == body.len();
         // Double slash (`//admin`) bypasses prefix rules in some matchers: refuse empty segments.
-        if seg.is_empty() && segments.peek().is_some() {
+        if seg.is_empty() && !last {
             return Err(TargetError::EmptySegment);
         }
         out.push('/');
-        let start = out.len();
+        let from = out.len();
         high_escape |= canonical_segment(seg, &mut out)?;
         // Dot segments, plain or encoded (`..`, `%2e%2e`): the upstream would resolve them.
-        if matches!(&out[start..], "." | "..") {
+        if matches!(&out[from..], "." | "..") {
             return Err(TargetError::DotSegment);
         }
+        if last {
+            break;
+        }
+        start = end + 1;
     }
     // Percent-decoding the result must give valid UTF-8 (overlong `%C0%AF` and friends).
     if high_escape {
@@ -176,15 +185,33 @@ pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     Ok(out)
 }
 
+/// [`is_pchar`] for every byte, as a table (one load per byte on the common path).
+static PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_pchar(b as u8);
+        b += 1;
+    }
+    table
+};
+
 /// Append the canonical form of one segment to `out`; `true` when it kept an escape of a byte
 /// >= 0x80.
 fn canonical_segment(seg: &str, out: &mut String) -> Result<bool, TargetError> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = seg.as_bytes();
     let mut high_escape = false;
+    // Start of the run of plain pchars not yet copied (they are ASCII: slicing there is safe).
+    let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if PCHAR[usize::from(b)] {
+            i += 1;
+            continue;
+        }
+        out.push_str(&seg[run..i]);
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(TargetError::BadEscape)?;
             let value = decode_hex_pair(hex).ok_or(TargetError::BadEscape)?;
@@ -207,16 +234,16 @@ fn canonical_segment(seg: &str, out: &mut String) -> Result<bool, TargetError> {
                 }
             }
             i += 3;
+            run = i;
             continue;
         }
-        match b {
-            0x00..=0x1f | 0x7f => return Err(TargetError::ControlByte),
-            b'\\' => return Err(TargetError::Backslash),
-            _ if is_pchar(b) => out.push(b as char),
-            _ => return Err(TargetError::BadCharacter),
-        }
-        i += 1;
+        return Err(match b {
+            0x00..=0x1f | 0x7f => TargetError::ControlByte,
+            b'\\' => TargetError::Backslash,
+            _ => TargetError::BadCharacter,
+        });
     }
+    out.push_str(&seg[run..]);
     Ok(high_escape)
 }
 
@@ -250,12 +277,12 @@ fn decode_hex_pair(hex: &[u8]) -> Option<u8> {
     Some(digit(hex[0])? << 4 | digit(hex[1])?)
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// RFC 3986 `pchar` minus `%` (handled separately).
-fn is_pchar(b: u8) -> bool {
+const fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
