@@ -303,6 +303,10 @@ const fn is_pchar(b: u8) -> bool {
 
 /// Percent-decode a matched path parameter once, as Starlette does before routing.
 pub fn decode_param(raw: &str) -> String {
+    // Nothing to decode (most names and ids): the same text.
+    if memchr::memchr(b'%', raw.as_bytes()).is_none() {
+        return raw.to_owned();
+    }
     // Canonical paths always decode to valid UTF-8 (checked in `canonical_path`).
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
@@ -345,6 +349,13 @@ mod tests {
     fn encoded_query_names_are_decoded_like_python() {
         let t = canonicalize("/a", Some("board%5Fid=x")).unwrap();
         assert_eq!(t.params.single("board_id").unwrap(), Some("x"));
+    }
+
+    #[test]
+    fn decode_param_decodes_once() {
+        assert_eq!(decode_param("a%20b%25"), "a b%");
+        assert_eq!(decode_param("plain-name.png"), "plain-name.png");
+        assert_eq!(decode_param("%C3%A9"), "é");
     }
 
     #[test]
