@@ -14,11 +14,15 @@
 //!   says it can take a request (`SendRequest::is_ready`: the previous response was read to its
 //!   end and the connection is open). A connection whose response body was dropped unread, or
 //!   that failed, is closed by hyper and never handed out again (`is_closed`). What invalidates a
-//!   pooled connection: the upstream closing it, an error, or `idle_timeout` without use (the
-//!   reaper closes it, below uvicorn's keep-alive). A request hyper could not start on a reused
-//!   connection (closed under it while idle) is retried once on a new connection, as hyper-util
-//!   does; nothing written is ever retried. Tests: `pool_*` below, `tests/proxy.rs` (keep-alive,
-//!   upstream closing idle connections, 502/504), the soak (idle connections reaped).
+//!   pooled connection: the upstream closing it, an error, or `idle_timeout` without use (never
+//!   handed out after that, and closed by a reaper; the default 4 s is below uvicorn's 5 s
+//!   keep-alive). Idle time is counted conservatively (never less than real). A request hyper
+//!   could not start on a reused connection (closed under it while idle) is retried once on a new
+//!   connection, as hyper-util does; nothing written is ever retried. Connections handed a
+//!   request wait in a busy list; it is looked at only when no idle connection is left, so its
+//!   cost follows the requests in flight. Tests: `pool_*` below (reuse, idle timeout and reaping,
+//!   a connection the upstream closed while idle, an unread body), `tests/faults.rs` (refused,
+//!   reset mid-body, garbage), `tests/proxy.rs` (502, 504), the soak (idle connections reaped).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
