@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per request under callgrind (docs/benchmarks.md, "Instruction counts"; issue #22).
+# Instructions per request under callgrind (docs/benchmarks.md, "Issue #22: instructions per
+# request (callgrind)").
 #
 #   scripts/bench/icount.sh                    all contenders, the table and the per-function files
 #   ONLY="allow deny" scripts/bench/icount.sh  some contenders only (the gate for a hot-path change)
@@ -20,7 +21,8 @@
 # the two totals divided by LARGE - SMALL cancels start-up, warm-up and shutdown exactly.
 # Background threads that run on a clock, not per request (the guard's `facts-watcher`, which
 # polls the database every 50 ms: its count grows with valgrind's wall time), are left out of
-# the per-request figure and reported beside it.
+# the per-request figure and reported beside it. Deterministic to within a few dozen
+# instructions per request between runs of one binary (timer and reaper wake-ups).
 #
 # Prints instructions per request for each contender (and for the origin behind it) with the
 # ratios, and writes under OUT (default target/bench/icount):
@@ -28,7 +30,7 @@
 #   functions-NAME.txt     per function: self instructions per request (callgrind_annotate of both
 #                          runs, subtracted, divided by the request difference), largest first
 #   functions-NAME-inclusive.txt  per function with everything it called (where a phase's cost is)
-#   functions-NAME-origin.txt  the same for the origin behind NAME
+#   functions-NAME-origin.txt  self cost of the origin behind NAME
 #   upstream-requests.txt  the request head each proxy sends upstream for the same client request
 #                          (captured, byte for byte, by a recording origin; not under valgrind)
 # Knobs: SMALL=300 LARGE=1500 WARM=50 TOP=25 ONLY="origin passthrough nginx allow deny"
