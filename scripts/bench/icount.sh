@@ -21,7 +21,7 @@
 # the two totals divided by LARGE - SMALL cancels start-up, warm-up and shutdown exactly.
 # Background threads that run on a clock, not per request (the guard's `facts-watcher`, which
 # polls the database every 50 ms: its count grows with valgrind's wall time), are left out of
-# the per-request figure and reported beside it. Deterministic to within a few dozen
+# the per-request figure and reported beside it. Repeatable to within about 100
 # instructions per request between runs of one binary (timer and reaper wake-ups).
 #
 # Prints instructions per request for each contender (and for the origin behind it) with the
