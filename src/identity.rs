@@ -152,8 +152,11 @@ struct Keys {
     secret: Box<str>,
     decoding: DecodingKey,
     encoding: EncodingKey,
-    /// Token text → its claims and `exp`, for tokens that verified under this secret.
-    verified: Mutex<HashMap<Box<str>, Verified>>,
+    /// Token text → its claims and `exp`, for tokens that verified under this secret. Hashed
+    /// with foldhash (seeded per process), not SipHash: only tokens whose HS256 signature
+    /// verified are ever inserted, so a client cannot choose the keys the map holds (a forged
+    /// one is refused before insertion; lookups of it just miss).
+    verified: Mutex<HashMap<Box<str>, Verified, foldhash::fast::RandomState>>,
 }
 
 /// A token's claims and `exp`, as verified.
@@ -176,7 +179,7 @@ impl Keys {
             secret: secret.into(),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             encoding: EncodingKey::from_secret(secret.as_bytes()),
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::default()),
         }
     }
 }

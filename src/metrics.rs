@@ -305,10 +305,12 @@ pub fn decision(
 /// lock and a label `String` per request were measurable on the allow path). A handle shares
 /// its value with the family's counter, and the family is never cleared, so counting through
 /// a handle is counting in the family. Bounded like the labels: fixed label sets times the
-/// rule ids seen.
+/// rule ids seen. Hashed with foldhash, not SipHash: the keys are the guard's own label
+/// strings and the route table's rule ids, never a client's bytes (no flooding to resist).
 type DecisionHandles = std::collections::HashMap<
     (&'static str, &'static str, &'static str),
-    std::collections::HashMap<String, Counter>,
+    std::collections::HashMap<String, Counter, foldhash::fast::RandomState>,
+    foldhash::fast::RandomState,
 >;
 
 thread_local! {

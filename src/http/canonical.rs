@@ -134,46 +134,84 @@ pub fn canonicalize(path: &str, query: Option<&str>) -> Result<Target, TargetErr
 }
 
 /// Canonicalize the path part only. See the module invariants.
+///
+/// One pass over the bytes, written straight into the output (no per-segment `String`): the
+/// refusals and their order are those of a segment-by-segment reading (empty segment, then the
+/// segment's bytes left to right, then dot segments). Segments are found with `memchr`, and runs
+/// of plain `pchar`s are copied whole.
 pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     // Absolute-form and authority tricks (`http://x/…`, `//host/…`): only a rooted path is accepted.
     if !raw.starts_with('/') {
         return Err(TargetError::NotOriginForm);
     }
-    let mut out = String::with_capacity(raw.len());
     let body = &raw[1..];
-    // A lone "/" is the root; otherwise split keeps a trailing empty segment for a trailing slash.
+    // A lone "/" is the root; otherwise a trailing `/` leaves a trailing empty segment.
     if body.is_empty() {
         return Ok("/".to_owned());
     }
-    let segments: Vec<&str> = body.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
+    let mut out = String::with_capacity(raw.len());
+    // An escape of a byte >= 0x80 was kept: only then can decoding the result be invalid UTF-8
+    // (raw bytes >= 0x80 are refused as non-pchars).
+    let mut high_escape = false;
+    let mut start = 0;
+    loop {
+        // `/` is ASCII: every slice below is on a character boundary.
+        let end = memchr::memchr(b'/', &body.as_bytes()[start..]).map_or(body.len(), |i| start + i);
+        let seg = &body[start..end];
+        let last = end == body.len();
         // Double slash (`//admin`) bypasses prefix rules in some matchers: refuse empty segments.
-        if seg.is_empty() && i != last {
+        if seg.is_empty() && !last {
             return Err(TargetError::EmptySegment);
         }
-        let canon = canonical_segment(seg)?;
+        out.push('/');
+        let from = out.len();
+        high_escape |= canonical_segment(seg, &mut out)?;
         // Dot segments, plain or encoded (`..`, `%2e%2e`): the upstream would resolve them.
-        if canon == "." || canon == ".." {
+        if matches!(&out[from..], "." | "..") {
             return Err(TargetError::DotSegment);
         }
-        out.push('/');
-        out.push_str(&canon);
+        if last {
+            break;
+        }
+        start = end + 1;
     }
     // Percent-decoding the result must give valid UTF-8 (overlong `%C0%AF` and friends).
-    let decoded: Vec<u8> = percent_encoding::percent_decode_str(&out).collect();
-    if std::str::from_utf8(&decoded).is_err() {
-        return Err(TargetError::InvalidUtf8);
+    if high_escape {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&out).collect();
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(TargetError::InvalidUtf8);
+        }
     }
     Ok(out)
 }
 
-fn canonical_segment(seg: &str) -> Result<String, TargetError> {
+/// [`is_pchar`] for every byte, as a table (one load per byte on the common path).
+static PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_pchar(b as u8);
+        b += 1;
+    }
+    table
+};
+
+/// Append the canonical form of one segment to `out`; `true` when it kept an escape of a byte
+/// >= 0x80.
+fn canonical_segment(seg: &str, out: &mut String) -> Result<bool, TargetError> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = seg.as_bytes();
-    let mut out = String::with_capacity(seg.len());
+    let mut high_escape = false;
+    // Start of the run of plain pchars not yet copied (they are ASCII: slicing there is safe).
+    let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if PCHAR[usize::from(b)] {
+            i += 1;
+            continue;
+        }
+        out.push_str(&seg[run..i]);
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(TargetError::BadEscape)?;
             let value = decode_hex_pair(hex).ok_or(TargetError::BadEscape)?;
@@ -189,22 +227,24 @@ fn canonical_segment(seg: &str) -> Result<String, TargetError> {
                 // Unreserved characters have one canonical spelling: the decoded one.
                 v if is_unreserved(v) => out.push(v as char),
                 v => {
+                    high_escape |= v >= 0x80;
                     out.push('%');
-                    out.push_str(&format!("{v:02X}"));
+                    out.push(HEX[usize::from(v >> 4)] as char);
+                    out.push(HEX[usize::from(v & 0xf)] as char);
                 }
             }
             i += 3;
+            run = i;
             continue;
         }
-        match b {
-            0x00..=0x1f | 0x7f => return Err(TargetError::ControlByte),
-            b'\\' => return Err(TargetError::Backslash),
-            _ if is_pchar(b) => out.push(b as char),
-            _ => return Err(TargetError::BadCharacter),
-        }
-        i += 1;
+        return Err(match b {
+            0x00..=0x1f | 0x7f => TargetError::ControlByte,
+            b'\\' => TargetError::Backslash,
+            _ => TargetError::BadCharacter,
+        });
     }
-    Ok(out)
+    out.push_str(&seg[run..]);
+    Ok(high_escape)
 }
 
 fn check_query_bytes(q: &str) -> Result<(), TargetError> {
@@ -237,12 +277,12 @@ fn decode_hex_pair(hex: &[u8]) -> Option<u8> {
     Some(digit(hex[0])? << 4 | digit(hex[1])?)
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// RFC 3986 `pchar` minus `%` (handled separately).
-fn is_pchar(b: u8) -> bool {
+const fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
@@ -263,6 +303,10 @@ fn is_pchar(b: u8) -> bool {
 
 /// Percent-decode a matched path parameter once, as Starlette does before routing.
 pub fn decode_param(raw: &str) -> String {
+    // Nothing to decode (most names and ids): the same text.
+    if memchr::memchr(b'%', raw.as_bytes()).is_none() {
+        return raw.to_owned();
+    }
     // Canonical paths always decode to valid UTF-8 (checked in `canonical_path`).
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
@@ -305,6 +349,13 @@ mod tests {
     fn encoded_query_names_are_decoded_like_python() {
         let t = canonicalize("/a", Some("board%5Fid=x")).unwrap();
         assert_eq!(t.params.single("board_id").unwrap(), Some("x"));
+    }
+
+    #[test]
+    fn decode_param_decodes_once() {
+        assert_eq!(decode_param("a%20b%25"), "a b%");
+        assert_eq!(decode_param("plain-name.png"), "plain-name.png");
+        assert_eq!(decode_param("%C3%A9"), "é");
     }
 
     #[test]

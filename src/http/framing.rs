@@ -133,6 +133,11 @@ impl<IO> Scanned<IO> {
                     if skip > 0 {
                         return (Mode::Head(buf), skip);
                     }
+                    // The whole head in this read (the common case): read it where it is. The
+                    // same as the copying path below with an empty buffer, without the copy.
+                    if let Some(end) = head_end(data, 0) {
+                        return (self.after_head(&data[..end]), end);
+                    }
                 }
                 let start = buf.len().saturating_sub(3);
                 buf.extend_from_slice(data);
@@ -170,9 +175,12 @@ impl<IO> Scanned<IO> {
     }
 
     fn after_head(&self, head: &[u8]) -> Mode {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        // Uninitialized slots: httparse writes the ones it fills (128 initialized headers
+        // would be 4 KiB of stores per request head).
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(head, &mut headers);
+        if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
             // Desync by a head the scanner cannot read (a body framed differently than hyper
             // frames it): refuse the connection rather than stop looking. hyper refuses such a
             // head itself, so no request a client could have had served is lost.
@@ -184,26 +192,30 @@ impl<IO> Scanned<IO> {
         if req.method == Some("CONNECT") {
             return Mode::Opaque;
         }
-        let mut lengths = Vec::new();
-        let mut codings = Vec::new();
+        // The framing headers: how many of each, the first Content-Length, the last
+        // Transfer-Encoding (no allocation: most heads have neither).
+        let (mut lengths, mut length) = (0usize, None::<&[u8]>);
+        let (mut codings, mut coding) = (0usize, None::<&[u8]>);
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                lengths.push(h.value);
+                lengths += 1;
+                length = length.or(Some(h.value));
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                codings.push(h.value);
+                codings += 1;
+                coding = Some(h.value);
             }
         }
         // CL.TE / TE.CL desync (Kettle 2019): both framings in one request.
-        if !lengths.is_empty() && !codings.is_empty() {
+        if lengths > 0 && codings > 0 {
             self.flag.set("Content-Length with Transfer-Encoding");
             return Mode::Opaque;
         }
         // Duplicate Content-Length, even equal, or a list in one header.
-        if lengths.len() > 1 || lengths.iter().any(|v| v.contains(&b',')) {
+        if lengths > 1 || length.is_some_and(|v| v.contains(&b',')) {
             self.flag.set("duplicate Content-Length");
             return Mode::Opaque;
         }
-        if let Some(last) = codings.last() {
+        if let Some(last) = coding {
             let chunked = String::from_utf8_lossy(last)
                 .rsplit(',')
                 .next()
@@ -214,7 +226,7 @@ impl<IO> Scanned<IO> {
                 Mode::Opaque
             };
         }
-        match lengths.first() {
+        match length {
             None => Mode::Head(Vec::new()),
             Some(v) => match std::str::from_utf8(v)
                 .ok()
@@ -318,12 +330,15 @@ pub fn trace(chunks: &[&[u8]], max_head: usize) -> Trace {
 
 /// Where a request head ends: after its first empty line, with the line endings httparse (and
 /// so hyper) accepts, `\r\n` or a bare `\n` (else `\r\n\n` ends a head for hyper, not for us).
+/// Only the line ends are looked at (`memchr`), not every byte of the head.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    (from..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
-        (b'\n', Some(b'\n'), _) => Some(i + 2),
-        (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
-        _ => None,
-    })
+    memchr::memchr_iter(b'\n', &buf[from..])
+        .map(|i| i + from)
+        .find_map(|i| match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        })
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Scanned<IO> {

@@ -62,6 +62,25 @@ const SPOOFABLE_PREFIXES: &[&str] = &[
     "x-remote-",
 ];
 
+/// Whether `name` (lowercase, as every `HeaderName` is) is in [`HOP_BY_HOP`]: one `match`
+/// (a length switch, then one comparison) instead of nine string comparisons per header.
+fn is_hop_by_hop(name: &str) -> bool {
+    let hop = matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    );
+    debug_assert_eq!(hop, HOP_BY_HOP.contains(&name));
+    hop
+}
+
 /// Remove hop-by-hop headers and any header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<String> = headers
@@ -75,7 +94,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names present, instead of a name
     // parse and a map probe for every listed name.
     let doomed = |name: &HeaderName| {
-        HOP_BY_HOP.contains(&name.as_str()) || listed.iter().any(|l| l == name.as_str())
+        is_hop_by_hop(name.as_str()) || listed.iter().any(|l| l == name.as_str())
     };
     if !headers.keys().any(doomed) {
         return;
@@ -110,11 +129,31 @@ pub fn strip_spoofable(headers: &mut HeaderMap) {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Facts about the client connection used for forwarding headers.
 #[derive(Debug, Clone)]
 pub struct ClientConn {
     pub peer: IpAddr,
     pub tls: bool,
+    /// `peer` as a header value, formatted once per connection (the `X-Forwarded-For` of every
+    /// request on it from an untrusted peer). Derived from `peer` only: build with [`Self::new`].
+    peer_value: HeaderValue,
+}
+
+impl ClientConn {
+    /// The connection's facts; formats the peer address once.
+    pub fn new(peer: IpAddr, tls: bool) -> Self {
+        let peer_value =
+            HeaderValue::try_from(peer.to_string()).expect("an IP address is a valid header value");
+        Self {
+            peer,
+            tls,
+            peer_value,
+        }
+    }
 }
 
 /// Set `X-Forwarded-For/Proto/Host`. `incoming` are the client's original headers (read before
@@ -127,34 +166,35 @@ pub fn set_forwarded(
     host: Option<&str>,
 ) {
     let peer_trusted = trusted.iter().any(|net| net.contains(&conn.peer));
-    let prior_for = incoming
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| peer_trusted);
-    let xff = match prior_for {
-        Some(prior) => format!("{prior}, {}", conn.peer),
-        None => conn.peer.to_string(),
+    // A client's own values count only from a trusted proxy (untrusted: not even looked up).
+    let prior = |name: &HeaderName| {
+        incoming
+            .get(name)
+            .filter(|v| peer_trusted && v.to_str().is_ok())
     };
-    let proto = incoming
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| peer_trusted && matches!(*p, "http" | "https"))
-        .unwrap_or(if conn.tls { "https" } else { "http" })
-        .to_owned();
-    let fwd_host = incoming
-        .get("x-forwarded-host")
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| peer_trusted)
-        .map(str::to_owned)
-        .or_else(|| host.map(str::to_owned));
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    let xff = match prior(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer)).ok(),
+        None => Some(conn.peer_value.clone()),
+    };
+    let own_proto = if conn.tls { "https" } else { "http" };
+    let proto = prior(&X_FORWARDED_PROTO)
+        .filter(|p| matches!(p.as_bytes(), b"http" | b"https"))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(own_proto));
+    let fwd_host = prior(&X_FORWARDED_HOST).cloned().or_else(|| {
+        let host = host?;
+        // Usually the client's own Host header: share its value instead of copying it.
+        match incoming.get(HOST) {
+            Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(host).ok(),
+        }
+    });
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&proto) {
-        headers.insert("x-forwarded-proto", v);
-    }
-    if let Some(v) = fwd_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        headers.insert("x-forwarded-host", v);
+    headers.insert(X_FORWARDED_PROTO, proto);
+    if let Some(v) = fwd_host {
+        headers.insert(X_FORWARDED_HOST, v);
     }
 }
 

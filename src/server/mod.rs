@@ -103,18 +103,16 @@ where
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let client = ClientConn {
-                peer: peer.ip(),
-                tls: tls.is_some(),
-            };
+            let client = ClientConn::new(peer.ip(), tls.is_some());
             let max_head = state.limits.max_header_bytes;
             let svc_state = state.clone();
             let service = move |framing: Arc<framing::Flag>| {
                 let state = svc_state.clone();
-                let conn = ConnInfo {
+                // Shared by the connection's requests (a count, not a copy, per request).
+                let conn = Arc::new(ConnInfo {
                     client: client.clone(),
                     framing,
-                };
+                });
                 service_fn(move |req| {
                     let state = state.clone();
                     let conn = conn.clone();
