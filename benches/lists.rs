@@ -21,6 +21,7 @@ use invoke_guard::filters::{self, FilterContext, Reshape, ResponseFilter};
 use invoke_guard::http::canonical::{self, Target};
 use invoke_guard::identity::{Principal, TokenSource};
 use invoke_guard::policy::RequestData;
+use invoke_guard::rules::vocab::Recompute;
 
 const N: usize = 1_000;
 
@@ -217,7 +218,7 @@ fn bench_lists(c: &mut Criterion) {
                     &rt,
                     &w,
                     &Case {
-                        filter: ResponseFilter::ReadableImages,
+                        filter: ResponseFilter::Recompute(Recompute::ReadableImages),
                         body: &dtos,
                         target: &by_names,
                         reshape: None,
@@ -242,7 +243,7 @@ fn bench_lists(c: &mut Criterion) {
                 &rt,
                 &w,
                 &Case {
-                    filter: ResponseFilter::OwnImageNames,
+                    filter: ResponseFilter::Recompute(Recompute::OwnImageNames),
                     body: &names,
                     target: &names_target,
                     reshape: None,
@@ -270,7 +271,7 @@ fn bench_lists(c: &mut Criterion) {
                 &rt,
                 &w,
                 &Case {
-                    filter: ResponseFilter::VisibleWorkflowPage,
+                    filter: ResponseFilter::Recompute(Recompute::VisibleWorkflowPage),
                     body: &page,
                     target: &wf_target,
                     reshape: Some(&reshape),
@@ -305,9 +306,12 @@ fn bench_lists(c: &mut Criterion) {
                 };
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let plan = filters::plan(&[ResponseFilter::OwnImagePage], &input)
-                        .await
-                        .expect("plan");
+                    let plan = filters::plan(
+                        &[ResponseFilter::Recompute(Recompute::OwnImagePage)],
+                        &input,
+                    )
+                    .await
+                    .expect("plan");
                     black_box(plan.expect("a rewrite"));
                 }
                 start.elapsed()

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use invoke_guard::facts::ledger::Ledger;
 use invoke_guard::facts::{Facts, FactsConfig};
 use invoke_guard::filters::{self, FilterContext, ResponseFilter};
+use invoke_guard::rules::vocab::{List, Recompute};
 use invoke_guard::identity::{Principal, TokenSource};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -256,12 +257,12 @@ fuzz_target!(|data: &[u8]| {
         via: TokenSource::Bearer,
     };
     let filter = [
-        ResponseFilter::OwnUncategorizedNames,
-        ResponseFilter::SanitizeQueueItems,
-        ResponseFilter::RedactQueueStatus,
-        ResponseFilter::OwnQueueCounts,
-        ResponseFilter::OwnImageNames,
-        ResponseFilter::ReadableImages,
+        ResponseFilter::List(List::OwnUncategorizedNames),
+        ResponseFilter::List(List::SanitizeQueueItems),
+        ResponseFilter::List(List::RedactQueueStatus),
+        ResponseFilter::List(List::OwnQueueCounts),
+        ResponseFilter::Recompute(Recompute::OwnImageNames),
+        ResponseFilter::Recompute(Recompute::ReadableImages),
     ][usize::from(sel % 6)];
     let mut path = HashMap::new();
     path.insert("board_id".to_owned(), "none".to_owned());
@@ -312,7 +313,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let before: Value = serde_json::from_slice(&input).expect("the input was JSON");
     match filter {
-        ResponseFilter::OwnUncategorizedNames => {
+        ResponseFilter::List(List::OwnUncategorizedNames) => {
             let names = out.as_array().expect("names stay a list");
             for n in names {
                 let n = n.as_str().expect("only names");
@@ -320,7 +321,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!w.on_board.contains(n), "{n} is on a board");
             }
         }
-        ResponseFilter::SanitizeQueueItems => {
+        ResponseFilter::List(List::SanitizeQueueItems) => {
             let items: Vec<&Value> = match &out {
                 Value::Array(items) => items.iter().collect(),
                 Value::Null => Vec::new(),
@@ -339,7 +340,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        ResponseFilter::RedactQueueStatus => {
+        ResponseFilter::List(List::RedactQueueStatus) => {
             let queue = &out["queue"];
             if let Some(id) = queue.get("item_id").filter(|v| !v.is_null()) {
                 let id = id.as_i64().expect("an item id");
@@ -356,7 +357,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        ResponseFilter::OwnQueueCounts => {
+        ResponseFilter::List(List::OwnQueueCounts) => {
             let dest = before.get("destination").and_then(Value::as_str);
             let mut expected: HashMap<&str, i64> = HashMap::new();
             for q in w.queue.values() {
@@ -377,7 +378,7 @@ fuzz_target!(|data: &[u8]| {
             }
             assert_eq!(out["total"], Value::from(total));
         }
-        ResponseFilter::OwnImageNames => {
+        ResponseFilter::Recompute(Recompute::OwnImageNames) => {
             let names = out["image_names"].as_array().expect("names stay a list");
             let listed: HashSet<&Value> = before["image_names"]
                 .as_array()
@@ -392,7 +393,7 @@ fuzz_target!(|data: &[u8]| {
             let starred = out["starred_count"].as_u64().expect("a starred count");
             assert!(starred as usize <= names.len(), "more starred than listed");
         }
-        ResponseFilter::ReadableImages => {
+        ResponseFilter::Recompute(Recompute::ReadableImages) => {
             let items = out.as_array().expect("items stay a list");
             let originals = before.as_array().expect("the input was a list");
             // Kept items are the readable ones, in the upstream's order.

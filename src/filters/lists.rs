@@ -5,19 +5,7 @@ use serde_json::Value;
 
 use super::FilterContext;
 use crate::decision::Refusal;
-
-/// The list rewrites, one per list filter of the vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum List {
-    /// R3: 6.12 lists every user's uncategorized image names under boards/none.
-    UncategorizedNames,
-    /// R5/R6: 6.12 sanitizes other users' queue items weakly (or not at all).
-    QueueItems,
-    /// R7: 6.12 shows the running item's ids to everyone.
-    QueueStatus,
-    /// R8: 6.12 counts every user's items of a batch or destination.
-    QueueCounts,
-}
+use crate::rules::vocab::List;
 
 /// Rewrite a JSON list response in place (spec §4 R3, R5–R7); `Ok(true)` when it changed.
 /// Called only for filters that are [`super::active`] for the request.
@@ -32,7 +20,7 @@ pub(super) async fn filter_list(
         .unwrap_or_default();
     match list {
         // R3: 6.12 lists every user's uncategorized image names under boards/none.
-        List::UncategorizedNames => {
+        List::OwnUncategorizedNames => {
             let own = ctx.facts.own_uncategorized_images(me).await?;
             let Value::Array(names) = json else {
                 return Err(Refusal::BadUpstream("unexpected image_names shape".into()));
@@ -41,7 +29,7 @@ pub(super) async fn filter_list(
             Ok(true)
         }
         // R5/R6: 6.12 sanitizes other users' queue items weakly (or not at all).
-        List::QueueItems => {
+        List::SanitizeQueueItems => {
             // Only shapes known to be queue items are rewritten; anything else is withheld.
             let known = |v: &Value| v.get("item_id").is_some_and(Value::is_i64);
             match json {
@@ -56,9 +44,9 @@ pub(super) async fn filter_list(
             Ok(true)
         }
         // R8: 6.12 counts every user's items of a batch or destination.
-        List::QueueCounts => own_queue_counts(json, ctx, me).await,
+        List::OwnQueueCounts => own_queue_counts(json, ctx, me).await,
         // R7: 6.12 shows the running item's ids to everyone.
-        List::QueueStatus => {
+        List::RedactQueueStatus => {
             let shape = || Refusal::BadUpstream("unexpected queue status shape".into());
             let queue = json
                 .get_mut("queue")

@@ -27,7 +27,7 @@ mod record;
 mod session;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
+use http::header::{HeaderValue, CACHE_CONTROL};
 use http::response::Parts;
 use serde_json::Value;
 
@@ -37,11 +37,9 @@ use crate::facts::{Facts, Schema};
 use crate::http::canonical::Target;
 use crate::identity::Principal;
 use crate::policy::RequestData;
-use crate::rules::vocab::AdminRule;
 pub use crate::rules::vocab::ResponseFilter;
-use lists::List;
+use crate::rules::vocab::{AdminRule, Header, List, Session};
 pub use recompute::{plan, Reshape, Rewrite};
-use session::PasswordChange;
 pub use session::{refreshed_token, session_cookie};
 
 /// What filters read: a borrowed view of the request's state (the pipeline's `RequestCtx`)
@@ -84,10 +82,14 @@ pub fn active(
         return false;
     }
     match filter {
-        ResponseFilter::OwnUncategorizedNames => {
+        ResponseFilter::List(List::OwnUncategorizedNames) => {
             path.get("board_id").map(String::as_str) == Some("none")
         }
-        _ => true,
+        ResponseFilter::Header(_)
+        | ResponseFilter::Session(_)
+        | ResponseFilter::Record(_)
+        | ResponseFilter::List(_)
+        | ResponseFilter::Recompute(_) => true,
     }
 }
 
@@ -97,52 +99,18 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
     for filter in filters {
         match filter {
             // Private pixels must not land in shared caches (6.12/6.13 send max-age=31536000).
-            ResponseFilter::PrivateMedia => {
+            ResponseFilter::Header(Header::PrivateMedia) => {
                 parts
                     .headers
                     .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
             }
-            ResponseFilter::LogoutSession if ok => {
-                if let Some(c) = session_cookie(None, 0, ctx.tls) {
-                    parts.headers.append(SET_COOKIE, c);
-                }
-            }
-            ResponseFilter::RevokeOnPasswordChange if ok => {
-                session::revoke_after_password_change(PasswordChange::Own, parts, ctx).await;
-            }
-            ResponseFilter::RevokeOnPasswordReset if ok => {
-                session::revoke_after_password_change(PasswordChange::Reset, parts, ctx).await;
-            }
-            ResponseFilter::RefreshSession if ok => session::refresh_session(parts, ctx),
             // Noted before forwarding (server::pipeline), for the socket filter.
-            ResponseFilter::CorrelateRecall => {}
-            // Not 2xx: nothing to do.
-            ResponseFilter::LogoutSession
-            | ResponseFilter::RevokeOnPasswordChange
-            | ResponseFilter::RevokeOnPasswordReset
-            | ResponseFilter::RefreshSession => {}
+            ResponseFilter::Header(Header::CorrelateRecall) => {}
+            ResponseFilter::Session(s) if ok => session::apply_headers(*s, parts, ctx).await,
+            // Not 2xx: no session changes.
+            ResponseFilter::Session(_) => {}
             // Body filters run in `apply_body`.
-            ResponseFilter::LoginSession
-            | ResponseFilter::RecordWorkflowOwner
-            | ResponseFilter::RecordStylePresetOwner
-            | ResponseFilter::RecordBulkDownload
-            | ResponseFilter::OwnUncategorizedNames
-            | ResponseFilter::SanitizeQueueItems
-            | ResponseFilter::RedactQueueStatus
-            | ResponseFilter::OwnQueueCounts
-            | ResponseFilter::OwnImagePage
-            | ResponseFilter::OwnImageNames
-            | ResponseFilter::ReadableImages
-            | ResponseFilter::VisibleWorkflowPage
-            | ResponseFilter::VisibleWorkflowTags
-            | ResponseFilter::VisibleWorkflowTagCounts
-            | ResponseFilter::VisibleWorkflowCategoryCounts
-            | ResponseFilter::VisibleStylePresets
-            | ResponseFilter::OwnDateCovers
-            | ResponseFilter::OwnIntermediatesCount
-            | ResponseFilter::OwnBoardMediaDelete => {}
-            // Applied to the request before it was forwarded.
-            ResponseFilter::SkipForeignDeletes => {}
+            ResponseFilter::Record(_) | ResponseFilter::List(_) | ResponseFilter::Recompute(_) => {}
         }
     }
 }
@@ -163,62 +131,30 @@ pub async fn apply_body(
             "a create's answer is not JSON: its owner cannot be recorded".into(),
         ));
     }
+    let unreadable = || Refusal::BadUpstream("unreadable upstream list".into());
     let mut changed = false;
     for filter in filters {
-        let list = match filter {
-            ResponseFilter::OwnUncategorizedNames => Some(List::UncategorizedNames),
-            ResponseFilter::SanitizeQueueItems => Some(List::QueueItems),
-            ResponseFilter::RedactQueueStatus => Some(List::QueueStatus),
-            ResponseFilter::OwnQueueCounts => Some(List::QueueCounts),
-            ResponseFilter::LoginSession => {
+        match filter {
+            ResponseFilter::Session(Session::Login) => {
                 changed |= session::login_session(json.as_mut(), parts, ctx);
-                None
             }
-            ResponseFilter::RecordWorkflowOwner => {
-                record::record(ctx, Entry::Workflow, json.as_ref(), "workflow_id").await?;
-                None
+            ResponseFilter::Record(r) => record::record(ctx, *r, json.as_ref()).await?,
+            ResponseFilter::List(l) => {
+                let j = json.as_mut().ok_or_else(unreadable)?;
+                changed |= lists::filter_list(*l, j, ctx).await?;
             }
-            ResponseFilter::RecordStylePresetOwner => {
-                record::record(ctx, Entry::StylePreset, json.as_ref(), "id").await?;
-                None
+            ResponseFilter::Recompute(r) => {
+                let j = json.as_mut().ok_or_else(unreadable)?;
+                changed |= recompute::reshape(*r, j, ctx).await?;
             }
-            ResponseFilter::RecordBulkDownload => {
-                let field = "bulk_download_item_name";
-                record::record(ctx, Entry::BulkDownload, json.as_ref(), field).await?;
-                None
-            }
-            ResponseFilter::OwnImagePage
-            | ResponseFilter::OwnImageNames
-            | ResponseFilter::ReadableImages
-            | ResponseFilter::VisibleWorkflowPage
-            | ResponseFilter::VisibleWorkflowTags
-            | ResponseFilter::VisibleWorkflowTagCounts
-            | ResponseFilter::VisibleWorkflowCategoryCounts
-            | ResponseFilter::VisibleStylePresets
-            | ResponseFilter::OwnDateCovers
-            | ResponseFilter::OwnIntermediatesCount
-            | ResponseFilter::OwnBoardMediaDelete => {
-                match json.as_mut() {
-                    Some(j) => changed |= recompute::reshape(*filter, j, ctx).await?,
-                    None => return Err(Refusal::BadUpstream("unreadable upstream list".into())),
-                }
-                None
-            }
-            // Header filters ran in `apply_headers`; the batch delete was rewritten before it
-            // was forwarded.
-            ResponseFilter::SkipForeignDeletes
-            | ResponseFilter::CorrelateRecall
-            | ResponseFilter::PrivateMedia
-            | ResponseFilter::RefreshSession
-            | ResponseFilter::LogoutSession
-            | ResponseFilter::RevokeOnPasswordChange
-            | ResponseFilter::RevokeOnPasswordReset => None,
-        };
-        if let Some(list) = list {
-            match json.as_mut() {
-                Some(j) => changed |= lists::filter_list(list, j, ctx).await?,
-                None => return Err(Refusal::BadUpstream("unreadable upstream list".into())),
-            }
+            // Header filters ran in `apply_headers`, as did the sessions that read no body.
+            ResponseFilter::Header(_)
+            | ResponseFilter::Session(
+                Session::Refresh
+                | Session::Logout
+                | Session::RevokeOnPasswordChange
+                | Session::RevokeOnPasswordReset,
+            ) => {}
         }
     }
     if !changed {

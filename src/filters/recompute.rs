@@ -31,8 +31,8 @@ use crate::facts::ledger::Entry;
 use crate::facts::lists::{self, ImageFilter, WorkflowScope};
 use crate::http::canonical::{Query, Target};
 use crate::identity::Principal;
-use crate::policy::{self, lax_bool};
-use crate::rules::vocab::{Predicate, ResponseFilter};
+use crate::policy::{self, lax_bool, Access};
+use crate::rules::vocab::{Recompute, ResponseFilter};
 use crate::upstream::Planned;
 
 /// What the guard sends upstream instead of the client's request.
@@ -93,38 +93,24 @@ pub async fn plan(
     filters: &[ResponseFilter],
     input: &FilterContext<'_>,
 ) -> Result<Option<Rewrite>, Refusal> {
-    for &filter in filters {
-        if !filter.info().rewrites_request {
+    for filter in filters {
+        let ResponseFilter::Recompute(r) = filter else {
             continue;
-        }
-        let rewrite = match filter {
-            ResponseFilter::OwnImagePage => own_image_page(input).await?,
-            ResponseFilter::SkipForeignDeletes => writable_names(input).await?,
-            ResponseFilter::VisibleWorkflowPage => wide_workflow_page(input)?,
-            ResponseFilter::OwnBoardMediaDelete => board_media_delete(input).await?,
+        };
+        let rewrite = match r {
+            Recompute::OwnImagePage => own_image_page(input).await?,
+            Recompute::SkipForeignDeletes => writable_names(input).await?,
+            Recompute::VisibleWorkflowPage => wide_workflow_page(input)?,
+            Recompute::OwnBoardMediaDelete => board_media_delete(input).await?,
             // Filters that only read the answer.
-            ResponseFilter::PrivateMedia
-            | ResponseFilter::LoginSession
-            | ResponseFilter::RefreshSession
-            | ResponseFilter::LogoutSession
-            | ResponseFilter::RecordWorkflowOwner
-            | ResponseFilter::RecordStylePresetOwner
-            | ResponseFilter::RecordBulkDownload
-            | ResponseFilter::RevokeOnPasswordChange
-            | ResponseFilter::RevokeOnPasswordReset
-            | ResponseFilter::CorrelateRecall
-            | ResponseFilter::OwnUncategorizedNames
-            | ResponseFilter::SanitizeQueueItems
-            | ResponseFilter::RedactQueueStatus
-            | ResponseFilter::OwnQueueCounts
-            | ResponseFilter::OwnImageNames
-            | ResponseFilter::ReadableImages
-            | ResponseFilter::VisibleWorkflowTags
-            | ResponseFilter::VisibleWorkflowTagCounts
-            | ResponseFilter::VisibleWorkflowCategoryCounts
-            | ResponseFilter::VisibleStylePresets
-            | ResponseFilter::OwnDateCovers
-            | ResponseFilter::OwnIntermediatesCount => None,
+            Recompute::OwnImageNames
+            | Recompute::ReadableImages
+            | Recompute::VisibleWorkflowTags
+            | Recompute::VisibleWorkflowTagCounts
+            | Recompute::VisibleWorkflowCategoryCounts
+            | Recompute::VisibleStylePresets
+            | Recompute::OwnDateCovers
+            | Recompute::OwnIntermediatesCount => None,
         };
         if rewrite.is_some() {
             return Ok(rewrite);
@@ -265,7 +251,7 @@ async fn writable_names(input: &FilterContext<'_>) -> Result<Option<Rewrite>, Re
     let mut facts = input.facts.images(listed.clone()).await?;
     let keep: Vec<String> = listed
         .into_iter()
-        .filter(|n| policy::media_permits(Predicate::ImageWrite, facts.remove(n), me))
+        .filter(|n| policy::media_permits(Access::Write, facts.remove(n), me))
         .collect();
     if keep.len() == names.len() {
         return Ok(None);
@@ -389,39 +375,24 @@ async fn board_media_delete(input: &FilterContext<'_>) -> Result<Option<Rewrite>
 
 /// Rewrite one list answer for the caller (an active filter); `Ok(true)` when it changed.
 pub(super) async fn reshape(
-    filter: ResponseFilter,
+    filter: Recompute,
     json: &mut Value,
     ctx: &FilterContext<'_>,
 ) -> Result<bool, Refusal> {
     match filter {
-        ResponseFilter::OwnImagePage => Ok(image_page(json, ctx.reshape)?),
-        ResponseFilter::OwnImageNames => own_image_names(json, ctx).await,
-        ResponseFilter::ReadableImages => readable_images(json, ctx).await,
-        ResponseFilter::VisibleWorkflowPage => workflow_page(json, ctx).await,
-        ResponseFilter::VisibleWorkflowTags => workflow_tags(json, ctx).await,
-        ResponseFilter::VisibleWorkflowTagCounts => workflow_counts(json, ctx, true).await,
-        ResponseFilter::VisibleWorkflowCategoryCounts => workflow_counts(json, ctx, false).await,
-        ResponseFilter::VisibleStylePresets => style_presets(json, ctx).await,
-        ResponseFilter::OwnDateCovers => date_covers(json, ctx).await,
-        ResponseFilter::OwnIntermediatesCount => intermediates_count(json, ctx).await,
-        ResponseFilter::OwnBoardMediaDelete => Ok(board_delete(json, ctx.reshape)?),
-        // Not list filters (see `super::apply_body`); the batch delete was rewritten before it
-        // was sent and its answer is already the caller's.
-        ResponseFilter::SkipForeignDeletes
-        | ResponseFilter::PrivateMedia
-        | ResponseFilter::LoginSession
-        | ResponseFilter::RefreshSession
-        | ResponseFilter::LogoutSession
-        | ResponseFilter::RecordWorkflowOwner
-        | ResponseFilter::RecordStylePresetOwner
-        | ResponseFilter::RecordBulkDownload
-        | ResponseFilter::RevokeOnPasswordChange
-        | ResponseFilter::RevokeOnPasswordReset
-        | ResponseFilter::CorrelateRecall
-        | ResponseFilter::OwnUncategorizedNames
-        | ResponseFilter::SanitizeQueueItems
-        | ResponseFilter::RedactQueueStatus
-        | ResponseFilter::OwnQueueCounts => Ok(false),
+        Recompute::OwnImagePage => Ok(image_page(json, ctx.reshape)?),
+        Recompute::OwnImageNames => own_image_names(json, ctx).await,
+        Recompute::ReadableImages => readable_images(json, ctx).await,
+        Recompute::VisibleWorkflowPage => workflow_page(json, ctx).await,
+        Recompute::VisibleWorkflowTags => workflow_tags(json, ctx).await,
+        Recompute::VisibleWorkflowTagCounts => workflow_counts(json, ctx, true).await,
+        Recompute::VisibleWorkflowCategoryCounts => workflow_counts(json, ctx, false).await,
+        Recompute::VisibleStylePresets => style_presets(json, ctx).await,
+        Recompute::OwnDateCovers => date_covers(json, ctx).await,
+        Recompute::OwnIntermediatesCount => intermediates_count(json, ctx).await,
+        Recompute::OwnBoardMediaDelete => Ok(board_delete(json, ctx.reshape)?),
+        // The batch delete was rewritten before it was sent: its answer is already the caller's.
+        Recompute::SkipForeignDeletes => Ok(false),
     }
 }
 
@@ -491,7 +462,7 @@ async fn readable_images(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bo
             .get("image_name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        policy::media_permits(Predicate::ImageRead, facts.get(name).cloned(), principal)
+        policy::media_permits(Access::Read, facts.get(name).cloned(), principal)
     });
     Ok(true)
 }

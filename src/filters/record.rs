@@ -4,17 +4,17 @@ use serde_json::Value;
 
 use super::FilterContext;
 use crate::decision::Refusal;
-use crate::facts::ledger::Entry;
+use crate::rules::vocab::Record;
 
 /// Record `json[field] → caller` for the intent written before the create was forwarded. A
 /// create that went through but cannot be recorded is answered 503 (its entity stays an orphan:
 /// admins only), never passed on as if it were owned.
 pub(super) async fn record(
     ctx: &FilterContext<'_>,
-    kind: Entry,
+    filter: Record,
     json: Option<&Value>,
-    field: &str,
 ) -> Result<(), Refusal> {
+    let (kind, field) = (filter.kind(), filter.id_field());
     let (Some((intended, intent)), Some(p)) = (ctx.intent, ctx.principal) else {
         // This upstream keeps the owner itself: nothing to record.
         return Ok(());

@@ -7,14 +7,34 @@ use serde_json::{Map, Value};
 
 use super::FilterContext;
 use crate::identity::{self, SESSION_COOKIE};
+use crate::rules::vocab::Session;
 
 /// Whose password changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PasswordChange {
+enum PasswordChange {
     /// The caller's own (`PATCH /auth/me`, body `new_password`).
     Own,
     /// An admin reset another user's (`PATCH /auth/users/{user_id}`, body `password`).
     Reset,
+}
+
+/// A session filter on a 2xx answer's head (login reads the body: see [`login_session`]).
+pub(super) async fn apply_headers(filter: Session, parts: &mut Parts, ctx: &FilterContext<'_>) {
+    match filter {
+        Session::Logout => {
+            if let Some(c) = session_cookie(None, 0, ctx.tls) {
+                parts.headers.append(SET_COOKIE, c);
+            }
+        }
+        Session::RevokeOnPasswordChange => {
+            revoke_after_password_change(PasswordChange::Own, parts, ctx).await
+        }
+        Session::RevokeOnPasswordReset => {
+            revoke_after_password_change(PasswordChange::Reset, parts, ctx).await
+        }
+        Session::Refresh => refresh_session(parts, ctx),
+        Session::Login => {}
+    }
 }
 
 /// A `Set-Cookie` value for the session cookie (`token = None` deletes it).
@@ -78,7 +98,7 @@ pub(super) fn stamp_login_token(json: &mut Value, secret: Option<&str>) {
 
 /// A password changed through the guard on an upstream without epochs: revoke older tokens
 /// (hole 7) and hand the caller a fresh token when it was their own password.
-pub(super) async fn revoke_after_password_change(
+async fn revoke_after_password_change(
     change: PasswordChange,
     parts: &mut Parts,
     ctx: &FilterContext<'_>,
@@ -130,7 +150,7 @@ pub(super) async fn revoke_after_password_change(
 
 /// `refresh_session`: a Bearer request of a browser that already holds a session cookie gets the
 /// cookie in step with its current token.
-pub(super) fn refresh_session(parts: &mut Parts, ctx: &FilterContext<'_>) {
+fn refresh_session(parts: &mut Parts, ctx: &FilterContext<'_>) {
     let Some(p) = ctx.principal else { return };
     if ctx.request_session.as_deref() == Some(p.token.as_str()) {
         return;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{as_id, forbidden, FactSource, Outcome, Selected};
 use crate::decision::Refusal;
 use crate::identity::Principal;
-use crate::rules::vocab::{Capability, Predicate};
+use crate::rules::vocab::{Account, Capability, Predicate};
 
 const SYSTEM_PROTECTED: &str = "The system user is protected and cannot be modified";
 
@@ -43,54 +43,56 @@ fn admin_only(me: &Principal, facts: &mut Vec<String>) -> Outcome {
 
 /// Checks that hold without a caller (public rules).
 pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
-    use Predicate as P;
+    let needs_caller = || Err(Refusal::Unauthenticated("Authentication required".into()));
     match predicate {
-        P::LoginNotSystem => login_not_system(&args[0]),
+        Predicate::Account(Account::LoginNotSystem) => login_not_system(&args[0]),
         // Every other check needs a caller: refuse rather than guess.
-        P::Authenticated
-        | P::Admin
-        | P::ImageRead
-        | P::ImageWrite
-        | P::ImageOwn
-        | P::ImageBoardWrite
-        | P::ImageWriteOwner
-        | P::ImageBoardWriteOwner
-        | P::BoardRead
-        | P::BoardWrite
-        | P::BoardOwn
-        | P::WorkflowRead
-        | P::WorkflowOwn
-        | P::StylePresetRead
-        | P::StylePresetWrite
-        | P::QueueItemOwn
-        | P::QueueItemOwnRoot
-        | P::VideoRead
-        | P::VideoWrite
-        | P::VideoOwn
-        | P::VideoBoardWrite
-        | P::VideoWriteOwner
-        | P::VideoBoardWriteOwner
-        | P::SystemPromptRead
-        | P::SystemPromptOwn
-        | P::BulkDownloadOwn
-        | P::EnqueueAllowed
-        | P::EnqueueAllowedOwner
-        | P::ImagesListScoped
-        | P::UserUpdateAllowed
-        | P::UserNotSystem
-        | P::UserKeepsAnAdmin
-        | P::AdminIfEq
-        | P::AdminIfTrue
-        | P::AdminUnlessUpstream
-        | P::CallerOr
-        | P::CallerIn
-        | P::QueueDefault => Err(Refusal::Unauthenticated("Authentication required".into())),
+        Predicate::Resource(_) | Predicate::Batch(_) => needs_caller(),
+        Predicate::Account(
+            Account::Authenticated
+            | Account::Admin
+            | Account::ImagesListScoped
+            | Account::UserUpdateAllowed
+            | Account::UserNotSystem
+            | Account::UserKeepsAnAdmin
+            | Account::AdminIfEq
+            | Account::AdminIfTrue
+            | Account::AdminUnlessUpstream
+            | Account::CallerOr
+            | Account::CallerIn
+            | Account::QueueDefault,
+        ) => needs_caller(),
+    }
+}
+
+/// One account check, for an identified caller.
+pub(super) async fn check(
+    account: Account,
+    args: &[Selected],
+    me: &Principal,
+    src: FactSource<'_>,
+    facts: &mut Vec<String>,
+) -> Outcome {
+    match account {
+        Account::Authenticated => Ok(()),
+        Account::Admin => admin_only(me, facts),
+        Account::QueueDefault => queue_default(args),
+        Account::UserUpdateAllowed => user_update_allowed(args),
+        Account::UserNotSystem => user_not_system(args),
+        Account::UserKeepsAnAdmin => keeps_an_admin(args, src, facts).await,
+        Account::LoginNotSystem => login_not_system(&args[0]),
+        Account::AdminIfEq => admin_if_eq(args, me, facts),
+        Account::AdminIfTrue => admin_if_true(args, me, src, facts),
+        Account::AdminUnlessUpstream => admin_unless_upstream(args, me, src, facts),
+        Account::CallerOr => caller_or(args, me),
+        Account::CallerIn => caller_in(args, me, facts),
+        Account::ImagesListScoped => images_list_scoped(args, src, facts),
     }
 }
 
 /// `queue.default`: queue ids are Socket.IO room names upstream, so any other id lets a caller
 /// emit events into rooms such as `admin` or `user:<id>` (room injection). Applies to admins too.
-pub(super) fn queue_default(args: &[Selected]) -> Outcome {
+fn queue_default(args: &[Selected]) -> Outcome {
     match args[0].single().map(as_id).transpose()? {
         Some(q) if q != "default" => Err(forbidden(format!(
             "Queue '{q}' is not available (only 'default')"
@@ -99,25 +101,21 @@ pub(super) fn queue_default(args: &[Selected]) -> Outcome {
     }
 }
 
-pub(super) fn admin(me: &Principal, facts: &mut Vec<String>) -> Outcome {
-    admin_only(me, facts)
-}
-
-pub(super) fn user_not_system(args: &[Selected]) -> Outcome {
+fn user_not_system(args: &[Selected]) -> Outcome {
     match args[0].single().map(as_id).transpose()? {
         Some(id) if id == "system" => Err(Refusal::BadRequest(SYSTEM_PROTECTED.into())),
         _ => Ok(()),
     }
 }
 
-pub(super) fn admin_if_eq(args: &[Selected], me: &Principal, facts: &mut Vec<String>) -> Outcome {
+fn admin_if_eq(args: &[Selected], me: &Principal, facts: &mut Vec<String>) -> Outcome {
     match (args[0].single(), args[1].single()) {
         (Some(v), Some(lit)) if v == lit => admin_only(me, facts),
         _ => Ok(()),
     }
 }
 
-pub(super) fn admin_if_true(
+fn admin_if_true(
     args: &[Selected],
     me: &Principal,
     src: FactSource<'_>,
@@ -140,7 +138,7 @@ pub(super) fn admin_if_true(
 
 /// `caller_or`: the value names the caller (or is the literal). Applies to admins too: it guards
 /// whose data a request writes, not who may call.
-pub(super) fn caller_or(args: &[Selected], me: &Principal) -> Outcome {
+fn caller_or(args: &[Selected], me: &Principal) -> Outcome {
     let value = args[0].single().map(as_id).transpose()?;
     let literal = args[1].single().and_then(Value::as_str);
     match value {
@@ -151,7 +149,7 @@ pub(super) fn caller_or(args: &[Selected], me: &Principal) -> Outcome {
 }
 
 /// `caller.in("group")`: the caller is a member of the group (by user id or email).
-pub(super) fn caller_in(args: &[Selected], me: &Principal, facts: &mut Vec<String>) -> Outcome {
+fn caller_in(args: &[Selected], me: &Principal, facts: &mut Vec<String>) -> Outcome {
     let admitted = match args.first() {
         Some(Selected::Group(members)) => members.admits(&me.user_id, &me.email),
         // Not bound (cannot happen for a compiled table): deny, never allow.
@@ -167,7 +165,7 @@ pub(super) fn caller_in(args: &[Selected], me: &Principal, facts: &mut Vec<Strin
     }
 }
 
-pub(super) fn admin_unless_upstream(
+fn admin_unless_upstream(
     args: &[Selected],
     me: &Principal,
     src: FactSource<'_>,
@@ -182,11 +180,7 @@ pub(super) fn admin_unless_upstream(
     }
 }
 
-pub(super) fn images_list_scoped(
-    args: &[Selected],
-    src: FactSource<'_>,
-    facts: &mut Vec<String>,
-) -> Outcome {
+fn images_list_scoped(args: &[Selected], src: FactSource<'_>, facts: &mut Vec<String>) -> Outcome {
     let scoped = src.facts.schema().has(Capability::ScopesImageLists);
     facts.push(format!("upstream.scopes_image_lists={scoped}"));
     if matches!(args[0], Selected::Absent) && !scoped {
@@ -198,7 +192,7 @@ pub(super) fn images_list_scoped(
     }
 }
 
-pub(super) fn login_not_system(email: &Selected) -> Outcome {
+fn login_not_system(email: &Selected) -> Outcome {
     match email.single() {
         Some(Value::String(e)) if e.trim().eq_ignore_ascii_case("system@system.invokeai") => Err(
             Refusal::Unauthenticated("Incorrect email or password".into()),
@@ -207,7 +201,7 @@ pub(super) fn login_not_system(email: &Selected) -> Outcome {
     }
 }
 
-pub(super) fn user_update_allowed(args: &[Selected]) -> Outcome {
+fn user_update_allowed(args: &[Selected]) -> Outcome {
     let target = args[0].single().map(as_id).transpose()?;
     if target.as_deref() != Some("system") {
         return Ok(());
@@ -222,7 +216,7 @@ pub(super) fn user_update_allowed(args: &[Selected]) -> Outcome {
     }
 }
 
-pub(super) async fn keeps_an_admin(
+async fn keeps_an_admin(
     args: &[Selected],
     src: FactSource<'_>,
     facts: &mut Vec<String>,

@@ -26,10 +26,11 @@ use crate::decision::{ArgTrace, CheckResult, CheckTrace, Refusal, Stage, Verdict
 use crate::facts::ledger::Ledger;
 use crate::facts::Facts;
 use crate::identity::Principal;
-use crate::rules::vocab::{AdminRule, Predicate};
+use crate::rules::vocab::{AdminRule, Batch, Predicate};
 use crate::rules::{Arg, Check, Rule, Selector, Source, Step};
 
 pub use accounts::lax_bool;
+pub use resources::Access;
 
 /// Request data the checks read.
 #[derive(Debug, Default)]
@@ -85,15 +86,15 @@ pub fn admin_route_denial(rule: &Rule, principal: Option<&Principal>) -> Option<
     }
 }
 
-/// A media predicate (`image.read`, `image.write`, …) decided on an image fact already read:
-/// the same rule as the check, for lists decided from one read. Admins pass (resource checks).
+/// A media check (`image.read` is `Access::Read`, `image.write` is `Access::Write`, …) decided
+/// on an image fact already read: the same rule as the check, for lists decided from one read.
+/// Admins pass (resource checks).
 pub fn media_permits(
-    predicate: Predicate,
+    access: Access,
     fact: Option<crate::facts::ImageFact>,
     principal: &Principal,
 ) -> bool {
-    (principal.is_admin && predicate.info().admin == AdminRule::Exempt)
-        || resources::media_permits(predicate, fact, &principal.user_id)
+    principal.is_admin || resources::media_permits(access, fact, &principal.user_id)
 }
 
 /// Evaluate a rule's requirements in order; within an `A or B` requirement, alternatives are
@@ -196,58 +197,22 @@ async fn apply(
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    use Predicate as P;
     match predicate {
-        P::Authenticated => Ok(()),
-        P::Admin => accounts::admin(me, facts),
-        P::QueueDefault => accounts::queue_default(args),
-        P::UserUpdateAllowed => accounts::user_update_allowed(args),
-        P::UserNotSystem => accounts::user_not_system(args),
-        P::UserKeepsAnAdmin => accounts::keeps_an_admin(args, src, facts).await,
-        P::LoginNotSystem => accounts::login_not_system(&args[0]),
-        P::AdminIfEq => accounts::admin_if_eq(args, me, facts),
-        P::AdminIfTrue => accounts::admin_if_true(args, me, src, facts),
-        P::AdminUnlessUpstream => accounts::admin_unless_upstream(args, me, src, facts),
-        P::CallerOr => accounts::caller_or(args, me),
-        P::CallerIn => accounts::caller_in(args, me, facts),
-        P::ImagesListScoped => accounts::images_list_scoped(args, src, facts),
-        P::EnqueueAllowed | P::EnqueueAllowedOwner => {
+        Predicate::Account(account) => accounts::check(account, args, me, src, facts).await,
+        Predicate::Batch(batch) => {
             // `_owner`: node boards must be the caller's own, a public board is not enough.
-            let public_writable = predicate == P::EnqueueAllowed;
-            for batch in args[0].items() {
-                resources::enqueue_allowed(batch, public_writable, me, src, facts).await?;
+            let public_writable = batch == Batch::Allowed;
+            for value in args[0].items() {
+                resources::enqueue_allowed(value, public_writable, me, src, facts).await?;
             }
             Ok(())
         }
-        P::ImageRead
-        | P::ImageWrite
-        | P::ImageOwn
-        | P::ImageBoardWrite
-        | P::ImageWriteOwner
-        | P::ImageBoardWriteOwner
-        | P::VideoRead
-        | P::VideoWrite
-        | P::VideoOwn
-        | P::VideoBoardWrite
-        | P::VideoWriteOwner
-        | P::VideoBoardWriteOwner
-        | P::BoardRead
-        | P::BoardWrite
-        | P::BoardOwn
-        | P::WorkflowRead
-        | P::WorkflowOwn
-        | P::StylePresetRead
-        | P::StylePresetWrite
-        | P::QueueItemOwn
-        | P::QueueItemOwnRoot
-        | P::SystemPromptRead
-        | P::SystemPromptOwn
-        | P::BulkDownloadOwn => {
+        Predicate::Resource(resource) => {
             for value in args[0].items() {
                 let id = as_id(value)?;
                 // The README's promise: query values are never logged (facts go to the log).
                 let shown = if hide_id { QUERY_VALUE } else { id.as_str() };
-                resources::check(predicate, &id, shown, me, src, facts).await?;
+                resources::check(resource, &id, shown, me, src, facts).await?;
             }
             Ok(())
         }

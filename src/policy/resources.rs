@@ -13,7 +13,7 @@ use crate::decision::Refusal;
 use crate::facts::ledger::Entry;
 use crate::facts::{BoardFact, ImageFact, Visibility};
 use crate::identity::Principal;
-use crate::rules::vocab::{Capability, Predicate};
+use crate::rules::vocab::{Capability, Resource};
 
 fn board_readable(board: &BoardFact, me: &str) -> bool {
     board.owner == me || matches!(board.visibility, Visibility::Shared | Visibility::Public)
@@ -73,14 +73,14 @@ fn ok_or_forbidden(allowed: bool, detail: &str) -> Outcome {
 /// One resource check for one id; its facts name the id as `shown` (a query value is never
 /// logged).
 pub(super) async fn check(
-    predicate: Predicate,
+    predicate: Resource,
     id: &str,
     shown: &str,
     me: &Principal,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    use Predicate as P;
+    use Resource as P;
     let uid = me.user_id.as_str();
     match predicate {
         P::ImageRead => image(Access::Read, id, shown, uid, src, facts).await,
@@ -163,26 +163,6 @@ pub(super) async fn check(
                 "Not authorized to access this download",
             )
         }
-        // Predicates that are not about one resource id: never dispatched here (see
-        // `super::apply`); a denial, never an allow, if they ever were.
-        P::Authenticated
-        | P::Admin
-        | P::EnqueueAllowed
-        | P::EnqueueAllowedOwner
-        | P::CallerIn
-        | P::ImagesListScoped
-        | P::UserUpdateAllowed
-        | P::UserNotSystem
-        | P::UserKeepsAnAdmin
-        | P::LoginNotSystem
-        | P::AdminIfEq
-        | P::AdminIfTrue
-        | P::AdminUnlessUpstream
-        | P::CallerOr
-        | P::QueueDefault => Err(Refusal::Unavailable(format!(
-            "{} is not a resource check",
-            predicate.name()
-        ))),
     }
 }
 
@@ -224,7 +204,7 @@ async fn creator(
 }
 
 async fn workflow(
-    predicate: Predicate,
+    predicate: Resource,
     id: &str,
     shown: &str,
     uid: &str,
@@ -246,11 +226,11 @@ async fn workflow(
     ));
     let (owner, legacy) = (c.owner, c.legacy);
     let allowed = match (predicate, owner.as_deref()) {
-        (Predicate::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
+        (Resource::WorkflowRead, Some(o)) => o == uid || wf.is_public || wf.category == "default",
         // Unknown owner (6.12): created before the guard, like main's `system` workflows;
         // created since, its owner was lost (an orphan): admins only. The shipped `default`
         // workflows stay readable even while the ledger has not adopted the database.
-        (Predicate::WorkflowRead, None) => legacy || wf.category == "default",
+        (Resource::WorkflowRead, None) => legacy || wf.category == "default",
         (_, Some(o)) => o == uid,
         (_, None) => false,
     };
@@ -258,7 +238,7 @@ async fn workflow(
 }
 
 async fn preset(
-    predicate: Predicate,
+    predicate: Resource,
     id: &str,
     shown: &str,
     uid: &str,
@@ -285,10 +265,10 @@ async fn preset(
     ));
     let (owner, legacy) = (c.owner, c.legacy);
     let allowed = match (predicate, owner.as_deref()) {
-        (Predicate::StylePresetRead, Some(o)) => sp.kind == "default" || sp.is_public || o == uid,
+        (Resource::StylePresetRead, Some(o)) => sp.kind == "default" || sp.is_public || o == uid,
         // Unknown creator (6.12): from before the guard, readable by all and writable by admins;
         // created since (an orphan), admins only.
-        (Predicate::StylePresetRead, None) => sp.kind == "default" || legacy,
+        (Resource::StylePresetRead, None) => sp.kind == "default" || legacy,
         (_, Some(o)) => sp.kind != "default" && o == uid,
         (_, None) => false,
     };
@@ -296,8 +276,8 @@ async fn preset(
 }
 
 /// What a media check asks of an image or video.
-#[derive(Debug, Clone, Copy)]
-enum Access {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
     Read,
     Write,
     Own,
@@ -335,45 +315,7 @@ async fn video(
 
 /// A media predicate decided on a fact already read (per-item list filters): the same rules as
 /// [`check`] without the trace; `None` (unknown) is refused.
-pub(super) fn media_permits(predicate: Predicate, fact: Option<ImageFact>, me: &str) -> bool {
-    let access = match predicate {
-        Predicate::ImageRead | Predicate::VideoRead => Access::Read,
-        Predicate::ImageWrite | Predicate::VideoWrite => Access::Write,
-        Predicate::ImageOwn | Predicate::VideoOwn => Access::Own,
-        Predicate::ImageBoardWrite | Predicate::VideoBoardWrite => Access::BoardWrite,
-        Predicate::ImageWriteOwner | Predicate::VideoWriteOwner => Access::WriteOwner,
-        Predicate::ImageBoardWriteOwner | Predicate::VideoBoardWriteOwner => {
-            Access::BoardWriteOwner
-        }
-        // Not a media predicate: never an allow.
-        Predicate::BoardRead
-        | Predicate::BoardWrite
-        | Predicate::BoardOwn
-        | Predicate::WorkflowRead
-        | Predicate::WorkflowOwn
-        | Predicate::StylePresetRead
-        | Predicate::StylePresetWrite
-        | Predicate::QueueItemOwn
-        | Predicate::QueueItemOwnRoot
-        | Predicate::SystemPromptRead
-        | Predicate::SystemPromptOwn
-        | Predicate::BulkDownloadOwn
-        | Predicate::Authenticated
-        | Predicate::Admin
-        | Predicate::EnqueueAllowed
-        | Predicate::EnqueueAllowedOwner
-        | Predicate::CallerIn
-        | Predicate::ImagesListScoped
-        | Predicate::UserUpdateAllowed
-        | Predicate::UserNotSystem
-        | Predicate::UserKeepsAnAdmin
-        | Predicate::LoginNotSystem
-        | Predicate::AdminIfEq
-        | Predicate::AdminIfTrue
-        | Predicate::AdminUnlessUpstream
-        | Predicate::CallerOr
-        | Predicate::QueueDefault => return false,
-    };
+pub(super) fn media_permits(access: Access, fact: Option<ImageFact>, me: &str) -> bool {
     media_check(access, fact, me, Media::Image, ("", ""), &mut Vec::new()).is_ok()
 }
 
@@ -480,9 +422,9 @@ pub(super) async fn enqueue_allowed(
     }
     // Without the public-board exception, a node board must be the caller's own.
     let board_check = if public_boards_writable {
-        Predicate::BoardWrite
+        Resource::BoardWrite
     } else {
-        Predicate::BoardOwn
+        Resource::BoardOwn
     };
     for board in boards {
         if board != "none" {
@@ -492,16 +434,16 @@ pub(super) async fn enqueue_allowed(
     Ok(())
 }
 
-fn collect_refs(v: &Value, media: &mut Vec<(Predicate, String)>, boards: &mut Vec<String>) {
+fn collect_refs(v: &Value, media: &mut Vec<(Resource, String)>, boards: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             for (key, value) in map {
                 match (key.as_str(), value) {
                     ("image_name", Value::String(s)) => {
-                        media.push((Predicate::ImageRead, s.clone()))
+                        media.push((Resource::ImageRead, s.clone()))
                     }
                     ("video_name", Value::String(s)) => {
-                        media.push((Predicate::VideoRead, s.clone()))
+                        media.push((Resource::VideoRead, s.clone()))
                     }
                     ("board", Value::Object(b)) => {
                         if let Some(Value::String(id)) = b.get("board_id") {

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::http::jsonplan::{JsonPlan, Keep, PathStep};
 use crate::rules::groups::Groups;
-use crate::rules::vocab::{ArgKind, BodyUse, Capability, Predicate, ResponseFilter};
+use crate::rules::vocab::{Account, ArgKind, BodyUse, Capability, Predicate, ResponseFilter};
 
 /// A routes.toml problem, with enough context to fix it.
 #[derive(Debug, Error)]
@@ -155,8 +155,7 @@ checks stay enforced";
 
 /// The predicates shadow mode never forwards a refusal of (for `check`'s warning).
 pub fn never_shadowed() -> Vec<&'static str> {
-    Predicate::ALL
-        .into_iter()
+    Predicate::all()
         .filter(|p| p.info().shadow == crate::rules::vocab::Shadow::Never)
         .map(Predicate::name)
         .collect()
@@ -468,7 +467,11 @@ fn compile_rule(raw: RawRule, line: usize, groups: &Groups) -> Result<Rule, Stri
         return Err("a blocked route cannot be in shadow mode (block is not a check)".into());
     }
     let all: Vec<Check> = checks.iter().flat_map(|r| r.any_of.clone()).collect();
-    if raw.auth == Auth::Admin && all.iter().any(|c| c.predicate == Predicate::Admin) {
+    if raw.auth == Auth::Admin
+        && all
+            .iter()
+            .any(|c| c.predicate == Predicate::Account(Account::Admin))
+    {
         return Err("auth = \"admin\" already implies the 'admin' check".into());
     }
     let mut body = body_need(&all)?;
@@ -500,7 +503,7 @@ fn response_filter(name: &str) -> Result<ResponseFilter, String> {
     ResponseFilter::from_name(name).ok_or_else(|| {
         format!(
             "unknown response filter '{name}'{}",
-            did_you_mean(name, ResponseFilter::ALL.iter().map(|f| f.name()))
+            did_you_mean(name, ResponseFilter::names())
         )
     })
 }
@@ -765,7 +768,7 @@ fn check_args(predicate: Predicate, args: Vec<Arg>, groups: &Groups) -> Result<V
         };
         return Err(format!(
             "'{}' takes {want} argument(s), got {}",
-            info.name,
+            predicate.name(),
             args.len()
         ));
     }
@@ -799,7 +802,7 @@ fn check_args(predicate: Predicate, args: Vec<Arg>, groups: &Groups) -> Result<V
             (kind, _) => Err(format!(
                 "argument {} of '{}' must be {}",
                 i + 1,
-                info.name,
+                predicate.name(),
                 match kind {
                     ArgKind::Selector => "a selector",
                     ArgKind::Literal => "a \"literal\"",
@@ -945,7 +948,10 @@ mod tests {
             &groups,
         )
         .unwrap();
-        assert_eq!(r.any_of[0].predicate, Predicate::AdminUnlessUpstream);
+        assert_eq!(
+            r.any_of[0].predicate,
+            Predicate::Account(Account::AdminUnlessUpstream)
+        );
     }
 
     #[test]

@@ -3,11 +3,97 @@
 //! Invariants:
 //! - A leaf: this module imports nothing else from the crate, so every other module may use it
 //!   and it can never be part of an import cycle.
-//! - Each word has exactly one descriptor (its name, argument kinds, whether admins are exempt,
-//!   what it reads, which capability makes it unnecessary) returned by an exhaustive `match`:
-//!   adding a variant does not compile until its descriptor, and every `match` that evaluates
-//!   it, handles it.
+//! - Checks and filters are nested by family ([`Predicate::Resource`], [`Predicate::Batch`],
+//!   [`Predicate::Account`]; [`ResponseFilter::Header`] … [`ResponseFilter::Recompute`]): the
+//!   module that evaluates a family takes only its own words and matches them exhaustively, so it
+//!   has no arm for another family's words.
+//! - Each word's variant, its `routes.toml` name, `ALL`, `name` and `from_name` are generated
+//!   from one list ([`words!`]); the families' `all`, `name` and `from_name` from the family list
+//!   ([`families!`]): a word cannot be added without a name, nor left out of `ALL`.
+//! - Each word has exactly one descriptor (argument kinds, whether admins are exempt, what it
+//!   reads, which capability makes it unnecessary, whether shadow mode may forward it) returned
+//!   by an exhaustive `match`: adding a word does not compile until its descriptor, and every
+//!   `match` that evaluates it, handles it.
 //! - Names are the `routes.toml` spelling; `from_name` is the only way a string becomes a word.
+
+/// An enum of words with their `routes.toml` names: the variants, `ALL`, `name` and `from_name`
+/// come from this one list.
+macro_rules! words {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every word, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The `routes.toml` spelling.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The word spelt `name`, if there is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+/// An enum of families of words (each variant holds one [`words!`] enum): `all`, `name` and
+/// `from_name` over every family come from this one list.
+macro_rules! families {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$vmeta:meta])* $family:ident($words:ident),)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $family($words),)+
+        }
+
+        impl $name {
+            /// Every word of every family.
+            pub fn all() -> impl Iterator<Item = $name> {
+                std::iter::empty()
+                    $(.chain($words::ALL.iter().map(|w| $name::$family(*w))))+
+            }
+
+            /// The `routes.toml` spelling.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$family(w) => w.name(),)+
+                }
+            }
+
+            /// The word spelt `name`, in whichever family.
+            pub fn from_name(name: &str) -> Option<Self> {
+                None $(.or_else(|| $words::from_name(name).map($name::$family)))+
+            }
+
+            /// All names (for `check`, error messages and docs).
+            pub fn names() -> impl Iterator<Item = &'static str> {
+                Self::all().map($name::name)
+            }
+        }
+
+        $(impl From<$words> for $name {
+            fn from(w: $words) -> Self {
+                $name::$family(w)
+            }
+        })+
+    };
+}
 
 /// A behaviour some InvokeAI versions enforce themselves (detected from the database schema).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,7 +214,6 @@ pub enum Shadow {
 /// One predicate's descriptor.
 #[derive(Debug, Clone, Copy)]
 pub struct PredicateInfo {
-    pub name: &'static str,
     /// Argument kinds by position; positions from `required` on are optional.
     pub args: &'static [ArgKind],
     pub required: usize,
@@ -137,112 +222,92 @@ pub struct PredicateInfo {
     pub shadow: Shadow,
 }
 
-/// Every check a rule may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Predicate {
-    Authenticated,
-    Admin,
-    ImageRead,
-    ImageWrite,
-    ImageOwn,
-    ImageBoardWrite,
-    ImageWriteOwner,
-    ImageBoardWriteOwner,
-    BoardRead,
-    BoardWrite,
-    BoardOwn,
-    WorkflowRead,
-    WorkflowOwn,
-    StylePresetRead,
-    StylePresetWrite,
-    QueueItemOwn,
-    QueueItemOwnRoot,
-    VideoRead,
-    VideoWrite,
-    VideoOwn,
-    VideoBoardWrite,
-    VideoWriteOwner,
-    VideoBoardWriteOwner,
-    SystemPromptRead,
-    SystemPromptOwn,
-    BulkDownloadOwn,
-    EnqueueAllowed,
-    EnqueueAllowedOwner,
-    ImagesListScoped,
-    UserUpdateAllowed,
-    UserNotSystem,
-    UserKeepsAnAdmin,
-    LoginNotSystem,
-    AdminIfEq,
-    AdminIfTrue,
-    AdminUnlessUpstream,
-    CallerOr,
-    CallerIn,
-    QueueDefault,
+words! {
+    /// Who may read, write or own one resource (the check holds for every id its selector gives;
+    /// true for admins).
+    pub enum Resource {
+        ImageRead => "image.read",
+        ImageWrite => "image.write",
+        ImageOwn => "image.own",
+        ImageBoardWrite => "image.board_write",
+        /// `_owner`: the same check without the public-board exception (a public board is
+        /// readable by all, writable only by its owner).
+        ImageWriteOwner => "image.write_owner",
+        ImageBoardWriteOwner => "image.board_write_owner",
+        VideoRead => "video.read",
+        VideoWrite => "video.write",
+        VideoOwn => "video.own",
+        VideoBoardWrite => "video.board_write",
+        VideoWriteOwner => "video.write_owner",
+        VideoBoardWriteOwner => "video.board_write_owner",
+        BoardRead => "board.read",
+        BoardWrite => "board.write",
+        BoardOwn => "board.own",
+        WorkflowRead => "workflow.read",
+        WorkflowOwn => "workflow.own",
+        StylePresetRead => "style_preset.read",
+        StylePresetWrite => "style_preset.write",
+        QueueItemOwn => "queue_item.own",
+        QueueItemOwnRoot => "queue_item.own_root",
+        SystemPromptRead => "system_prompt.read",
+        SystemPromptOwn => "system_prompt.own",
+        BulkDownloadOwn => "bulk_download.own",
+    }
+}
+
+words! {
+    /// A batch to enqueue, as a whole (every media and board reference inside it).
+    pub enum Batch {
+        Allowed => "enqueue.allowed",
+        /// Node boards must be the caller's own (a public board is not enough).
+        AllowedOwner => "enqueue.allowed_owner",
+    }
+}
+
+words! {
+    /// The caller and the request's shape: login, admin-only switches, accounts, groups.
+    pub enum Account {
+        Authenticated => "authenticated",
+        Admin => "admin",
+        ImagesListScoped => "images.list_scoped",
+        UserUpdateAllowed => "user.update_allowed",
+        UserNotSystem => "user.not_system",
+        UserKeepsAnAdmin => "user.keeps_an_admin",
+        LoginNotSystem => "login.not_system",
+        AdminIfEq => "admin_if_eq",
+        AdminIfTrue => "admin_if_true",
+        AdminUnlessUpstream => "admin_unless_upstream",
+        CallerOr => "caller_or",
+        CallerIn => "caller.in",
+        QueueDefault => "queue.default",
+    }
+}
+
+families! {
+    /// Every check a rule may name, by family.
+    pub enum Predicate {
+        Resource(Resource),
+        Batch(Batch),
+        Account(Account),
+    }
 }
 
 const NONE: &[ArgKind] = &[];
 const ONE: &[ArgKind] = &[ArgKind::Selector];
 
 impl Predicate {
-    /// Every predicate.
-    pub const ALL: [Predicate; 39] = [
-        Predicate::Authenticated,
-        Predicate::Admin,
-        Predicate::ImageRead,
-        Predicate::ImageWrite,
-        Predicate::ImageOwn,
-        Predicate::ImageBoardWrite,
-        Predicate::ImageWriteOwner,
-        Predicate::ImageBoardWriteOwner,
-        Predicate::BoardRead,
-        Predicate::BoardWrite,
-        Predicate::BoardOwn,
-        Predicate::WorkflowRead,
-        Predicate::WorkflowOwn,
-        Predicate::StylePresetRead,
-        Predicate::StylePresetWrite,
-        Predicate::QueueItemOwn,
-        Predicate::QueueItemOwnRoot,
-        Predicate::VideoRead,
-        Predicate::VideoWrite,
-        Predicate::VideoOwn,
-        Predicate::VideoBoardWrite,
-        Predicate::VideoWriteOwner,
-        Predicate::VideoBoardWriteOwner,
-        Predicate::SystemPromptRead,
-        Predicate::SystemPromptOwn,
-        Predicate::BulkDownloadOwn,
-        Predicate::EnqueueAllowed,
-        Predicate::EnqueueAllowedOwner,
-        Predicate::ImagesListScoped,
-        Predicate::UserUpdateAllowed,
-        Predicate::UserNotSystem,
-        Predicate::UserKeepsAnAdmin,
-        Predicate::LoginNotSystem,
-        Predicate::AdminIfEq,
-        Predicate::AdminIfTrue,
-        Predicate::AdminUnlessUpstream,
-        Predicate::CallerOr,
-        Predicate::CallerIn,
-        Predicate::QueueDefault,
-    ];
-
     /// The descriptor.
     pub fn info(self) -> PredicateInfo {
         use AdminRule::{Applies, Exempt};
         use ArgKind::{Capability as Cap, Group, Literal as Lit, Selector as Sel};
-        use Predicate as P;
-        let resource = |name| PredicateInfo {
-            name,
+        let resource = PredicateInfo {
             args: ONE,
             required: 1,
             admin: Exempt,
             body: BodyUse::Value,
             shadow: Shadow::Dry,
         };
-        let account = |name, args: &'static [ArgKind], required| PredicateInfo {
-            name,
+        let account = |args: &'static [ArgKind], required| PredicateInfo {
             args,
             required,
             admin: Applies,
@@ -250,77 +315,35 @@ impl Predicate {
             shadow: Shadow::Never,
         };
         match self {
-            P::Authenticated => account("authenticated", NONE, 0),
-            P::Admin => account("admin", NONE, 0),
-            P::ImageRead => resource("image.read"),
-            P::ImageWrite => resource("image.write"),
-            P::ImageOwn => resource("image.own"),
-            P::ImageBoardWrite => resource("image.board_write"),
-            // `_owner`: the same check without the public-board exception (a public board is
-            // readable by all, writable only by its owner).
-            P::ImageWriteOwner => resource("image.write_owner"),
-            P::ImageBoardWriteOwner => resource("image.board_write_owner"),
-            P::BoardRead => resource("board.read"),
-            P::BoardWrite => resource("board.write"),
-            P::BoardOwn => resource("board.own"),
-            P::WorkflowRead => resource("workflow.read"),
-            P::WorkflowOwn => resource("workflow.own"),
-            P::StylePresetRead => resource("style_preset.read"),
-            P::StylePresetWrite => resource("style_preset.write"),
-            P::QueueItemOwn => resource("queue_item.own"),
-            P::QueueItemOwnRoot => resource("queue_item.own_root"),
-            P::VideoRead => resource("video.read"),
-            P::VideoWrite => resource("video.write"),
-            P::VideoOwn => resource("video.own"),
-            P::VideoBoardWrite => resource("video.board_write"),
-            P::VideoWriteOwner => resource("video.write_owner"),
-            P::VideoBoardWriteOwner => resource("video.board_write_owner"),
-            P::SystemPromptRead => resource("system_prompt.read"),
-            P::SystemPromptOwn => resource("system_prompt.own"),
-            P::BulkDownloadOwn => resource("bulk_download.own"),
-            P::EnqueueAllowed => PredicateInfo {
+            Predicate::Resource(_) => resource,
+            Predicate::Batch(Batch::Allowed | Batch::AllowedOwner) => PredicateInfo {
                 body: BodyUse::Refs,
-                ..resource("enqueue.allowed")
+                ..resource
             },
-            P::EnqueueAllowedOwner => PredicateInfo {
-                body: BodyUse::Refs,
-                ..resource("enqueue.allowed_owner")
+            Predicate::Account(a) => match a {
+                Account::Authenticated | Account::Admin => account(NONE, 0),
+                // An admin-only listing unless the upstream scopes it: never a dry run.
+                Account::ImagesListScoped => PredicateInfo {
+                    shadow: Shadow::Never,
+                    ..resource
+                },
+                Account::UserUpdateAllowed => account(&[Sel, Sel, Sel, Sel], 4),
+                Account::UserNotSystem | Account::LoginNotSystem | Account::QueueDefault => {
+                    account(ONE, 1)
+                }
+                Account::UserKeepsAnAdmin => account(&[Sel, Sel, Sel], 1),
+                Account::AdminIfEq | Account::CallerOr => account(&[Sel, Lit], 2),
+                Account::AdminIfTrue => account(&[Sel, Cap], 1),
+                Account::AdminUnlessUpstream => account(&[Cap], 1),
+                // Like a resource check, true for admins: a group widens access, it never
+                // narrows what an admin may do.
+                Account::CallerIn => PredicateInfo {
+                    args: &[Group],
+                    shadow: Shadow::Never,
+                    ..resource
+                },
             },
-            // An admin-only listing unless the upstream scopes it: never a dry run.
-            P::ImagesListScoped => PredicateInfo {
-                shadow: Shadow::Never,
-                ..resource("images.list_scoped")
-            },
-            P::UserUpdateAllowed => account("user.update_allowed", &[Sel, Sel, Sel, Sel], 4),
-            P::UserNotSystem => account("user.not_system", ONE, 1),
-            P::UserKeepsAnAdmin => account("user.keeps_an_admin", &[Sel, Sel, Sel], 1),
-            P::LoginNotSystem => account("login.not_system", ONE, 1),
-            P::AdminIfEq => account("admin_if_eq", &[Sel, Lit], 2),
-            P::AdminIfTrue => account("admin_if_true", &[Sel, Cap], 1),
-            P::AdminUnlessUpstream => account("admin_unless_upstream", &[Cap], 1),
-            P::CallerOr => account("caller_or", &[Sel, Lit], 2),
-            // Like a resource check, true for admins: a group widens access, it never narrows
-            // what an admin may do.
-            P::CallerIn => PredicateInfo {
-                args: &[Group],
-                shadow: Shadow::Never,
-                ..resource("caller.in")
-            },
-            P::QueueDefault => account("queue.default", ONE, 1),
         }
-    }
-
-    pub fn name(self) -> &'static str {
-        self.info().name
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// All names (for `check` and docs).
-    pub fn names() -> impl Iterator<Item = &'static str> {
-        Self::ALL.into_iter().map(Predicate::name)
     }
 }
 
@@ -366,7 +389,6 @@ pub enum Correlation {
 /// One response filter's descriptor.
 #[derive(Debug, Clone, Copy)]
 pub struct FilterInfo {
-    pub name: &'static str,
     /// Reads the (2xx) response body.
     pub reads_body: bool,
     /// Top-level request body fields it reads.
@@ -384,73 +406,100 @@ pub struct FilterInfo {
     pub admin: AdminRule,
 }
 
-/// A response filter a rule may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResponseFilter {
-    PrivateMedia,
-    LoginSession,
-    RefreshSession,
-    LogoutSession,
-    RecordWorkflowOwner,
-    RecordStylePresetOwner,
-    RecordBulkDownload,
-    RevokeOnPasswordChange,
-    RevokeOnPasswordReset,
-    CorrelateRecall,
-    OwnUncategorizedNames,
-    SanitizeQueueItems,
-    RedactQueueStatus,
-    OwnQueueCounts,
-    OwnImagePage,
-    OwnImageNames,
-    ReadableImages,
-    SkipForeignDeletes,
-    VisibleWorkflowPage,
-    VisibleWorkflowTags,
-    VisibleWorkflowTagCounts,
-    VisibleWorkflowCategoryCounts,
-    VisibleStylePresets,
-    OwnDateCovers,
-    OwnIntermediatesCount,
-    OwnBoardMediaDelete,
+words! {
+    /// Headers of the answer, and what the request explains.
+    pub enum Header {
+        /// Private pixels must not land in shared caches.
+        PrivateMedia => "private_media",
+        /// 6.12's recall events name no owner: the request that caused them is noted.
+        CorrelateRecall => "correlate_recall",
+    }
+}
+
+words! {
+    /// The guard's session cookie, re-minted tokens, revocation.
+    pub enum Session {
+        Login => "login_session",
+        Refresh => "refresh_session",
+        Logout => "logout_session",
+        RevokeOnPasswordChange => "revoke_on_password_change",
+        RevokeOnPasswordReset => "revoke_on_password_reset",
+    }
+}
+
+words! {
+    /// Owners InvokeAI does not keep, recorded in the ledger from a create's answer.
+    pub enum Record {
+        WorkflowOwner => "record_workflow_owner",
+        StylePresetOwner => "record_style_preset_owner",
+        BulkDownload => "record_bulk_download",
+    }
+}
+
+impl Record {
+    /// What it records.
+    pub fn kind(self) -> RecordKind {
+        match self {
+            Record::WorkflowOwner => RecordKind::Workflow,
+            Record::StylePresetOwner => RecordKind::StylePreset,
+            Record::BulkDownload => RecordKind::BulkDownload,
+        }
+    }
+
+    /// The field of the create's answer that names the new entity.
+    pub fn id_field(self) -> &'static str {
+        match self {
+            Record::WorkflowOwner => "workflow_id",
+            Record::StylePresetOwner => "id",
+            Record::BulkDownload => "bulk_download_item_name",
+        }
+    }
+}
+
+words! {
+    /// 6.12 lists and queue answers, filtered in place (spec §4 R3, R5–R8).
+    pub enum List {
+        OwnUncategorizedNames => "own_uncategorized_names",
+        SanitizeQueueItems => "sanitize_queue_items",
+        RedactQueueStatus => "redact_queue_status",
+        OwnQueueCounts => "own_queue_counts",
+    }
+}
+
+words! {
+    /// Lists, counts and batches of 6.12/6.13 recomputed as main answers them.
+    pub enum Recompute {
+        OwnImagePage => "own_image_page",
+        OwnImageNames => "own_image_names",
+        ReadableImages => "readable_images",
+        SkipForeignDeletes => "skip_foreign_deletes",
+        VisibleWorkflowPage => "visible_workflow_page",
+        VisibleWorkflowTags => "visible_workflow_tags",
+        VisibleWorkflowTagCounts => "visible_workflow_tag_counts",
+        VisibleWorkflowCategoryCounts => "visible_workflow_category_counts",
+        VisibleStylePresets => "visible_style_presets",
+        OwnDateCovers => "own_date_covers",
+        OwnIntermediatesCount => "own_intermediates_count",
+        OwnBoardMediaDelete => "own_board_media_delete",
+    }
+}
+
+families! {
+    /// A response filter a rule may name, by family.
+    pub enum ResponseFilter {
+        Header(Header),
+        Session(Session),
+        Record(Record),
+        List(List),
+        Recompute(Recompute),
+    }
 }
 
 impl ResponseFilter {
-    /// Every filter.
-    pub const ALL: [ResponseFilter; 26] = [
-        ResponseFilter::PrivateMedia,
-        ResponseFilter::LoginSession,
-        ResponseFilter::RefreshSession,
-        ResponseFilter::LogoutSession,
-        ResponseFilter::RecordWorkflowOwner,
-        ResponseFilter::RecordStylePresetOwner,
-        ResponseFilter::RecordBulkDownload,
-        ResponseFilter::RevokeOnPasswordChange,
-        ResponseFilter::RevokeOnPasswordReset,
-        ResponseFilter::CorrelateRecall,
-        ResponseFilter::OwnUncategorizedNames,
-        ResponseFilter::SanitizeQueueItems,
-        ResponseFilter::RedactQueueStatus,
-        ResponseFilter::OwnQueueCounts,
-        ResponseFilter::OwnImagePage,
-        ResponseFilter::OwnImageNames,
-        ResponseFilter::ReadableImages,
-        ResponseFilter::SkipForeignDeletes,
-        ResponseFilter::VisibleWorkflowPage,
-        ResponseFilter::VisibleWorkflowTags,
-        ResponseFilter::VisibleWorkflowTagCounts,
-        ResponseFilter::VisibleWorkflowCategoryCounts,
-        ResponseFilter::VisibleStylePresets,
-        ResponseFilter::OwnDateCovers,
-        ResponseFilter::OwnIntermediatesCount,
-        ResponseFilter::OwnBoardMediaDelete,
-    ];
-
     /// The descriptor.
     pub fn info(self) -> FilterInfo {
-        use ResponseFilter as F;
-        let headers = |name| FilterInfo {
-            name,
+        use Capability as C;
+        let headers = FilterInfo {
             reads_body: false,
             request_fields: &[],
             records: None,
@@ -459,114 +508,82 @@ impl ResponseFilter {
             rewrites_request: false,
             admin: AdminRule::Applies,
         };
-        let session = |name, upstream_does_it| FilterInfo {
-            reads_body: true,
-            upstream_does_it,
-            ..headers(name)
-        };
-        let record = |name, kind, upstream_does_it| FilterInfo {
-            records: Some(kind),
-            ..session(name, upstream_does_it)
-        };
         // A list (or count) answered as main answers it to the caller; admins see it whole.
-        let body = |name, upstream_does_it| FilterInfo {
+        let list = |upstream_does_it| FilterInfo {
+            reads_body: true,
+            upstream_does_it: Some(upstream_does_it),
             admin: AdminRule::Exempt,
-            ..session(name, upstream_does_it)
+            ..headers
         };
-        let rewrite = |name, upstream_does_it| FilterInfo {
+        let rewrite = |upstream_does_it| FilterInfo {
             rewrites_request: true,
-            ..body(name, upstream_does_it)
+            ..list(upstream_does_it)
         };
         match self {
-            F::PrivateMedia => headers("private_media"),
-            F::LoginSession => session("login_session", None),
-            F::RefreshSession => headers("refresh_session"),
-            F::LogoutSession => headers("logout_session"),
-            F::RecordWorkflowOwner => record(
-                "record_workflow_owner",
-                RecordKind::Workflow,
-                Some(Capability::ScopesWorkflowLists),
-            ),
-            F::RecordStylePresetOwner => record(
-                "record_style_preset_owner",
-                RecordKind::StylePreset,
-                Some(Capability::ScopesPresetLists),
-            ),
-            F::RecordBulkDownload => FilterInfo {
-                correlates: Some(Correlation::BulkDownload),
-                ..record("record_bulk_download", RecordKind::BulkDownload, None)
-            },
-            F::CorrelateRecall => FilterInfo {
+            ResponseFilter::Header(Header::PrivateMedia) => headers,
+            ResponseFilter::Header(Header::CorrelateRecall) => FilterInfo {
                 correlates: Some(Correlation::Recall),
-                upstream_does_it: Some(Capability::AttributesSocketEvents),
-                ..headers("correlate_recall")
+                upstream_does_it: Some(C::AttributesSocketEvents),
+                ..headers
             },
-            F::RevokeOnPasswordChange => FilterInfo {
-                request_fields: &["new_password"],
-                upstream_does_it: Some(Capability::RevokesTokens),
-                ..headers("revoke_on_password_change")
+            ResponseFilter::Session(s) => match s {
+                Session::Login => FilterInfo {
+                    reads_body: true,
+                    ..headers
+                },
+                Session::Refresh | Session::Logout => headers,
+                Session::RevokeOnPasswordChange => FilterInfo {
+                    request_fields: &["new_password"],
+                    upstream_does_it: Some(C::RevokesTokens),
+                    ..headers
+                },
+                Session::RevokeOnPasswordReset => FilterInfo {
+                    request_fields: &["password"],
+                    upstream_does_it: Some(C::RevokesTokens),
+                    ..headers
+                },
             },
-            F::RevokeOnPasswordReset => FilterInfo {
-                request_fields: &["password"],
-                upstream_does_it: Some(Capability::RevokesTokens),
-                ..headers("revoke_on_password_reset")
+            ResponseFilter::Record(r) => FilterInfo {
+                reads_body: true,
+                records: Some(r.kind()),
+                upstream_does_it: match r {
+                    Record::WorkflowOwner => Some(C::ScopesWorkflowLists),
+                    Record::StylePresetOwner => Some(C::ScopesPresetLists),
+                    Record::BulkDownload => None,
+                },
+                correlates: (r == Record::BulkDownload).then_some(Correlation::BulkDownload),
+                ..headers
             },
-            F::OwnUncategorizedNames => body(
-                "own_uncategorized_names",
-                Some(Capability::ScopesUncategorizedNames),
-            ),
-            F::SanitizeQueueItems => body("sanitize_queue_items", Some(Capability::SanitizesQueue)),
-            F::RedactQueueStatus => body("redact_queue_status", Some(Capability::SanitizesQueue)),
-            F::OwnQueueCounts => body("own_queue_counts", Some(Capability::SanitizesQueue)),
-            F::OwnImagePage => rewrite("own_image_page", Some(Capability::ScopesImageLists)),
-            F::OwnImageNames => body("own_image_names", Some(Capability::ScopesImageLists)),
-            F::ReadableImages => body("readable_images", Some(Capability::FiltersImagesByNames)),
-            F::SkipForeignDeletes => FilterInfo {
-                reads_body: false,
-                request_fields: &["image_names"],
-                ..rewrite(
-                    "skip_foreign_deletes",
-                    Some(Capability::SkipsForeignImageDeletes),
-                )
+            ResponseFilter::List(l) => list(match l {
+                List::OwnUncategorizedNames => C::ScopesUncategorizedNames,
+                List::SanitizeQueueItems | List::RedactQueueStatus | List::OwnQueueCounts => {
+                    C::SanitizesQueue
+                }
+            }),
+            ResponseFilter::Recompute(r) => match r {
+                Recompute::OwnImagePage => rewrite(C::ScopesImageLists),
+                Recompute::OwnImageNames => list(C::ScopesImageLists),
+                Recompute::ReadableImages => list(C::FiltersImagesByNames),
+                Recompute::SkipForeignDeletes => FilterInfo {
+                    reads_body: false,
+                    request_fields: &["image_names"],
+                    ..rewrite(C::SkipsForeignImageDeletes)
+                },
+                Recompute::VisibleWorkflowPage => rewrite(C::ScopesWorkflowLists),
+                Recompute::VisibleWorkflowTags
+                | Recompute::VisibleWorkflowTagCounts
+                | Recompute::VisibleWorkflowCategoryCounts => list(C::ScopesWorkflowLists),
+                Recompute::VisibleStylePresets => list(C::ScopesPresetLists),
+                // Every released version (6.12 to 6.14) picks each date's cover among all
+                // users' images.
+                Recompute::OwnDateCovers => FilterInfo {
+                    upstream_does_it: None,
+                    ..list(C::ScopesImageLists)
+                },
+                Recompute::OwnIntermediatesCount => list(C::ScopesIntermediatesCount),
+                Recompute::OwnBoardMediaDelete => rewrite(C::ScopesBoardDeletes),
             },
-            F::VisibleWorkflowPage => rewrite(
-                "visible_workflow_page",
-                Some(Capability::ScopesWorkflowLists),
-            ),
-            F::VisibleWorkflowTags => body(
-                "visible_workflow_tags",
-                Some(Capability::ScopesWorkflowLists),
-            ),
-            F::VisibleWorkflowTagCounts => body(
-                "visible_workflow_tag_counts",
-                Some(Capability::ScopesWorkflowLists),
-            ),
-            F::VisibleWorkflowCategoryCounts => body(
-                "visible_workflow_category_counts",
-                Some(Capability::ScopesWorkflowLists),
-            ),
-            F::VisibleStylePresets => {
-                body("visible_style_presets", Some(Capability::ScopesPresetLists))
-            }
-            // Every released version (6.12 to 6.14) picks each date's cover among all users' images.
-            F::OwnDateCovers => body("own_date_covers", None),
-            F::OwnIntermediatesCount => body(
-                "own_intermediates_count",
-                Some(Capability::ScopesIntermediatesCount),
-            ),
-            F::OwnBoardMediaDelete => rewrite(
-                "own_board_media_delete",
-                Some(Capability::ScopesBoardDeletes),
-            ),
         }
-    }
-
-    pub fn name(self) -> &'static str {
-        self.info().name
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == name)
     }
 
     /// Whether the filter reads the response body.
@@ -587,14 +604,14 @@ mod tests {
     #[test]
     fn names_are_unique_and_round_trip() {
         let mut seen = std::collections::HashSet::new();
-        for p in Predicate::ALL {
+        for p in Predicate::all() {
             assert!(seen.insert(p.name()), "duplicate {}", p.name());
             assert_eq!(Predicate::from_name(p.name()), Some(p));
             let info = p.info();
             assert!(info.required <= info.args.len());
         }
-        for f in ResponseFilter::ALL {
-            assert!(seen.insert(f.name()));
+        for f in ResponseFilter::all() {
+            assert!(seen.insert(f.name()), "duplicate {}", f.name());
             assert_eq!(ResponseFilter::from_name(f.name()), Some(f));
         }
         for c in Capability::ALL {
@@ -602,5 +619,7 @@ mod tests {
             assert_eq!(Capability::from_name(c.name()), Some(c));
         }
         assert_eq!(Predicate::from_name("image.reed"), None);
+        assert_eq!(Predicate::all().count(), 39);
+        assert_eq!(ResponseFilter::all().count(), 26);
     }
 }
