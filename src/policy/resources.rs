@@ -95,49 +95,15 @@ pub(super) async fn check(
         P::VideoBoardWrite => video(Access::BoardWrite, id, shown, uid, src, facts).await,
         P::VideoWriteOwner => video(Access::WriteOwner, id, shown, uid, src, facts).await,
         P::VideoBoardWriteOwner => video(Access::BoardWriteOwner, id, shown, uid, src, facts).await,
-        P::BoardRead => {
-            // `none` is the uncategorized pseudo-board: listing it is scoped by InvokeAI.
-            if id == "none" {
-                facts.push("board none: uncategorized (scoped upstream)".into());
-                return Ok(());
-            }
-            let b = known_board(id, shown, src, facts).await?;
-            ok_or_forbidden(
-                board_readable(&b, uid),
-                "Not authorized to access this board",
-            )
-        }
-        P::BoardWrite => {
-            let b = known_board(id, shown, src, facts).await?;
-            ok_or_forbidden(
-                board_writable(&b, uid),
-                "Not authorized to modify this board",
-            )
-        }
-        P::BoardOwn => {
-            let b = known_board(id, shown, src, facts).await?;
-            ok_or_forbidden(b.owner == uid, "Not authorized to modify this board")
+        P::BoardRead | P::BoardWrite | P::BoardOwn => {
+            board(predicate, id, shown, uid, src, facts).await
         }
         P::WorkflowRead | P::WorkflowOwn => workflow(predicate, id, shown, uid, src, facts).await,
         P::StylePresetRead | P::StylePresetWrite => {
             preset(predicate, id, shown, uid, src, facts).await
         }
         P::QueueItemOwn | P::QueueItemOwnRoot => {
-            let item_id: i64 = id.parse().map_err(|_| {
-                Refusal::Unprocessable(format!("queue item id '{id}' is not an integer"))
-            })?;
-            let item = src.facts.queue_item(item_id).await?.ok_or_else(|| {
-                Refusal::NotFound(format!("Queue item with id {item_id} not found"))
-            })?;
-            let owner = match predicate {
-                P::QueueItemOwn => &item.owner,
-                _ => &item.root_owner,
-            };
-            facts.push(format!(
-                "queue item {shown}: owner={} root owner={}",
-                item.owner, item.root_owner
-            ));
-            ok_or_forbidden(owner == uid, "Not authorized to modify this queue item")
+            queue_item(predicate, id, shown, uid, src, facts).await
         }
         P::SystemPromptRead | P::SystemPromptOwn => {
             let sp = src
@@ -164,6 +130,62 @@ pub(super) async fn check(
             )
         }
     }
+}
+
+/// `board.read`, `board.write`, `board.own` for one board (unknown: 404, as main answers).
+async fn board(
+    predicate: Resource,
+    id: &str,
+    shown: &str,
+    uid: &str,
+    src: FactSource<'_>,
+    facts: &mut Vec<String>,
+) -> Outcome {
+    // `none` is the uncategorized pseudo-board: listing it is scoped by InvokeAI.
+    if predicate == Resource::BoardRead && id == "none" {
+        facts.push("board none: uncategorized (scoped upstream)".into());
+        return Ok(());
+    }
+    let b = known_board(id, shown, src, facts).await?;
+    match predicate {
+        Resource::BoardRead => ok_or_forbidden(
+            board_readable(&b, uid),
+            "Not authorized to access this board",
+        ),
+        Resource::BoardWrite => ok_or_forbidden(
+            board_writable(&b, uid),
+            "Not authorized to modify this board",
+        ),
+        _ => ok_or_forbidden(b.owner == uid, "Not authorized to modify this board"),
+    }
+}
+
+/// `queue_item.own` (the item's owner) and `queue_item.own_root` (its workflow-call root's).
+async fn queue_item(
+    predicate: Resource,
+    id: &str,
+    shown: &str,
+    uid: &str,
+    src: FactSource<'_>,
+    facts: &mut Vec<String>,
+) -> Outcome {
+    let item_id: i64 = id
+        .parse()
+        .map_err(|_| Refusal::Unprocessable(format!("queue item id '{id}' is not an integer")))?;
+    let item = src
+        .facts
+        .queue_item(item_id)
+        .await?
+        .ok_or_else(|| Refusal::NotFound(format!("Queue item with id {item_id} not found")))?;
+    let owner = match predicate {
+        Resource::QueueItemOwn => &item.owner,
+        _ => &item.root_owner,
+    };
+    facts.push(format!(
+        "queue item {shown}: owner={} root owner={}",
+        item.owner, item.root_owner
+    ));
+    ok_or_forbidden(owner == uid, "Not authorized to modify this queue item")
 }
 
 /// Who created an entity: the database's owner column where it has one, else the guard's ledger;

@@ -97,57 +97,16 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let client = ClientConn::new(peer.ip(), tls.is_some());
-            let max_head = state.limits.max_header_bytes;
-            let svc_state = state.clone();
-            let service = move |framing: Arc<framing::Flag>| {
-                let state = svc_state.clone();
-                // Shared by the connection's requests (a count, not a copy, per request).
-                let conn = Arc::new(ConnInfo {
-                    client: client.clone(),
-                    framing,
-                });
-                service_fn(move |req| {
-                    let state = state.clone();
-                    let conn = conn.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &state, &conn).await) }
-                })
-            };
-            let result = match tls {
-                None => {
-                    let (io, flag) = framing::Scanned::new(stream, max_head);
-                    let io = io.first_byte_within(state.limits.header_read_timeout);
-                    let fut =
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
-                    watcher.watch(fut.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        state.limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    let Ok(Ok(tls_stream)) = handshake else {
-                        tracing::debug!(%peer, "TLS handshake failed or timed out");
-                        return;
-                    };
-                    let (io, flag) = framing::Scanned::new(tls_stream, max_head);
-                    let io = io.first_byte_within(state.limits.header_read_timeout);
-                    let fut =
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
-                    watcher.watch(fut.into_owned()).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with error");
-            }
-        });
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            permit,
+            state.clone(),
+            builder.clone(),
+            tls.clone(),
+            watcher,
+        ));
     }
     drop(listener);
     // Upgraded connections are invisible to hyper's graceful shutdown: close them now, so the
@@ -161,6 +120,60 @@ where
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// Serve one accepted connection (TLS handshake, framing scan, hyper) until it ends or the
+/// drain closes it; the permit is held for as long.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    state: Arc<AppState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _permit = permit;
+    let client = ClientConn::new(peer.ip(), tls.is_some());
+    let max_head = state.limits.max_header_bytes;
+    let svc_state = state.clone();
+    let service = move |framing: Arc<framing::Flag>| {
+        let state = svc_state.clone();
+        // Shared by the connection's requests (a count, not a copy, per request).
+        let conn = Arc::new(ConnInfo {
+            client: client.clone(),
+            framing,
+        });
+        service_fn(move |req| {
+            let state = state.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(handle(req, &state, &conn).await) }
+        })
+    };
+    let result = match tls {
+        None => {
+            let (io, flag) = framing::Scanned::new(stream, max_head);
+            let io = io.first_byte_within(state.limits.header_read_timeout);
+            let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
+            watcher.watch(fut.into_owned()).await
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(stream))
+                    .await;
+            let Ok(Ok(tls_stream)) = handshake else {
+                tracing::debug!(%peer, "TLS handshake failed or timed out");
+                return;
+            };
+            let (io, flag) = framing::Scanned::new(tls_stream, max_head);
+            let io = io.first_byte_within(state.limits.header_read_timeout);
+            let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), service(flag));
+            watcher.watch(fut.into_owned()).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
 }
 
 /// Build a TLS acceptor (HTTP/2 and HTTP/1.1 via ALPN) from PEM files.

@@ -204,47 +204,9 @@ pub fn decide(ev: &Event, me: &Me, known: &Known) -> Action {
         Family::Invocation => keep_if(owned_or_admin(id, me), "not owner"),
         // Progress (with preview images) to its owner only: admins included (main).
         Family::Progress => keep_if(matches!(id, Uid::User(u) if u == me.user_id), "not owner"),
-        Family::QueueItemStatus => match id {
-            Uid::Redacted => keep_if(queue_room(ev, me), "not subscribed"),
-            u if owned_or_admin(u, me) => {
-                if let (Known::Owner(owner), false) = (known, me.is_admin) {
-                    if owner.as_deref() != Some(me.user_id) {
-                        // 6.12/6.13 name another user's running item: main nulls it.
-                        return Action::Redact(without_current_item(p));
-                    }
-                }
-                Action::Pass
-            }
-            Uid::User(_) | Uid::System if queue_room(ev, me) => {
-                Action::Redact(sanitized_item_status(p))
-            }
-            _ => Action::Drop("not owner"),
-        },
-        Family::BatchEnqueued => {
-            let owned = match (id, known) {
-                (Uid::Absent, Known::Owner(owner)) => owner.as_deref() == Some(me.user_id),
-                (Uid::Absent, _) => me.is_admin,
-                (u, _) => owned_or_admin(u, me),
-            };
-            match (owned, id) {
-                (true, _) => Action::Pass,
-                (false, Uid::Redacted) => keep_if(queue_room(ev, me), "not subscribed"),
-                (false, _) if queue_room(ev, me) => Action::Redact(sanitized_batch(p)),
-                (false, _) => Action::Drop("not owner"),
-            }
-        }
-        Family::QueueCleared => match id {
-            Uid::Absent | Uid::Null | Uid::Redacted => {
-                keep_if(queue_room(ev, me), "not subscribed")
-            }
-            u if owned_or_admin(u, me) => Action::Pass,
-            _ if queue_room(ev, me) => {
-                let mut out = p.clone();
-                out.insert("user_id".into(), Value::from("redacted"));
-                Action::Redact(out)
-            }
-            _ => Action::Drop("not owner"),
-        },
+        Family::QueueItemStatus => queue_item_status(ev, me, known),
+        Family::BatchEnqueued => batch_enqueued(ev, me, known),
+        Family::QueueCleared => queue_cleared(ev, me),
         Family::QueueItems => queue_items(ev, me),
         // Every frontend applies recall parameters: the owner only, admins included; 6.12's
         // carry no owner: the caller of the recall request, or nobody when it is ambiguous.
@@ -282,6 +244,59 @@ pub fn decide(ev: &Event, me: &Me, known: &Known) -> Action {
         }
         Family::WorkflowRevoked => Action::Pass,
         Family::Unknown => Action::Drop("unknown event"),
+    }
+}
+
+/// A queue item's status: to its owner (6.12/6.13: without another user's running item) and
+/// admins whole; sanitized to the queue room's other subscribers.
+fn queue_item_status(ev: &Event, me: &Me, known: &Known) -> Action {
+    let p = &ev.payload;
+    match uid(p) {
+        Uid::Redacted => keep_if(queue_room(ev, me), "not subscribed"),
+        u if owned_or_admin(u, me) => {
+            if let (Known::Owner(owner), false) = (known, me.is_admin) {
+                if owner.as_deref() != Some(me.user_id) {
+                    // 6.12/6.13 name another user's running item: main nulls it.
+                    return Action::Redact(without_current_item(p));
+                }
+            }
+            Action::Pass
+        }
+        Uid::User(_) | Uid::System if queue_room(ev, me) => {
+            Action::Redact(sanitized_item_status(p))
+        }
+        _ => Action::Drop("not owner"),
+    }
+}
+
+/// A batch enqueued: to its owner and admins whole; sanitized to the queue room.
+fn batch_enqueued(ev: &Event, me: &Me, known: &Known) -> Action {
+    let (p, id) = (&ev.payload, uid(&ev.payload));
+    let owned = match (id, known) {
+        (Uid::Absent, Known::Owner(owner)) => owner.as_deref() == Some(me.user_id),
+        (Uid::Absent, _) => me.is_admin,
+        (u, _) => owned_or_admin(u, me),
+    };
+    match (owned, id) {
+        (true, _) => Action::Pass,
+        (false, Uid::Redacted) => keep_if(queue_room(ev, me), "not subscribed"),
+        (false, _) if queue_room(ev, me) => Action::Redact(sanitized_batch(p)),
+        (false, _) => Action::Drop("not owner"),
+    }
+}
+
+/// A queue cleared: to whoever cleared it and admins; the room learns it, without the who.
+fn queue_cleared(ev: &Event, me: &Me) -> Action {
+    let p = &ev.payload;
+    match uid(p) {
+        Uid::Absent | Uid::Null | Uid::Redacted => keep_if(queue_room(ev, me), "not subscribed"),
+        u if owned_or_admin(u, me) => Action::Pass,
+        _ if queue_room(ev, me) => {
+            let mut out = p.clone();
+            out.insert("user_id".into(), Value::from("redacted"));
+            Action::Redact(out)
+        }
+        _ => Action::Drop("not owner"),
     }
 }
 

@@ -267,29 +267,7 @@ pub async fn handle(
             upgrade(&mut req, key, socket, timing)
         }
         (Method::GET, Some("polling"), None) => match new_session(&req) {
-            Ok(session) => {
-                let mut res = text(
-                    StatusCode::OK,
-                    engineio::open_packet(&session.sid, true, &timing),
-                );
-                // The session's proof for clients that send their credential on the handshake only
-                // (python-engineio keeps cookies, browsers too); scoped to the socket's path.
-                let cookie = format!(
-                    "{}={}; Path={}/; HttpOnly; SameSite=Strict{}",
-                    session::SESSION_PROOF_COOKIE,
-                    session.secret,
-                    target.path.trim_end_matches('/'),
-                    if env.config.secure_cookies {
-                        "; Secure"
-                    } else {
-                        ""
-                    }
-                );
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    res.headers_mut().insert(http::header::SET_COOKIE, v);
-                }
-                res
-            }
+            Ok(session) => polling_open(&session, target, env, &timing),
             Err(registry::Full) => too_many_sessions(),
         },
         (Method::GET, Some("polling"), Some(session)) => poll(session, &timing).await,
@@ -375,6 +353,31 @@ async fn poll(session: Arc<Session>, timing: &Timing) -> Response<Body> {
     };
     session.get_active.store(false, Ordering::Release);
     text(StatusCode::OK, body)
+}
+
+/// The polling handshake's answer: the Engine.IO open packet, and the session's proof cookie for
+/// clients that send their credential on the handshake only (python-engineio keeps cookies,
+/// browsers too); scoped to the socket's path.
+fn polling_open(session: &Session, target: &Target, env: &Env, timing: &Timing) -> Response<Body> {
+    let mut res = text(
+        StatusCode::OK,
+        engineio::open_packet(&session.sid, true, timing),
+    );
+    let cookie = format!(
+        "{}={}; Path={}/; HttpOnly; SameSite=Strict{}",
+        session::SESSION_PROOF_COOKIE,
+        session.secret,
+        target.path.trim_end_matches('/'),
+        if env.config.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    res
 }
 
 /// A polling POST: the client's packets into the session.
