@@ -2,17 +2,21 @@
 //!
 //! Layout (folders show the architecture; each module states its invariants in its `//!` header):
 //! - [`cli`]: `serve`, `check`, `explain`, `test`, `health`, `ledger` (a thin `main` hands over here).
-//! - [`server`]: the accept loop, the request pipeline in named phases, the admin listener, the
-//!   lifecycle (readiness first, then drain) and TLS certificates that follow their files.
+//! - [`server`]: the accept loop, the request pipeline (phases over one per-request context; the
+//!   request phase is shared with `explain` and `test` through `server::evaluate`), the candidate
+//!   table, the admin listener, the lifecycle (readiness first, then drain) and TLS certificates
+//!   that follow their files.
 //! - [`http`]: canonical targets, framing, headers, cookies, bodies (what the guard reads, and how).
-//! - [`rules`]: the policy language: vocabulary (a leaf), `routes.toml` parsing and the table,
-//!   caller groups.
+//! - [`rules`]: the policy language: vocabulary (a leaf, nested by family), `routes.toml` parsing
+//!   and the table, caller groups.
 //! - [`identity`]: InvokeAI's JWT verified against the user's current row.
 //! - [`facts`]: ownership facts from InvokeAI's database (read-only, cached, fresh) and the
 //!   guard's own ledger.
-//! - [`policy`]: `decide`, a pure function of rule, request data, caller and fact source.
-//! - [`decision`]: verdicts with provenance, mapped to HTTP in one place.
-//! - [`filters`]: response filters (sessions, owner records, 6.12 list rewrites).
+//! - [`policy`]: `decide`, a function of rule, request data, caller and fact source (reads only).
+//! - [`decision`]: refusals (with their source), verdicts with provenance and outcomes, mapped to
+//!   HTTP in one place.
+//! - [`filters`]: response filters by family (headers, sessions, owner records, 6.12 lists, lists
+//!   recomputed for 6.12/6.13), and the requests planned in their place.
 //! - [`socketio`]: Socket.IO terminated in the guard: identity at CONNECT, session guards, rooms,
 //!   per-event filtering; it sees a narrow `socketio::Env`, never the whole [`state`].
 //! - [`upstream`]: the pooled upstream client.

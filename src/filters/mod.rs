@@ -1,8 +1,9 @@
-//! Response filters: what the guard changes on the way back. One dispatcher over the
-//! vocabulary's filters (every filter matched explicitly in both phases), one module per family:
-//! [`session`] (cookies, tokens, revocation), [`lists`] (6.12 queue and uncategorized rewrites),
-//! [`recompute`] (lists, counts and batches of 6.12/6.13 answered as main would), [`record`]
-//! (owners).
+//! Response filters: what the guard changes on the way back (and, for lists recomputed on older
+//! upstreams, what it asks for instead: [`plan`]). One dispatcher over the vocabulary's families
+//! (every family matched explicitly in both phases), one module per family, each taking only its
+//! own words: [`session`] (cookies, tokens, revocation), [`record`] (owners), [`lists`] (6.12
+//! queue and uncategorized rewrites), [`recompute`] (lists, counts and batches of 6.12/6.13
+//! answered as main would); the header family is applied here.
 //!
 //! Invariants:
 //! - Which filters run for a request is decided once, before forwarding, by [`active`] (the

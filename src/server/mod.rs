@@ -1,5 +1,7 @@
 //! The listener: one accept loop per listener, connections served by hyper through the
-//! [`pipeline`]; [`admin`] serves health, readiness and metrics on its own listener.
+//! [`pipeline`] (phases over a [`ctx::RequestCtx`]; [`evaluate`] runs its request phase for
+//! `explain` and `test`, [`candidate`] a second table beside it); [`admin`] serves health,
+//! readiness and metrics on its own listener.
 //!
 //! Invariants:
 //! - Every connection passes the raw-byte framing scanner before hyper parses it.
