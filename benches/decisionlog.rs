@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
     let facts = facts();
     let line = DecisionLine {
         request_id: "5f3a9c1e2b7d4a60-000000000000001a",
-        client: "10.244.1.7".parse().unwrap(),
+        client: "10.244.1.7",
         rule_id: "images.get",
         user_id: Some("5b4c6f0e-1f3a-4c43-a0f4-8d7a9b2c1d0e"),
         email: Some("bob@example.com"),

@@ -329,6 +329,7 @@ fn bench_policy(c: &mut Criterion) {
         let src = FactSource {
             facts: &facts,
             ledger: &ledger,
+            trace_args: false,
         };
         let first = rt.block_on(policy::decide(rule, &data, Some(who), src));
         assert_eq!(

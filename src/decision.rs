@@ -145,14 +145,14 @@ impl Refusal {
     }
 
     /// The `detail` text sent to the client.
-    pub fn detail(&self) -> String {
+    pub fn detail(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Refusal::BadTarget(d) => format!("Invalid request path: {d}"),
+            Refusal::BadTarget(d) => format!("Invalid request path: {d}").into(),
             Refusal::BadRequest(d)
             | Refusal::Unauthenticated(d)
             | Refusal::Forbidden(d)
             | Refusal::NotFound(d)
-            | Refusal::Unprocessable(d) => d.clone(),
+            | Refusal::Unprocessable(d) => d.as_str().into(),
             Refusal::NoRoute => "Not Found".into(),
             Refusal::TooLarge => "Request body too large".into(),
             Refusal::Blocked(s) => s.canonical_reason().unwrap_or("Blocked").into(),
@@ -165,7 +165,8 @@ impl Refusal {
             Refusal::ListTooLarge(max) => format!(
                 "This list has more than {max} items, too many to filter for this user; narrow it \
                  (board_id, categories, search) or raise limits.max_list_items"
-            ),
+            )
+            .into(),
         }
     }
 
@@ -360,9 +361,17 @@ impl Outcome {
     }
 }
 
+/// FastAPI's error body.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    detail: &'a str,
+}
+
 /// A JSON `{"detail": …}` response.
 pub fn error_response(status: StatusCode, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({ "detail": detail }).to_string();
+    // One serializer call into a sized buffer (no JSON value is built).
+    let mut body = Vec::with_capacity(detail.len() + 16);
+    let _ = serde_json::to_writer(&mut body, &ErrorBody { detail });
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
     let h = res.headers_mut();

@@ -27,7 +27,6 @@
 //! - Without an installed sink (unit tests, `explain`), nothing is written.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -49,8 +48,8 @@ pub const MAX_FACTS: usize = 16;
 pub struct DecisionLine<'a> {
     /// `X-Request-Id` as sent upstream (a trusted proxy's, or the guard's own).
     pub request_id: &'a str,
-    /// The connection's peer address.
-    pub client: IpAddr,
+    /// The connection's peer address, as text (formatted once per connection).
+    pub client: &'a str,
     /// The matched rule, or `-`.
     pub rule_id: &'a str,
     pub user_id: Option<&'a str>,
@@ -150,7 +149,7 @@ pub fn format_line(out: &mut Vec<u8>, format: Format, line: &DecisionLine<'_>, n
 }
 
 fn text(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
-    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+    timestamp(out, now);
     out.extend_from_slice(b"  INFO ");
     out.extend_from_slice(l.target().as_bytes());
     out.push(b':');
@@ -161,8 +160,7 @@ fn text(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
         text_value(out, value, MAX_VALUE_BYTES);
     };
     field(out, "request_id", l.request_id);
-    // An address is plain ASCII.
-    let _ = write!(out, " client={}", l.client);
+    field(out, "client", l.client);
     field(out, "rule_id", l.rule_id);
     field(out, "user_id", l.user_id.unwrap_or("-"));
     field(out, "email", l.email.unwrap_or("-"));
@@ -188,13 +186,98 @@ fn text(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
     out.push(b'\n');
 }
 
+thread_local! {
+    /// The current second as RFC 3339 (`YYYY-MM-DDTHH:MM:SS`): formatted once a second.
+    static SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// `now` as RFC 3339 with microseconds, UTC (what `humantime::format_rfc3339_micros` writes;
+/// the date and time part is formatted by it once per second).
+fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, micros) = (since.as_secs(), since.subsec_micros());
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+            text.copy_from_slice(&formatted.as_bytes()[..19]);
+            *cached = secs;
+        }
+        out.extend_from_slice(&text[..]);
+    });
+    let mut digits = [b'0'; 6];
+    let mut n = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.push(b'.');
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `w` is below `n` (n ≤ 128; exact as a yes/no).
+fn any_below(w: u64, n: u8) -> bool {
+    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0
+}
+
+/// Whether any byte of `w` is `b`.
+fn any_eq(w: u64, b: u8) -> bool {
+    let x = w ^ (ONES * u64::from(b));
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+/// The length of the leading run of bytes that need no escaping in a quoted value: printable
+/// ASCII (0x20..0x7f) but `"` and `\`. Eight bytes at a time.
+fn quoted_run(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if any_below(w, 0x20)
+            || w & HIGHS != 0
+            || any_eq(w, 0x7f)
+            || any_eq(w, b'"')
+            || any_eq(w, b'\\')
+        {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && (0x20..0x7f).contains(&bytes[i]) && !matches!(bytes[i], b'"' | b'\\') {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `value` can be written bare: visible ASCII (0x21..0x7f) but `"`, `\` and `=`.
+fn bare(value: &[u8]) -> bool {
+    let mut chunks = value.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if any_below(w, 0x21)
+            || w & HIGHS != 0
+            || any_eq(w, 0x7f)
+            || any_eq(w, b'"')
+            || any_eq(w, b'\\')
+            || any_eq(w, b'=')
+        {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='))
+}
+
 /// A value bare when it is plain visible ASCII (and not empty), else quoted and escaped.
 fn text_value(out: &mut Vec<u8>, value: &str, max: usize) {
-    let bare = !value.is_empty()
-        && value.len() <= max
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='));
+    let bare = !value.is_empty() && value.len() <= max && bare(value.as_bytes());
     if bare {
         out.extend_from_slice(value.as_bytes());
     } else {
@@ -231,11 +314,10 @@ fn escape(out: &mut Vec<u8>, value: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
-        // The common case: visible ASCII and spaces, copied in runs.
-        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
-            i += 1;
-            continue;
+        // The common case: visible ASCII and spaces, found in runs and copied in runs.
+        i += quoted_run(&bytes[i..]);
+        if i >= bytes.len() {
+            break;
         }
         let ch = value[i..].chars().next().unwrap_or('\u{fffd}');
         let len = ch.len_utf8();
@@ -380,10 +462,9 @@ impl Serialize for Fields<'_, '_> {
 impl Serialize for JsonLine<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(4))?;
-        m.serialize_entry(
-            "timestamp",
-            &format_args!("{}", humantime::format_rfc3339_micros(self.now)),
-        )?;
+        let mut stamp = Vec::with_capacity(27);
+        timestamp(&mut stamp, self.now);
+        m.serialize_entry("timestamp", std::str::from_utf8(&stamp).unwrap_or_default())?;
         m.serialize_entry("level", "INFO")?;
         m.serialize_entry("target", self.line.target())?;
         m.serialize_entry("fields", &Fields(self.line))?;
@@ -398,7 +479,7 @@ mod tests {
     fn line<'a>(path: &'a str, facts: &'a [String]) -> DecisionLine<'a> {
         DecisionLine {
             request_id: "r-1",
-            client: "10.1.2.3".parse().unwrap(),
+            client: "10.1.2.3",
             rule_id: "boards.get",
             user_id: Some("u-1"),
             email: Some("bob@example.com"),
@@ -552,6 +633,43 @@ mod tests {
         ] {
             l.outcome = outcome;
             assert_eq!(l.target(), target, "{outcome}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_scan_tests {
+    use super::*;
+
+    /// The word-at-a-time scans agree with the byte-at-a-time rules on every byte value in
+    /// every position of a word and its tail.
+    #[test]
+    fn scans_agree_with_the_byte_rules() {
+        let quoted = |b: u8| (0x20..0x7f).contains(&b) && !matches!(b, b'"' | b'\\');
+        let bare_byte = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'=');
+        for len in [1usize, 7, 8, 9, 16, 17] {
+            for pos in 0..len {
+                for b in 0u8..=255 {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = b;
+                    let want_run = v.iter().position(|&x| !quoted(x)).unwrap_or(len);
+                    assert_eq!(quoted_run(&v), want_run, "len {len} pos {pos} byte {b}");
+                    assert_eq!(bare(&v), v.iter().all(|&x| bare_byte(x)), "{len} {pos} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_are_humantime_s() {
+        for t in [0u64, 1_700_000_000_123_456, 1_765_000_000_999_999] {
+            let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(t);
+            let mut out = Vec::new();
+            timestamp(&mut out, now);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                humantime::format_rfc3339_micros(now).to_string()
+            );
         }
     }
 }

@@ -325,10 +325,16 @@ pub fn with_issue_time(claims: &Map<String, Value>, secret: &str) -> String {
 }
 
 impl Principal {
+    /// Whether the token's `is_admin` claim differs from the user row (6.12/6.13 trust the
+    /// claim: the token sent upstream is then re-minted).
+    pub fn is_admin_claim_stale(&self) -> bool {
+        self.claims.get("is_admin").and_then(Value::as_bool) != Some(self.is_admin)
+    }
+
     /// The token to send upstream: the presented one when its `is_admin` claim is current,
     /// otherwise the same claims and expiry re-signed with the row's `is_admin`.
     pub fn upstream_token(&self, secret: &str) -> String {
-        if self.claims.get("is_admin").and_then(Value::as_bool) == Some(self.is_admin) {
+        if !self.is_admin_claim_stale() {
             return self.token.clone();
         }
         let mut claims = Map::clone(&self.claims);

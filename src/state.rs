@@ -264,6 +264,7 @@ impl AppState {
             mode: self.mode,
             tls: self.tls,
             candidate: self.candidate.load_full(),
+            explain: false,
         }
     }
 

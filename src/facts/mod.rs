@@ -11,6 +11,10 @@
 //!   else about the request is part of a fact, so one resource's fact cannot answer for another.
 //! - **Fail closed**: any database error, a missing file or a replaced file is a [`FactsError`];
 //!   callers turn it into 503, never into an allow.
+//! - The JWT secret, read on every request, is kept beside the cache in one slot under the same
+//!   rules (tagged with its generation and the cache's time to live; never served while the
+//!   database is unavailable): a rotated secret is seen at the next generation
+//!   (`tests/faults.rs` `jwt_secret_rotated_refuses_old_tokens_at_once`).
 
 pub mod db;
 pub mod ledger;
@@ -247,6 +251,10 @@ struct Shared {
     stop: AtomicBool,
     /// The generation, published for long-lived connections to select on (no polling loops).
     changes: tokio::sync::watch::Sender<u64>,
+    /// The JWT secret as last read: (generation, when, secret).
+    secret: arc_swap::ArcSwapOption<(u64, std::time::Instant, Arc<str>)>,
+    /// The cache's time to live (the secret slot's too).
+    ttl: Duration,
 }
 
 /// The fact source: cached, fresh, read-only.
@@ -276,6 +284,8 @@ impl Facts {
             schema: ArcSwap::from_pointee(schema),
             stop: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(1),
+            secret: arc_swap::ArcSwapOption::const_empty(),
+            ttl: config.cache_ttl,
         });
         let cache = Cache::builder()
             .max_capacity(config.cache_entries)
@@ -378,10 +388,24 @@ impl Facts {
 
     /// The HS256 secret InvokeAI signs its tokens with.
     pub async fn jwt_secret(&self) -> Result<Arc<str>, FactsError> {
-        match self.fetch::<Option<Arc<str>>>(FactKey::JwtSecret).await? {
-            Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(FactsError::NoSecret),
+        let current = self.generation();
+        if self.is_available() {
+            if let Some(slot) = &*self.shared.secret.load() {
+                let (generation, at, secret) = &**slot;
+                if *generation == current && at.elapsed() < self.shared.ttl {
+                    return Ok(secret.clone());
+                }
+            }
         }
+        let secret = match self.fetch::<Option<Arc<str>>>(FactKey::JwtSecret).await? {
+            Some(s) if !s.is_empty() => s,
+            _ => return Err(FactsError::NoSecret),
+        };
+        // Tagged with the generation read before the fetch: a change racing it only makes the
+        // slot look stale.
+        let slot = (current, std::time::Instant::now(), secret.clone());
+        self.shared.secret.store(Some(Arc::new(slot)));
+        Ok(secret)
     }
 
     /// A user row.

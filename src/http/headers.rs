@@ -108,20 +108,50 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a client may send `name` upstream: not spoofable (forwarding and identity headers in
+/// any spelling).
+fn is_spoofable(name: &HeaderName) -> bool {
+    // `HeaderName`s are lowercase already; a name with `_` or `.` is dropped outright, so the
+    // remaining names need no folding before the comparisons.
+    let raw = name.as_str();
+    // Underscore/dot aliases (Traefik CVE-2026-39858, GHSA-rf44-j88r-hh8c): WSGI/ASGI stacks
+    // fold them onto real names, so no legitimate client header needs them.
+    raw.contains(['_', '.'])
+        || SPOOFABLE.contains(&raw)
+        || SPOOFABLE_PREFIXES.iter().any(|p| raw.starts_with(p))
+}
+
+/// The client's headers the upstream may see, copied in one pass: no hop-by-hop header, no
+/// header `Connection` names, nothing spoofable, and none of `drop` (credentials the guard
+/// re-derives, encodings it decides). The same as cloning and then [`strip_hop_by_hop`],
+/// [`strip_spoofable`] and removing `drop`, without building what is then removed.
+pub fn forwardable(incoming: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
+    let listed: Vec<String> = incoming
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut out = HeaderMap::with_capacity(incoming.len() + 6);
+    for (name, value) in incoming {
+        let keep = !is_hop_by_hop(name.as_str())
+            && !listed.iter().any(|l| l == name.as_str())
+            && !is_spoofable(name)
+            && !drop.contains(name);
+        if keep {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// Remove forwarding and identity headers a client could spoof.
 pub fn strip_spoofable(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            // `HeaderName`s are lowercase already; a name with `_` or `.` is dropped outright, so
-            // the remaining names need no folding before the comparisons.
-            let raw = name.as_str();
-            // Underscore/dot aliases (Traefik CVE-2026-39858, GHSA-rf44-j88r-hh8c): WSGI/ASGI
-            // stacks fold them onto real names, so no legitimate client header needs them.
-            raw.contains(['_', '.'])
-                || SPOOFABLE.contains(&raw)
-                || SPOOFABLE_PREFIXES.iter().any(|p| raw.starts_with(p))
-        })
+        .filter(|n| is_spoofable(n))
         .cloned()
         .collect();
     for name in doomed {
@@ -144,6 +174,11 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
+    /// The peer address as text (formatted once per connection).
+    pub fn peer_value(&self) -> &HeaderValue {
+        &self.peer_value
+    }
+
     /// The connection's facts; formats the peer address once.
     pub fn new(peer: IpAddr, tls: bool) -> Self {
         let peer_value =
@@ -246,6 +281,40 @@ mod tests {
         h.insert("accept", "*/*".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    /// The one-pass copy keeps exactly what clone-then-strip keeps.
+    #[test]
+    fn forwardable_is_clone_then_strip() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-user.id", "admin"),
+            ("authorization", "Bearer t"),
+            ("accept-encoding", "gzip"),
+            ("accept", "*/*"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-request-id", "r"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let drop = [http::header::AUTHORIZATION, http::header::ACCEPT_ENCODING];
+        let mut want = h.clone();
+        strip_hop_by_hop(&mut want);
+        strip_spoofable(&mut want);
+        for d in &drop {
+            want.remove(d);
+        }
+        assert_eq!(forwardable(&h, &drop), want);
+        assert_eq!(want.len(), 4, "{want:?}");
     }
 
     #[test]

@@ -63,11 +63,15 @@ impl RequestData {
     }
 }
 
-/// Where checks read facts: InvokeAI's database (read-only, cached) and the guard's ledger.
+/// Where checks read facts: InvokeAI's database (read-only, cached) and the guard's ledger;
+/// and how much of what they read the verdict keeps.
 #[derive(Clone, Copy)]
 pub struct FactSource<'a> {
     pub facts: &'a Facts,
     pub ledger: &'a Ledger,
+    /// Keep every check's arguments in its trace (`explain`): `serve` logs only the deciding
+    /// check's facts, so it does not format arguments no line shows.
+    pub trace_args: bool,
 }
 
 type Outcome = Result<(), Refusal>;
@@ -159,7 +163,9 @@ async fn evaluate(
     for arg in &check.args {
         match resolve(arg, data) {
             Ok(v) => {
-                trace.args.push(arg_trace(arg, &v));
+                if src.trace_args {
+                    trace.args.push(arg_trace(arg, &v));
+                }
                 values.push(v);
             }
             Err(reason) => {

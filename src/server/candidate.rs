@@ -173,6 +173,7 @@ async fn decide<'t>(
     let src = FactSource {
         facts: env.facts,
         ledger: env.ledger,
+        trace_args: env.explain,
     };
     let verdict = policy::decide(rule, &data, principal.as_deref(), src).await;
     match verdict.deciding() {

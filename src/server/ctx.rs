@@ -38,6 +38,8 @@ pub struct Env<'a> {
     pub candidate: Option<Arc<RouteTable>>,
     /// The guard serves HTTPS (session cookies get `Secure`).
     pub tls: bool,
+    /// Keep everything the checks read (`explain` prints it; `serve` logs less).
+    pub explain: bool,
 }
 
 /// The upstream request(s) the guard sends for one client request, in order.
@@ -59,8 +61,8 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The `X-Request-Id` the request is logged under and forwarded with (`serve`).
     pub request_id: Option<http::HeaderValue>,
-    /// The connection's peer (`serve`).
-    pub client: Option<std::net::IpAddr>,
+    /// The connection's peer address as text (`serve`).
+    pub client: Option<http::HeaderValue>,
     pub method: Method,
     /// The route table snapshot this request is evaluated against.
     pub table: Arc<RouteTable>,

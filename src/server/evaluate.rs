@@ -184,6 +184,7 @@ impl Engine {
             mode: self.mode,
             tls: self.tls,
             candidate: self.candidate.clone(),
+            explain: true,
         }
     }
 

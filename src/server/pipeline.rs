@@ -23,7 +23,7 @@ use http::header::{
     HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, HOST,
     TRANSFER_ENCODING,
 };
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{HeaderName, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -68,7 +68,7 @@ pub async fn handle(
         conn.client.peer,
         &state.trusted_proxies,
     ));
-    ctx.client = Some(conn.client.peer);
+    ctx.client = Some(conn.client.peer_value().clone());
     let req = req.map(|body| body.map_err(Into::into).boxed());
     let response = match request_phase(&mut ctx, req, conn.framing.get(), &env).await {
         Step::Forward(body) => forward(&mut ctx, body, state, conn).await,
@@ -161,6 +161,7 @@ async fn request_steps(
     let src = FactSource {
         facts: env.facts,
         ledger: env.ledger,
+        trace_args: env.explain,
     };
     ctx.verdict = policy::decide(rule, &ctx.data, ctx.principal.as_ref(), src).await;
     ctx.outcome = match ctx.verdict.deciding() {
@@ -455,27 +456,32 @@ pub fn upstream_request(
             None,
         ),
     };
-    let mut headers = parts.headers.clone();
-    headers::strip_hop_by_hop(&mut headers);
-    headers::strip_spoofable(&mut headers);
-    // Credentials are re-derived: the presented ones never pass through as sent.
-    headers.remove(AUTHORIZATION);
-    headers::remove_cookies(&mut headers, &[MEDIA_COOKIE, SESSION_COOKIE]);
+    // Credentials are re-derived: the presented ones never pass through as sent. An answer the
+    // guard must read is asked for uncompressed (it is decoded if it comes compressed anyway).
+    // The guard's own JSON body has its own length (hyper sets it) and no encoding.
+    let reads = plan.reads_response || leg == Leg::Prelude;
+    let drop: &[HeaderName] = match (reads, guard_body.is_some()) {
+        (false, false) => &[AUTHORIZATION],
+        (true, false) => &[AUTHORIZATION, ACCEPT_ENCODING],
+        (false, true) => &[AUTHORIZATION, CONTENT_LENGTH, CONTENT_ENCODING],
+        (true, true) => &[
+            AUTHORIZATION,
+            ACCEPT_ENCODING,
+            CONTENT_LENGTH,
+            CONTENT_ENCODING,
+        ],
+    };
+    let mut headers = headers::forwardable(&parts.headers, drop);
+    if headers.contains_key(http::header::COOKIE) {
+        headers::remove_cookies(&mut headers, &[MEDIA_COOKIE, SESSION_COOKIE]);
+    }
     if let (Some(p), Some(secret)) = (ctx.principal.as_ref(), ctx.secret.as_deref()) {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))) {
+        if let Some(v) = upstream_authorization(p, secret, &parts.headers) {
             headers.insert(AUTHORIZATION, v);
         }
     }
-    // An answer the guard must read is asked for uncompressed (it is decoded if it comes
-    // compressed anyway).
-    if plan.reads_response || leg == Leg::Prelude {
-        headers.remove(ACCEPT_ENCODING);
-    }
     let body = match guard_body {
         Some(bytes) => {
-            // The guard's own JSON: its length is the new body's (hyper sets it).
-            headers.remove(CONTENT_LENGTH);
-            headers.remove(CONTENT_ENCODING);
             headers.insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -502,6 +508,28 @@ pub fn upstream_request(
     *req.uri_mut() = state.upstream.uri_for(target);
     *req.headers_mut() = headers;
     req
+}
+
+/// The caller's credential for the upstream: the token re-minted when its `is_admin` claim is
+/// stale, else the caller's own; the presented `Authorization` value is reused when it is
+/// exactly `Bearer <that token>` (nothing to format or validate again).
+fn upstream_authorization(
+    p: &crate::identity::Principal,
+    secret: &str,
+    presented: &http::HeaderMap,
+) -> Option<HeaderValue> {
+    if p.via == crate::identity::TokenSource::Bearer && !p.is_admin_claim_stale() {
+        if let Some(v) = presented.get(AUTHORIZATION) {
+            let bytes = v.as_bytes();
+            if bytes.len() == 7 + p.token.len()
+                && bytes.starts_with(b"Bearer ")
+                && &bytes[7..] == p.token.as_bytes()
+            {
+                return Some(v.clone());
+            }
+        }
+    }
+    HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))).ok()
 }
 
 /// Send the plan's prelude and take its JSON answer into the plan's reshape. Anything but a
@@ -687,7 +715,9 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
             .unwrap_or("-"),
         client: ctx
             .client
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
         rule_id: ctx.rule_id(),
         user_id: ctx.principal.as_ref().map(|p| p.user_id.as_str()),
         email: ctx.principal.as_ref().map(|p| p.email.as_str()),
