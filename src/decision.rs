@@ -51,6 +51,8 @@ pub enum DenyReason {
     BadUpstream(String),
     /// A list the guard must recompute holds more items than `limits.max_list_items` (503).
     ListTooLarge(usize),
+    /// A generation quota of the groups file is used up (429 with `Retry-After` seconds).
+    TooManyRequests { detail: String, retry_after: u64 },
 }
 
 impl DenyReason {
@@ -69,6 +71,7 @@ impl DenyReason {
             }
             DenyReason::Timeout => StatusCode::REQUEST_TIMEOUT,
             DenyReason::BadUpstream(_) => StatusCode::BAD_GATEWAY,
+            DenyReason::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -88,6 +91,7 @@ impl DenyReason {
             DenyReason::Timeout => "timeout",
             DenyReason::BadUpstream(_) => "bad_upstream",
             DenyReason::ListTooLarge(_) => "list_too_large",
+            DenyReason::TooManyRequests { .. } => "too_many_requests",
         }
     }
 
@@ -107,6 +111,7 @@ impl DenyReason {
             DenyReason::Unavailable(_) => "Authorization data temporarily unavailable".into(),
             DenyReason::Timeout => "Request body not received in time".into(),
             DenyReason::BadUpstream(_) => "Upstream response could not be processed".into(),
+            DenyReason::TooManyRequests { detail, .. } => detail.clone(),
             DenyReason::ListTooLarge(max) => format!(
                 "This list has more than {max} items, too many to filter for this user; narrow it \
                  (board_id, categories, search) or raise limits.max_list_items"
@@ -261,7 +266,12 @@ pub fn error_response(status: StatusCode, detail: &str) -> Response<Body> {
 
 /// The response for a denial.
 pub fn deny_response(reason: &DenyReason) -> Response<Body> {
-    error_response(reason.status(), &reason.detail())
+    let mut res = error_response(reason.status(), &reason.detail());
+    if let DenyReason::TooManyRequests { retry_after, .. } = reason {
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, (*retry_after).into());
+    }
+    res
 }
 
 /// The response for an upstream failure.

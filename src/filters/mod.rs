@@ -2,7 +2,7 @@
 //! vocabulary's filters (every filter matched explicitly in both phases), one module per family:
 //! [`session`] (cookies, tokens, revocation), [`lists`] (6.12 queue and uncategorized rewrites),
 //! [`recompute`] (lists, counts and batches of 6.12/6.13 answered as main would), [`record`]
-//! (owners).
+//! (owners), [`models`] (model records per the groups file's `[models]`).
 //!
 //! Invariants:
 //! - `X-Refreshed-Token` never leaves the guard carrying stale claims: it is re-minted with the
@@ -20,6 +20,7 @@
 //!   tokens (ledger) and hands the caller a fresh one.
 
 mod lists;
+mod models;
 mod recompute;
 mod record;
 mod session;
@@ -60,6 +61,8 @@ pub struct FilterContext<'a> {
     pub reshape: Option<&'a Reshape>,
     /// The ledger intent written before a create was forwarded (owner to record).
     pub intent: Option<(Entry, Intent)>,
+    /// The groups file's model access (and quotas), from the table the request matched.
+    pub access: Option<&'a crate::rules::access::Access>,
 }
 
 /// Apply header-only filters.
@@ -111,10 +114,27 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
             | ResponseFilter::VisibleStylePresets
             | ResponseFilter::OwnDateCovers
             | ResponseFilter::OwnIntermediatesCount
-            | ResponseFilter::OwnBoardMediaDelete => {}
+            | ResponseFilter::OwnBoardMediaDelete
+            | ResponseFilter::UsableModels
+            | ResponseFilter::UsableModelKeys
+            | ResponseFilter::UsableStarterModels => {}
             // Applied to the request before it was forwarded.
             ResponseFilter::SkipForeignDeletes => {}
         }
+    }
+}
+
+/// The parsed answer a model filter reads: unreadable while the filter has work is withheld.
+fn model_answer<'j>(
+    json: Option<&'j mut Value>,
+    ctx: &FilterContext<'_>,
+) -> Result<Option<&'j mut Value>, DenyReason> {
+    match json {
+        Some(j) => Ok(Some(j)),
+        None if models::active(ctx) => {
+            Err(DenyReason::BadUpstream("unreadable model answer".into()))
+        }
+        None => Ok(None),
     }
 }
 
@@ -175,6 +195,25 @@ pub async fn apply_body(
                         return Err(DenyReason::BadUpstream("unreadable upstream list".into()))
                     }
                     None => {}
+                }
+                None
+            }
+            // Model records per the groups file's [models] (filters::models).
+            ResponseFilter::UsableModels => {
+                if let Some(j) = model_answer(json.as_mut(), ctx)? {
+                    changed |= models::usable_models(j, parts, ctx)?;
+                }
+                None
+            }
+            ResponseFilter::UsableModelKeys => {
+                if let Some(j) = model_answer(json.as_mut(), ctx)? {
+                    changed |= models::usable_model_keys(j, ctx).await?;
+                }
+                None
+            }
+            ResponseFilter::UsableStarterModels => {
+                if let Some(j) = model_answer(json.as_mut(), ctx)? {
+                    changed |= models::usable_starter_models(j, ctx).await?;
                 }
                 None
             }

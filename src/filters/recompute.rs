@@ -161,7 +161,10 @@ pub async fn plan(
             | ResponseFilter::VisibleWorkflowCategoryCounts
             | ResponseFilter::VisibleStylePresets
             | ResponseFilter::OwnDateCovers
-            | ResponseFilter::OwnIntermediatesCount => None,
+            | ResponseFilter::OwnIntermediatesCount
+            | ResponseFilter::UsableModels
+            | ResponseFilter::UsableModelKeys
+            | ResponseFilter::UsableStarterModels => None,
         };
         if rewrite.is_some() {
             return Ok(rewrite);
@@ -672,7 +675,10 @@ pub(super) async fn reshape(
         | ResponseFilter::OwnUncategorizedNames
         | ResponseFilter::SanitizeQueueItems
         | ResponseFilter::RedactQueueStatus
-        | ResponseFilter::OwnQueueCounts => Ok(false),
+        | ResponseFilter::OwnQueueCounts
+        | ResponseFilter::UsableModels
+        | ResponseFilter::UsableModelKeys
+        | ResponseFilter::UsableStarterModels => Ok(false),
     }
 }
 

@@ -6,7 +6,9 @@
 //! - [`cookies`]: cookies as Starlette reads them.
 //! - [`body`]: bounded, timed body reads; JSON, multipart and response decoding as InvokeAI reads them.
 //! - [`jsonplan`]: pruned JSON parsing (only what a rule's checks read).
+//! - [`batch`]: a streaming scan of an enqueued batch (model references, queue-item count).
 
+pub mod batch;
 pub mod body;
 pub mod canonical;
 pub mod cookies;

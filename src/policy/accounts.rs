@@ -83,6 +83,13 @@ pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
         | P::AdminIfTrue
         | P::AdminUnlessUpstream
         | P::CallerOr
+        | P::EnqueueModelsAllowed
+        | P::EnqueueWithinQuota
+        | P::RetryModelsAllowed
+        | P::RetryWithinQuota
+        | P::ModelUsable
+        | P::ModelVisible
+        | P::ModelUsableByName
         | P::CallerIn
         | P::QueueDefault => Err(DenyReason::Unauthenticated(
             "Authentication required".into(),

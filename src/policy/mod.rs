@@ -13,6 +13,7 @@
 //! - Traces never carry query values or passwords (see [`arg_trace`]).
 
 mod accounts;
+pub mod models;
 mod resources;
 
 use std::collections::HashMap;
@@ -39,6 +40,11 @@ pub struct RequestData {
     pub body: Option<Value>,
     /// Multipart text fields, when the rule reads `form.*`.
     pub form: HashMap<String, String>,
+    /// Batches scanned for model references and item counts, by selector (`body.batch`), for
+    /// checks that read the groups file's `[models]`/`[quotas]` (only when those are set).
+    pub batches: Vec<(String, crate::http::batch::BatchScan)>,
+    /// Quota reservations taken by the checks, held until [`RequestData::settle`] (or drop).
+    pub holds: models::Holds,
 }
 
 impl RequestData {
@@ -55,7 +61,62 @@ impl RequestData {
             crate::rules::BodyNeed::Json => self.body = body::json(bytes, &rule.json_plan)?,
             crate::rules::BodyNeed::Multipart => self.form = body::form(bytes, headers).await?,
         }
+        self.scan_batches(rule, bytes)
+    }
+
+    /// Scan the batches the rule's model and quota checks read (a second, streaming pass over
+    /// the body; skipped when the groups file sets neither section). A batch that cannot be read
+    /// completely is refused (422), never forwarded unchecked.
+    fn scan_batches(&mut self, rule: &Rule, bytes: &bytes::Bytes) -> Result<(), DenyReason> {
+        for check in &rule.checks {
+            let configured = check
+                .access
+                .as_ref()
+                .is_some_and(|a| a.models.is_some() || a.quotas.is_some());
+            if check.predicate.info().body != crate::rules::vocab::BodyUse::Batch || !configured {
+                continue;
+            }
+            for arg in &check.args {
+                let Arg::Select(sel) = arg else { continue };
+                if sel.source != Source::Body || self.batches.iter().any(|(t, _)| *t == sel.text) {
+                    continue;
+                }
+                let path: Vec<&str> = sel
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Field(f) => Some(f.as_str()),
+                        Step::Each => None,
+                    })
+                    .collect();
+                let scan = crate::http::batch::scan(bytes, &path).map_err(|e| {
+                    crate::metrics::generation_refused("unreadable_batch");
+                    DenyReason::Unprocessable(format!("{}: {e}", sel.text))
+                })?;
+                if let Some(scan) = scan {
+                    self.batches.push((sel.text.clone(), scan));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The upstream answered (`accepted`: with a 2xx): release the quota reservations the checks
+    /// took, remembering accepted items for the rolling windows. Call after facts were
+    /// invalidated; dropping the data releases them too, without remembering anything.
+    pub fn settle(&self, accepted: bool) {
+        self.holds.settle(accepted);
+    }
+
+    fn batch(&self, check: &Check) -> Option<&crate::http::batch::BatchScan> {
+        check.args.iter().find_map(|a| match a {
+            Arg::Select(sel) => self
+                .batches
+                .iter()
+                .find(|(t, _)| *t == sel.text)
+                .map(|(_, scan)| scan),
+            _ => None,
+        })
     }
 }
 
@@ -170,6 +231,10 @@ async fn evaluate(
             trace.result = CheckResult::AdminExempt;
             return trace;
         }
+        // Model access and quotas: the groups file's sections, bound into the check.
+        Some(me) if info.access => {
+            access_check(check, &values, data, me, src, &mut trace.facts).await
+        }
         Some(me) => apply(check.predicate, &values, me, src, &mut trace.facts).await,
         None => accounts::anonymous(check.predicate, &values),
     };
@@ -178,6 +243,91 @@ async fn evaluate(
         Err(reason) => CheckResult::Failed(reason),
     };
     trace
+}
+
+/// The checks that read the groups file's `[models]` and `[quotas]` (see [`models`]).
+async fn access_check(
+    check: &Check,
+    args: &[Selected],
+    data: &RequestData,
+    me: &Principal,
+    src: FactSource<'_>,
+    facts: &mut Vec<String>,
+) -> Outcome {
+    use Predicate as P;
+    let Some(access) = check.access.as_deref() else {
+        // Not bound (cannot happen for a compiled table): deny, never allow.
+        return Err(DenyReason::Unavailable(format!(
+            "{} has no access sections bound",
+            check.predicate.name()
+        )));
+    };
+    let f = src.facts;
+    match check.predicate {
+        P::EnqueueModelsAllowed => {
+            models::enqueue_models_allowed(access, data.batch(check), me, f, facts).await
+        }
+        P::EnqueueWithinQuota => {
+            let demand = data.batch(check).map(models::Demand::of_batch);
+            models::within_quota(access, demand, me, data, f, facts).await
+        }
+        P::RetryModelsAllowed => models::retry_models_allowed(access, &args[0], me, f, facts).await,
+        P::RetryWithinQuota => {
+            let demand = if access.quotas.is_some() {
+                Some(models::retry_demand(&args[0], f).await?)
+            } else {
+                None
+            };
+            models::within_quota(access, demand, me, data, f, facts).await
+        }
+        P::ModelUsable | P::ModelVisible => {
+            models::model_check(check.predicate, access, &args[0], me, f, facts).await
+        }
+        P::ModelUsableByName => models::usable_by_name(access, &args[0], me, f, facts).await,
+        // Not access checks (see `apply`): a denial, never an allow, if they ever came here.
+        P::Authenticated
+        | P::Admin
+        | P::ImageRead
+        | P::ImageWrite
+        | P::ImageOwn
+        | P::ImageBoardWrite
+        | P::ImageWriteOwner
+        | P::ImageBoardWriteOwner
+        | P::BoardRead
+        | P::BoardWrite
+        | P::BoardOwn
+        | P::WorkflowRead
+        | P::WorkflowOwn
+        | P::StylePresetRead
+        | P::StylePresetWrite
+        | P::QueueItemOwn
+        | P::QueueItemOwnRoot
+        | P::VideoRead
+        | P::VideoWrite
+        | P::VideoOwn
+        | P::VideoBoardWrite
+        | P::VideoWriteOwner
+        | P::VideoBoardWriteOwner
+        | P::SystemPromptRead
+        | P::SystemPromptOwn
+        | P::BulkDownloadOwn
+        | P::EnqueueAllowed
+        | P::EnqueueAllowedOwner
+        | P::ImagesListScoped
+        | P::UserUpdateAllowed
+        | P::UserNotSystem
+        | P::UserKeepsAnAdmin
+        | P::LoginNotSystem
+        | P::AdminIfEq
+        | P::AdminIfTrue
+        | P::AdminUnlessUpstream
+        | P::CallerOr
+        | P::CallerIn
+        | P::QueueDefault => Err(DenyReason::Unavailable(format!(
+            "{} does not read the access sections",
+            check.predicate.name()
+        ))),
+    }
 }
 
 /// Every predicate, for an identified caller.
@@ -202,6 +352,18 @@ async fn apply(
         P::AdminUnlessUpstream => accounts::admin_unless_upstream(args, me, src, facts),
         P::CallerOr => accounts::caller_or(args, me),
         P::CallerIn => accounts::caller_in(args, me, facts),
+        // Dispatched by `access_check` (their descriptor reads the access sections): a denial,
+        // never an allow, if they ever reached here.
+        P::EnqueueModelsAllowed
+        | P::EnqueueWithinQuota
+        | P::RetryModelsAllowed
+        | P::RetryWithinQuota
+        | P::ModelUsable
+        | P::ModelVisible
+        | P::ModelUsableByName => Err(DenyReason::Unavailable(format!(
+            "{} is evaluated with the access sections",
+            predicate.name()
+        ))),
         P::ImagesListScoped => accounts::images_list_scoped(args, src, facts),
         P::EnqueueAllowed | P::EnqueueAllowedOwner => {
             // `_owner`: node boards must be the caller's own, a public board is not enough.

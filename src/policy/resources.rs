@@ -179,7 +179,14 @@ pub(super) async fn check(
         | P::AdminIfTrue
         | P::AdminUnlessUpstream
         | P::CallerOr
-        | P::QueueDefault => Err(DenyReason::Unavailable(format!(
+        | P::QueueDefault
+        | P::EnqueueModelsAllowed
+        | P::EnqueueWithinQuota
+        | P::RetryModelsAllowed
+        | P::RetryWithinQuota
+        | P::ModelUsable
+        | P::ModelVisible
+        | P::ModelUsableByName => Err(DenyReason::Unavailable(format!(
             "{} is not a resource check",
             predicate.name()
         ))),
@@ -372,7 +379,14 @@ pub(super) fn media_permits(predicate: Predicate, fact: Option<ImageFact>, me: &
         | Predicate::AdminIfTrue
         | Predicate::AdminUnlessUpstream
         | Predicate::CallerOr
-        | Predicate::QueueDefault => return false,
+        | Predicate::QueueDefault
+        | Predicate::EnqueueModelsAllowed
+        | Predicate::EnqueueWithinQuota
+        | Predicate::RetryModelsAllowed
+        | Predicate::RetryWithinQuota
+        | Predicate::ModelUsable
+        | Predicate::ModelVisible
+        | Predicate::ModelUsableByName => return false,
     };
     media_check(access, fact, me, "image", "", &mut Vec::new()).is_ok()
 }

@@ -99,6 +99,9 @@ pub enum BodyUse {
     Value,
     /// Only the media and board references inside it (`enqueue.allowed` scans a whole batch).
     Refs,
+    /// A batch scanned for model references and its queue-item count (`enqueue.models_allowed`,
+    /// `enqueue.within_quota`): a streaming pass over the raw body, see `http::batch`.
+    Batch,
 }
 
 /// Whether an admin passes a check without it being evaluated.
@@ -119,6 +122,9 @@ pub struct PredicateInfo {
     pub required: usize,
     pub admin: AdminRule,
     pub body: BodyUse,
+    /// It reads the groups file's access sections (`[models]`, `[quotas]`), bound into the check
+    /// when the table is compiled; such checks decide admin exemption from the file.
+    pub access: bool,
 }
 
 /// Every check a rule may name.
@@ -163,6 +169,13 @@ pub enum Predicate {
     CallerOr,
     CallerIn,
     QueueDefault,
+    EnqueueModelsAllowed,
+    EnqueueWithinQuota,
+    RetryModelsAllowed,
+    RetryWithinQuota,
+    ModelUsable,
+    ModelVisible,
+    ModelUsableByName,
 }
 
 const NONE: &[ArgKind] = &[];
@@ -170,7 +183,7 @@ const ONE: &[ArgKind] = &[ArgKind::Selector];
 
 impl Predicate {
     /// Every predicate.
-    pub const ALL: [Predicate; 39] = [
+    pub const ALL: [Predicate; 46] = [
         Predicate::Authenticated,
         Predicate::Admin,
         Predicate::ImageRead,
@@ -210,6 +223,13 @@ impl Predicate {
         Predicate::CallerOr,
         Predicate::CallerIn,
         Predicate::QueueDefault,
+        Predicate::EnqueueModelsAllowed,
+        Predicate::EnqueueWithinQuota,
+        Predicate::RetryModelsAllowed,
+        Predicate::RetryWithinQuota,
+        Predicate::ModelUsable,
+        Predicate::ModelVisible,
+        Predicate::ModelUsableByName,
     ];
 
     /// The descriptor.
@@ -223,6 +243,7 @@ impl Predicate {
             required: 1,
             admin: Exempt,
             body: BodyUse::Value,
+            access: false,
         };
         let account = |name, args: &'static [ArgKind], required| PredicateInfo {
             name,
@@ -230,6 +251,13 @@ impl Predicate {
             required,
             admin: Applies,
             body: BodyUse::Value,
+            access: false,
+        };
+        // Model access and quotas: the access file says whether admins are exempt.
+        let access = |name, body| PredicateInfo {
+            body,
+            access: true,
+            ..account(name, ONE, 1)
         };
         match self {
             P::Authenticated => account("authenticated", NONE, 0),
@@ -284,6 +312,13 @@ impl Predicate {
                 ..resource("caller.in")
             },
             P::QueueDefault => account("queue.default", ONE, 1),
+            P::EnqueueModelsAllowed => access("enqueue.models_allowed", BodyUse::Batch),
+            P::EnqueueWithinQuota => access("enqueue.within_quota", BodyUse::Batch),
+            P::RetryModelsAllowed => access("retry.models_allowed", BodyUse::Value),
+            P::RetryWithinQuota => access("retry.within_quota", BodyUse::Value),
+            P::ModelUsable => access("model.usable", BodyUse::Value),
+            P::ModelVisible => access("model.visible", BodyUse::Value),
+            P::ModelUsableByName => access("model.usable_by_name", BodyUse::Value),
         }
     }
 
@@ -387,11 +422,14 @@ pub enum ResponseFilter {
     OwnDateCovers,
     OwnIntermediatesCount,
     OwnBoardMediaDelete,
+    UsableModels,
+    UsableModelKeys,
+    UsableStarterModels,
 }
 
 impl ResponseFilter {
     /// Every filter.
-    pub const ALL: [ResponseFilter; 26] = [
+    pub const ALL: [ResponseFilter; 29] = [
         ResponseFilter::PrivateMedia,
         ResponseFilter::LoginSession,
         ResponseFilter::RefreshSession,
@@ -418,6 +456,9 @@ impl ResponseFilter {
         ResponseFilter::OwnDateCovers,
         ResponseFilter::OwnIntermediatesCount,
         ResponseFilter::OwnBoardMediaDelete,
+        ResponseFilter::UsableModels,
+        ResponseFilter::UsableModelKeys,
+        ResponseFilter::UsableStarterModels,
     ];
 
     /// The descriptor.
@@ -524,6 +565,11 @@ impl ResponseFilter {
                 "own_board_media_delete",
                 Some(Capability::ScopesBoardDeletes),
             ),
+            // Model records, keys and the starter catalogue: per the groups file's [models]
+            // (no InvokeAI release restricts models per user).
+            F::UsableModels => body("usable_models", None),
+            F::UsableModelKeys => body("usable_model_keys", None),
+            F::UsableStarterModels => body("usable_starter_models", None),
         }
     }
 

@@ -335,6 +335,9 @@ async fn pipeline(
         // Mutations the guard forwarded invalidate facts at once (before the watcher sees them).
         state.facts.invalidate();
     }
+    // [models/quotas] The upstream answered and facts are fresh: release the caller's quota
+    // reservation (policy::models), remembering accepted items for the rolling windows.
+    data.settle(res.status().is_success());
     // respond
     let filter_ctx = FilterContext {
         principal: principal.as_ref(),
@@ -349,6 +352,8 @@ async fn pipeline(
         query: &data.query,
         reshape: rewrite.as_ref().map(|r| &r.reshape),
         intent,
+        // [models/quotas] the groups file's model access, for the model list filters.
+        access: Some(table.access()),
     };
     let (limit, timeout) = (
         state.limits.max_body_bytes,
