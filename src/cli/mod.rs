@@ -443,14 +443,54 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
             shadow.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
         ),
     };
+    let access_note = access_warnings(&settings, &groups)?;
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{shadow_note}{access_note}",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),
         schema.label(),
         schema.migration_version
     ))
+}
+
+/// Warnings about the groups file's `[models]` rules against the installed models: a selector
+/// value that matches no installed model (a typo, or a model not installed yet).
+fn access_warnings(settings: &Settings, groups: &crate::rules::Groups) -> anyhow::Result<String> {
+    let Some(models) = groups.access().models.as_ref() else {
+        return Ok(String::new());
+    };
+    let conn = db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+    let catalog = crate::facts::models::catalog(&conn)
+        .map_err(|e| anyhow::anyhow!("{}: reading the models table: {e}", settings.db.display()))?;
+    let attrs: Vec<crate::rules::access::ModelAttrs<'_>> = catalog
+        .iter()
+        .map(|r| crate::rules::access::ModelAttrs {
+            key: &r.key,
+            name: &r.name,
+            base: &r.base,
+            kind: &r.kind,
+        })
+        .collect();
+    let file = settings
+        .groups
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for rule in &models.rules {
+        let unmatched = rule.unmatched(&attrs);
+        if !unmatched.is_empty() {
+            out.push_str(&format!(
+                "\nwarning: {file}:{}: models rule '{}': {} match(es) no installed model ({} installed)",
+                rule.line,
+                rule.id,
+                unmatched.join(", "),
+                catalog.len()
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {

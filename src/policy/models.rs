@@ -176,6 +176,8 @@ pub(super) async fn enqueue_models_allowed(
         scan.refs.len(),
         scan.node_types.len()
     ));
+    let catalog = facts_src.models().await.map_err(unavailable)?;
+    judge_refs(rules, &c, &catalog, &scan.refs, facts)?;
     if rules.restricts(&c) {
         if let Some((id, kind)) = scan
             .node_types
@@ -193,8 +195,7 @@ pub(super) async fn enqueue_models_allowed(
             ));
         }
     }
-    let catalog = facts_src.models().await.map_err(unavailable)?;
-    judge_refs(rules, &c, &catalog, &scan.refs, facts)
+    Ok(())
 }
 
 fn admin_exempt(rules: &ModelRules, me: &Principal, facts: &mut Vec<String>) -> bool {
@@ -481,12 +482,18 @@ pub(super) async fn within_quota(
             "quota_batch_too_large",
         )?;
         if used.saturating_add(n) > limit {
-            let must_leave = used.saturating_add(n) - limit;
-            let wait = wait_for(&from_db, secs, must_leave.min(count(&from_db))).max(wait_for(
-                &from_guard,
-                secs,
-                must_leave.min(count(&from_guard)),
-            ));
+            // Each source must shed what puts it over the limit with this request.
+            let wait = [&from_db, &from_guard]
+                .into_iter()
+                .map(|e| {
+                    let over = count(e).saturating_add(n).saturating_sub(limit);
+                    if over == 0 {
+                        0.0
+                    } else {
+                        wait_for(e, secs, over)
+                    }
+                })
+                .fold(0.0, f64::max);
             let retry_after = (wait.ceil() as u64).max(1);
             return Err(refuse(
                 match w {

@@ -165,8 +165,8 @@ pub struct ModelRule {
     pub access: Effect,
     keys: HashSet<String>,
     names: Option<GlobSet>,
-    /// The name globs as written (for explain).
-    pub name_globs: Vec<String>,
+    /// The name globs as written, each with its own matcher (for `check`).
+    pub name_globs: Vec<(String, globset::GlobMatcher)>,
     bases: HashSet<String>,
     kinds: HashSet<String>,
 }
@@ -182,6 +182,42 @@ impl ModelRule {
 
     fn admits(&self, c: &Caller<'_>) -> bool {
         self.who.iter().any(|w| w.admits(c))
+    }
+
+    /// The selector values that match none of `models` (`check` warns about each: a typo'd key
+    /// or a model not installed yet).
+    pub fn unmatched(&self, models: &[ModelAttrs<'_>]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut sorted: Vec<&String> = self.keys.iter().collect();
+        sorted.sort();
+        for k in sorted {
+            if !models.iter().any(|m| m.key == k) {
+                out.push(format!("key \"{k}\""));
+            }
+        }
+        for (glob, matcher) in &self.name_globs {
+            if !models.iter().any(|m| matcher.is_match(m.name)) {
+                out.push(format!("name \"{glob}\""));
+            }
+        }
+        let mut bases: Vec<&String> = self.bases.iter().collect();
+        bases.sort();
+        for b in bases {
+            if !models.iter().any(|m| m.base == b) {
+                out.push(format!("base \"{b}\""));
+            }
+        }
+        let mut kinds: Vec<&String> = self.kinds.iter().collect();
+        kinds.sort();
+        for t in kinds {
+            if !models.iter().any(|m| m.kind == t) {
+                out.push(format!("type \"{t}\""));
+            }
+        }
+        if out.is_empty() && !models.iter().any(|m| self.selects(m)) {
+            out.push("its selectors together".into());
+        }
+        out
     }
 }
 
@@ -476,6 +512,7 @@ pub(super) fn compile_models(
                     .into(),
             ));
         }
+        let mut name_globs = Vec::with_capacity(r.name.len());
         let names = if r.name.is_empty() {
             None
         } else {
@@ -486,6 +523,7 @@ pub(super) fn compile_models(
                     .literal_separator(false)
                     .build()
                     .map_err(|e| at(format!("name glob '{g}': {e}")))?;
+                name_globs.push((g.clone(), glob.compile_matcher()));
                 set.add(glob);
             }
             Some(set.build().map_err(|e| at(e.to_string()))?)
@@ -500,7 +538,7 @@ pub(super) fn compile_models(
             access: r.access,
             keys: r.key.iter().cloned().collect(),
             names,
-            name_globs: r.name.clone(),
+            name_globs,
             bases: check_words(&r.base, BASES, "base").map_err(at)?,
             kinds: check_words(&r.kind, TYPES, "type").map_err(at)?,
         });

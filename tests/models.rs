@@ -1,0 +1,1056 @@
+//! Model access and generation quotas (the groups file's `[models]` and `[quotas]`) through the
+//! running guard, in front of a recording mock InvokeAI, over a fixture database written by real
+//! InvokeAI 6.14.2 with model records and queue items added the way InvokeAI stores them.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use serde_json::{json, Value};
+
+const GROUPS: &str = r#"
+[groups]
+artists = ["alice@example.com"]
+interns = ["bob@example.com", "carol@example.com"]
+
+[models]
+default = "allow"
+
+[[models.rule]]
+id = "artists-flux"
+who = ["group:artists"]
+access = "allow"
+base = ["flux"]
+
+[[models.rule]]
+id = "no-flux"
+who = ["*"]
+access = "deny"
+base = ["flux"]
+
+[[models.rule]]
+id = "interns-no-detail-loras"
+who = ["group:interns"]
+access = "deny"
+type = ["lora"]
+name = ["*detail*"]
+
+[quotas]
+queued_retry_after = 17
+
+[[quotas.rule]]
+id = "interns"
+who = ["group:interns"]
+max_queued = 5
+per_hour = 8
+"#;
+
+/// A model as InvokeAI stores it (`models.config` holds the whole record).
+struct Model {
+    key: &'static str,
+    name: &'static str,
+    base: &'static str,
+    kind: &'static str,
+}
+
+const MODELS: &[Model] = &[
+    Model {
+        key: "k-main-sd15",
+        name: "tiny-main-sd15",
+        base: "sd-1",
+        kind: "main",
+    },
+    Model {
+        key: "k-vae-sd15",
+        name: "tiny-vae-sd15",
+        base: "sd-1",
+        kind: "vae",
+    },
+    Model {
+        key: "k-lora-style",
+        name: "tiny-lora-style",
+        base: "sd-1",
+        kind: "lora",
+    },
+    Model {
+        key: "k-lora-detail",
+        name: "tiny-lora-detail",
+        base: "sd-1",
+        kind: "lora",
+    },
+    Model {
+        key: "k-flux-dev",
+        name: "FLUX dev",
+        base: "flux",
+        kind: "main",
+    },
+];
+
+fn record(m: &Model) -> Value {
+    json!({
+        "key": m.key, "hash": format!("blake3:{}", m.key), "name": m.name, "base": m.base,
+        "type": m.kind, "path": format!("/models/{}.safetensors", m.name), "format": "checkpoint",
+        "description": null, "source": format!("/models/{}.safetensors", m.name),
+        "source_type": "path", "source_api_response": null, "cover_image": null, "file_size": 1800,
+        "submodels": null, "usage_info": null
+    })
+}
+
+fn ident(key: &str) -> Value {
+    let m = MODELS.iter().find(|m| m.key == key).expect("a known model");
+    json!({"key": m.key, "hash": format!("blake3:{}", m.key), "name": m.name, "base": m.base, "type": m.kind})
+}
+
+fn db_with_models() -> DbCopy {
+    let db = copy_fixture("invokeai-6.14.2-rich.db");
+    let conn = rusqlite::Connection::open(&db.path).unwrap();
+    for m in MODELS {
+        conn.execute(
+            "INSERT INTO models (id, config) VALUES (?1, ?2)",
+            rusqlite::params![m.key, record(m).to_string()],
+        )
+        .unwrap();
+    }
+    db
+}
+
+/// Queue rows of a user, `age_secs` old, as InvokeAI inserts them.
+fn add_queue_items(db: &Path, user: &str, status: &str, n: usize, age_secs: u64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    for _ in 0..n {
+        let id = format!("s-{}", uuid_like());
+        conn.execute(
+            "INSERT INTO session_queue (batch_id, queue_id, session_id, session, status, user_id, created_at) \
+             VALUES ('b-test', 'default', ?1, '{}', ?2, ?3, strftime('%Y-%m-%d %H:%M:%f', 'now', ?4))",
+            rusqlite::params![id, status, user, format!("-{age_secs} seconds")],
+        )
+        .unwrap();
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn pending(db: &Path, user: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM session_queue WHERE user_id = ?1 AND status = 'pending'",
+        [user],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+struct Setup {
+    db: DbCopy,
+    groups: tempfile::NamedTempFile,
+    m: Value,
+}
+
+impl Setup {
+    fn new(groups: &str) -> Self {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, groups.as_bytes()).unwrap();
+        Setup {
+            db: db_with_models(),
+            groups: file,
+            m: manifest("6.14.2"),
+        }
+    }
+
+    async fn guard(&self, upstream: &str) -> Guard {
+        self.guard_with(upstream, "").await
+    }
+
+    async fn guard_with(&self, upstream: &str, extra: &str) -> Guard {
+        let raw = raw_config(&format!(
+            "groups = {:?}\n{extra}",
+            self.groups.path().display().to_string()
+        ));
+        guard_with(&shipped_routes(), &self.db.path, upstream, raw).await
+    }
+
+    fn token(&self, who: &str) -> String {
+        token_for(&self.m, who)
+    }
+
+    fn uid(&self, who: &str) -> String {
+        self.m["users"][who]["user_id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The model list InvokeAI answers (every record, as it does for everyone).
+fn all_models() -> Value {
+    json!({"models": MODELS.iter().map(record).collect::<Vec<_>>()})
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// An SD1 text-to-image batch as the 6.12-6.14 web UI builds it (buildSD1Graph, addLoRAs,
+/// prepareLinearUIBatch): the main model loader holds the whole model record, LoRA selectors feed
+/// a collector and the LoRA collection loader, a chosen VAE gets a vae_loader, and the metadata
+/// repeats every model; seeds and prompts come as batch data.
+fn web_ui_batch(main: &str, loras: &[&str], vae: Option<&str>, prompts: usize) -> Value {
+    let main_record = record(MODELS.iter().find(|m| m.key == main).unwrap());
+    let mut nodes = serde_json::Map::new();
+    let mut edges = Vec::new();
+    let mut add = |id: &str, v: Value| {
+        let mut v = v;
+        v["id"] = json!(id);
+        v["is_intermediate"] = json!(true);
+        v["use_cache"] = json!(true);
+        nodes.insert(id.to_owned(), v);
+    };
+    add("seed:1", json!({"type": "integer"}));
+    add("positive_prompt:1", json!({"type": "string"}));
+    add(
+        "sd1_model_loader:1",
+        json!({"type": "main_model_loader", "model": main_record}),
+    );
+    add(
+        "clip_skip:1",
+        json!({"type": "clip_skip", "skipped_layers": 0}),
+    );
+    add("pos_cond:1", json!({"type": "compel"}));
+    add("pos_cond_collect:1", json!({"type": "collect"}));
+    add("neg_cond:1", json!({"type": "compel", "prompt": ""}));
+    add("neg_cond_collect:1", json!({"type": "collect"}));
+    add("noise:1", json!({"type": "noise", "use_cpu": true}));
+    add(
+        "denoise_latents:1",
+        json!({"type": "denoise_latents", "cfg_scale": 7.5, "cfg_rescale_multiplier": 0,
+        "scheduler": "dpmpp_3m_k", "steps": 30, "denoising_start": 0, "denoising_end": 1}),
+    );
+    add(
+        "canvas_output:1",
+        json!({"type": "l2i", "fp32": false, "is_intermediate": false}),
+    );
+    let mut edge = |from: &str, field: &str, to: &str, to_field: &str| {
+        edges.push(json!({"source": {"node_id": from, "field": field},
+                          "destination": {"node_id": to, "field": to_field}}));
+    };
+    edge("sd1_model_loader:1", "clip", "clip_skip:1", "clip");
+    edge("positive_prompt:1", "value", "pos_cond:1", "prompt");
+    edge("seed:1", "value", "noise:1", "seed");
+    edge("noise:1", "noise", "denoise_latents:1", "noise");
+    edge("denoise_latents:1", "latents", "canvas_output:1", "latents");
+    let mut metadata = json!({"type": "core_metadata", "cfg_scale": 7.5, "model": ident(main),
+        "steps": 30, "scheduler": "dpmpp_3m_k", "clip_skip": 0, "generation_mode": "txt2img"});
+    if let Some(vae) = vae {
+        add(
+            "vae:1",
+            json!({"type": "vae_loader", "vae_model": ident(vae)}),
+        );
+        edge("vae:1", "vae", "canvas_output:1", "vae");
+        metadata["vae"] = ident(vae);
+    } else {
+        edge("sd1_model_loader:1", "vae", "canvas_output:1", "vae");
+    }
+    if loras.is_empty() {
+        edge("sd1_model_loader:1", "unet", "denoise_latents:1", "unet");
+        edge("clip_skip:1", "clip", "pos_cond:1", "clip");
+        edge("clip_skip:1", "clip", "neg_cond:1", "clip");
+    } else {
+        add("lora_collector:1", json!({"type": "collect"}));
+        add(
+            "lora_collection_loader:1",
+            json!({"type": "lora_collection_loader"}),
+        );
+        edge(
+            "lora_collector:1",
+            "collection",
+            "lora_collection_loader:1",
+            "loras",
+        );
+        edge(
+            "sd1_model_loader:1",
+            "unet",
+            "lora_collection_loader:1",
+            "unet",
+        );
+        edge("clip_skip:1", "clip", "lora_collection_loader:1", "clip");
+        edge(
+            "lora_collection_loader:1",
+            "unet",
+            "denoise_latents:1",
+            "unet",
+        );
+        edge("lora_collection_loader:1", "clip", "pos_cond:1", "clip");
+        edge("lora_collection_loader:1", "clip", "neg_cond:1", "clip");
+        let mut meta_loras = Vec::new();
+        for (i, l) in loras.iter().enumerate() {
+            let id = format!("lora_selector:{i}");
+            add(
+                &id,
+                json!({"type": "lora_selector", "lora": ident(l), "weight": 0.75}),
+            );
+            edge(&id, "lora", "lora_collector:1", "item");
+            meta_loras.push(json!({"model": ident(l), "weight": 0.75}));
+        }
+        metadata["loras"] = json!(meta_loras);
+    }
+    add("core_metadata:1", metadata);
+    json!({"prepend": false, "batch": {
+        "graph": {"id": "sd1_graph:1", "nodes": nodes, "edges": edges},
+        "runs": 1,
+        "data": [[{"node_path": "seed:1", "field_name": "value", "items": (0..prompts).map(|i| 1000 + i).collect::<Vec<_>>()},
+                  {"node_path": "positive_prompt:1", "field_name": "value", "items": (0..prompts).map(|i| format!("a cat {i}")).collect::<Vec<_>>()}]],
+        "origin": "generation", "destination": "gallery"}})
+}
+
+/// An image of bob's in the fixture (batches that name an image must name one he may read).
+const BOB_IMAGE: &str = "07d97fc8-ee2c-4888-b61a-aa11b886561b.png";
+
+const ENQUEUE: &str = "/api/v1/queue/default/enqueue_batch";
+
+fn enqueued_answer(_: &Seen) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    ok_json(
+        json!({"queue_id": "default", "enqueued": 1, "requested": 1, "batch": {}, "priority": 0, "item_ids": [1]}),
+    )
+}
+
+#[tokio::test]
+async fn model_lists_show_each_user_only_what_she_may_use() {
+    let s = Setup::new(GROUPS);
+    let up = mock(Some(Arc::new(|seen: &Seen| {
+        let path = seen.target.split('?').next().unwrap().to_owned();
+        match path.as_str() {
+            "/api/v2/models/" | "/api/v2/models/missing" => ok_json(all_models()),
+            "/api/v2/models/get_by_attrs" | "/api/v2/models/get_by_hash" => {
+                ok_json(record(&MODELS[3]))
+            }
+            "/api/v1/model_relationships/batch" => ok_json(json!([
+                "k-lora-detail",
+                "k-lora-style",
+                "k-flux-dev",
+                "k-gone"
+            ])),
+            p if p.starts_with("/api/v1/model_relationships/i/") => {
+                ok_json(json!(["k-lora-detail", "k-vae-sd15"]))
+            }
+            _ => ok_json(record(&MODELS[0])),
+        }
+    })))
+    .await;
+    let g = s.guard(&up.url()).await;
+    let all: Vec<String> = {
+        let mut v: Vec<String> = MODELS.iter().map(|m| m.name.to_owned()).collect();
+        v.sort();
+        v
+    };
+    for list in ["/api/v2/models/", "/api/v2/models/missing"] {
+        let bob = send("GET", &g.url(list), Some(&s.token("bob")), None).await;
+        assert_eq!(bob.status, 200);
+        assert_eq!(
+            names(&bob.json()),
+            ["tiny-lora-style", "tiny-main-sd15", "tiny-vae-sd15"],
+            "bob: no FLUX (everyone but artists), no detail LoRA (interns)"
+        );
+        let alice = send("GET", &g.url(list), Some(&s.token("alice")), None).await;
+        assert_eq!(
+            names(&alice.json()),
+            [
+                "FLUX dev",
+                "tiny-lora-detail",
+                "tiny-lora-style",
+                "tiny-main-sd15",
+                "tiny-vae-sd15"
+            ]
+        );
+        let erin = send("GET", &g.url(list), Some(&s.token("erin")), None).await;
+        assert_eq!(
+            names(&erin.json()),
+            [
+                "tiny-lora-detail",
+                "tiny-lora-style",
+                "tiny-main-sd15",
+                "tiny-vae-sd15"
+            ]
+        );
+        let admin = send("GET", &g.url(list), Some(&s.token("admin")), None).await;
+        assert_eq!(names(&admin.json()), all, "admins are exempt");
+    }
+    // One record by attributes or hash: one she may not use is InvokeAI's own 404.
+    let q = "/api/v2/models/get_by_attrs?name=tiny-lora-detail&type=lora&base=sd-1";
+    let bob = send("GET", &g.url(q), Some(&s.token("bob")), None).await;
+    assert_eq!(
+        (bob.status.as_u16(), bob.detail().as_str()),
+        (404, "No model found with these attributes")
+    );
+    let alice = send("GET", &g.url(q), Some(&s.token("alice")), None).await;
+    assert_eq!(
+        (alice.status.as_u16(), alice.json()["key"].as_str()),
+        (200, Some("k-lora-detail"))
+    );
+    let bob = send(
+        "GET",
+        &g.url("/api/v2/models/get_by_hash?hash=blake3:k-lora-detail"),
+        Some(&s.token("bob")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (bob.status.as_u16(), bob.detail().as_str()),
+        (404, "No model found with this hash")
+    );
+    // By key: refused before InvokeAI sees it, exactly like an unknown key.
+    let before = up.count();
+    let bob = send(
+        "GET",
+        &g.url("/api/v2/models/i/k-flux-dev"),
+        Some(&s.token("bob")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (bob.status.as_u16(), bob.detail().as_str()),
+        (404, "model not found")
+    );
+    let unknown = send(
+        "GET",
+        &g.url("/api/v2/models/i/k-nothing"),
+        Some(&s.token("bob")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.body.clone()),
+        (404, bob.body.clone())
+    );
+    let img = send_with(
+        "GET",
+        &g.url("/api/v2/models/i/k-flux-dev/image"),
+        None,
+        None,
+        &[(
+            "cookie",
+            &format!("invoke_guard_session={}", s.token("bob")),
+        )],
+    )
+    .await;
+    assert_eq!(img.status, 404, "no cover of a model she may not use");
+    assert_eq!(up.count(), before, "none of these reached InvokeAI");
+    let img = send_with(
+        "GET",
+        &g.url("/api/v2/models/i/k-flux-dev/image"),
+        None,
+        None,
+        &[(
+            "cookie",
+            &format!("invoke_guard_session={}", s.token("alice")),
+        )],
+    )
+    .await;
+    assert_eq!(
+        img.status, 200,
+        "alice's cover loads with her session cookie"
+    );
+    assert_eq!(
+        send(
+            "GET",
+            &g.url("/api/v2/models/i/k-main-sd15"),
+            Some(&s.token("bob")),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    // Related models: only keys of models she may use (an unknown key is dropped too).
+    let rel = send(
+        "POST",
+        &g.url("/api/v1/model_relationships/batch"),
+        Some(&s.token("bob")),
+        Some(json!({"model_keys": ["k-main-sd15"]})),
+    )
+    .await;
+    assert_eq!(rel.json(), json!(["k-lora-style"]));
+    let rel = send(
+        "GET",
+        &g.url("/api/v1/model_relationships/i/k-main-sd15"),
+        Some(&s.token("bob")),
+        None,
+    )
+    .await;
+    assert_eq!(rel.json(), json!(["k-vae-sd15"]));
+    let rel = send(
+        "GET",
+        &g.url("/api/v1/model_relationships/i/k-lora-detail"),
+        Some(&s.token("bob")),
+        None,
+    )
+    .await;
+    assert_eq!(rel.status, 404);
+}
+
+#[tokio::test]
+async fn web_ui_batches_are_refused_naming_the_model_or_forwarded_unchanged() {
+    let s = Setup::new(GROUPS);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    // Allowed for bob: the main model, the style LoRA and the VAE.
+    let body = web_ui_batch("k-main-sd15", &["k-lora-style"], Some("k-vae-sd15"), 1);
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.detail());
+    let seen = up.last().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&seen.body).unwrap(),
+        body,
+        "forwarded unchanged"
+    );
+    // The detail LoRA is not bob's: refused, named by name, nothing forwarded.
+    let n = up.count();
+    let body = web_ui_batch(
+        "k-main-sd15",
+        &["k-lora-style", "k-lora-detail"],
+        Some("k-vae-sd15"),
+        1,
+    );
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.detail(),
+        "You may not use the model 'tiny-lora-detail' (sd-1 lora): the server's model access rules do not allow it for you"
+    );
+    assert_eq!(up.count(), n);
+    // Alice may.
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("alice")), Some(body)).await;
+    assert_eq!(r.status, 200);
+    // A FLUX main model: alice (artists) yes, erin (everyone else) no.
+    let flux = web_ui_batch("k-flux-dev", &[], None, 1);
+    assert_eq!(
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("alice")),
+            Some(flux.clone())
+        )
+        .await
+        .status,
+        200
+    );
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("erin")),
+        Some(flux.clone()),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.detail().contains("'FLUX dev'")),
+        (403, true)
+    );
+    // Admins are exempt.
+    assert_eq!(
+        send("POST", &g.url(ENQUEUE), Some(&s.token("admin")), Some(flux))
+            .await
+            .status,
+        200
+    );
+}
+
+/// Put `reference` at `path` (the model-fields TSV's notation: `[]x` a list, `.x`/`x` a member,
+/// `{}` a dict value) inside a field value.
+fn value_at(path: &str, reference: Value) -> Value {
+    if path.is_empty() {
+        return reference;
+    }
+    if let Some(rest) = path.strip_prefix("[]") {
+        return json!([json!({"other": 1}), value_at(rest, reference)]);
+    }
+    if let Some(rest) = path.strip_prefix("{}") {
+        return json!({"some_key": value_at(rest, reference)});
+    }
+    let path = path.strip_prefix('.').unwrap_or(path);
+    let end = path.find(['.', '[', '{']).unwrap_or(path.len());
+    let (member, rest) = path.split_at(end);
+    json!({ member: value_at(rest, reference), "weight": 0.5 })
+}
+
+#[tokio::test]
+async fn every_model_field_of_every_version_is_found() {
+    // Model access only: bob's quota would stop a thousand enqueues.
+    let s = Setup::new(GROUPS.split("[quotas]").next().unwrap());
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let mut rows = 0;
+    for version in ["6.12.0", "6.13.8", "6.14.2"] {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "tests/data/openapi/invokeai-{version}.model-fields.tsv"
+        ));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut version_rows = 0;
+        for line in text.lines() {
+            let mut cols = line.split('\t');
+            let (node, field, path) = (
+                cols.next().unwrap(),
+                cols.next().unwrap(),
+                cols.next().unwrap_or(""),
+            );
+            let batch = |key: &str| {
+                json!({"batch": {"graph": {"id": "g", "nodes": {"n1": {
+                    "id": "n1", "type": node, field: value_at(path, ident(key))}}, "edges": []}, "runs": 1}})
+            };
+            let n = up.count();
+            let r = send(
+                "POST",
+                &g.url(ENQUEUE),
+                Some(&s.token("bob")),
+                Some(batch("k-lora-detail")),
+            )
+            .await;
+            assert_eq!(
+                (r.status.as_u16(), r.detail().contains("tiny-lora-detail")),
+                (403, true),
+                "{version} {node}.{field} at {path:?}: {}",
+                r.detail()
+            );
+            assert_eq!(up.count(), n, "{version} {node}.{field}: forwarded");
+            let r = send(
+                "POST",
+                &g.url(ENQUEUE),
+                Some(&s.token("bob")),
+                Some(batch("k-lora-style")),
+            )
+            .await;
+            if invoke_guard::policy::models::RUNTIME_MODEL_NODES.contains(&node) {
+                // Its model is chosen at run time: refused to bob whatever it names.
+                assert_eq!(r.status, 403, "{version} {node}");
+                assert!(r.detail().contains(&format!("'{node}'")), "{}", r.detail());
+            } else {
+                assert_eq!(
+                    r.status,
+                    200,
+                    "{version} {node}.{field} at {path:?}: {}",
+                    r.detail()
+                );
+            }
+            version_rows += 1;
+        }
+        assert!(
+            version_rows > 250,
+            "{version}: only {version_rows} model fields listed"
+        );
+        rows += version_rows;
+    }
+    assert!(rows > 1000, "{rows}");
+}
+
+#[tokio::test]
+async fn references_hidden_anywhere_in_the_batch_are_found() {
+    let s = Setup::new(GROUPS);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let allowed = web_ui_batch("k-main-sd15", &["k-lora-style"], None, 2);
+    let refused = |mut body: Value, place: &str, f: &dyn Fn(&mut Value)| {
+        f(&mut body);
+        (body, place.to_owned())
+    };
+    let cases = [
+        refused(allowed.clone(), "a LoRA in a batch data item", &|b| {
+            b["batch"]["data"][0][1]["items"][1] =
+                json!({"image_name": BOB_IMAGE, "key": "k-lora-detail"});
+        }),
+        refused(allowed.clone(), "a LoRA in the workflow JSON", &|b| {
+            b["batch"]["workflow"] = json!({"name": "w", "nodes": [{"id": "a", "type": "invocation", "data": {
+                "id": "a", "type": "lora_selector", "inputs": {"lora": {"name": "lora", "value": ident("k-lora-detail")}}}}],
+                "edges": [], "exposedFields": [], "meta": {"version": "3.0.0", "category": "user"}});
+        }),
+        refused(
+            allowed.clone(),
+            "a LoRA in the metadata a metadata_to_* node would read",
+            &|b| {
+                b["batch"]["graph"]["nodes"]["core_metadata:1"]["loras"][0]["model"] =
+                    json!({"key": "k-lora-detail"});
+            },
+        ),
+        refused(
+            allowed.clone(),
+            "a UNet field given as a literal with a LoRA",
+            &|b| {
+                b["batch"]["graph"]["nodes"]["lora_collection_loader:1"]["unet"] = json!({
+                "unet": ident("k-main-sd15"), "scheduler": ident("k-main-sd15"),
+                "loras": [{"lora": ident("k-lora-detail"), "weight": 1}]});
+            },
+        ),
+        refused(
+            allowed.clone(),
+            "a key whose name and type claim to be the allowed LoRA",
+            &|b| {
+                b["batch"]["graph"]["nodes"]["lora_selector:0"]["lora"] = json!({
+                "key": "k-lora-detail", "hash": "x", "name": "tiny-lora-style", "base": "sd-1", "type": "lora"});
+            },
+        ),
+    ];
+    for (body, place) in cases {
+        let n = up.count();
+        let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(body)).await;
+        assert_eq!(r.status, 403, "{place}: {}", r.detail());
+        assert!(
+            r.detail().contains("'tiny-lora-detail'"),
+            "{place}: {}",
+            r.detail()
+        );
+        assert_eq!(up.count(), n, "{place}: forwarded");
+    }
+    // A duplicate key hides nothing (Python keeps the last one).
+    let text = allowed.to_string().replace(
+        "\"key\":\"k-lora-style\",",
+        "\"key\":\"k-lora-style\",\"key\":\"k-lora-detail\",",
+    );
+    let r = send_bytes(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        bytes::Bytes::from(text),
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // An unknown key is refused the same way (it may be a model the guard does not see yet).
+    let mut body = allowed.clone();
+    body["batch"]["graph"]["nodes"]["lora_selector:0"]["lora"] =
+        json!({"key": "k-new", "hash": "x", "name": "brand new", "base": "sd-1", "type": "lora"});
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("erin")), Some(body)).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.detail()
+            .starts_with("Unknown model 'brand new' (key k-new)"),
+        "{}",
+        r.detail()
+    );
+    // The allowed batch itself passes.
+    assert_eq!(
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("bob")),
+            Some(allowed)
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn nodes_that_pick_models_at_run_time_are_refused_to_restricted_callers() {
+    let s = Setup::new(GROUPS);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let batch = |node: &str| {
+        json!({"batch": {"graph": {"id": "g", "nodes": {
+            "from_image": {"id": "from_image", "type": "metadata_from_image", "image": {"image_name": BOB_IMAGE}},
+            "m": {"id": "m", "type": node, "label": "model", "default_value": ident("k-main-sd15")}},
+            "edges": [{"source": {"node_id": "from_image", "field": "metadata"}, "destination": {"node_id": "m", "field": "metadata"}}]}}})
+    };
+    let listed: std::collections::BTreeSet<String> = ["6.12.0", "6.13.8", "6.14.2"]
+        .iter()
+        .flat_map(|v| {
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "tests/data/openapi/invokeai-{v}.runtime-model-nodes.txt"
+            )))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+        })
+        .collect();
+    let known: std::collections::BTreeSet<String> =
+        invoke_guard::policy::models::RUNTIME_MODEL_NODES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(
+        known, listed,
+        "the guard's list is what the versions' sources say"
+    );
+    for node in &listed {
+        let r = send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("bob")),
+            Some(batch(node)),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{node}");
+        assert!(r.detail().contains(&format!("'{node}'")), "{}", r.detail());
+    }
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("admin")),
+        Some(batch("metadata_to_model")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "admins are exempt: {}", r.detail());
+}
+
+#[tokio::test]
+async fn queued_items_are_counted_as_invokeai_expands_the_batch() {
+    let s = Setup::new(GROUPS);
+    let bob = s.uid("bob");
+    add_queue_items(&s.db.path, &bob, "pending", 3, 5);
+    add_queue_items(&s.db.path, &bob, "completed", 20, 7200);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    // 3 queued + 2 (1 run × 2 prompts) = 5: fits max_queued 5.
+    let two = web_ui_batch("k-main-sd15", &[], None, 2);
+    assert_eq!(
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("bob")),
+            Some(two.clone())
+        )
+        .await
+        .status,
+        200
+    );
+    add_queue_items(&s.db.path, &bob, "pending", 2, 0);
+    let n = up.count();
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(two.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "17");
+    assert_eq!(
+        r.detail(),
+        "You have 5 generations queued and this request would add 2; the limit for your group (interns) is 5"
+    );
+    assert_eq!(
+        up.count(),
+        n,
+        "the whole batch is refused, nothing is forwarded"
+    );
+    // runs × data: 2 runs × 3 prompts = 6 > 5 can never fit: 403, not 429.
+    let mut six = web_ui_batch("k-main-sd15", &[], None, 3);
+    six["batch"]["runs"] = json!(2);
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(six)).await;
+    assert_eq!(r.status, 403);
+    assert!(r.detail().starts_with("This request would create 6 generations; the limit for your group (interns) is 5 queued at once"), "{}", r.detail());
+    // Saturating arithmetic: an absurd batch is refused, not wrapped around to a small count.
+    let mut huge = web_ui_batch("k-main-sd15", &[], None, 2);
+    huge["batch"]["runs"] = json!(u64::MAX);
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(huge)).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.detail()
+            .contains(&format!("create {} generations", u64::MAX)),
+        "{}",
+        r.detail()
+    );
+    // Alice has no quota rule; admins are exempt.
+    assert_eq!(
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("alice")),
+            Some(two.clone())
+        )
+        .await
+        .status,
+        200
+    );
+    add_queue_items(&s.db.path, &s.uid("admin"), "pending", 50, 0);
+    assert_eq!(
+        send("POST", &g.url(ENQUEUE), Some(&s.token("admin")), Some(two))
+            .await
+            .status,
+        200
+    );
+}
+
+/// A mock InvokeAI that stores the items of every batch it accepts (as InvokeAI does before it
+/// answers): `runs` × the first data group's length, for the caller the forwarded token names.
+fn storing_upstream(db: std::path::PathBuf) -> Responder {
+    Arc::new(move |seen: &Seen| {
+        if seen.target.ends_with("/enqueue_batch") {
+            let body: Value = serde_json::from_slice(&seen.body).unwrap();
+            let runs = body["batch"]["runs"].as_u64().unwrap_or(1);
+            let per = body["batch"]["data"][0][0]["items"]
+                .as_array()
+                .map_or(1, |a| a.len() as u64);
+            let user = forwarded_claims(seen).unwrap()["user_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            add_queue_items(&db, &user, "pending", (runs * per) as usize, 0);
+        }
+        enqueued_answer(seen)
+    })
+}
+
+#[tokio::test]
+async fn a_rolling_window_counts_what_was_enqueued_within_it() {
+    // Carol's own rule comes first: per hour 8, no max_queued.
+    let groups = GROUPS.replace(
+        "[[quotas.rule]]\nid = \"interns\"",
+        "[[quotas.rule]]\nid = \"carol\"\nwho = [\"carol@example.com\"]\nper_hour = 8\n\n[[quotas.rule]]\nid = \"interns\"",
+    );
+    let s = Setup::new(&groups);
+    let carol = s.uid("carol");
+    // 5 finished items 600 s ago count for the hour; 30 from two hours ago do not.
+    add_queue_items(&s.db.path, &carol, "completed", 5, 600);
+    add_queue_items(&s.db.path, &carol, "completed", 30, 7200);
+    let up = mock(Some(storing_upstream(s.db.path.clone()))).await;
+    let g = s.guard(&up.url()).await;
+    let three = web_ui_batch("k-main-sd15", &[], None, 3);
+    assert_eq!(
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("carol")),
+            Some(three)
+        )
+        .await
+        .status,
+        200
+    );
+    let one = web_ui_batch("k-main-sd15", &[], None, 1);
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(one)).await;
+    assert_eq!(r.status, 429, "{}", r.detail());
+    assert!(
+        r.detail().starts_with("You enqueued 8 generations in the last hour and this request would add 1; the limit for you is 8 per hour. Try again in "),
+        "{}",
+        r.detail()
+    );
+    // The first of the 600 s old rows leaves the hour in about 3000 s (the test's own run time
+    // only makes that a little less).
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((2900..=3000).contains(&retry), "{retry}");
+    assert!(r.detail().ends_with(&format!("Try again in {retry} s")));
+    // Pruning her items from the database does not reset the window: the guard remembers the 3
+    // it forwarded (3 + 6 > 8).
+    rusqlite::Connection::open(&s.db.path)
+        .unwrap()
+        .execute("DELETE FROM session_queue WHERE user_id = ?1", [&carol])
+        .unwrap();
+    let six = web_ui_batch("k-main-sd15", &[], None, 6);
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(six)).await;
+    assert_eq!(r.status, 429, "{}", r.detail());
+    assert!(
+        r.detail()
+            .starts_with("You enqueued 3 generations in the last hour"),
+        "{}",
+        r.detail()
+    );
+    let five = web_ui_batch("k-main-sd15", &[], None, 5);
+    assert_eq!(
+        send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(five))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_short_window_expires() {
+    // Windows are configurable (seconds) so that expiry can be shown without waiting an hour: rows
+    // older than the window no longer count. The database's clock places them, nothing sleeps.
+    let groups = GROUPS
+        .replace(
+            "queued_retry_after = 17",
+            "queued_retry_after = 17\nwindows = { minute = 2 }",
+        )
+        .replace("max_queued = 5\nper_hour = 8", "per_minute = 2");
+    let s = Setup::new(&groups);
+    let bob = s.uid("bob");
+    add_queue_items(&s.db.path, &bob, "completed", 2, 1);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let one = web_ui_batch("k-main-sd15", &[], None, 1);
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        429,
+        "two items 1 s ago fill a 2 s window: {}",
+        r.detail()
+    );
+    assert!(r.detail().contains("in the last minute"), "{}", r.detail());
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    rusqlite::Connection::open(&s.db.path)
+        .unwrap()
+        .execute(
+            "UPDATE session_queue SET created_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-3 seconds') WHERE user_id = ?1",
+            [&bob],
+        )
+        .unwrap();
+    assert_eq!(
+        send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(one))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn concurrent_enqueues_never_overshoot_the_limit() {
+    let s = Setup::new(GROUPS);
+    let bob = s.uid("bob");
+    let up = mock(Some(storing_upstream(s.db.path.clone()))).await;
+    let g = Arc::new(s.guard(&up.url()).await);
+    let token = s.token("bob");
+    // Eight clients each enqueue 2 items at once; max_queued is 5: exactly two fit.
+    let two = web_ui_batch("k-main-sd15", &["k-lora-style"], None, 2);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (g, token, body) = (g.clone(), token.clone(), two.clone());
+            tokio::spawn(
+                async move { send("POST", &g.url(ENQUEUE), Some(&token), Some(body)).await },
+            )
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429, 429, 429]);
+    assert_eq!(up.count(), 2, "only what fits was forwarded");
+    assert_eq!(pending(&s.db.path, &bob), 4);
+    // Another user is not held up by bob's reservations.
+    let carol = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(two)).await;
+    assert_eq!(carol.status, 200);
+}
