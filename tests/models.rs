@@ -10,42 +10,8 @@ use std::sync::Arc;
 use common::*;
 use serde_json::{json, Value};
 
-const GROUPS: &str = r#"
-[groups]
-artists = ["alice@example.com"]
-interns = ["bob@example.com", "carol@example.com"]
-
-[models]
-default = "allow"
-
-[[models.rule]]
-id = "artists-flux"
-who = ["group:artists"]
-access = "allow"
-base = ["flux"]
-
-[[models.rule]]
-id = "no-flux"
-who = ["*"]
-access = "deny"
-base = ["flux"]
-
-[[models.rule]]
-id = "interns-no-detail-loras"
-who = ["group:interns"]
-access = "deny"
-type = ["lora"]
-name = ["*detail*"]
-
-[quotas]
-queued_retry_after = 17
-
-[[quotas.rule]]
-id = "interns"
-who = ["group:interns"]
-max_queued = 5
-per_hour = 8
-"#;
+/// Groups, model access and quotas of these tests (also read by the rule tests beside it).
+const GROUPS: &str = include_str!("data/models/groups.toml");
 
 /// A model as InvokeAI stores it (`models.config` holds the whole record).
 struct Model {
@@ -106,6 +72,10 @@ fn ident(key: &str) -> Value {
 fn db_with_models() -> DbCopy {
     let db = copy_fixture("invokeai-6.14.2-rich.db");
     let conn = rusqlite::Connection::open(&db.path).unwrap();
+    // As InvokeAI runs it: readers (the guard) never wait for the test's writes.
+    let _: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
     for m in MODELS {
         conn.execute(
             "INSERT INTO models (id, config) VALUES (?1, ?2)",
@@ -118,7 +88,8 @@ fn db_with_models() -> DbCopy {
 
 /// Queue rows of a user, `age_secs` old, as InvokeAI inserts them.
 fn add_queue_items(db: &Path, user: &str, status: &str, n: usize, age_secs: u64) {
-    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let conn = conn.transaction().unwrap();
     for _ in 0..n {
         let id = format!("s-{}", uuid_like());
         conn.execute(
@@ -128,6 +99,15 @@ fn add_queue_items(db: &Path, user: &str, status: &str, n: usize, age_secs: u64)
         )
         .unwrap();
     }
+    conn.commit().unwrap();
+}
+
+/// Forget a user's queue items of the fixture (tests count from a known zero).
+fn reset_queue(db: &Path, user: &str) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute("DELETE FROM session_queue WHERE user_id = ?1", [user])
+        .unwrap();
 }
 
 fn uuid_like() -> String {
@@ -1053,4 +1033,499 @@ async fn concurrent_enqueues_never_overshoot_the_limit() {
     // Another user is not held up by bob's reservations.
     let carol = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(two)).await;
     assert_eq!(carol.status, 200);
+}
+
+#[tokio::test]
+async fn the_groups_file_is_reloaded_with_the_routes() {
+    let s = Setup::new(GROUPS);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let detail = web_ui_batch("k-main-sd15", &["k-lora-detail"], None, 1);
+    let (url, bob_token) = (g.url(ENQUEUE), s.token("bob"));
+    let send_bob = || send("POST", &url, Some(&bob_token), Some(detail.clone()));
+    assert_eq!(send_bob().await.status, 403);
+    // The operator drops the interns' LoRA rule and includes admins: SIGHUP (reload_routes).
+    let edited = GROUPS
+        .replace(
+            "[[models.rule]]\nid = \"interns-no-detail-loras\"",
+            "[[models.rule]]\nid = \"no-detail-loras-for-admins\"",
+        )
+        .replace(
+            "who = [\"group:interns\"]\naccess = \"deny\"\ntype = [\"lora\"]",
+            "who = [\"admin@example.com\"]\naccess = \"deny\"\ntype = [\"lora\"]",
+        )
+        .replace(
+            "default = \"allow\"",
+            "default = \"allow\"\nadmins = \"included\"",
+        );
+    std::fs::write(s.groups.path(), &edited).unwrap();
+    g.state.reload_routes().unwrap();
+    assert_eq!(send_bob().await.status, 200);
+    let admin = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("admin")),
+        Some(detail.clone()),
+    )
+    .await;
+    assert_eq!(
+        admin.status,
+        403,
+        "admins = \"included\": {}",
+        admin.detail()
+    );
+    // A broken file is refused and the last good one kept.
+    std::fs::write(
+        s.groups.path(),
+        edited.replace("access = \"deny\"", "access = \"denied\""),
+    )
+    .unwrap();
+    assert!(g.state.reload_routes().is_err());
+    assert_eq!(send_bob().await.status, 200);
+    assert_eq!(
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("admin")),
+            Some(detail.clone())
+        )
+        .await
+        .status,
+        403
+    );
+    // The content watcher picks a change up by itself (serve runs it every 2 s). Its first read
+    // happens whenever its task first runs, so each round writes a new revision of the file.
+    g.state
+        .spawn_routes_watcher(std::time::Duration::from_millis(50));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for revision in 0.. {
+        std::fs::write(
+            s.groups.path(),
+            format!("{GROUPS}\n# revision {revision}\n"),
+        )
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if send_bob().await.status == 403 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never reloaded the groups file"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_batches_keep_their_answers_and_are_never_forwarded() {
+    let s = Setup::new(GROUPS);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s
+        .guard_with(&up.url(), "[limits]\nmax_body_bytes = 65536\n")
+        .await;
+    let token = s.token("bob");
+    let url = g.url(ENQUEUE);
+    let post = |bytes: Vec<u8>| {
+        send_bytes(
+            "POST",
+            &url,
+            Some(&token),
+            bytes::Bytes::from(bytes),
+            &[("content-type", "application/json")],
+        )
+    };
+    let r = post(b"{\"batch\": {\"graph\": ".to_vec()).await;
+    assert_eq!(r.status, 422, "malformed JSON");
+    let mut big = web_ui_batch("k-main-sd15", &[], None, 1);
+    big["batch"]["graph"]["nodes"]["positive_prompt:1"]["value"] = json!("x".repeat(70_000));
+    let r = post(big.to_string().into_bytes()).await;
+    assert_eq!(r.status, 413, "over limits.max_body_bytes");
+    for (bad, why) in [
+        (json!("many"), "runs not an integer"),
+        (json!(1.5), "runs with a fraction"),
+    ] {
+        let mut b = web_ui_batch("k-main-sd15", &[], None, 1);
+        b["batch"]["runs"] = bad;
+        let r = post(b.to_string().into_bytes()).await;
+        assert_eq!(r.status, 422, "{why}: {}", r.detail());
+    }
+    let mut b = web_ui_batch("k-main-sd15", &[], None, 1);
+    b["batch"]["data"] = json!({"not": "a list"});
+    assert_eq!(post(b.to_string().into_bytes()).await.status, 422);
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing the guard could not read reached InvokeAI"
+    );
+    // Pydantic's lax int: "2" is 2 runs (2 × 3 = 6 > 5: refused as too large, not guessed).
+    let mut b = web_ui_batch("k-main-sd15", &[], None, 3);
+    b["batch"]["runs"] = json!("2");
+    let r = post(b.to_string().into_bytes()).await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            r.detail().contains("create 6 generations")
+        ),
+        (403, true)
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_counted_by_reason() {
+    let s = Setup::new(GROUPS);
+    let bob = s.uid("bob");
+    add_queue_items(&s.db.path, &bob, "pending", 5, 0);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let count = |reason: &str| -> f64 {
+        let text = invoke_guard::metrics::render();
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "invoke_guard_generation_refusals_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (denied, queued) = (count("model_denied"), count("quota_queued"));
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(web_ui_batch("k-main-sd15", &["k-lora-detail"], None, 1)),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(web_ui_batch("k-main-sd15", &[], None, 1)),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    // Other tests of this binary count too: at least one more of each.
+    assert!(count("model_denied") > denied);
+    assert!(count("quota_queued") > queued);
+}
+
+#[tokio::test]
+async fn a_retry_is_checked_like_an_enqueue() {
+    let s = Setup::new(GROUPS);
+    let bob = s.uid("bob");
+    // Two of bob's failed items: one ran the detail LoRA (enqueued before it was restricted).
+    let conn = rusqlite::Connection::open(&s.db.path).unwrap();
+    let graph = |lora: &str| {
+        json!({"id": "sess", "graph": {"id": "g", "nodes": {"l": {"id": "l", "type": "lora_selector",
+            "lora": ident(lora), "weight": 1}}, "edges": []}, "execution_graph": {"nodes": {}, "edges": []}})
+    };
+    for (i, lora) in ["k-lora-style", "k-lora-detail"].iter().enumerate() {
+        conn.execute(
+            "INSERT INTO session_queue (item_id, batch_id, queue_id, session_id, session, status, user_id) \
+             VALUES (?1, 'b-retry', 'default', ?2, ?3, 'failed', ?4)",
+            rusqlite::params![900 + i as i64, format!("s-retry-{i}"), graph(lora).to_string(), bob],
+        )
+        .unwrap();
+    }
+    let up = mock(Some(Arc::new(|_: &Seen| {
+        ok_json(json!({"queue_id": "default", "retried_item_ids": [900]}))
+    })))
+    .await;
+    let g = s.guard(&up.url()).await;
+    let retry = "/api/v1/queue/default/retry_items_by_id";
+    let r = send(
+        "PUT",
+        &g.url(retry),
+        Some(&s.token("bob")),
+        Some(json!([900, 901])),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.detail().contains("'tiny-lora-detail'")),
+        (403, true),
+        "{}",
+        r.detail()
+    );
+    assert_eq!(up.count(), 0);
+    assert_eq!(
+        send(
+            "PUT",
+            &g.url(retry),
+            Some(&s.token("bob")),
+            Some(json!([900]))
+        )
+        .await
+        .status,
+        200
+    );
+    // A retry creates items: 4 queued + 2 retried (the same id twice) > 5.
+    add_queue_items(&s.db.path, &bob, "pending", 4, 0);
+    let r = send(
+        "PUT",
+        &g.url(retry),
+        Some(&s.token("bob")),
+        Some(json!([900, 900])),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.detail());
+    assert!(
+        r.detail()
+            .contains("You have 4 generations queued and this request would add 2"),
+        "{}",
+        r.detail()
+    );
+}
+
+#[tokio::test]
+async fn model_uses_outside_the_queue_and_recall_by_name_are_checked() {
+    let s = Setup::new(GROUPS);
+    let up = mock(None).await;
+    let g = s.guard(&up.url()).await;
+    let r = send(
+        "POST",
+        &g.url("/api/v1/utilities/expand-prompt"),
+        Some(&s.token("bob")),
+        Some(json!({"prompt": "a cat", "model_key": "k-flux-dev"})),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.detail().as_str()),
+        (403, "You may not use the model 'FLUX dev' (flux main)")
+    );
+    let r = send(
+        "POST",
+        &g.url("/api/v1/utilities/expand-prompt"),
+        Some(&s.token("alice")),
+        Some(json!({"prompt": "a cat", "model_key": "k-flux-dev"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send("POST", &g.url("/api/v1/recall/default"), Some(&s.token("bob")),
+        Some(json!({"model": "tiny-main-sd15", "loras": [{"model_name": "tiny-lora-detail", "weight": 0.5}]}))).await;
+    assert_eq!(
+        (r.status.as_u16(), r.detail().contains("tiny-lora-detail")),
+        (403, true),
+        "{}",
+        r.detail()
+    );
+    let r = send("POST", &g.url("/api/v1/recall/default"), Some(&s.token("bob")),
+        Some(json!({"model": "tiny-main-sd15", "loras": [{"model_name": "tiny-lora-style", "weight": 0.5}]}))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn socket_events_about_a_restricted_model_do_not_reach_its_user() {
+    let s = Setup::new(GROUPS);
+    let up = mock(None).await;
+    let g = s.guard(&up.url()).await;
+    let facts = &g.state.facts;
+    let table = g.state.routes.load();
+    let principal = |who: &str| invoke_guard::identity::Principal {
+        user_id: s.uid(who),
+        email: s.m["users"][who]["email"].as_str().unwrap().to_owned(),
+        is_admin: s.m["users"][who]["is_admin"].as_bool().unwrap(),
+        token: String::new(),
+        claims: Arc::default(),
+        exp: 0,
+        via: invoke_guard::identity::TokenSource::Bearer,
+    };
+    let load = |key: &str| {
+        json!({"queue_id": "default", "item_id": 1, "config": record(MODELS.iter().find(|m| m.key == key).unwrap()),
+               "submodel_type": null}).as_object().unwrap().clone()
+    };
+    let started = json!({"queue_id": "default", "item_id": 1, "invocation": {"id": "l", "type": "lora_selector",
+        "lora": ident("k-lora-detail"), "weight": 1}}).as_object().unwrap().clone();
+    use invoke_guard::policy::models::event_allowed;
+    assert!(
+        !event_allowed(
+            &load("k-lora-detail"),
+            &principal("bob"),
+            table.access(),
+            facts
+        )
+        .await
+    );
+    assert!(!event_allowed(&started, &principal("bob"), table.access(), facts).await);
+    assert!(
+        event_allowed(
+            &load("k-lora-style"),
+            &principal("bob"),
+            table.access(),
+            facts
+        )
+        .await
+    );
+    assert!(
+        event_allowed(
+            &load("k-lora-detail"),
+            &principal("alice"),
+            table.access(),
+            facts
+        )
+        .await
+    );
+    assert!(event_allowed(&started, &principal("admin"), table.access(), facts).await);
+}
+
+fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("INVOKE_GUARD_CONFIG")
+        .env("INVOKE_GUARD_LOG", "warn");
+    c
+}
+
+#[test]
+fn rule_tests_express_model_access_and_quotas() {
+    let s = Setup::new(GROUPS);
+    reset_queue(&s.db.path, &s.uid("carol"));
+    add_queue_items(&s.db.path, &s.uid("carol"), "pending", 4, 0);
+    let out = bin()
+        .args(["test", "tests/data/models/rule-tests.toml", "--db"])
+        .arg(&s.db.path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("invoke-guard test: 10 passed, 0 failed"),
+        "{stdout}"
+    );
+    // Without the groups file's sections the same cases fail loudly (they test something).
+    let plain = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        plain.path(),
+        "[groups]\nartists = [\"alice@example.com\"]\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["test", "tests/data/models/rule-tests.toml", "--db"])
+        .arg(&s.db.path)
+        .arg("--groups")
+        .arg(plain.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("the detail LoRA is refused"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn explain_shows_the_models_the_rules_and_the_quota_arithmetic() {
+    let s = Setup::new(GROUPS);
+    reset_queue(&s.db.path, &s.uid("bob"));
+    add_queue_items(&s.db.path, &s.uid("bob"), "pending", 3, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("batch.json");
+    std::fs::write(
+        &body,
+        web_ui_batch("k-main-sd15", &["k-lora-style", "k-lora-detail"], None, 2).to_string(),
+    )
+    .unwrap();
+    let explain = |who: &str| {
+        bin()
+            .args(["explain", "POST", ENQUEUE, "--as", who])
+            .arg("--body")
+            .arg(format!("@{}", body.display()))
+            .arg("--db")
+            .arg(&s.db.path)
+            .arg("--groups")
+            .arg(s.groups.path())
+            .output()
+            .unwrap()
+    };
+    let out = explain("bob@example.com");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    for want in [
+        "[x] enqueue.models_allowed(body.batch)",
+        // Each reference once, where it first appears, with how often it occurs.
+        "model 'tiny-main-sd15' (sd-1 main) key k-main-sd15 at batch.graph.nodes.core_metadata:1.model (+1 more): allowed by the default",
+        "model 'tiny-lora-style' (sd-1 lora) key k-lora-style at batch.graph.nodes.core_metadata:1.loras[0].model (+1 more): allowed by the default",
+        "model 'tiny-lora-detail' (sd-1 lora) key k-lora-detail at batch.graph.nodes.core_metadata:1.loras[1].model (+1 more): REFUSED by rule 'interns-no-detail-loras'",
+        "answer    403 {\"detail\":\"You may not use the model 'tiny-lora-detail' (sd-1 lora)",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // Alice passes the model check; her quota: none. Carol's arithmetic with the same batch.
+    std::fs::write(
+        &body,
+        web_ui_batch("k-main-sd15", &["k-lora-style"], None, 2).to_string(),
+    )
+    .unwrap();
+    let out = explain("bob@example.com");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for want in [
+        "quota rule 'interns' applies (your group (interns)); this request: runs 1 × data 2 = 2",
+        "queued: 3 (database) + 2 (this request) = 5 against max_queued 5",
+        "per hour (3600 s): 3 enqueued (database 3, guard 0) + 2 = 5 against 8",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn check_validates_the_file_and_warns_about_selectors_matching_no_model() {
+    let s = Setup::new(GROUPS);
+    let groups = tempfile::NamedTempFile::new().unwrap();
+    let check = |text: &str| {
+        std::fs::write(groups.path(), text).unwrap();
+        bin()
+            .args(["check", "--db"])
+            .arg(&s.db.path)
+            .arg("--groups")
+            .arg(groups.path())
+            .arg("--ledger")
+            .arg(s.db.dir.path().join("ledger.db"))
+            .output()
+            .unwrap()
+    };
+    let out = check(GROUPS);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("warning"), "{text}");
+    let typo = GROUPS.replace(
+        "name = [\"*detail*\"]",
+        "name = [\"*detial*\"]\nkey = [\"k-nope\"]",
+    );
+    let out = check(&typo);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("models rule 'interns-no-detail-loras': key \"k-nope\", name \"*detial*\" match(es) no installed model (5 installed)"),
+        "{text}"
+    );
+    for (bad, want) in [
+        (
+            GROUPS.replace("max_queued = 5", "max_queued = 0"),
+            "max_queued = 0: limits are positive integers",
+        ),
+        (
+            GROUPS.replace("type = [\"lora\"]", "type = [\"loras\"]"),
+            "unknown type 'loras' (did you mean 'lora'?)",
+        ),
+        (
+            GROUPS.replace("access = \"allow\"", "acess = \"allow\""),
+            "unknown field `acess`",
+        ),
+    ] {
+        let out = check(&bad);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}");
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
 }

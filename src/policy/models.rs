@@ -101,7 +101,8 @@ fn described(r: &ModelRef) -> String {
     }
 }
 
-/// Judge every reference against the catalogue; the first unusable one refuses.
+/// Judge every reference against the catalogue (each one's decision is traced); the first
+/// unusable one, in the order they appear, refuses.
 fn judge_refs(
     rules: &ModelRules,
     me: &Caller<'_>,
@@ -109,43 +110,56 @@ fn judge_refs(
     refs: &[ModelRef],
     facts: &mut Vec<String>,
 ) -> Outcome {
+    let mut refusal = None;
     for r in refs {
+        let more = if r.count > 1 {
+            format!(" (+{} more)", r.count - 1)
+        } else {
+            String::new()
+        };
         let Some(record) = catalog.get(&r.key) else {
-            facts.push(format!("model {} at {}: unknown key", described(r), r.at));
-            return Err(refuse(
-                "model_unknown",
-                DenyReason::Forbidden(format!(
-                    "Unknown model {} in this request (at {}): it is not installed on this server, or not yet visible",
-                    described(r),
-                    r.at
-                )),
+            facts.push(format!(
+                "model {} at {}{more}: unknown key",
+                described(r),
+                r.at
             ));
+            refusal.get_or_insert_with(|| {
+                (
+                    "model_unknown",
+                    DenyReason::Forbidden(format!(
+                        "Unknown model {} in this request (at {}): it is not installed on this server, or not yet visible",
+                        described(r),
+                        r.at
+                    )),
+                )
+            });
+            continue;
         };
         let (allowed, by) = rules.decide(me, &attrs(record));
         facts.push(format!(
-            "model {} key {} at {}{}: {} by {}",
+            "model {} key {} at {}{more}: {} by {}",
             record.label(),
             record.key,
             r.at,
-            if r.count > 1 {
-                format!(" (+{} more)", r.count - 1)
-            } else {
-                String::new()
-            },
             if allowed { "allowed" } else { "REFUSED" },
             by.describe()
         ));
         if !allowed {
-            return Err(refuse(
-                "model_denied",
-                DenyReason::Forbidden(format!(
-                    "You may not use the model '{}' ({} {}): the server's model access rules do not allow it for you",
-                    record.name, record.base, record.kind
-                )),
-            ));
+            refusal.get_or_insert_with(|| {
+                (
+                    "model_denied",
+                    DenyReason::Forbidden(format!(
+                        "You may not use the model '{}' ({} {}): the server's model access rules do not allow it for you",
+                        record.name, record.base, record.kind
+                    )),
+                )
+            });
         }
     }
-    Ok(())
+    match refusal {
+        Some((reason, deny)) => Err(refuse(reason, deny)),
+        None => Ok(()),
+    }
 }
 
 /// `enqueue.models_allowed(body.batch)`.
