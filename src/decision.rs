@@ -53,6 +53,17 @@ pub enum DenyReason {
     ListTooLarge(usize),
     /// A generation quota of the groups file is used up (429 with `Retry-After` seconds).
     TooManyRequests { detail: String, retry_after: u64 },
+    /// A model-access or quota refusal (403 or 429 to API clients) of a request the web UI itself
+    /// made (Fetch Metadata: same-origin `fetch`): InvokeAI's web UI shows an enqueue error's text
+    /// only for a 422 in pydantic's validation-error shape, so it is answered that way (with
+    /// `Retry-After` when the refusal has one) and she reads the reason in the UI's error toast.
+    /// Presentation only: the request is refused either way.
+    ShownInUi {
+        /// The status an API client gets for the same refusal (403 or 429).
+        status: u16,
+        detail: String,
+        retry_after: Option<u64>,
+    },
 }
 
 impl DenyReason {
@@ -72,6 +83,7 @@ impl DenyReason {
             DenyReason::Timeout => StatusCode::REQUEST_TIMEOUT,
             DenyReason::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             DenyReason::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            DenyReason::ShownInUi { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -91,7 +103,10 @@ impl DenyReason {
             DenyReason::Timeout => "timeout",
             DenyReason::BadUpstream(_) => "bad_upstream",
             DenyReason::ListTooLarge(_) => "list_too_large",
-            DenyReason::TooManyRequests { .. } => "too_many_requests",
+            DenyReason::TooManyRequests { .. } | DenyReason::ShownInUi { status: 429, .. } => {
+                "too_many_requests"
+            }
+            DenyReason::ShownInUi { .. } => "forbidden",
         }
     }
 
@@ -111,7 +126,9 @@ impl DenyReason {
             DenyReason::Unavailable(_) => "Authorization data temporarily unavailable".into(),
             DenyReason::Timeout => "Request body not received in time".into(),
             DenyReason::BadUpstream(_) => "Upstream response could not be processed".into(),
-            DenyReason::TooManyRequests { detail, .. } => detail.clone(),
+            DenyReason::TooManyRequests { detail, .. } | DenyReason::ShownInUi { detail, .. } => {
+                detail.clone()
+            }
             DenyReason::ListTooLarge(max) => format!(
                 "This list has more than {max} items, too many to filter for this user; narrow it \
                  (board_id, categories, search) or raise limits.max_list_items"
@@ -266,10 +283,29 @@ pub fn error_response(status: StatusCode, detail: &str) -> Response<Body> {
 
 /// The response for a denial.
 pub fn deny_response(reason: &DenyReason) -> Response<Body> {
-    let mut res = error_response(reason.status(), &reason.detail());
-    if let DenyReason::TooManyRequests { retry_after, .. } = reason {
+    let (mut res, retry_after) = match reason {
+        DenyReason::TooManyRequests { retry_after, .. } => (
+            error_response(reason.status(), &reason.detail()),
+            Some(*retry_after),
+        ),
+        DenyReason::ShownInUi {
+            detail,
+            retry_after,
+            ..
+        } => {
+            // Pydantic's validation-error shape: the only enqueue error whose text the web UI shows.
+            let body = serde_json::json!({ "detail": [
+                { "loc": ["body", "batch"], "msg": detail, "type": "invoke_guard" }
+            ] });
+            let mut res = error_response(reason.status(), "");
+            *res.body_mut() = full(body.to_string());
+            (res, *retry_after)
+        }
+        _ => (error_response(reason.status(), &reason.detail()), None),
+    };
+    if let Some(secs) = retry_after {
         res.headers_mut()
-            .insert(http::header::RETRY_AFTER, (*retry_after).into());
+            .insert(http::header::RETRY_AFTER, secs.into());
     }
     res
 }

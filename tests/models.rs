@@ -1529,3 +1529,93 @@ fn check_validates_the_file_and_warns_about_selectors_matching_no_model() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+#[test]
+fn the_docs_list_every_model_field_of_every_version() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/models.md")).unwrap();
+    for (column, version) in ["6.12.0", "6.13.8", "6.14.2"].iter().enumerate() {
+        let text = std::fs::read_to_string(root.join(format!(
+            "tests/data/openapi/invokeai-{version}.model-fields.tsv"
+        )))
+        .unwrap();
+        for line in text.lines() {
+            let mut cols = line.split('\t');
+            let (node, field, path) = (
+                cols.next().unwrap(),
+                cols.next().unwrap(),
+                cols.next().unwrap_or(""),
+            );
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{node}` | `{field}` |")))
+                .unwrap_or_else(|| panic!("docs/models.md lacks {node}.{field} (regenerate: python3 scripts/invokeai/model-fields-doc.py)"));
+            let at = if path.is_empty() {
+                "the field itself".to_owned()
+            } else {
+                format!("`{path}`")
+            };
+            assert!(row.contains(&at), "{version} {node}.{field} at {at}: {row}");
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[4 + column], "✓", "{version} {node}.{field}: {row}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_web_ui_gets_refusals_in_the_shape_its_error_toast_shows() {
+    // InvokeAI's web UI (6.12 to 6.14, batchEnqueued listener) shows an enqueue error's text only for
+    // a 422 in pydantic's shape; a 429 or 403 toasts "Unknown error" or nothing. Its own fetches carry
+    // Fetch Metadata; the decision is the same, only the wording differs.
+    let s = Setup::new(GROUPS);
+    let bob = s.uid("bob");
+    add_queue_items(&s.db.path, &bob, "pending", 5, 0);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let g = s.guard(&up.url()).await;
+    let ui = [
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "cors"),
+        ("sec-fetch-dest", "empty"),
+    ];
+    let body = web_ui_batch("k-main-sd15", &[], None, 1);
+    let r = send_with(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(body.clone()),
+        &ui,
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.headers["retry-after"], "17");
+    assert_eq!(
+        r.json(),
+        json!({"detail": [{"loc": ["body", "batch"], "type": "invoke_guard",
+            "msg": "You have 5 generations queued and this request would add 1; the limit for your group (interns) is 5"}]})
+    );
+    let detail = web_ui_batch("k-main-sd15", &["k-lora-detail"], None, 1);
+    let r = send_with(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(detail),
+        &ui,
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(r.json()["detail"][0]["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("You may not use the model 'tiny-lora-detail'"));
+    // A cross-site request is no UI fetch: the API answer.
+    let r = send_with(
+        "POST",
+        &g.url(ENQUEUE),
+        Some(&s.token("bob")),
+        Some(body),
+        &[("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "cors")],
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(up.count(), 0);
+}

@@ -45,6 +45,10 @@ pub struct RequestData {
     pub batches: Vec<(String, crate::http::batch::BatchScan)>,
     /// Quota reservations taken by the checks, held until [`RequestData::settle`] (or drop).
     pub holds: models::Holds,
+    /// The request is the web UI's own `fetch` (Fetch Metadata `Sec-Fetch-Site: same-origin`,
+    /// `Sec-Fetch-Mode: cors`): model and quota refusals are then worded for its error toast
+    /// ([`DenyReason::ShownInUi`]); the decision is the same.
+    pub web_ui: bool,
 }
 
 impl RequestData {
@@ -56,6 +60,9 @@ impl RequestData {
         headers: &http::HeaderMap,
     ) -> Result<(), DenyReason> {
         use crate::http::body;
+        let fetch = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        self.web_ui = fetch("sec-fetch-site") == Some("same-origin")
+            && fetch("sec-fetch-mode") == Some("cors");
         match rule.body {
             crate::rules::BodyNeed::None => {}
             crate::rules::BodyNeed::Json => self.body = body::json(bytes, &rule.json_plan)?,
@@ -263,7 +270,7 @@ async fn access_check(
         )));
     };
     let f = src.facts;
-    match check.predicate {
+    let outcome = match check.predicate {
         P::EnqueueModelsAllowed => {
             models::enqueue_models_allowed(access, data.batch(check), me, f, facts).await
         }
@@ -327,7 +334,31 @@ async fn access_check(
             "{} does not read the access sections",
             check.predicate.name()
         ))),
-    }
+    };
+    // The web UI shows an enqueue error's text only in one shape (see DenyReason::ShownInUi).
+    let queues = matches!(
+        check.predicate,
+        P::EnqueueModelsAllowed
+            | P::EnqueueWithinQuota
+            | P::RetryModelsAllowed
+            | P::RetryWithinQuota
+    );
+    outcome.map_err(|reason| match reason {
+        DenyReason::Forbidden(detail) if queues && data.web_ui => DenyReason::ShownInUi {
+            status: 403,
+            detail,
+            retry_after: None,
+        },
+        DenyReason::TooManyRequests {
+            detail,
+            retry_after,
+        } if data.web_ui => DenyReason::ShownInUi {
+            status: 429,
+            detail,
+            retry_after: Some(retry_after),
+        },
+        other => other,
+    })
 }
 
 /// Every predicate, for an identified caller.
