@@ -175,6 +175,7 @@ fn time_filter(
                 query: &target.params,
                 reshape,
                 intent: None,
+                access: None,
             };
             let start = Instant::now();
             let out = filters::apply_body(&[filter], &mut parts, body, &ctx)

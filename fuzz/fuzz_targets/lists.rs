@@ -285,6 +285,7 @@ fuzz_target!(|data: &[u8]| {
         query: &no_query,
         reshape: None,
         intent: None,
+        access: None,
     };
     let input = Bytes::copy_from_slice(body);
     let (mut parts, ()) = http::Response::new(()).into_parts();
