@@ -29,14 +29,45 @@ struct Gen<'a> {
 }
 
 const NAMES: &[&str] = &[
-    "key", "name", "model", "lora", "loras", "unet", "clip", "vae", "vae_model", "metadata",
-    "items", "value", "type", "nodes", "graph", "data", "control_model", "ip_adapter_model",
-    "weight", "image_name", "board", "config", "text_encoder", "transformer", "Key", "keys",
+    "key",
+    "name",
+    "model",
+    "lora",
+    "loras",
+    "unet",
+    "clip",
+    "vae",
+    "vae_model",
+    "metadata",
+    "items",
+    "value",
+    "type",
+    "nodes",
+    "graph",
+    "data",
+    "control_model",
+    "ip_adapter_model",
+    "weight",
+    "image_name",
+    "board",
+    "config",
+    "text_encoder",
+    "transformer",
+    "Key",
+    "keys",
 ];
 
 const TYPES: &[&str] = &[
-    "main_model_loader", "lora_selector", "lora_collection_loader", "core_metadata", "collect",
-    "denoise_latents", "vae_loader", "metadata_to_model", "string", "integer",
+    "main_model_loader",
+    "lora_selector",
+    "lora_collection_loader",
+    "core_metadata",
+    "collect",
+    "denoise_latents",
+    "vae_loader",
+    "metadata_to_model",
+    "string",
+    "integer",
 ];
 
 impl Gen<'_> {
@@ -102,14 +133,24 @@ impl Gen<'_> {
             return;
         }
         self.budget -= 1;
-        let choice = if depth >= 6 { self.byte() % 4 } else { self.byte() % 9 };
+        let choice = if depth >= 6 {
+            self.byte() % 4
+        } else {
+            self.byte() % 9
+        };
         match choice {
-            0 => self.out.push_str(&(self.byte() as i64 - 50).to_string()),
+            0 => {
+                let n = self.byte() as i64 - 50;
+                self.out.push_str(&n.to_string())
+            }
             1 => {
                 let s = self.pick(NAMES);
                 self.string(s)
             }
-            2 => self.out.push_str(if self.byte() % 2 == 0 { "true" } else { "null" }),
+            2 => {
+                let word = if self.byte() % 2 == 0 { "true" } else { "null" };
+                self.out.push_str(word)
+            }
             3 | 4 => self.reference(),
             5 | 6 => {
                 let n = self.byte() % 5;
@@ -129,7 +170,10 @@ impl Gen<'_> {
                             self.keys.insert(k);
                         }
                         // Any other `key` value is not (but is walked).
-                        ("key", 1) => self.out.push_str(&self.byte().to_string()),
+                        ("key", 1) => {
+                            let n = self.byte();
+                            self.out.push_str(&n.to_string())
+                        }
                         ("key", _) => self.reference(),
                         _ => self.value(depth + 1),
                     }
@@ -188,7 +232,8 @@ impl Gen<'_> {
                             if d > 0 {
                                 self.out.push(',');
                             }
-                            self.out.push_str("{\"node_path\":\"n0\",\"field_name\":\"value\",");
+                            self.out
+                                .push_str("{\"node_path\":\"n0\",\"field_name\":\"value\",");
                             self.member("items");
                             self.out.push('[');
                             for item in 0..*len {
