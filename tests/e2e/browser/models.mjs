@@ -10,8 +10,8 @@
 //   2. open the main model picker: the SD 1.5 model is offered, the SDXL one is not (the guard filtered the list
 //      the picker is filled from; InvokeAI itself would list it);
 //   3. open the LoRA picker: the style LoRA is offered, the detail LoRA is not;
-//   4. pick the SD 1.5 model, type a prompt, Invoke: the batch the UI builds is accepted (no false deny; it stays
-//      queued, the processor is paused) and is saved to --batch-out;
+//   4. pick the SD 1.5 model, add the style LoRA, type a prompt, Invoke: the batch the UI builds is accepted (no
+//      false deny; it stays queued, the processor is paused) and is saved to --batch-out;
 //   5. Invoke again: over her quota of one queued item; the UI's error toast shows the guard's message.
 // Prints one line per check and `PASS n/N leaks=L false_denies=F (InvokeAI V web UI models)` last.
 // Exit status: 0 all checks passed, 1 a check failed, 2 usage/setup error.
@@ -73,11 +73,13 @@ const shot = async (name) => {
   try { await page.screenshot({ path: path.join(args.shots, `models-${name}.png`) }); } catch { /* ignore */ }
 };
 
-/** Open a ModelPicker (its button shows the selected model's name or the placeholder) and read its options. */
+/** Open a ModelPicker (its button shows the selected model's name or the placeholder) and read its options: the
+ *  picker is the popover dialog holding the search field. */
 async function pickerOptions(button) {
   await button.click();
-  const pop = page.locator('.chakra-popover__content:visible').last();
-  await pop.waitFor({ state: 'visible', timeout: 10000 });
+  const search = page.locator('input[placeholder="Search"]:visible').first();
+  await search.waitFor({ state: 'visible', timeout: 10000 });
+  const pop = search.locator('xpath=ancestor::section[contains(@class, "chakra-popover__content")][1]');
   await page.waitForTimeout(500);
   const text = await pop.innerText();
   return { pop, text };
@@ -136,7 +138,8 @@ try {
   check('generate tab shown', genShown);
 
   // 2. the main model picker: the button next to the "Model" label
-  const mainButton = page.locator(`button:has-text("${S.allowed_main}"), button:has-text("Select Model"), button:has-text("${S.restricted_main}")`).first();
+  // (the Generation accordion's; the launchpad has a second one)
+  const mainButton = page.locator(`button:has-text("${S.allowed_main}"), button:has-text("Select Model"), button:has-text("${S.restricted_main}")`).last();
   const { pop: mainPop, text: mainText } = await pickerOptions(mainButton);
   await shot('02-main-picker');
   log(`main picker lists: ${JSON.stringify(mainText.slice(0, 300))}`);
@@ -157,9 +160,14 @@ try {
   }
   let loraText = '';
   if (await loraButton.isVisible().catch(() => false)) {
-    loraText = (await pickerOptions(loraButton)).text;
+    const { pop: loraPop, text } = await pickerOptions(loraButton);
+    loraText = text;
     await shot('03-lora-picker');
-    await page.keyboard.press('Escape');
+    // Add the style LoRA: the batch the UI builds then carries a LoRA (selector, collection loader, metadata).
+    const loraOption = loraPop.getByText(S.allowed_lora, { exact: true }).first();
+    if (await loraOption.count()) await loraOption.click();
+    else await page.keyboard.press('Escape');
+    await page.waitForTimeout(500);
   } else {
     await shot('03-no-lora-picker');
   }
@@ -178,8 +186,9 @@ try {
   const firstResp = await first.catch(() => null);
   await page.waitForTimeout(1000);
   await shot('04-invoked');
-  check('her web-UI batch is accepted', firstResp && firstResp.status() === 200,
-    firstResp ? `${firstResp.status()} ${JSON.stringify(enqueues[0]?.body || '').slice(0, 200)}` : 'no enqueue request');
+  const withLora = JSON.stringify(enqueues[0]?.sent || '').includes(S.allowed_lora);
+  check('her web-UI batch is accepted', firstResp && firstResp.status() === 200 && withLora,
+    firstResp ? `${firstResp.status()}${withLora ? '' : ' (the batch holds no LoRA)'} ${JSON.stringify(enqueues[0]?.body || '').slice(0, 160)}` : 'no enqueue request');
   if (args['batch-out'] && enqueues[0]?.sent) fs.writeFileSync(args['batch-out'], JSON.stringify(enqueues[0].sent, null, 1));
 
   // 5. Invoke again: over the quota; the guard's message in the UI's toast
