@@ -78,7 +78,8 @@ pub(super) fn usable_models(
             *models = kept;
             Ok(true)
         }
-        // get_by_attrs / get_by_hash: one record, or InvokeAI's 404 as if it did not exist.
+        // get_by_attrs / get_by_hash: one record, or InvokeAI's 404 as if it did not exist
+        // (no existence oracle for a model she may not use).
         Value::Object(_) => {
             if record_usable(rules, &c, json)? {
                 return Ok(false);

@@ -408,6 +408,7 @@ where
         return Ok(Member::Taken(t));
     }
     Ok(match member {
+        // Duplicate-key smuggling: every `key` member counts, not only the one a parser keeps.
         "key" => Member::Key(map.next_value_seed(MaybeString { refs })?),
         "name" => Member::Name(map.next_value_seed(MaybeString { refs })?),
         _ => {
@@ -832,6 +833,7 @@ impl<'de> Visitor<'de> for RunsSeed {
         Ok(u64::from(v))
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+        // Type-coercion differential: pydantic's lax int reads "3" as 3 runs; so does the count.
         let t = v.trim();
         if let Ok(n) = t.parse::<i128>() {
             return Ok(n.clamp(0, i128::from(u64::MAX)) as u64);

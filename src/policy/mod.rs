@@ -335,7 +335,8 @@ async fn access_check(
             check.predicate.name()
         ))),
     };
-    // The web UI shows an enqueue error's text only in one shape (see DenyReason::ShownInUi).
+    // The web UI shows an enqueue error's text only in one shape (see DenyReason::ShownInUi); the
+    // shape is presentation only, chosen from headers a client may forge without gaining anything.
     let queues = matches!(
         check.predicate,
         P::EnqueueModelsAllowed

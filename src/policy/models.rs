@@ -117,6 +117,7 @@ fn judge_refs(
         } else {
             String::new()
         };
+        // Stale catalogue / not-yet-visible model (TOCTOU): an unknown key is refused, never passed.
         let Some(record) = catalog.get(&r.key) else {
             facts.push(format!(
                 "model {} at {}{more}: unknown key",
@@ -135,6 +136,7 @@ fn judge_refs(
             });
             continue;
         };
+        // Identifier spoofing: judged by the record the key names, not the name/type written beside it.
         let (allowed, by) = rules.decide(me, &attrs(record));
         facts.push(format!(
             "model {} key {} at {}{more}: {} by {}",
@@ -192,6 +194,7 @@ pub(super) async fn enqueue_models_allowed(
     ));
     let catalog = facts_src.models().await.map_err(unavailable)?;
     judge_refs(rules, &c, &catalog, &scan.refs, facts)?;
+    // Indirect model resolution (metadata, saved workflows): what the batch cannot show is refused.
     if rules.restricts(&c) {
         if let Some((id, kind)) = scan
             .node_types
@@ -232,6 +235,7 @@ fn item_ids(arg: &Selected) -> Result<Vec<i64>, DenyReason> {
         .collect()
 }
 
+/// Re-run of stored graphs (a model restricted after enqueue): checked like a new batch.
 /// `retry.models_allowed(body[])`: a retry re-runs the stored graphs of the caller's failed or
 /// canceled items; a model restricted since they were enqueued is refused like in a batch.
 pub(super) async fn retry_models_allowed(
@@ -429,7 +433,8 @@ pub(super) async fn within_quota(
         rule.id, demand.arithmetic
     ));
     let n = demand.items;
-    // The reservation first: the count below then sees every earlier batch of this user.
+    // Check-then-act race (two concurrent enqueues both fitting): the reservation first, so the
+    // count below sees every earlier batch of this user.
     let mut reservation = facts_src.queue_load().reserve(&me.user_id).await;
     let longest = Window::ALL
         .iter()
@@ -468,6 +473,7 @@ pub(super) async fn within_quota(
         }
     }
     let db_entries: Vec<(f64, u64)> = db.ages.iter().map(|a| (*a, 1)).collect();
+    // Window reset by pruning one's own finished rows: the guard's own record counts too.
     let mine = facts_src.queue_load().recent(&me.user_id, longest);
     for w in Window::ALL {
         let Some(limit) = rule.per_window(w) else {
