@@ -415,30 +415,16 @@ async fn model_lists_show_each_user_only_what_she_may_use() {
         (unknown.status.as_u16(), unknown.body.clone()),
         (404, bob.body.clone())
     );
-    let img = send_with(
-        "GET",
-        &g.url("/api/v2/models/i/k-flux-dev/image"),
-        None,
-        None,
-        &[(
-            "cookie",
-            &format!("invoke_guard_session={}", s.token("bob")),
-        )],
-    )
-    .await;
+    // A cover loads as an <img>: the session cookie is its only credential.
+    let cover = |who: &str| {
+        let cookie = format!("invoke_guard_session={}", s.token(who));
+        let url = g.url("/api/v2/models/i/k-flux-dev/image");
+        async move { send_with("GET", &url, None, None, &[("cookie", &cookie)]).await }
+    };
+    let img = cover("bob").await;
     assert_eq!(img.status, 404, "no cover of a model she may not use");
     assert_eq!(up.count(), before, "none of these reached InvokeAI");
-    let img = send_with(
-        "GET",
-        &g.url("/api/v2/models/i/k-flux-dev/image"),
-        None,
-        None,
-        &[(
-            "cookie",
-            &format!("invoke_guard_session={}", s.token("alice")),
-        )],
-    )
-    .await;
+    let img = cover("alice").await;
     assert_eq!(
         img.status, 200,
         "alice's cover loads with her session cookie"
@@ -1370,11 +1356,7 @@ async fn socket_events_about_a_restricted_model_do_not_reach_its_user() {
 }
 
 fn bin() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("INVOKE_GUARD_CONFIG")
-        .env("INVOKE_GUARD_LOG", "warn");
-    c
+    guard_command()
 }
 
 #[test]

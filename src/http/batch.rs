@@ -191,6 +191,30 @@ pub fn scan(bytes: &[u8], path: &[&str]) -> Result<Option<BatchScan>, String> {
     }))
 }
 
+/// Every scalar visit of a visitor answers `$empty` (scalars hold nothing it looks for).
+macro_rules! scalars_are {
+    ($empty:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($empty)
+        }
+    };
+}
+
 type Found = Option<BatchScan>;
 
 /// Navigate to the batch (the last duplicate decides the counts; every duplicate is scanned).
@@ -236,24 +260,7 @@ impl<'de> Visitor<'de> for AtPath<'_, '_> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(None)
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Found, E> {
-        Ok(None)
-    }
+    scalars_are!(None);
 }
 
 /// Walks any value, collecting `key` objects.
@@ -319,24 +326,7 @@ impl<'de> Visitor<'de> for Generic<'_> {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("JSON")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+    scalars_are!(());
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0usize;
         loop {
@@ -460,24 +450,7 @@ impl<'de> Visitor<'de> for BatchVisitor<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Found, A::Error> {
         Generic { refs: self.refs }.visit_seq(seq).map(|()| None)
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Found, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Found, E> {
-        Ok(None)
-    }
+    scalars_are!(None);
 }
 
 /// `graph`: its `nodes` give the node types; everything is walked for keys.
@@ -513,24 +486,7 @@ impl<'de> Visitor<'de> for GraphSeed<'_> {
             .visit_seq(seq)
             .map(|()| Vec::new())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_unit<E>(self) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
+    scalars_are!(Vec::new());
 }
 
 /// `graph.nodes`: node id → node; each node's `type` (every duplicate) is recorded.
@@ -562,24 +518,7 @@ impl<'de> Visitor<'de> for NodesSeed<'_> {
             .visit_seq(seq)
             .map(|()| Vec::new())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_unit<E>(self) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
+    scalars_are!(Vec::new());
 }
 
 /// One node: its `type` strings, and every field walked for keys.
@@ -617,24 +556,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
             .visit_seq(seq)
             .map(|()| Vec::new())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
-    fn visit_unit<E>(self) -> Result<Nodes, E> {
-        Ok(Vec::new())
-    }
+    scalars_are!(Vec::new());
 }
 
 fn shape<E: serde::de::Error>(what: &str) -> E {

@@ -172,14 +172,10 @@ pub(super) async fn enqueue_models_allowed(
     facts_src: &Facts,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    let Some(rules) = access.models.as_ref() else {
-        facts.push("no [models] section: every model is usable".into());
+    let Some(rules) = judging(access, me, facts) else {
         return Ok(());
     };
     let c = caller(me);
-    if admin_exempt(rules, me, facts) {
-        return Ok(());
-    }
     let Some(scan) = scan else {
         // The batch was selected but not scanned: never forward it unchecked.
         return Err(refuse(
@@ -215,12 +211,22 @@ pub(super) async fn enqueue_models_allowed(
     Ok(())
 }
 
-fn admin_exempt(rules: &ModelRules, me: &Principal, facts: &mut Vec<String>) -> bool {
-    let exempt = me.is_admin && rules.admins == Admins::Exempt;
-    if exempt {
+/// The `[models]` rules that judge this caller: `None` (and the reason traced) without the
+/// section, or for an admin the section exempts.
+fn judging<'a>(
+    access: &'a Access,
+    me: &Principal,
+    facts: &mut Vec<String>,
+) -> Option<&'a ModelRules> {
+    let Some(rules) = access.models.as_ref() else {
+        facts.push("no [models] section: every model is usable".into());
+        return None;
+    };
+    if me.is_admin && rules.admins == Admins::Exempt {
         facts.push("caller is admin: exempt from [models]".into());
+        return None;
     }
-    exempt
+    Some(rules)
 }
 
 fn item_ids(arg: &Selected) -> Result<Vec<i64>, DenyReason> {
@@ -245,14 +251,10 @@ pub(super) async fn retry_models_allowed(
     facts_src: &Facts,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    let Some(rules) = access.models.as_ref() else {
-        facts.push("no [models] section: every model is usable".into());
+    let Some(rules) = judging(access, me, facts) else {
         return Ok(());
     };
     let c = caller(me);
-    if admin_exempt(rules, me, facts) {
-        return Ok(());
-    }
     let ids = item_ids(arg)?;
     let items = facts_src.stored_items(ids).await.map_err(unavailable)?;
     let catalog = facts_src.models().await.map_err(unavailable)?;
@@ -314,8 +316,7 @@ pub(super) async fn model_check(
     facts_src: &Facts,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    let Some(rules) = access.models.as_ref() else {
-        facts.push("no [models] section: every model is usable".into());
+    let Some(rules) = judging(access, me, facts) else {
         return Ok(());
     };
     let visible_only = predicate == Predicate::ModelVisible;
@@ -584,13 +585,9 @@ pub(super) async fn usable_by_name(
     facts_src: &Facts,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    let Some(rules) = access.models.as_ref() else {
-        facts.push("no [models] section: every model is usable".into());
+    let Some(rules) = judging(access, me, facts) else {
         return Ok(());
     };
-    if admin_exempt(rules, me, facts) {
-        return Ok(());
-    }
     let catalog = facts_src.models().await.map_err(unavailable)?;
     let c = caller(me);
     for v in arg.items() {

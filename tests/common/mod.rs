@@ -588,3 +588,12 @@ pub fn encoded_json(bytes: impl Into<Bytes>, encoding: &str) -> Response<Full<By
         .insert("vary", "Accept-Encoding".parse().unwrap());
     r
 }
+
+/// The built `invoke-guard` binary, run from the repository root without the environment's config.
+pub fn guard_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("INVOKE_GUARD_CONFIG")
+        .env("INVOKE_GUARD_LOG", "warn");
+    c
+}
