@@ -121,7 +121,8 @@ pub struct Common {
     /// The guard's own ledger database [default: $XDG_STATE_HOME/invoke-guard/ledger.db].
     #[arg(long)]
     pub ledger: Option<PathBuf>,
-    /// Caller groups for `caller.in("NAME")` (TOML; reloaded with the routes) [default: none].
+    /// Caller groups for `caller.in("NAME")`, and the model access and quotas of its `[models]` and
+    /// `[quotas]` sections (TOML; reloaded with the routes) [default: none].
     #[arg(long)]
     pub groups: Option<PathBuf>,
     /// TLS certificate chain (PEM); serve HTTPS (HTTP/2 + HTTP/1.1).
