@@ -330,6 +330,7 @@ fn bench_policy(c: &mut Criterion) {
             facts: &facts,
             ledger: &ledger,
             trace_args: false,
+            enforce: true,
         };
         let first = rt.block_on(policy::decide(rule, &data, Some(who), src));
         assert_eq!(

@@ -178,6 +178,7 @@ fn time_filter(
                 ledger: &w.ledger,
                 tls: false,
                 max_list_items: 50_000,
+                access: None,
             };
             let start = Instant::now();
             let out = filters::apply_body(&[filter], &mut parts, body, &ctx)
@@ -303,6 +304,7 @@ fn bench_lists(c: &mut Criterion) {
                     ledger: &w.ledger,
                     tls: false,
                     max_list_items: 50_000,
+                    access: None,
                 };
                 let start = Instant::now();
                 for _ in 0..iters {

@@ -6,7 +6,7 @@
 canonical: tests/data/canonical.tsv; framing: the raw smuggling cases of tests/proxy.rs and
 pipelined sequences; routes: routes.toml, each of its rules alone, and broken variants; args:
 request bodies of tests/data/policy/*.toml per rule plan, multipart and query strings; lists:
-upstream list bodies naming the generated facts of fuzz_targets/lists.rs.
+upstream list bodies naming the generated facts of fuzz_targets/lists.rs; models: generator inputs and raw batches.
 """
 import json, os, re, sys
 
@@ -127,6 +127,24 @@ def lists():
         write("lists", f"image-dtos-{caller}", bytes([caller * 6 + 5, 0]) + dtos.encode())
 
 
-for f in (canonical, framing, routes, args, lists):
+def models():
+    # Generator inputs (any bytes drive fuzz_targets/models.rs's batch writer) and, behind 0xff, raw batch bodies:
+    # the web-UI-shaped and hostile batches of tests/models.rs.
+    for i, seed in enumerate([bytes(range(0, 256, 3)), bytes(range(255, 0, -7)) * 3, bytes([4, 5, 3, 7, 6, 1] * 40),
+                              bytes([3] * 200), bytes([8, 4, 6, 2, 0, 5] * 60)]):
+        write("models", f"gen-{i}", seed)
+    ident = lambda k: {"key": k, "hash": "blake3:" + k, "name": k, "base": "sd-1", "type": "lora"}
+    bodies = [
+        {"batch": {"graph": {"id": "g", "nodes": {"l": {"id": "l", "type": "lora_selector", "lora": ident("a")}}},
+                   "runs": 2, "data": [[{"node_path": "p", "field_name": "value", "items": ["x", "y"]}]]}},
+        {"batch": {"graph": {"nodes": {}}, "data": [[{"items": [{"image_name": "i.png", "key": "hidden"}]}]],
+                   "workflow": {"nodes": [{"data": {"inputs": {"m": {"value": ident("w")}}}}]}}},
+    ]
+    for i, b in enumerate(bodies):
+        write("models", f"raw-{i}", b"\xff" + json.dumps(b).encode())
+    write("models", "raw-dup", b'\xff{"batch":{"graph":{"nodes":{"n":{"type":"x","m":{"key":"a","key":"b"}}}},"runs":"3"}}')
+
+
+for f in (canonical, framing, routes, args, lists, models):
     f()
 print("seeds written under", CORPUS, file=sys.stderr)

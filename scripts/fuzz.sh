@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo-fuzz / libFuzzer, nightly toolchain, AddressSanitizer) of the
 # guard's parsers and filters. Targets (fuzz/fuzz_targets/, properties in each file's header):
-#   canonical framing routes args lists          request targets, HTTP/1 framing vs hyper,
+#   canonical framing routes args lists models   request targets, HTTP/1 framing vs hyper,
 #                                                routes.toml, JSON/multipart/query extraction,
-#                                                6.12 list filters over generated ownership facts
+#                                                6.12 list filters over generated ownership facts,
+#                                                the batch scan (every model reference found)
 #   engineio_decode socketio_decode socketio_events socketio_client     Engine.IO / Socket.IO
 #
 #   scripts/fuzz.sh                 every target for FUZZ_SECONDS (default 30) each

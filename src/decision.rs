@@ -83,6 +83,19 @@ pub enum Refusal {
     UpstreamUnreachable,
     /// InvokeAI did not answer within `limits.upstream_response_timeout_ms` (504).
     UpstreamTimeout,
+    /// A generation quota of the groups file is used up (429 with `Retry-After` seconds).
+    TooManyRequests { detail: String, retry_after: u64 },
+    /// A model-access or quota refusal (403 or 429 to API clients) of a request the web UI itself
+    /// made (Fetch Metadata: same-origin `fetch`): InvokeAI's web UI shows an enqueue error's text
+    /// only for a 422 in pydantic's validation-error shape, so it is answered that way (with
+    /// `Retry-After` when the refusal has one) and she reads the reason in the UI's error toast.
+    /// Presentation only: the request is refused either way.
+    ShownInUi {
+        /// The status an API client gets for the same refusal (403 or 429).
+        status: u16,
+        detail: String,
+        retry_after: Option<u64>,
+    },
 }
 
 impl Refusal {
@@ -98,7 +111,9 @@ impl Refusal {
             Refusal::NoRoute
             | Refusal::Forbidden(_)
             | Refusal::NotFound(_)
-            | Refusal::Blocked(_) => Source::Policy,
+            | Refusal::Blocked(_)
+            | Refusal::TooManyRequests { .. }
+            | Refusal::ShownInUi { .. } => Source::Policy,
             Refusal::Unavailable(_) | Refusal::ListTooLarge(_) => Source::Facts,
             Refusal::BadUpstream(_) | Refusal::UpstreamUnreachable | Refusal::UpstreamTimeout => {
                 Source::Upstream
@@ -120,6 +135,8 @@ impl Refusal {
             Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BadUpstream(_) | Refusal::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::ShownInUi { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -141,6 +158,10 @@ impl Refusal {
             Refusal::BadUpstream(_) => "bad_upstream",
             Refusal::UpstreamUnreachable => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::TooManyRequests { .. } | Refusal::ShownInUi { status: 429, .. } => {
+                "too_many_requests"
+            }
+            Refusal::ShownInUi { .. } => "forbidden",
         }
     }
 
@@ -162,6 +183,9 @@ impl Refusal {
             Refusal::BadUpstream(_) => "Upstream response could not be processed".into(),
             Refusal::UpstreamUnreachable => "Upstream InvokeAI server unreachable".into(),
             Refusal::UpstreamTimeout => "Upstream InvokeAI server timed out".into(),
+            Refusal::TooManyRequests { detail, .. } | Refusal::ShownInUi { detail, .. } => {
+                detail.as_str().into()
+            }
             Refusal::ListTooLarge(max) => format!(
                 "This list has more than {max} items, too many to filter for this user; narrow it \
                  (board_id, categories, search) or raise limits.max_list_items"
@@ -188,7 +212,31 @@ impl Refusal {
 
     /// The response sent for it.
     pub fn response(&self) -> Response<Body> {
-        let mut res = error_response(self.status(), &self.detail());
+        let (mut res, retry_after) = match self {
+            Refusal::TooManyRequests { retry_after, .. } => (
+                error_response(self.status(), &self.detail()),
+                Some(*retry_after),
+            ),
+            Refusal::ShownInUi {
+                detail,
+                retry_after,
+                ..
+            } => {
+                // Pydantic's validation-error shape: the only enqueue error whose text the web
+                // UI shows.
+                let body = serde_json::json!({ "detail": [
+                    { "loc": ["body", "batch"], "msg": detail, "type": "invoke_guard" }
+                ] });
+                let mut res = error_response(self.status(), "");
+                *res.body_mut() = full(body.to_string());
+                (res, *retry_after)
+            }
+            _ => (error_response(self.status(), &self.detail()), None),
+        };
+        if let Some(secs) = retry_after {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, secs.into());
+        }
         if self.closes_connection() {
             res.headers_mut().insert(
                 http::header::CONNECTION,

@@ -53,6 +53,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChecksumLabels {
     sha256: String,
 }
@@ -67,11 +72,6 @@ struct FrameLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndingLabels {
     ending: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
 }
 
 struct Metrics {
@@ -96,6 +96,7 @@ struct Metrics {
     last_reload_success_time: Gauge<f64, AtomicU64>,
     routes_checksum: Family<ChecksumLabels, Gauge>,
     upstream_errors: Family<KindLabels, Counter>,
+    generation_refusals: Family<ReasonLabels, Counter>,
     upgraded: Gauge,
     draining: Gauge,
 }
@@ -123,6 +124,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         last_reload_success_time: Gauge::default(),
         routes_checksum: Family::default(),
         upstream_errors: Family::default(),
+        generation_refusals: Family::default(),
         upgraded: Gauge::default(),
         draining: Gauge::default(),
         registry: Registry::default(),
@@ -198,6 +200,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "upstream_errors",
         "Requests the upstream did not answer, by kind (connect, timeout, request)",
         m.upstream_errors.clone(),
+    );
+    registry.register(
+        "generation_refusals",
+        "Enqueues and model uses refused by the groups file's [models] and [quotas], by reason \
+         (model_denied, model_unknown, runtime_model_node, unreadable_batch, quota_queued, \
+         quota_minute, quota_hour, quota_day, quota_batch_too_large)",
+        m.generation_refusals.clone(),
     );
     registry.register(
         "upgraded_connections",
@@ -382,6 +391,14 @@ pub fn routes_fallback() {
 pub fn routes_reload_failed() {
     METRICS.routes_reload_failures.inc();
     METRICS.last_reload_successful.set(0);
+}
+
+/// One enqueue or model use refused by model access or a quota (a fixed reason label).
+pub fn generation_refused(reason: &'static str) {
+    METRICS
+        .generation_refusals
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
 }
 
 /// An upstream request that got no answer: `connect`, `timeout` or `request`.

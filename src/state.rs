@@ -25,7 +25,8 @@ use crate::upstream::Upstream;
 
 /// Everything a request needs.
 pub struct AppState {
-    pub routes: ArcSwap<RouteTable>,
+    /// Shared with the Socket.IO sessions (the groups file's `[models]` it carries).
+    pub routes: Arc<ArcSwap<RouteTable>>,
     pub routes_path: PathBuf,
     /// The groups file `caller.in` reads; the table is compiled against it (reloaded together).
     pub groups_path: Option<PathBuf>,
@@ -212,6 +213,13 @@ impl AppState {
             settings.limits.upstream_response_timeout,
         );
         let correlations = Arc::new(crate::socketio::correlate::Correlations::default());
+        crate::metrics::routes_loaded(
+            routes.rules().len(),
+            routes.shadow_rules(settings.mode).len(),
+            routes.checksum(),
+            false,
+        );
+        let routes = Arc::new(ArcSwap::from_pointee(routes));
         let sockets = Arc::new(crate::socketio::Env::new(
             facts.clone(),
             ledger.clone(),
@@ -224,18 +232,13 @@ impl AppState {
                 trusted_proxies: settings.trusted_proxies.clone(),
                 secure_cookies: settings.tls.is_some(),
             },
+            routes.clone(),
         ));
-        crate::metrics::routes_loaded(
-            routes.rules().len(),
-            routes.shadow_rules(settings.mode).len(),
-            routes.checksum(),
-            false,
-        );
         if fallback.is_some() {
             crate::metrics::routes_fallback();
         }
         Ok(Arc::new(Self {
-            routes: ArcSwap::from_pointee(routes),
+            routes,
             routes_path: settings.routes.clone(),
             groups_path: settings.groups.clone(),
             facts,

@@ -289,11 +289,12 @@ fuzz_target!(|data: &[u8]| {
         ledger: &w.ledger,
         tls: false,
         max_list_items: 50_000,
+        access: None,
     };
     // The filters that run for this request, by the pipeline's own rule.
     let active: Vec<ResponseFilter> = [filter]
         .into_iter()
-        .filter(|&f| filters::active(f, Some(&principal), &w.facts.schema(), &data.path))
+        .filter(|&f| filters::active(f, Some(&principal), &w.facts.schema(), &data.path, None))
         .collect();
     let input = Bytes::copy_from_slice(body);
     let (mut parts, ()) = http::Response::new(()).into_parts();

@@ -175,7 +175,8 @@ pub struct PolicyFiles {
     /// The guard's own ledger database [default: $XDG_STATE_HOME/invoke-guard/ledger.db].
     #[arg(long)]
     pub ledger: Option<PathBuf>,
-    /// Caller groups for `caller.in("NAME")` (TOML; reloaded with the routes) [default: none].
+    /// Caller groups for `caller.in("NAME")`, and the model access and quotas of its `[models]` and
+    /// `[quotas]` sections (TOML; reloaded with the routes) [default: none].
     #[arg(long)]
     pub groups: Option<PathBuf>,
 }
@@ -527,6 +528,7 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
     })?;
     let ledger_note = ledger_state(&settings, &schema)?;
     let shadow_note = shadow_warning(&table, settings.mode);
+    let access_note = access_warnings(&settings, &groups)?;
     let groups_note: String = unknown_members(&groups, &settings)?
         .iter()
         .map(|(group, member)| {
@@ -538,7 +540,7 @@ pub fn check(common: &Common) -> anyhow::Result<String> {
         })
         .collect();
     Ok(format!(
-        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{ledger_note}{shadow_note}{groups_note}",
+        "ok: {} rules in {}; database {} schema {} (migration {}); all {covered} InvokeAI {version} endpoints covered{ledger_note}{shadow_note}{access_note}{groups_note}",
         table.rules().len(),
         settings.routes.display(),
         settings.db.display(),
@@ -710,6 +712,45 @@ pub fn ledger(args: &LedgerArgs) -> anyhow::Result<String> {
             ))
         }
     }
+}
+
+/// Warnings about the groups file's `[models]` rules against the installed models: a selector
+/// value that matches no installed model (a typo, or a model not installed yet).
+fn access_warnings(settings: &Settings, groups: &crate::rules::Groups) -> anyhow::Result<String> {
+    let Some(models) = groups.access().models.as_ref() else {
+        return Ok(String::new());
+    };
+    let conn = db::open_read_only(&settings.db, settings.facts.busy_timeout)?;
+    let catalog = crate::facts::models::catalog(&conn)
+        .map_err(|e| anyhow::anyhow!("{}: reading the models table: {e}", settings.db.display()))?;
+    let attrs: Vec<crate::rules::access::ModelAttrs<'_>> = catalog
+        .iter()
+        .map(|r| crate::rules::access::ModelAttrs {
+            key: &r.key,
+            name: &r.name,
+            base: &r.base,
+            kind: &r.kind,
+        })
+        .collect();
+    let file = settings
+        .groups
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for rule in &models.rules {
+        let unmatched = rule.unmatched(&attrs);
+        if !unmatched.is_empty() {
+            out.push_str(&format!(
+                "\nwarning: {file}:{}: models rule '{}': {} match(es) no installed model ({} installed)",
+                rule.line,
+                rule.id,
+                unmatched.join(", "),
+                catalog.len()
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn probe_db(settings: &Settings) -> anyhow::Result<Schema> {

@@ -19,6 +19,7 @@
 pub mod db;
 pub mod ledger;
 pub mod lists;
+pub mod models;
 pub mod schema;
 mod watcher;
 
@@ -167,6 +168,8 @@ pub enum FactKey {
     QueueItem(i64),
     Preset(String),
     SystemPrompt(String),
+    /// Every model record (one fact: the table is small and read whole).
+    Models,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +182,7 @@ enum Fact {
     QueueItem(Option<QueueItemFact>),
     Preset(Option<PresetFact>),
     SystemPrompt(Option<SystemPromptFact>),
+    Models(Arc<models::Catalog>),
 }
 
 /// Run the one query a key names.
@@ -193,6 +197,7 @@ fn read(key: &FactKey, c: &rusqlite::Connection, s: &Schema) -> rusqlite::Result
         FactKey::QueueItem(id) => Fact::QueueItem(db::queue_item(c, s, *id)?),
         FactKey::Preset(id) => Fact::Preset(db::preset(c, id)?),
         FactKey::SystemPrompt(id) => Fact::SystemPrompt(db::system_prompt(c, id)?),
+        FactKey::Models => Fact::Models(Arc::new(models::catalog(c)?)),
     })
 }
 
@@ -223,6 +228,7 @@ from_fact! {
     QueueItem => Option<QueueItemFact>,
     Preset => Option<PresetFact>,
     SystemPrompt => Option<SystemPromptFact>,
+    Models => Arc<models::Catalog>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +269,8 @@ pub struct Facts {
     db: Arc<Db>,
     cache: Cache<FactKey, Tagged>,
     shared: Arc<Shared>,
+    /// Per-user enqueue reservations and the guard's record of recent enqueues.
+    load: Arc<models::QueueLoad>,
 }
 
 impl Facts {
@@ -291,7 +299,12 @@ impl Facts {
             .max_capacity(config.cache_entries)
             .time_to_live(config.cache_ttl)
             .build();
-        let facts = Self { db, cache, shared };
+        let facts = Self {
+            db,
+            cache,
+            shared,
+            load: Arc::default(),
+        };
         watcher::spawn(facts.clone(), config.poll_interval);
         Ok(facts)
     }
@@ -534,6 +547,35 @@ impl Facts {
                 self.shared.unavailable_reason.load().to_string(),
             ))
         }
+    }
+
+    /// Every installed model (cached; one read of the `models` table).
+    pub async fn models(&self) -> Result<Arc<models::Catalog>, FactsError> {
+        self.fetch(FactKey::Models).await
+    }
+
+    /// A user's queue and recent enqueues as the database shows them (never cached).
+    pub async fn usage(
+        &self,
+        user_id: &str,
+        longest: Duration,
+    ) -> Result<models::DbUsage, FactsError> {
+        self.ensure_available()?;
+        let user = user_id.to_owned();
+        self.db
+            .with(move |c| models::usage(c, &user, longest))
+            .await
+    }
+
+    /// Stored queue items by id (never cached).
+    pub async fn stored_items(&self, ids: Vec<i64>) -> Result<Vec<models::StoredItem>, FactsError> {
+        self.ensure_available()?;
+        self.db.with(move |c| models::stored_items(c, &ids)).await
+    }
+
+    /// Enqueue reservations and the guard's own enqueue history.
+    pub fn queue_load(&self) -> &Arc<models::QueueLoad> {
+        &self.load
     }
 
     /// How many active admins exist (never cached: the last-admin guard needs the truth).

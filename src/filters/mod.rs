@@ -3,7 +3,8 @@
 //! (every family matched explicitly in both phases), one module per family, each taking only its
 //! own words: [`session`] (cookies, tokens, revocation), [`record`] (owners), [`lists`] (6.12
 //! queue and uncategorized rewrites), [`recompute`] (lists, counts and batches of 6.12/6.13
-//! answered as main would); the header family is applied here.
+//! answered as main would), [`models`] (model records per the groups file's `[models]`); the
+//! header family is applied here.
 //!
 //! Invariants:
 //! - Which filters run for a request is decided once, before forwarding, by [`active`] (the
@@ -23,6 +24,7 @@
 //!   tokens (ledger) and hands the caller a fresh one.
 
 mod lists;
+mod models;
 mod recompute;
 mod record;
 mod session;
@@ -39,7 +41,7 @@ use crate::http::canonical::Target;
 use crate::identity::Principal;
 use crate::policy::RequestData;
 pub use crate::rules::vocab::ResponseFilter;
-use crate::rules::vocab::{AdminRule, Header, List, Session};
+use crate::rules::vocab::{AdminRule, Header, List, Models, Session};
 pub use recompute::{plan, Reshape, Rewrite};
 pub use session::{refreshed_token, session_cookie};
 
@@ -63,17 +65,20 @@ pub struct FilterContext<'a> {
     pub tls: bool,
     /// `limits.max_list_items`: the longest list the guard recomputes.
     pub max_list_items: usize,
+    /// The groups file's model access (and quotas), from the table the request matched.
+    pub access: Option<&'a crate::rules::access::Access>,
 }
 
 /// Whether `filter` has work to do for this request: the upstream does not do it itself
 /// (schema capability), the caller is not an admin where admins see everything, and (for
-/// uncategorized names) the rule listed the `none` board. No caller counts as a caller who
-/// owns nothing (fail closed).
+/// uncategorized names) the rule listed the `none` board; model lists, where the groups file's
+/// `[models]` restricts the caller. No caller counts as a caller who owns nothing (fail closed).
 pub fn active(
     filter: ResponseFilter,
     principal: Option<&Principal>,
     schema: &Schema,
     path: &std::collections::HashMap<String, String>,
+    access: Option<&crate::rules::access::Access>,
 ) -> bool {
     let info = filter.info();
     if info.upstream_does_it.is_some_and(|c| schema.has(c)) {
@@ -86,6 +91,7 @@ pub fn active(
         ResponseFilter::List(List::OwnUncategorizedNames) => {
             path.get("board_id").map(String::as_str) == Some("none")
         }
+        ResponseFilter::Models(_) => models::restricts(access, principal),
         ResponseFilter::Header(_)
         | ResponseFilter::Session(_)
         | ResponseFilter::Record(_)
@@ -111,7 +117,10 @@ pub async fn apply_headers(filters: &[ResponseFilter], parts: &mut Parts, ctx: &
             // Not 2xx: no session changes.
             ResponseFilter::Session(_) => {}
             // Body filters run in `apply_body`.
-            ResponseFilter::Record(_) | ResponseFilter::List(_) | ResponseFilter::Recompute(_) => {}
+            ResponseFilter::Record(_)
+            | ResponseFilter::List(_)
+            | ResponseFilter::Recompute(_)
+            | ResponseFilter::Models(_) => {}
         }
     }
 }
@@ -147,6 +156,15 @@ pub async fn apply_body(
             ResponseFilter::Recompute(r) => {
                 let j = json.as_mut().ok_or_else(unreadable)?;
                 changed |= recompute::reshape(*r, j, ctx).await?;
+            }
+            // Model records per the groups file's [models] (filters::models).
+            ResponseFilter::Models(m) => {
+                let j = json.as_mut().ok_or_else(unreadable)?;
+                changed |= match m {
+                    Models::Usable => models::usable_models(j, parts, ctx)?,
+                    Models::UsableKeys => models::usable_model_keys(j, ctx).await?,
+                    Models::UsableStarters => models::usable_starter_models(j, ctx).await?,
+                };
             }
             // Header filters ran in `apply_headers`, as did the sessions that read no body.
             ResponseFilter::Header(_)

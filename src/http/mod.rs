@@ -7,7 +7,9 @@
 //! - [`body`]: bounded, timed body reads; JSON, multipart and response decoding as InvokeAI reads them.
 //! - [`jsonplan`]: pruned JSON parsing (only what a rule's checks read).
 //! - [`request_id`]: the `X-Request-Id` a request is logged and forwarded with.
+//! - [`batch`]: a streaming scan of an enqueued batch (model references, queue-item count).
 
+pub mod batch;
 pub mod body;
 pub mod canonical;
 pub mod cookies;

@@ -47,7 +47,7 @@ pub(super) fn anonymous(predicate: Predicate, args: &[Selected]) -> Outcome {
     match predicate {
         Predicate::Account(Account::LoginNotSystem) => login_not_system(&args[0]),
         // Every other check needs a caller: refuse rather than guess.
-        Predicate::Resource(_) | Predicate::Batch(_) => needs_caller(),
+        Predicate::Resource(_) | Predicate::Batch(_) | Predicate::Model(_) => needs_caller(),
         Predicate::Account(
             Account::Authenticated
             | Account::Admin

@@ -16,6 +16,7 @@
 //! - Traces never carry query values or passwords (see [`arg_trace`]).
 
 mod accounts;
+pub mod models;
 mod resources;
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use crate::decision::{ArgTrace, CheckResult, CheckTrace, Refusal, Stage, Verdict
 use crate::facts::ledger::Ledger;
 use crate::facts::Facts;
 use crate::identity::Principal;
-use crate::rules::vocab::{AdminRule, Batch, Predicate};
+use crate::rules::vocab::{AdminRule, Batch, Model, Predicate};
 use crate::rules::{Arg, Check, Rule, Selector, Source, Step};
 
 pub use accounts::lax_bool;
@@ -43,6 +44,15 @@ pub struct RequestData {
     pub body: Option<Value>,
     /// Multipart text fields, when the rule reads `form.*`.
     pub form: HashMap<String, String>,
+    /// Batches scanned for model references and item counts, by selector (`body.batch`), for
+    /// checks that read the groups file's `[models]`/`[quotas]` (only when those are set).
+    pub batches: Vec<(String, crate::http::batch::BatchScan)>,
+    /// Quota reservations taken by the checks, held until [`RequestData::settle`] (or drop).
+    pub holds: models::Holds,
+    /// The request is the web UI's own `fetch` (Fetch Metadata `Sec-Fetch-Site: same-origin`,
+    /// `Sec-Fetch-Mode: cors`): model and quota refusals are then worded for its error toast
+    /// ([`Refusal::ShownInUi`]); the decision is the same.
+    pub web_ui: bool,
 }
 
 impl RequestData {
@@ -54,12 +64,70 @@ impl RequestData {
         headers: &http::HeaderMap,
     ) -> Result<(), Refusal> {
         use crate::http::body;
+        let fetch = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        self.web_ui = fetch("sec-fetch-site") == Some("same-origin")
+            && fetch("sec-fetch-mode") == Some("cors");
         match rule.body {
             crate::rules::BodyNeed::None => {}
             crate::rules::BodyNeed::Json => self.body = body::json(bytes, &rule.json_plan)?,
             crate::rules::BodyNeed::Multipart => self.form = body::form(bytes, headers).await?,
         }
+        self.scan_batches(rule, bytes)
+    }
+
+    /// Scan the batches the rule's model and quota checks read (a second, streaming pass over
+    /// the body; skipped when the groups file sets neither section). A batch that cannot be read
+    /// completely is refused (422), never forwarded unchecked.
+    fn scan_batches(&mut self, rule: &Rule, bytes: &bytes::Bytes) -> Result<(), Refusal> {
+        for check in rule.all_checks() {
+            let configured = check
+                .access
+                .as_ref()
+                .is_some_and(|a| a.models.is_some() || a.quotas.is_some());
+            if check.predicate.info().body != crate::rules::vocab::BodyUse::Batch || !configured {
+                continue;
+            }
+            for arg in &check.args {
+                let Arg::Select(sel) = arg else { continue };
+                if sel.source != Source::Body || self.batches.iter().any(|(t, _)| *t == sel.text) {
+                    continue;
+                }
+                let path: Vec<&str> = sel
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Field(f) => Some(f.as_str()),
+                        Step::Each => None,
+                    })
+                    .collect();
+                let scan = crate::http::batch::scan(bytes, &path).map_err(|e| {
+                    crate::metrics::generation_refused("unreadable_batch");
+                    Refusal::Unprocessable(format!("{}: {e}", sel.text))
+                })?;
+                if let Some(scan) = scan {
+                    self.batches.push((sel.text.clone(), scan));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The upstream answered (`accepted`: with a 2xx): release the quota reservations the checks
+    /// took, remembering accepted items for the rolling windows. Call after facts were
+    /// invalidated; dropping the data releases them too, without remembering anything.
+    pub fn settle(&self, accepted: bool) {
+        self.holds.settle(accepted);
+    }
+
+    fn batch(&self, check: &Check) -> Option<&crate::http::batch::BatchScan> {
+        check.args.iter().find_map(|a| match a {
+            Arg::Select(sel) => self
+                .batches
+                .iter()
+                .find(|(t, _)| *t == sel.text)
+                .map(|(_, scan)| scan),
+            _ => None,
+        })
     }
 }
 
@@ -72,6 +140,9 @@ pub struct FactSource<'a> {
     /// Keep every check's arguments in its trace (`explain`): `serve` logs only the deciding
     /// check's facts, so it does not format arguments no line shows.
     pub trace_args: bool,
+    /// The enforced decision of `serve`: only it takes quota reservations and counts refusals
+    /// (`explain` and the candidate table compute the same verdict without either).
+    pub enforce: bool,
 }
 
 type Outcome = Result<(), Refusal>;
@@ -182,7 +253,7 @@ async fn evaluate(
         }
         Some(me) => {
             let hide_id = check.args.first().is_some_and(hides_value);
-            apply(check.predicate, &values, hide_id, me, src, &mut trace.facts).await
+            apply(check, &values, hide_id, data, me, src, &mut trace.facts).await
         }
         None => accounts::anonymous(check.predicate, &values),
     };
@@ -196,14 +267,16 @@ async fn evaluate(
 /// Every predicate, for an identified caller. `hide_id`: the first argument's value must not
 /// appear in the facts (a query value).
 async fn apply(
-    predicate: Predicate,
+    check: &Check,
     args: &[Selected],
     hide_id: bool,
+    data: &RequestData,
     me: &Principal,
     src: FactSource<'_>,
     facts: &mut Vec<String>,
 ) -> Outcome {
-    match predicate {
+    match check.predicate {
+        Predicate::Model(model) => access_check(model, check, args, data, me, src, facts).await,
         Predicate::Account(account) => accounts::check(account, args, me, src, facts).await,
         Predicate::Batch(batch) => {
             // `_owner`: node boards must be the caller's own, a public board is not enough.
@@ -223,6 +296,77 @@ async fn apply(
             Ok(())
         }
     }
+}
+
+/// The checks that read the groups file's `[models]` and `[quotas]` (see [`models`]).
+async fn access_check(
+    model: Model,
+    check: &Check,
+    args: &[Selected],
+    data: &RequestData,
+    me: &Principal,
+    src: FactSource<'_>,
+    facts: &mut Vec<String>,
+) -> Outcome {
+    let Some(access) = check.access.as_deref() else {
+        // Not bound (cannot happen for a compiled table): deny, never allow.
+        return Err(Refusal::Unavailable(format!(
+            "{} has no access sections bound",
+            model.name()
+        )));
+    };
+    let (f, enforce) = (src.facts, src.enforce);
+    let outcome = match model {
+        Model::EnqueueModelsAllowed => {
+            models::enqueue_models_allowed(access, data.batch(check), me, f, facts, enforce).await
+        }
+        Model::EnqueueWithinQuota => {
+            let demand = data.batch(check).map(models::Demand::of_batch);
+            models::within_quota(access, demand, me, data, f, facts, enforce).await
+        }
+        Model::RetryModelsAllowed => {
+            models::retry_models_allowed(access, &args[0], me, f, facts, enforce).await
+        }
+        Model::RetryWithinQuota => {
+            let demand = if access.quotas.is_some() {
+                Some(models::retry_demand(&args[0], f).await?)
+            } else {
+                None
+            };
+            models::within_quota(access, demand, me, data, f, facts, enforce).await
+        }
+        Model::Usable | Model::Visible => {
+            models::model_check(model, access, &args[0], me, f, facts, enforce).await
+        }
+        Model::UsableByName => {
+            models::usable_by_name(access, &args[0], me, f, facts, enforce).await
+        }
+    };
+    // The web UI shows an enqueue error's text only in one shape (see Refusal::ShownInUi); the
+    // shape is presentation only, chosen from headers a client may forge without gaining anything.
+    let queues = matches!(
+        model,
+        Model::EnqueueModelsAllowed
+            | Model::EnqueueWithinQuota
+            | Model::RetryModelsAllowed
+            | Model::RetryWithinQuota
+    );
+    outcome.map_err(|reason| match reason {
+        Refusal::Forbidden(detail) if queues && data.web_ui => Refusal::ShownInUi {
+            status: 403,
+            detail,
+            retry_after: None,
+        },
+        Refusal::TooManyRequests {
+            detail,
+            retry_after,
+        } if data.web_ui => Refusal::ShownInUi {
+            status: 429,
+            detail,
+            retry_after: Some(retry_after),
+        },
+        other => other,
+    })
 }
 
 /// The values an argument selects.

@@ -1,5 +1,6 @@
 //! Caller groups: who `caller.in("NAME")` admits, from a TOML file the operator maintains
-//! (reloaded with routes.toml).
+//! (reloaded with routes.toml). The same file may hold the access sections (`[models]`,
+//! `[quotas]`: see [`super::access`]), which name its groups.
 //!
 //! Invariants:
 //! - Unknown keys are errors; group names use `[a-z0-9_.-]+`; a member is an email
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::access::{self, Access};
 use super::RouteError;
 
 /// The members of one group: lower-cased emails and user ids.
@@ -40,10 +42,12 @@ impl Members {
     }
 }
 
-/// Every group of the groups file (empty when none is configured).
+/// Every group of the groups file (empty when none is configured), and its access sections.
 #[derive(Debug, Default)]
 pub struct Groups {
     by_name: BTreeMap<String, Arc<Members>>,
+    /// Model access and quotas (both absent without the sections: everything as today).
+    access: Arc<Access>,
     /// SHA-256 of the file (empty without a file), for reload detection and logs.
     pub source: Option<String>,
 }
@@ -53,6 +57,10 @@ pub struct Groups {
 struct RawGroups {
     #[serde(default)]
     groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    models: Option<access::RawModels>,
+    #[serde(default)]
+    quotas: Option<access::RawQuotas>,
 }
 
 impl Groups {
@@ -108,6 +116,16 @@ impl Groups {
             }
             by_name.insert(name, Arc::new(Members(set)));
         }
+        let models = raw
+            .models
+            .map(|m| access::compile_models(text, m, &by_name))
+            .transpose()
+            .map_err(|(line, m)| err(line, m))?;
+        let quotas = raw
+            .quotas
+            .map(|q| access::compile_quotas(text, q, &by_name))
+            .transpose()
+            .map_err(|(line, m)| err(line, m))?;
         use sha2::Digest;
         let sum = sha2::Sha256::digest(text.as_bytes())
             .iter()
@@ -115,6 +133,7 @@ impl Groups {
             .collect();
         Ok(Self {
             by_name,
+            access: Arc::new(Access { models, quotas }),
             source: Some(sum),
         })
     }
@@ -127,6 +146,11 @@ impl Groups {
     /// Every group with its members, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Members)> {
         self.by_name.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
+    /// The access sections (model access, quotas).
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
     }
 
     /// Group names, for error messages.

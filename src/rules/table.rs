@@ -128,6 +128,9 @@ pub struct Check {
     /// `… unless upstream.CAPABILITY`: skip the check where the upstream enforces it itself.
     pub unless_upstream: Option<Capability>,
     pub text: String,
+    /// The groups file's access sections, bound at compile time for predicates that read them
+    /// (`PredicateInfo::access`); `None` for every other check.
+    pub access: Option<std::sync::Arc<crate::rules::access::Access>>,
 }
 
 /// One entry of `require`: checks of which at least one must hold (`A or B`); most entries
@@ -230,6 +233,8 @@ pub struct RouteTable {
     allow_coverage_loss: bool,
     /// SHA-256 of the file's text, lower-case hex (what `sha256sum` prints).
     checksum: String,
+    /// The groups file's model access and quotas the table was compiled with.
+    access: std::sync::Arc<crate::rules::access::Access>,
 }
 
 impl fmt::Debug for RouteTable {
@@ -346,12 +351,19 @@ impl RouteTable {
             routers,
             allow_coverage_loss: raw.allow_coverage_loss,
             checksum: sha256_hex(text.as_bytes()),
+            access: groups.access().clone(),
         })
     }
 
     /// SHA-256 of the source text (lower-case hex, as `sha256sum` prints it).
     pub fn checksum(&self) -> &str {
         &self.checksum
+    }
+
+    /// The model access and quota sections the table was compiled with (response filters and
+    /// the socket read them from here; checks have them bound).
+    pub fn access(&self) -> &std::sync::Arc<crate::rules::access::Access> {
+        &self.access
     }
 
     /// Whether the file allows a reload to cover fewer endpoints than the running table.
@@ -519,7 +531,9 @@ fn json_plan(checks: &[Check], filters: &[ResponseFilter]) -> JsonPlan {
                 continue;
             }
             let keep = match check.predicate.info().body {
-                BodyUse::Refs => Keep::Refs,
+                // A batch is scanned from the raw body (http::batch); the plan keeps only what
+                // proves it is there (its references, cheap).
+                BodyUse::Refs | BodyUse::Batch => Keep::Refs,
                 BodyUse::Value => Keep::Whole,
             };
             let steps = sel.steps.iter().map(|s| match s {
@@ -747,11 +761,23 @@ fn parse_check(full: &str, params: &[String], groups: &Groups) -> Result<Check, 
             .collect::<Result<Vec<_>, _>>()?,
     };
     let args = check_args(predicate, args, groups)?;
+    if predicate.info().body == BodyUse::Batch
+        && !args.iter().any(|a| {
+            matches!(a, Arg::Select(s) if s.source == Source::Body
+                && s.steps.iter().all(|st| matches!(st, Step::Field(_))))
+        })
+    {
+        return Err(format!(
+            "'{}' reads a batch at a body path of fields (e.g. body.batch)",
+            predicate.name()
+        ));
+    }
     Ok(Check {
         predicate,
         args,
         unless_upstream,
         text: full.to_owned(),
+        access: predicate.info().access.then(|| groups.access().clone()),
     })
 }
 

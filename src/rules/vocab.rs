@@ -189,6 +189,9 @@ pub enum BodyUse {
     Value,
     /// Only the media and board references inside it (`enqueue.allowed` scans a whole batch).
     Refs,
+    /// A batch scanned for model references and its queue-item count (`enqueue.models_allowed`,
+    /// `enqueue.within_quota`): a streaming pass over the raw body, see `http::batch`.
+    Batch,
 }
 
 /// Whether an admin passes a check without it being evaluated.
@@ -220,6 +223,9 @@ pub struct PredicateInfo {
     pub admin: AdminRule,
     pub body: BodyUse,
     pub shadow: Shadow,
+    /// It reads the groups file's access sections (`[models]`, `[quotas]`), bound into the check
+    /// when the table is compiled; such checks decide admin exemption from the file.
+    pub access: bool,
 }
 
 words! {
@@ -283,12 +289,26 @@ words! {
     }
 }
 
+words! {
+    /// Model access and generation quotas (the groups file's `[models]` and `[quotas]`).
+    pub enum Model {
+        EnqueueModelsAllowed => "enqueue.models_allowed",
+        EnqueueWithinQuota => "enqueue.within_quota",
+        RetryModelsAllowed => "retry.models_allowed",
+        RetryWithinQuota => "retry.within_quota",
+        Usable => "model.usable",
+        Visible => "model.visible",
+        UsableByName => "model.usable_by_name",
+    }
+}
+
 families! {
     /// Every check a rule may name, by family.
     pub enum Predicate {
         Resource(Resource),
         Batch(Batch),
         Account(Account),
+        Model(Model),
     }
 }
 
@@ -306,6 +326,7 @@ impl Predicate {
             admin: Exempt,
             body: BodyUse::Value,
             shadow: Shadow::Dry,
+            access: false,
         };
         let account = |args: &'static [ArgKind], required| PredicateInfo {
             args,
@@ -313,6 +334,7 @@ impl Predicate {
             admin: Applies,
             body: BodyUse::Value,
             shadow: Shadow::Never,
+            access: false,
         };
         match self {
             Predicate::Resource(_) => resource,
@@ -342,6 +364,20 @@ impl Predicate {
                     shadow: Shadow::Never,
                     ..resource
                 },
+            },
+            // The access file says whether admins are exempt; never a dry run (a refused model
+            // or quota must not run on the GPU because of a dry run).
+            Predicate::Model(m) => PredicateInfo {
+                body: match m {
+                    Model::EnqueueModelsAllowed | Model::EnqueueWithinQuota => BodyUse::Batch,
+                    Model::RetryModelsAllowed
+                    | Model::RetryWithinQuota
+                    | Model::Usable
+                    | Model::Visible
+                    | Model::UsableByName => BodyUse::Value,
+                },
+                access: true,
+                ..account(ONE, 1)
             },
         }
     }
@@ -484,6 +520,16 @@ words! {
     }
 }
 
+words! {
+    /// Model records, keys and the starter catalogue per the groups file's `[models]` (no
+    /// InvokeAI release restricts models per user).
+    pub enum Models {
+        Usable => "usable_models",
+        UsableKeys => "usable_model_keys",
+        UsableStarters => "usable_starter_models",
+    }
+}
+
 families! {
     /// A response filter a rule may name, by family.
     pub enum ResponseFilter {
@@ -492,6 +538,7 @@ families! {
         Record(Record),
         List(List),
         Recompute(Recompute),
+        Models(Models),
     }
 }
 
@@ -583,6 +630,11 @@ impl ResponseFilter {
                 Recompute::OwnIntermediatesCount => list(C::ScopesIntermediatesCount),
                 Recompute::OwnBoardMediaDelete => rewrite(C::ScopesBoardDeletes),
             },
+            // Whom they restrict is the access file's to say (admins included or not).
+            ResponseFilter::Models(_) => FilterInfo {
+                reads_body: true,
+                ..headers
+            },
         }
     }
 
@@ -619,7 +671,7 @@ mod tests {
             assert_eq!(Capability::from_name(c.name()), Some(c));
         }
         assert_eq!(Predicate::from_name("image.reed"), None);
-        assert_eq!(Predicate::all().count(), 39);
-        assert_eq!(ResponseFilter::all().count(), 26);
+        assert_eq!(Predicate::all().count(), 46);
+        assert_eq!(ResponseFilter::all().count(), 29);
     }
 }

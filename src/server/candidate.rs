@@ -174,6 +174,7 @@ async fn decide<'t>(
         facts: env.facts,
         ledger: env.ledger,
         trace_args: env.explain,
+        enforce: false,
     };
     let verdict = policy::decide(rule, &data, principal.as_deref(), src).await;
     match verdict.deciding() {

@@ -165,6 +165,7 @@ impl RequestCtx {
             ledger: env.ledger,
             tls: env.tls,
             max_list_items: env.limits.max_list_items,
+            access: Some(self.table.access()),
         })
     }
 }

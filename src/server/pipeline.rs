@@ -162,6 +162,7 @@ async fn request_steps(
         facts: env.facts,
         ledger: env.ledger,
         trace_args: env.explain,
+        enforce: !env.explain,
     };
     ctx.verdict = policy::decide(rule, &ctx.data, ctx.principal.as_ref(), src).await;
     ctx.outcome = match ctx.verdict.deciding() {
@@ -328,11 +329,12 @@ async fn plan(ctx: &mut RequestCtx, env: &Env<'_>) -> Result<(), Refusal> {
     if !rule.response.is_empty() {
         let schema = env.facts.schema();
         let principal = ctx.principal.as_ref();
+        let access = Some(&**ctx.table.access());
         ctx.filters = rule
             .response
             .iter()
             .copied()
-            .filter(|&f| filters::active(f, principal, &schema, &ctx.data.path))
+            .filter(|&f| filters::active(f, principal, &schema, &ctx.data.path, access))
             .collect();
         ctx.record = ctx.filters.iter().find_map(|f| f.info().records);
     }
@@ -410,6 +412,9 @@ async fn forward(
         // Mutations the guard forwarded invalidate facts at once (before the watcher sees them).
         state.facts.invalidate();
     }
+    // The upstream answered and facts are fresh: release the caller's quota reservation
+    // (policy::models), remembering accepted items for the rolling windows.
+    ctx.data.settle(res.status().is_success());
     response_phase(ctx, res, &state.env()).await
 }
 

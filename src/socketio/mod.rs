@@ -75,6 +75,9 @@ pub struct Env {
     pub correlations: Arc<Correlations>,
     pub registry: Arc<Registry>,
     pub config: Config,
+    /// The route table in force, for the groups file's `[models]` it carries (events about a
+    /// model the caller may not use are dropped).
+    pub routes: Arc<arc_swap::ArcSwap<crate::rules::RouteTable>>,
 }
 
 /// Socket settings.
@@ -98,6 +101,7 @@ impl Env {
         correlations: Arc<Correlations>,
         limits: &crate::config::Limits,
         config: Config,
+        routes: Arc<arc_swap::ArcSwap<crate::rules::RouteTable>>,
     ) -> Self {
         Env {
             facts,
@@ -109,6 +113,7 @@ impl Env {
                 limits.socket_pending_per_client,
             )),
             config,
+            routes,
         }
     }
 

@@ -800,6 +800,15 @@ impl Actor {
             }
         };
         let action = events::decide(&event, &me, &known);
+        // [models] Nothing about a model the caller may not use reaches her (policy::models).
+        let action = match action {
+            events::Action::Pass | events::Action::Redact(_)
+                if !self.models_allowed(&event, &caller.principal).await =>
+            {
+                events::Action::Drop("restricted model")
+            }
+            other => other,
+        };
         let name = metric_name(&event.name);
         match action {
             events::Action::Pass => {
@@ -821,6 +830,13 @@ impl Actor {
                 Ok(())
             }
         }
+    }
+
+    /// [models] Whether the event names only models the caller may use (groups file `[models]`).
+    async fn models_allowed(&self, event: &events::Event, me: &crate::identity::Principal) -> bool {
+        let table = self.env.routes.load();
+        crate::policy::models::event_allowed(&event.payload, me, table.access(), &self.env.facts)
+            .await
     }
 
     /// Follow the running item from the upstream's status events (before any filtering).

@@ -656,3 +656,12 @@ pub fn workflow_json(id: &str) -> Value {
         "contact": "", "tags": "", "notes": "", "exposedFields": [],
         "meta": {"version": "3.0.0", "category": "user"}, "nodes": [], "edges": [], "form": null, "id": id})
 }
+
+/// The built `invoke-guard` binary, run from the repository root without the environment's config.
+pub fn guard_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("INVOKE_GUARD_CONFIG")
+        .env("INVOKE_GUARD_LOG", "warn");
+    c
+}

@@ -12,7 +12,9 @@
 #   5. tests/e2e/matrix.py runs the cross-user matrix THROUGH the guard
 #   6. tests/e2e/sockets.py drives real python-socketio clients through the guard (every connection style,
 #      every event type, room injection, revocation; its client venv comes from tests/e2e/sockets-venv.sh)
-#   7. stops the guard and InvokeAI by PID (also on failure or Ctrl-C)
+#   7. tests/e2e/models.py: model access and quotas through a second guard started with the groups file
+#      tests/e2e/models-groups.toml (tiny models installed through InvokeAI's own install API; MODELS=0 skips it)
+#   8. stops the guards and InvokeAI by PID (also on failure or Ctrl-C)
 # --direct skips the guard and runs the matrix and the socket suite against InvokeAI itself (shows what the guard
 # must close; expected to fail); before the matrix it runs tests/e2e/differentials.py (how Starlette itself reads
 # ambiguous multipart bodies: evidence printed to differentials.out, never a failure).
@@ -20,9 +22,11 @@
 # Env: GUARD_BIN (default target/release/invoke-guard), ROUTES (default routes.toml),
 #      E2E_RUN_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/invoke-guard/run), MATRIX_ARGS (extra
 #      arguments for matrix.py, e.g. "-v" or "-k 'bob:*'"), SOCKETS_ARGS (extra arguments for sockets.py,
-#      e.g. "-v"), SOCKETS=0 (skip the socket suite; it runs by default), GUARD_READY_TIMEOUT (default 30 s).
+#      e.g. "-v"), SOCKETS=0 (skip the socket suite; it runs by default), MODELS=0 (skip the model suite),
+#      MODELS_ARGS (e.g. "-v"), GUARD_READY_TIMEOUT (default 30 s).
 # Per-version logs and the reports stay in the run dir: server.log, guard.log, manifest.json,
-# matrix-report.json, matrix.out, sockets-report.json, sockets.out, sockets/sockets-frames.jsonl.
+# matrix-report.json, matrix.out, sockets-report.json, sockets.out, sockets/sockets-frames.jsonl, models-guard.log,
+# models.out, models-report.json, models/ (the model files).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -110,7 +114,8 @@ for V in "${VERSIONS[@]}"; do
   mkdir -p "$RUNDIR"
   rm -rf "$RUNDIR/guard" "$RUNDIR/manifest.json" "$RUNDIR/matrix-report.json" "$RUNDIR/guard.log" \
     "$RUNDIR/differentials.out" "$RUNDIR/differentials.json" "$RUNDIR/sockets" "$RUNDIR/sockets.out" \
-    "$RUNDIR/sockets-report.json"
+    "$RUNDIR/sockets-report.json" "$RUNDIR/models" "$RUNDIR/models.out" "$RUNDIR/models-report.json" \
+    "$RUNDIR/models-guard.log" "$RUNDIR/models-guard"
   UPORT="$(free_port)"
   t=$(date +%s.%N)
   run_child "$INV/start.sh" "$V" "$UPORT" "$ROOT" > "$RUNDIR/start.out" \
@@ -186,6 +191,32 @@ for V in "${VERSIONS[@]}"; do
     t_sockets=$(secs "$t")
     [[ $rc == 0 ]] || overall=1
     SUMMARY+=("$V sockets: $(tail -1 "$RUNDIR/sockets.out" 2>/dev/null || echo "sockets.py produced no result (exit $rc)") (${t_sockets}s)")
+  fi
+  if [[ "${MODELS:-1}" == 1 && $DIRECT == 0 ]]; then
+    # Model access and quotas: a guard of its own with the suite's groups file, on the same server (the matrix's
+    # guard is stopped first; the suite creates its own users and models).
+    stop_processes
+    MPORT="$(free_port)"
+    MAPORT="$(free_port)"
+    mkdir -p "$RUNDIR/models-guard"
+    ( cd "$REPO" && exec "$GUARD_BIN" serve --listen "127.0.0.1:$MPORT" --upstream "http://127.0.0.1:$UPORT" \
+      --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/models-guard/ledger.db" \
+      --groups "$E2E/models-groups.toml" --admin-listen "127.0.0.1:$MAPORT" > "$RUNDIR/models-guard.log" 2>&1 < /dev/null ) &
+    GUARD_PID=$!
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    until [[ "$(http_status "http://127.0.0.1:$MAPORT/readyz")" == 200 ]]; do
+      kill -0 "$GUARD_PID" 2>/dev/null || { tail -30 "$RUNDIR/models-guard.log" >&2; die "the models guard exited"; }
+      (( $(date +%s) <= deadline )) || die "models guard not ready after ${READY_TIMEOUT}s"
+      sleep 0.2
+    done
+    t=$(date +%s.%N)
+    rc=0
+    run_child "$PY" "$E2E/models.py" --base "http://127.0.0.1:$MPORT" --upstream "http://127.0.0.1:$UPORT" \
+      --manifest "$RUNDIR/manifest.json" --db "$ROOT/databases/invokeai.db" --workdir "$RUNDIR/models" \
+      --report "$RUNDIR/models-report.json" --out "$RUNDIR/models.out" ${MODELS_ARGS:-} || rc=$?
+    t_models=$(secs "$t")
+    [[ $rc == 0 ]] || overall=1
+    SUMMARY+=("$V models: $(tail -1 "$RUNDIR/models.out" 2>/dev/null || echo "models.py produced no result (exit $rc)") (${t_models}s)")
   fi
   cleanup || true
 done

@@ -15,7 +15,11 @@
 #      uploads into the new board, creates/saves/reopens/edits a workflow, opens the Settings and About dialogs and,
 #      in guard mode, checks as bob (through the guard) that none of what alice made is visible to him. The UI
 #      differences between 6.12, 6.13 and 6.14 are a small table in flow.mjs (UI, XFAIL, EXPECTED_STRICTER).
-#   5. stops the guard and InvokeAI by PID on every exit path
+#   5. models.mjs (MODELS=0 skips it): a guard started with models-groups.toml; tiny models installed through
+#      InvokeAI's own install API (models_setup.py); as dana (interns): the main model and LoRA pickers offer her
+#      models and not the restricted ones, the batch the UI builds is accepted, and over her quota the UI's error
+#      toast shows the guard's message (the UI-built batch is kept as webui-enqueue.json)
+#   6. stops the guard and InvokeAI by PID on every exit path
 # The last line is `PASS n/N leaks=L false_denies=F` (or FAIL ...); exit status 0 only on PASS.
 # A guard denial (401/403/404 with a JSON {"detail"} body and an outcome=deny decision-log line) counts as a
 # false deny unless InvokeAI itself refused the same (normalized) request in the baseline run, or refuses it when
@@ -211,12 +215,46 @@ if [[ $rc_guard != 0 && -f "$RUNDIR/shots/guard-99-error.png" ]]; then
   log "the page when the guard flow stopped: $ARTIFACTS/browser-failure-$V.png"
 fi
 
+# ---------------------------------------------------------------- model access and quotas in the UI
+# A guard of its own with models-groups.toml; dana (interns) may not use SDXL or the detail LoRA and may have one
+# item queued (tiny models installed through InvokeAI's own install API; the processor paused: nothing runs).
+models_final=""
+t_models=0
+if [[ "${MODELS:-1}" == 1 ]]; then
+  t=$(date +%s.%N)
+  stop_processes
+  run_child "$PY" "$HERE/models_setup.py" --base "$UPSTREAM" --manifest "$RUNDIR/manifest.json" \
+    --workdir "$RUNDIR/models" --out "$RUNDIR/models-setup.json" >&2 || die "models_setup.py failed on InvokeAI $V"
+  MPORT="$(free_port)"
+  MAPORT="$(free_port)"
+  mkdir -p "$RUNDIR/models-guard"
+  ( cd "$REPO" && INVOKE_GUARD_LOG=info exec "$GUARD_BIN" serve --listen "127.0.0.1:$MPORT" --upstream "$UPSTREAM" \
+      --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/models-guard/ledger.db" \
+      --groups "$HERE/models-groups.toml" --admin-listen "127.0.0.1:$MAPORT" > "$RUNDIR/models-guard.log" 2>&1 < /dev/null ) &
+  GUARD_PID=$!
+  deadline=$(( $(date +%s) + READY_TIMEOUT ))
+  until [[ "$(http_status "http://127.0.0.1:$MAPORT/readyz")" == 200 ]]; do
+    kill -0 "$GUARD_PID" 2>/dev/null || { tail -30 "$RUNDIR/models-guard.log" >&2; die "the models guard exited"; }
+    (( $(date +%s) <= deadline )) || die "models guard not ready after ${READY_TIMEOUT}s"
+    sleep 0.2
+  done
+  rc_models=0
+  run_child node "$HERE/models.mjs" --base "http://127.0.0.1:$MPORT" --setup "$RUNDIR/models-setup.json" --version "$V" \
+    --out "$RUNDIR/models-report.json" --shots "$RUNDIR/shots" --log "$RUNDIR/models-flow.out" \
+    --batch-out "$RUNDIR/webui-enqueue.json" --chromium "$CHROMIUM" >&2 || rc_models=$?
+  run_child "$PY" "$HERE/models_setup.py" --base "$UPSTREAM" --manifest "$RUNDIR/manifest.json" --teardown >&2 || true
+  models_final="$(grep -E '^(PASS|FAIL) [0-9]+/[0-9]+ ' "$RUNDIR/models-flow.out" | tail -1 || true)"
+  [[ -n "$models_final" ]] || models_final="FAIL 0/1 leaks=? false_denies=? (models.mjs printed no result; rc=$rc_models)"
+  t_models=$(secs "$t")
+fi
+
 cleanup || true
 log "timings: install ${t_install}s, InvokeAI start ${t_start}s, seed ${t_setup}s, guard ${t_guard}s," \
-    "browser direct ${t_direct}s, browser guard ${t_flow}s, total $(secs "$T_ALL")s"
+    "browser direct ${t_direct}s, browser guard ${t_flow}s, models ${t_models}s, total $(secs "$T_ALL")s"
 log "logs: $ROOT/server.log $RUNDIR/guard.log; reports: $RUNDIR/{direct,guard}-report.json; artifact: $ARTIFACTS/gallery-$V.png"
 final="$(grep -E '^(PASS|FAIL) [0-9]+/[0-9]+ ' "$RUNDIR/guard-flow.out" | tail -1 || true)"
 [[ -n "$final" ]] || final="FAIL 0/1 leaks=? false_denies=? (the guard flow printed no result; rc=$rc_guard)"
 if [[ $rc_direct != 0 && "$final" == PASS* ]]; then final="FAIL${final#PASS} (baseline against InvokeAI itself failed)"; fi
 echo "$final"
-[[ $rc_guard == 0 && $rc_direct == 0 && "$final" == PASS* ]]
+[[ -z "$models_final" ]] || echo "$models_final"
+[[ $rc_guard == 0 && $rc_direct == 0 && "$final" == PASS* && ( -z "$models_final" || "$models_final" == PASS* ) ]]
