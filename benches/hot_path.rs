@@ -329,7 +329,7 @@ fn bench_policy(c: &mut Criterion) {
         let src = FactSource {
             facts: &facts,
             ledger: &ledger,
-            trace_args: false,
+            keep_all: false,
             enforce: true,
         };
         let first = rt.block_on(policy::decide(rule, &data, Some(who), src));

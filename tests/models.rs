@@ -1695,3 +1695,44 @@ async fn batches_captured_from_each_versions_web_ui_are_judged_by_their_models()
         );
     }
 }
+
+/// A candidate route table evaluated beside the enforced one runs the same quota check without
+/// the caller's reservation: an enqueue is answered (never waits on its own request's lock), and
+/// the candidate's verdict is compared, while the enforced quota still counts.
+#[tokio::test]
+async fn a_candidate_table_never_waits_on_the_enforced_quota_reservation() {
+    let s = Setup::new(GROUPS);
+    let bob = s.uid("bob");
+    add_queue_items(&s.db.path, &bob, "pending", 3, 5);
+    let up = mock(Some(Arc::new(enqueued_answer))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(&candidate, shipped_routes()).unwrap();
+    let g = s
+        .guard_with(
+            &up.url(),
+            &format!("candidate_routes = {:?}", candidate.display().to_string()),
+        )
+        .await;
+    let two = web_ui_batch("k-main-sd15", &[], None, 2);
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        send(
+            "POST",
+            &g.url(ENQUEUE),
+            Some(&s.token("bob")),
+            Some(two.clone()),
+        ),
+    )
+    .await
+    .expect("the enqueue was answered (no deadlock between the two tables' quota checks)");
+    assert_eq!(answered.status, 200);
+    add_queue_items(&s.db.path, &bob, "pending", 2, 0);
+    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(two)).await;
+    assert_eq!(r.status, 429, "the enforced quota still refuses");
+    let metrics = invoke_guard::metrics::render();
+    assert!(
+        !metrics.contains("invoke_guard_candidate_differences_total{"),
+        "the same table answers the same: {metrics}"
+    );
+}

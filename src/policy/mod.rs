@@ -137,9 +137,9 @@ impl RequestData {
 pub struct FactSource<'a> {
     pub facts: &'a Facts,
     pub ledger: &'a Ledger,
-    /// Keep every check's arguments in its trace (`explain`): `serve` logs only the deciding
-    /// check's facts, so it does not format arguments no line shows.
-    pub trace_args: bool,
+    /// Keep everything every check read (`explain`: arguments, and the facts of checks that
+    /// held). `serve` logs only the deciding check's facts, so it formats nothing else.
+    pub keep_all: bool,
     /// The enforced decision of `serve`: only it takes quota reservations and counts refusals
     /// (`explain` and the candidate table compute the same verdict without either).
     pub enforce: bool,
@@ -234,7 +234,7 @@ async fn evaluate(
     for arg in &check.args {
         match resolve(arg, data) {
             Ok(v) => {
-                if src.trace_args {
+                if src.keep_all {
                     trace.args.push(arg_trace(arg, &v));
                 }
                 values.push(v);

@@ -320,7 +320,8 @@ async fn image(
     facts: &mut Vec<String>,
 ) -> Outcome {
     let img = src.facts.image(id).await?;
-    media_check(access, img, me, Media::Image, (id, shown), facts)
+    let notes = Notes::new(facts, src.keep_all);
+    media_check(access, img, me, Media::Image, (id, shown), notes)
 }
 
 async fn video(
@@ -332,13 +333,36 @@ async fn video(
     facts: &mut Vec<String>,
 ) -> Outcome {
     let vid = src.facts.video(id).await?;
-    media_check(access, vid, me, Media::Video, (id, shown), facts)
+    let notes = Notes::new(facts, src.keep_all);
+    media_check(access, vid, me, Media::Video, (id, shown), notes)
 }
 
 /// A media predicate decided on a fact already read (per-item list filters): the same rules as
 /// [`check`] without the trace; `None` (unknown) is refused.
 pub(super) fn media_permits(access: Access, fact: Option<ImageFact>, me: &str) -> bool {
-    media_check(access, fact, me, Media::Image, ("", ""), &mut Vec::new()).is_ok()
+    let mut none = Vec::new();
+    media_check(
+        access,
+        fact,
+        me,
+        Media::Image,
+        ("", ""),
+        Notes::new(&mut none, false),
+    )
+    .is_ok()
+}
+
+/// Where a check writes the facts it read, and whether the facts of a check that held are kept
+/// (`explain`) or only a refusal's (`serve`: the decision log shows the deciding check's).
+struct Notes<'a> {
+    facts: &'a mut Vec<String>,
+    keep_held: bool,
+}
+
+impl<'a> Notes<'a> {
+    fn new(facts: &'a mut Vec<String>, keep_held: bool) -> Self {
+        Notes { facts, keep_held }
+    }
 }
 
 /// Images and videos: the same checks, their own words.
@@ -375,8 +399,9 @@ fn media_check(
     me: &str,
     media: Media,
     (id, shown): (&str, &str),
-    facts: &mut Vec<String>,
+    notes: Notes<'_>,
 ) -> Outcome {
+    let facts = notes.facts;
     let kind = media.noun();
     let denied = || forbidden(format!("Not authorized to access {kind} {id}"));
     let Some(img) = fact else {
@@ -394,14 +419,6 @@ fn media_check(
             | Access::BoardWriteOwner => denied(),
         });
     };
-    facts.push(format!(
-        "{kind} {shown}: owner={} board={}",
-        img.owner,
-        img.board.as_ref().map_or("none".to_owned(), |b| format!(
-            "{} (owner={} visibility={:?})",
-            b.board_id, b.owner, b.visibility
-        ))
-    ));
     let allowed = match access {
         Access::Read => image_readable(&img, me),
         Access::Write => image_writable(&img, me),
@@ -411,6 +428,19 @@ fn media_check(
         Access::WriteOwner => img.owner == me || img.board.as_ref().is_some_and(|b| b.owner == me),
         Access::BoardWriteOwner => img.board.as_ref().is_none_or(|b| b.owner == me),
     };
+    // The fact that decided, written only where it is read: a refusal's (the decision log) or
+    // every check's under `explain` (formatting it for an allow nobody reads is most of a check's
+    // cost).
+    if !allowed || notes.keep_held {
+        facts.push(format!(
+            "{kind} {shown}: owner={} board={}",
+            img.owner,
+            img.board.as_ref().map_or("none".to_owned(), |b| format!(
+                "{} (owner={} visibility={:?})",
+                b.board_id, b.owner, b.visibility
+            ))
+        ));
+    }
     if allowed {
         Ok(())
     } else {

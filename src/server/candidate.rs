@@ -173,7 +173,7 @@ async fn decide<'t>(
     let src = FactSource {
         facts: env.facts,
         ledger: env.ledger,
-        trace_args: env.explain,
+        keep_all: env.explain,
         enforce: false,
     };
     let verdict = policy::decide(rule, &data, principal.as_deref(), src).await;

@@ -161,7 +161,7 @@ async fn request_steps(
     let src = FactSource {
         facts: env.facts,
         ledger: env.ledger,
-        trace_args: env.explain,
+        keep_all: env.explain,
         enforce: !env.explain,
     };
     ctx.verdict = policy::decide(rule, &ctx.data, ctx.principal.as_ref(), src).await;
