@@ -282,7 +282,7 @@ impl CheckResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckTrace {
     /// The check as written in routes.toml.
-    pub check: String,
+    pub check: std::sync::Arc<str>,
     pub predicate: Predicate,
     pub args: Vec<ArgTrace>,
     /// The facts that decided it (owners, visibility, admin flag, ledger entries).

@@ -274,7 +274,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let target = invoke_guard::http::canonical::canonicalize("/api/v1/fuzz", None).unwrap();
     let data = invoke_guard::policy::RequestData {
-        path,
+        path: path.into_iter().collect(),
         ..Default::default()
     };
     let ctx = FilterContext {

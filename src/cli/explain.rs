@@ -148,7 +148,7 @@ impl Explanation {
                 "user_id": id, "email": email, "is_admin": admin,
             })),
             "checks": self.verdict.checks.iter().map(|c| json!({
-                "check": c.check,
+                "check": &*c.check,
                 "predicate": c.predicate.name(),
                 "args": c.args.iter().map(|a| json!({"selector": a.selector, "value": a.value})).collect::<Vec<_>>(),
                 "facts": c.facts,

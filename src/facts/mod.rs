@@ -11,10 +11,14 @@
 //!   else about the request is part of a fact, so one resource's fact cannot answer for another.
 //! - **Fail closed**: any database error, a missing file or a replaced file is a [`FactsError`];
 //!   callers turn it into 503, never into an allow.
-//! - The JWT secret, read on every request, is kept beside the cache in one slot under the same
-//!   rules (tagged with its generation and the cache's time to live; never served while the
-//!   database is unavailable): a rotated secret is seen at the next generation
-//!   (`tests/faults.rs` `jwt_secret_rotated_refuses_old_tokens_at_once`).
+//! - The JWT secret and the user rows, read on every request, are kept beside the cache (one slot,
+//!   and a bounded map of rows by user id, cleared whole when full) under the same rules: tagged
+//!   with the generation their read started under and the cache's time to live, never served
+//!   while the database is unavailable. A rotated secret, a deactivated, demoted or re-epoched
+//!   user are seen at the next generation (`tests/faults.rs`
+//!   `jwt_secret_rotated_refuses_old_tokens_at_once`; `tests/identity.rs`
+//!   `verified_cache_a_deactivated_user_is_refused_on_the_next_request`,
+//!   `verified_cache_a_demoted_admin_loses_admin_routes_with_the_same_token`).
 
 pub mod db;
 pub mod ledger;
@@ -259,6 +263,11 @@ struct Shared {
     changes: tokio::sync::watch::Sender<u64>,
     /// The JWT secret as last read: (generation, when, secret).
     secret: arc_swap::ArcSwapOption<(u64, std::time::Instant, Arc<str>)>,
+    /// User rows as last read: user id → (generation, when, row). SipHash (the default): an
+    /// admin's request may name any user id.
+    users: std::sync::Mutex<
+        std::collections::HashMap<String, (u64, std::time::Instant, Option<UserFact>)>,
+    >,
     /// The cache's time to live (the secret slot's too).
     ttl: Duration,
 }
@@ -293,6 +302,7 @@ impl Facts {
             stop: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(1),
             secret: arc_swap::ArcSwapOption::const_empty(),
+            users: std::sync::Mutex::default(),
             ttl: config.cache_ttl,
         });
         let cache = Cache::builder()
@@ -423,7 +433,28 @@ impl Facts {
 
     /// A user row.
     pub async fn user(&self, user_id: &str) -> Result<Option<UserFact>, FactsError> {
-        self.fetch(FactKey::User(user_id.to_owned())).await
+        const MAX_ROWS: usize = 4096;
+        let current = self.generation();
+        if self.is_available() {
+            let users = self.shared.users.lock().expect("user rows lock");
+            if let Some((generation, at, row)) = users.get(user_id) {
+                if *generation == current && at.elapsed() < self.shared.ttl {
+                    return Ok(row.clone());
+                }
+            }
+        }
+        let row: Option<UserFact> = self.fetch(FactKey::User(user_id.to_owned())).await?;
+        let mut users = self.shared.users.lock().expect("user rows lock");
+        if users.len() >= MAX_ROWS {
+            users.clear();
+        }
+        // Tagged with the generation read before the fetch: a change racing it only makes the
+        // row look stale.
+        users.insert(
+            user_id.to_owned(),
+            (current, std::time::Instant::now(), row.clone()),
+        );
+        Ok(row)
     }
 
     /// An image with its board.

@@ -77,7 +77,7 @@ pub fn active(
     filter: ResponseFilter,
     principal: Option<&Principal>,
     schema: &Schema,
-    path: &std::collections::HashMap<String, String>,
+    path: &crate::policy::PathParams,
     access: Option<&crate::rules::access::Access>,
 ) -> bool {
     let info = filter.info();

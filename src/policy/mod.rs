@@ -33,11 +33,48 @@ use crate::rules::{Arg, Check, Rule, Selector, Source, Step};
 pub use accounts::lax_bool;
 pub use resources::Access;
 
+/// Path parameters of the matched rule, decoded once. A rule binds a handful: a list searched by
+/// name costs less than hashing them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PathParams(Vec<(String, String)>);
+
+impl PathParams {
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Set `name` (replacing a value it had).
+    pub fn insert(&mut self, name: String, value: String) {
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl FromIterator<(String, String)> for PathParams {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut params = PathParams::default();
+        for (k, v) in iter {
+            params.insert(k, v);
+        }
+        params
+    }
+}
+
 /// Request data the checks read.
 #[derive(Debug, Default)]
 pub struct RequestData {
     /// Path parameters, percent-decoded once.
-    pub path: HashMap<String, String>,
+    pub path: PathParams,
     /// The parsed query.
     pub query: crate::http::canonical::Query,
     /// The JSON body (only what the rule reads), when the rule reads `body.*`.

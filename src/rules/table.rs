@@ -9,7 +9,7 @@
 //! - Every check names a registered predicate with the right number of arguments, and every
 //!   `path.X` selector is bound by the rule's own template.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -127,7 +127,8 @@ pub struct Check {
     pub args: Vec<Arg>,
     /// `… unless upstream.CAPABILITY`: skip the check where the upstream enforces it itself.
     pub unless_upstream: Option<Capability>,
-    pub text: String,
+    /// As written (shared with every trace of it: no copy per request).
+    pub text: std::sync::Arc<str>,
     /// The groups file's access sections, bound at compile time for predicates that read them
     /// (`PredicateInfo::access`); `None` for every other check.
     pub access: Option<std::sync::Arc<crate::rules::access::Access>>,
@@ -228,7 +229,8 @@ pub enum Lookup<'t> {
 /// The compiled table.
 pub struct RouteTable {
     rules: Vec<Rule>,
-    routers: HashMap<Method, matchit::Router<usize>>,
+    /// One router per method (at most seven: a list compares methods faster than it hashes them).
+    routers: Vec<(Method, matchit::Router<usize>)>,
     /// The file says a reload may cover fewer endpoints than the table it replaces.
     allow_coverage_loss: bool,
     /// SHA-256 of the file's text, lower-case hex (what `sha256sum` prints).
@@ -336,12 +338,18 @@ impl RouteTable {
             rules.push(rule);
         }
         check_overlaps(&rules).map_err(|(i, m)| err(rules[i].line, Some(&rules[i].id), m))?;
-        let mut routers: HashMap<Method, matchit::Router<usize>> = HashMap::new();
+        let mut routers: Vec<(Method, matchit::Router<usize>)> = Vec::new();
         for (index, rule) in rules.iter().enumerate() {
             for method in &rule.methods {
-                routers
-                    .entry(method.clone())
-                    .or_default()
+                let at = match routers.iter().position(|(m, _)| m == method) {
+                    Some(at) => at,
+                    None => {
+                        routers.push((method.clone(), matchit::Router::new()));
+                        routers.len() - 1
+                    }
+                };
+                routers[at]
+                    .1
                     .insert(rule.path.clone(), index)
                     .map_err(|e| err(rule.line, Some(&rule.id), format!("path: {e}")))?;
             }
@@ -383,7 +391,7 @@ impl RouteTable {
 
     /// Look up a canonical path.
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let Some(router) = self.routers.get(method) else {
+        let Some((_, router)) = self.routers.iter().find(|(m, _)| m == method) else {
             return Lookup::NotFound;
         };
         if let Ok(found) = router.at(path) {
@@ -776,7 +784,7 @@ fn parse_check(full: &str, params: &[String], groups: &Groups) -> Result<Check, 
         predicate,
         args,
         unless_upstream,
-        text: full.to_owned(),
+        text: full.into(),
         access: predicate.info().access.then(|| groups.access().clone()),
     })
 }
@@ -949,7 +957,7 @@ mod tests {
             &groups,
         )
         .unwrap();
-        let names: Vec<&str> = r.any_of.iter().map(|c| c.text.as_str()).collect();
+        let names: Vec<&str> = r.any_of.iter().map(|c| &*c.text).collect();
         assert_eq!(
             names,
             [
