@@ -265,12 +265,13 @@ struct Shared {
     secret: arc_swap::ArcSwapOption<(u64, std::time::Instant, Arc<str>)>,
     /// User rows as last read: user id → (generation, when, row). SipHash (the default): an
     /// admin's request may name any user id.
-    users: std::sync::Mutex<
-        std::collections::HashMap<String, (u64, std::time::Instant, Option<UserFact>)>,
-    >,
+    users: std::sync::Mutex<std::collections::HashMap<String, RowSlot>>,
     /// The cache's time to live (the secret slot's too).
     ttl: Duration,
 }
+
+/// A user row as last read: (generation, when, row).
+type RowSlot = (u64, std::time::Instant, Option<UserFact>);
 
 /// The fact source: cached, fresh, read-only.
 #[derive(Clone)]
