@@ -159,16 +159,28 @@ fn text(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
         out.push(b'=');
         text_value(out, value, MAX_VALUE_BYTES);
     };
+    // Values the guard itself spells, in a closed alphabet: written as they are.
+    let word = |out: &mut Vec<u8>, key: &str, value: &str| {
+        debug_assert!(bare(value.as_bytes()), "{key}={value:?}");
+        out.push(b' ');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
+    };
     field(out, "request_id", l.request_id);
-    field(out, "client", l.client);
-    field(out, "rule_id", l.rule_id);
+    // An IP address in text: hex digits, dots and colons.
+    word(out, "client", l.client);
+    // A rule id: [a-z0-9_.-], checked when the table is compiled.
+    word(out, "rule_id", l.rule_id);
     field(out, "user_id", l.user_id.unwrap_or("-"));
     field(out, "email", l.email.unwrap_or("-"));
-    field(out, "method", l.method);
+    // An HTTP method: token characters (hyper refuses anything else).
+    word(out, "method", l.method);
     field(out, "path", l.path);
-    field(out, "outcome", l.outcome);
-    field(out, "reason", l.reason);
-    field(out, "check", l.check);
+    // Fixed labels of the crate.
+    word(out, "outcome", l.outcome);
+    word(out, "reason", l.reason);
+    word(out, "check", l.check);
     out.extend_from_slice(b" facts=\"");
     for_each_fact(l.facts, |part| match part {
         Part::Separator => out.extend_from_slice(b"; "),

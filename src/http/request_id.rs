@@ -49,7 +49,13 @@ fn hex(out: &mut [u8], mut v: u64) {
 /// Decide the request's id and set it on `headers` (replacing what the client sent unless the
 /// peer is trusted and sent a usable one); returns it.
 pub fn assign(headers: &mut HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> HeaderValue {
-    // Log correlation spoofing: only a trusted proxy chooses the id its lines are filed under.
+    // Log correlation spoofing: only a trusted proxy chooses the id its lines are filed under
+    // (an untrusted peer's is not even looked at).
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        let id = make();
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
+        return id;
+    }
     let mut sent = headers.get_all(&X_REQUEST_ID).iter();
     let kept = match (sent.next(), sent.next()) {
         (Some(v), None)

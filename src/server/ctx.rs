@@ -94,6 +94,8 @@ pub struct RequestCtx {
     pub body: Option<bytes::Bytes>,
     /// The candidate table's answer for this request, when one is configured.
     pub candidate: Option<super::candidate::Candidate>,
+    /// The session cookie the request carried, kept when its headers went upstream.
+    pub request_session: Option<String>,
 }
 
 impl RequestCtx {
@@ -120,6 +122,7 @@ impl RequestCtx {
             raw_path: None,
             body: None,
             candidate: None,
+            request_session: None,
         }
     }
 
@@ -155,10 +158,12 @@ impl RequestCtx {
             secret: self.secret.as_deref(),
             target,
             data: &self.data,
-            request_session: self
-                .head
-                .as_ref()
-                .and_then(|h| crate::identity::cookie(&h.headers, SESSION_COOKIE)),
+            request_session: match &self.head {
+                // Its headers went upstream: the cookie was kept before.
+                Some(h) if h.headers.is_empty() => self.request_session.clone(),
+                Some(h) => crate::identity::cookie(&h.headers, SESSION_COOKIE),
+                None => None,
+            },
             reshape: self.plan.as_ref().and_then(|p| p.reshape.as_ref()),
             intent: self.intent,
             facts: env.facts,

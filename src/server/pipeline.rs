@@ -398,7 +398,18 @@ async fn forward(
             })
             .collect();
     }
-    let req = upstream_request(ctx, Leg::Main, body, state, conn);
+    // The client's headers go upstream in place (the response phase reads none but the session
+    // cookie, kept before).
+    ctx.request_session = ctx
+        .head
+        .as_ref()
+        .and_then(|h| identity::cookie(&h.headers, SESSION_COOKIE));
+    let client_headers = ctx
+        .head
+        .as_mut()
+        .map(|h| std::mem::take(&mut h.headers))
+        .unwrap_or_default();
+    let req = upstream_request(ctx, Leg::Main, body, client_headers, state, conn);
     let sent = state.upstream.send(req).await;
     for ticket in ctx.tickets.drain(..) {
         state.correlations.end(ticket);
@@ -444,6 +455,7 @@ pub fn upstream_request(
     ctx: &RequestCtx,
     leg: Leg,
     body: Body,
+    client_headers: http::HeaderMap,
     state: &AppState,
     conn: &ConnInfo,
 ) -> Request<Body> {
@@ -476,14 +488,25 @@ pub fn upstream_request(
             CONTENT_ENCODING,
         ],
     };
-    let mut headers = headers::forwardable(&parts.headers, drop);
+    // Read from the client's headers before they are stripped: its Host, a trusted proxy's
+    // forwarding values, its own Authorization (reused when it is exactly what is sent).
+    let host = headers::client_host(&client_headers, &parts.uri);
+    let forwarded = headers::forwarded(
+        &client_headers,
+        &conn.client,
+        &state.trusted_proxies,
+        host.as_deref(),
+    );
+    let authorization = match (ctx.principal.as_ref(), ctx.secret.as_deref()) {
+        (Some(p), Some(secret)) => upstream_authorization(p, secret, &client_headers),
+        _ => None,
+    };
+    let mut headers = headers::into_forwardable(client_headers, drop);
     if headers.contains_key(http::header::COOKIE) {
         headers::remove_cookies(&mut headers, &[MEDIA_COOKIE, SESSION_COOKIE]);
     }
-    if let (Some(p), Some(secret)) = (ctx.principal.as_ref(), ctx.secret.as_deref()) {
-        if let Some(v) = upstream_authorization(p, secret, &parts.headers) {
-            headers.insert(AUTHORIZATION, v);
-        }
+    if let Some(v) = authorization {
+        headers.insert(AUTHORIZATION, v);
     }
     let body = match guard_body {
         Some(bytes) => {
@@ -495,14 +518,7 @@ pub fn upstream_request(
         }
         None => body,
     };
-    let host = headers::client_host(&parts.headers, &parts.uri);
-    headers::set_forwarded(
-        &mut headers,
-        &parts.headers,
-        &conn.client,
-        &state.trusted_proxies,
-        host.as_deref(),
-    );
+    forwarded.set(&mut headers);
     if !headers.contains_key(HOST) {
         if let Some(v) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             headers.insert(HOST, v);
@@ -544,7 +560,19 @@ async fn run_prelude(
     state: &AppState,
     conn: &ConnInfo,
 ) -> Result<(), Response<Body>> {
-    let req = upstream_request(ctx, Leg::Prelude, decision::empty(), state, conn);
+    let client_headers = ctx
+        .head
+        .as_ref()
+        .map(|h| h.headers.clone())
+        .unwrap_or_default();
+    let req = upstream_request(
+        ctx,
+        Leg::Prelude,
+        decision::empty(),
+        client_headers,
+        state,
+        conn,
+    );
     let res = match state.upstream.send(req).await {
         Ok(res) => res,
         Err(refusal) => return Err(refuse_late(ctx, refusal, Outcome::UpstreamFailed)),
