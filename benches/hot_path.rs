@@ -295,11 +295,7 @@ fn bench_policy(c: &mut Criterion) {
         rule.id
     );
     let data = RequestData {
-        path: found
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), canonical::decode_param(v)))
-            .collect(),
+        path: found.params,
         ..RequestData::default()
     };
     let db = copy_db();

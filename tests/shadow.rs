@@ -437,49 +437,31 @@ async fn a_candidate_table_is_compared_never_enforced() {
     let line2 = "invoke_guard_candidate_differences_total{rule_id=\"images.get\",enforced=\"403\",candidate=\"forward\"} 2";
     assert!(metrics.contains(line2), "{metrics}");
     // explain shows both verdicts.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("INVOKE_GUARD_LOG", "warn")
-        .args([
-            "explain",
-            "GET",
-            &format!("/api/v1/images/i/{image}"),
-            "--as",
-            "bob@example.com",
-            "--json",
-            "--db",
-        ])
-        .arg(&db.path)
-        .arg("--set")
-        .arg(format!(
-            "candidate_routes={}",
-            dir.path().join("good.toml").display()
-        ))
-        .output()
-        .unwrap();
-    // (good.toml does not exist: explain names the file it cannot read)
-    assert!(!out.status.success());
-    std::fs::write(dir.path().join("good.toml"), &candidate).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("INVOKE_GUARD_LOG", "warn")
-        .args([
-            "explain",
-            "GET",
-            &format!("/api/v1/images/i/{image}"),
-            "--as",
-            "bob@example.com",
-            "--json",
-            "--db",
-        ])
-        .arg(&db.path)
-        .arg("--set")
-        .arg(format!(
-            "candidate_routes={}",
-            dir.path().join("good.toml").display()
-        ))
-        .output()
-        .unwrap();
+    let good = dir.path().join("good.toml");
+    let explain = || {
+        let target = format!("/api/v1/images/i/{image}");
+        std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("INVOKE_GUARD_LOG", "warn")
+            .args([
+                "explain",
+                "GET",
+                &target,
+                "--as",
+                "bob@example.com",
+                "--json",
+                "--db",
+            ])
+            .arg(&db.path)
+            .arg("--set")
+            .arg(format!("candidate_routes={}", good.display()))
+            .output()
+            .unwrap()
+    };
+    // (good.toml does not exist yet: explain names the file it cannot read)
+    assert!(!explain().status.success());
+    std::fs::write(&good, &candidate).unwrap();
+    let out = explain();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(v["status"], 403);

@@ -180,7 +180,8 @@ pub enum FactKey {
 enum Fact {
     Secret(Option<Arc<str>>),
     User(Option<UserFact>),
-    Image(Option<ImageFact>),
+    /// Shared: a hit hands out the cached fact, not a copy of its strings.
+    Image(Option<Arc<ImageFact>>),
     Board(Option<BoardFact>),
     Workflow(Option<WorkflowFact>),
     QueueItem(Option<QueueItemFact>),
@@ -194,8 +195,8 @@ fn read(key: &FactKey, c: &rusqlite::Connection, s: &Schema) -> rusqlite::Result
     Ok(match key {
         FactKey::JwtSecret => Fact::Secret(db::jwt_secret(c)?.map(Arc::from)),
         FactKey::User(id) => Fact::User(db::user(c, s, id)?),
-        FactKey::Image(name) => Fact::Image(db::image(c, s, name)?),
-        FactKey::Video(name) => Fact::Image(db::video(c, s, name)?),
+        FactKey::Image(name) => Fact::Image(db::image(c, s, name)?.map(Arc::new)),
+        FactKey::Video(name) => Fact::Image(db::video(c, s, name)?.map(Arc::new)),
         FactKey::Board(id) => Fact::Board(db::board(c, s, id)?),
         FactKey::Workflow(id) => Fact::Workflow(db::workflow(c, s, id)?),
         FactKey::QueueItem(id) => Fact::QueueItem(db::queue_item(c, s, *id)?),
@@ -226,7 +227,7 @@ macro_rules! from_fact {
 from_fact! {
     Secret => Option<Arc<str>>,
     User => Option<UserFact>,
-    Image => Option<ImageFact>,
+    Image => Option<Arc<ImageFact>>,
     Board => Option<BoardFact>,
     Workflow => Option<WorkflowFact>,
     QueueItem => Option<QueueItemFact>,
@@ -459,7 +460,7 @@ impl Facts {
     }
 
     /// An image with its board.
-    pub async fn image(&self, name: &str) -> Result<Option<ImageFact>, FactsError> {
+    pub async fn image(&self, name: &str) -> Result<Option<Arc<ImageFact>>, FactsError> {
         self.fetch(FactKey::Image(name.to_owned())).await
     }
 
@@ -475,7 +476,7 @@ impl Facts {
     }
 
     /// A video with its board (absent before main).
-    pub async fn video(&self, name: &str) -> Result<Option<ImageFact>, FactsError> {
+    pub async fn video(&self, name: &str) -> Result<Option<Arc<ImageFact>>, FactsError> {
         if !self.schema().has_videos {
             return Ok(None);
         }

@@ -115,11 +115,7 @@ pub(super) async fn usable_model_keys(
     let Value::Array(keys) = json else {
         return Err(shape("model key list"));
     };
-    let catalog = ctx
-        .facts
-        .models()
-        .await
-        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let catalog = ctx.facts.models().await?;
     keys.retain(|k| {
         k.as_str()
             .and_then(|k| catalog.get(k))
@@ -138,11 +134,7 @@ pub(super) async fn usable_starter_models(
     let Some((rules, c)) = restricting(ctx) else {
         return Ok(false);
     };
-    let catalog = ctx
-        .facts
-        .models()
-        .await
-        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let catalog = ctx.facts.models().await?;
     let keep = |entry: &Value| -> bool {
         if entry.get("is_installed").and_then(Value::as_bool) != Some(true) {
             return true;

@@ -248,10 +248,10 @@ async fn writable_names(input: &FilterContext<'_>) -> Result<Option<Rewrite>, Re
             Refusal::Unprocessable("image_names: Input should be a valid string".into())
         })?;
     // One read decides the whole batch.
-    let mut facts = input.facts.images(listed.clone()).await?;
+    let facts = input.facts.images(listed.clone()).await?;
     let keep: Vec<String> = listed
         .into_iter()
-        .filter(|n| policy::media_permits(Access::Write, facts.remove(n), me))
+        .filter(|n| policy::media_permits(Access::Write, facts.get(n), me))
         .collect();
     if keep.len() == names.len() {
         return Ok(None);
@@ -462,7 +462,7 @@ async fn readable_images(json: &mut Value, ctx: &FilterContext<'_>) -> Result<bo
             .get("image_name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        policy::media_permits(Access::Read, facts.get(name).cloned(), principal)
+        policy::media_permits(Access::Read, facts.get(name), principal)
     });
     Ok(true)
 }

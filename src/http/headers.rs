@@ -219,9 +219,10 @@ pub fn forwarded(
     let peer_trusted = trusted.iter().any(|net| net.contains(&conn.peer));
     // A client's own values count only from a trusted proxy (untrusted: not even looked up).
     let prior = |name: &HeaderName| {
-        incoming
-            .get(name)
-            .filter(|v| peer_trusted && v.to_str().is_ok())
+        peer_trusted
+            .then(|| incoming.get(name))
+            .flatten()
+            .filter(|v| v.to_str().is_ok())
     };
     let xff = match prior(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer)).ok(),

@@ -30,45 +30,9 @@ use crate::identity::Principal;
 use crate::rules::vocab::{AdminRule, Batch, Model, Predicate};
 use crate::rules::{Arg, Check, Rule, Selector, Source, Step};
 
+pub use crate::rules::PathParams;
 pub use accounts::lax_bool;
 pub use resources::Access;
-
-/// Path parameters of the matched rule, decoded once. A rule binds a handful: a list searched by
-/// name costs less than hashing them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PathParams(Vec<(String, String)>);
-
-impl PathParams {
-    pub fn get(&self, name: &str) -> Option<&String> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
-    /// Set `name` (replacing a value it had).
-    pub fn insert(&mut self, name: String, value: String) {
-        match self.0.iter_mut().find(|(k, _)| *k == name) {
-            Some((_, v)) => *v = value,
-            None => self.0.push((name, value)),
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-}
-
-impl FromIterator<(String, String)> for PathParams {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        let mut params = PathParams::default();
-        for (k, v) in iter {
-            params.insert(k, v);
-        }
-        params
-    }
-}
 
 /// Request data the checks read.
 #[derive(Debug, Default)]
@@ -203,7 +167,7 @@ pub fn admin_route_denial(rule: &Rule, principal: Option<&Principal>) -> Option<
 /// Admins pass (resource checks).
 pub fn media_permits(
     access: Access,
-    fact: Option<crate::facts::ImageFact>,
+    fact: Option<&crate::facts::ImageFact>,
     principal: &Principal,
 ) -> bool {
     principal.is_admin || resources::media_permits(access, fact, &principal.user_id)

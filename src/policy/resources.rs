@@ -321,7 +321,7 @@ async fn image(
 ) -> Outcome {
     let img = src.facts.image(id).await?;
     let notes = Notes::new(facts, src.keep_all);
-    media_check(access, img, me, Media::Image, (id, shown), notes)
+    media_check(access, img.as_deref(), me, Media::Image, (id, shown), notes)
 }
 
 async fn video(
@@ -334,12 +334,12 @@ async fn video(
 ) -> Outcome {
     let vid = src.facts.video(id).await?;
     let notes = Notes::new(facts, src.keep_all);
-    media_check(access, vid, me, Media::Video, (id, shown), notes)
+    media_check(access, vid.as_deref(), me, Media::Video, (id, shown), notes)
 }
 
 /// A media predicate decided on a fact already read (per-item list filters): the same rules as
 /// [`check`] without the trace; `None` (unknown) is refused.
-pub(super) fn media_permits(access: Access, fact: Option<ImageFact>, me: &str) -> bool {
+pub(super) fn media_permits(access: Access, fact: Option<&ImageFact>, me: &str) -> bool {
     let mut none = Vec::new();
     media_check(
         access,
@@ -395,7 +395,7 @@ impl Media {
 /// `(id, shown)`: the media name, and how it may appear in the facts.
 fn media_check(
     access: Access,
-    fact: Option<ImageFact>,
+    fact: Option<&ImageFact>,
     me: &str,
     media: Media,
     (id, shown): (&str, &str),
@@ -420,8 +420,8 @@ fn media_check(
         });
     };
     let allowed = match access {
-        Access::Read => image_readable(&img, me),
-        Access::Write => image_writable(&img, me),
+        Access::Read => image_readable(img, me),
+        Access::Write => image_writable(img, me),
         Access::Own => img.owner == me,
         // No board, nothing to guard.
         Access::BoardWrite => img.board.as_ref().is_none_or(|b| board_writable(b, me)),

@@ -207,14 +207,52 @@ impl Rule {
     }
 }
 
+/// Path parameters of the matched rule, decoded once. A rule binds a handful: a list searched by
+/// name costs less than hashing them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PathParams(Vec<(String, String)>);
+
+impl PathParams {
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Set `name` (replacing a value it had).
+    pub fn insert(&mut self, name: String, value: String) {
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl FromIterator<(String, String)> for PathParams {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut params = PathParams::default();
+        for (k, v) in iter {
+            params.insert(k, v);
+        }
+        params
+    }
+}
+
 /// A successful lookup.
 #[derive(Debug)]
 pub struct RouteMatch<'t> {
     pub rule: &'t Rule,
     /// The rule's index in [`RouteTable::rules`].
     pub index: usize,
-    /// Path parameters, raw (still percent-encoded as in the canonical path).
-    pub params: Vec<(String, String)>,
+    /// Path parameters, percent-decoded once (canonical paths keep only escapes that mean
+    /// something: `%2F`-style separators are refused before matching).
+    pub params: PathParams,
 }
 
 /// The result of looking a request up.
@@ -398,7 +436,7 @@ impl RouteTable {
             let params = found
                 .params
                 .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .map(|(k, v)| (k.to_owned(), crate::http::canonical::decode_param(v)))
                 .collect();
             return Lookup::Found(RouteMatch {
                 rule: &self.rules[*found.value],

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use super::ctx::{Env, RequestCtx};
 use super::pipeline::{identity_refusal, Step};
 use crate::decision::{CheckResult, Refusal};
-use crate::http::canonical;
 use crate::identity::{self, Principal};
 use crate::policy::{self, FactSource, RequestData};
 use crate::rules::{Auth, BodyNeed, Lookup, RouteTable, Rule};
@@ -144,11 +143,7 @@ async fn decide<'t>(
         return Err((Some(rule), refusal, "auth"));
     }
     let mut data = RequestData {
-        path: found
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), canonical::decode_param(v)))
-            .collect(),
+        path: found.params,
         query: ctx.data.query.clone(),
         ..RequestData::default()
     };

@@ -229,11 +229,7 @@ fn route(ctx: &mut RequestCtx, method: &Method) -> Result<Option<String>, Refusa
     let target = ctx.target.as_ref().expect("accepted target");
     match ctx.table.lookup(method, &target.path) {
         Lookup::Found(m) => {
-            ctx.data.path = m
-                .params
-                .iter()
-                .map(|(k, v)| (k.clone(), canonical::decode_param(v)))
-                .collect();
+            ctx.data.path = m.params;
             ctx.data.query = target.params.clone();
             ctx.rule = Some(m.index);
             Ok(None)
@@ -478,15 +474,10 @@ pub fn upstream_request(
     // The guard's own JSON body has its own length (hyper sets it) and no encoding.
     let reads = plan.reads_response || leg == Leg::Prelude;
     let drop: &[HeaderName] = match (reads, guard_body.is_some()) {
-        (false, false) => &[AUTHORIZATION],
-        (true, false) => &[AUTHORIZATION, ACCEPT_ENCODING],
-        (false, true) => &[AUTHORIZATION, CONTENT_LENGTH, CONTENT_ENCODING],
-        (true, true) => &[
-            AUTHORIZATION,
-            ACCEPT_ENCODING,
-            CONTENT_LENGTH,
-            CONTENT_ENCODING,
-        ],
+        (false, false) => &[],
+        (true, false) => &[ACCEPT_ENCODING],
+        (false, true) => &[CONTENT_LENGTH, CONTENT_ENCODING],
+        (true, true) => &[ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_ENCODING],
     };
     // Read from the client's headers before they are stripped: its Host, a trusted proxy's
     // forwarding values, its own Authorization (reused when it is exactly what is sent).
@@ -499,14 +490,21 @@ pub fn upstream_request(
     );
     let authorization = match (ctx.principal.as_ref(), ctx.secret.as_deref()) {
         (Some(p), Some(secret)) => upstream_authorization(p, secret, &client_headers),
-        _ => None,
+        _ => Credential::None,
     };
     let mut headers = headers::into_forwardable(client_headers, drop);
     if headers.contains_key(http::header::COOKIE) {
         headers::remove_cookies(&mut headers, &[MEDIA_COOKIE, SESSION_COOKIE]);
     }
-    if let Some(v) = authorization {
-        headers.insert(AUTHORIZATION, v);
+    match authorization {
+        // The presented value is exactly the one to send: it stays where it is.
+        Credential::Presented => {}
+        Credential::Minted(v) => {
+            headers.insert(AUTHORIZATION, v);
+        }
+        Credential::None => {
+            headers.remove(AUTHORIZATION);
+        }
     }
     let body = match guard_body {
         Some(bytes) => {
@@ -531,14 +529,24 @@ pub fn upstream_request(
     req
 }
 
+/// The `Authorization` a request is sent upstream with.
+enum Credential {
+    /// The client's own value, exactly `Bearer <token>` with a current `is_admin` claim.
+    Presented,
+    /// The token re-minted (a stale `is_admin` claim), or the caller's token from a cookie.
+    Minted(HeaderValue),
+    /// No caller: whatever the client sent is removed.
+    None,
+}
+
 /// The caller's credential for the upstream: the token re-minted when its `is_admin` claim is
-/// stale, else the caller's own; the presented `Authorization` value is reused when it is
-/// exactly `Bearer <that token>` (nothing to format or validate again).
+/// stale, else the caller's own; the presented `Authorization` value stays when it is exactly
+/// `Bearer <that token>` (nothing to format, validate or move).
 fn upstream_authorization(
     p: &crate::identity::Principal,
     secret: &str,
     presented: &http::HeaderMap,
-) -> Option<HeaderValue> {
+) -> Credential {
     if p.via == crate::identity::TokenSource::Bearer && !p.is_admin_claim_stale() {
         if let Some(v) = presented.get(AUTHORIZATION) {
             let bytes = v.as_bytes();
@@ -546,11 +554,15 @@ fn upstream_authorization(
                 && bytes.starts_with(b"Bearer ")
                 && &bytes[7..] == p.token.as_bytes()
             {
-                return Some(v.clone());
+                return Credential::Presented;
             }
         }
     }
-    HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))).ok()
+    match HeaderValue::from_str(&format!("Bearer {}", p.upstream_token(secret))) {
+        Ok(v) => Credential::Minted(v),
+        // Never forward what the client presented instead.
+        Err(_) => Credential::None,
+    }
 }
 
 /// Send the plan's prelude and take its JSON answer into the plan's reshape. Anything but a
