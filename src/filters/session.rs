@@ -18,6 +18,9 @@ enum PasswordChange {
     Reset,
 }
 
+/// InvokeAI's refreshed token header (a constant name: no parse per response).
+const X_REFRESHED_TOKEN: http::HeaderName = http::HeaderName::from_static("x-refreshed-token");
+
 /// A session filter on a 2xx answer's head (login reads the body: see [`login_session`]).
 pub(super) async fn apply_headers(filter: Session, parts: &mut Parts, ctx: &FilterContext<'_>) {
     match filter {
@@ -51,7 +54,7 @@ pub fn session_cookie(token: Option<&str>, max_age: u64, tls: bool) -> Option<He
 
 /// Re-mint or drop `X-Refreshed-Token`; keep the session cookie in step with it.
 pub fn refreshed_token(parts: &mut Parts, ctx: &FilterContext<'_>) {
-    let Some(raw) = parts.headers.remove("x-refreshed-token") else {
+    let Some(raw) = parts.headers.remove(X_REFRESHED_TOKEN) else {
         return;
     };
     let (Some(principal), Some(secret)) = (ctx.principal, ctx.secret) else {
@@ -68,7 +71,7 @@ pub fn refreshed_token(parts: &mut Parts, ctx: &FilterContext<'_>) {
     let Ok(value) = HeaderValue::from_str(&token) else {
         return;
     };
-    parts.headers.insert("x-refreshed-token", value);
+    parts.headers.insert(X_REFRESHED_TOKEN, value);
     if ctx.request_session.is_some() {
         let max_age = identity::verify(&token, secret)
             .map(|(_, exp)| exp)
@@ -138,7 +141,7 @@ async fn revoke_after_password_change(
         claims.insert("is_admin".into(), Value::Bool(me.is_admin));
         let fresh = identity::with_issue_time(&claims, secret);
         if let Ok(v) = HeaderValue::from_str(&fresh) {
-            parts.headers.insert("x-refreshed-token", v);
+            parts.headers.insert(X_REFRESHED_TOKEN, v);
         }
         if ctx.request_session.is_some() {
             if let Some(c) = session_cookie(Some(&fresh), me.remaining_secs(), ctx.tls) {

@@ -524,7 +524,18 @@ pub fn upstream_request(
     }
     let mut req = Request::new(body);
     *req.method_mut() = method;
-    *req.uri_mut() = state.upstream.uri_for(target);
+    // The canonical target goes upstream. When the client's own origin-form target is it byte
+    // for byte (the common case), its already parsed URI is reused.
+    let same = planned.is_none()
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path() == target.path
+        && parts.uri.query() == target.query.as_deref();
+    *req.uri_mut() = if same {
+        parts.uri.clone()
+    } else {
+        state.upstream.uri_for(target)
+    };
     *req.headers_mut() = headers;
     req
 }
