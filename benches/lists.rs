@@ -104,6 +104,7 @@ fn world(rt: &tokio::runtime::Runtime) -> World {
         is_admin: false,
         token: String::new(),
         claims: std::sync::Arc::new(Map::new()),
+        admin_claim: None,
         exp: 0,
         via: TokenSource::Bearer,
     };

@@ -1,8 +1,8 @@
 //! The decision log: one fixed-shape line per request, written without tracing's formatter.
 //!
 //! A [`DecisionLine`] borrows every field from the request's context; [`emit`] formats it into
-//! a reused per-thread buffer (text: hand-written `key=value` pairs; JSON: one `serde_json`
-//! call) and hands the bytes to the sink [`install`]ed by `serve` (the writer thread of
+//! a reused per-thread buffer (text: `key=value` pairs; JSON: tracing-subscriber's line shape;
+//! both written by hand, field by field) and hands the bytes to the sink [`install`]ed by `serve` (the writer thread of
 //! [`crate::logwriter`]). Whether a line is written is still the log filter's decision
 //! (`log.level` / `INVOKE_GUARD_LOG`), asked per line class with `tracing::enabled!`:
 //! - [`ALLOW_TARGET`] (`invoke_guard::decision::allow`): outcomes `allow`, `redirect`, `socket`;
@@ -18,7 +18,7 @@
 //!   bidirectional controls become `\n`, `\t`, `\u{…}`, quotes and backslashes are escaped, and
 //!   a value with anything but plain visible ASCII is quoted. A value can therefore never end the
 //!   line or start a `key=` of its own (log injection, CWE-117; Trojan Source, CVE-2021-42574).
-//!   The JSON format escapes through `serde_json`.
+//!   The JSON format escapes `"`, `\` and every C0 control, as `serde_json` does.
 //! - **Bounded.** Every value is cut at [`MAX_VALUE_BYTES`] (on a character boundary) and marked
 //!   `...[truncated N bytes]`; the facts at [`MAX_FACT_BYTES`] each and [`MAX_FACTS`] in all, so
 //!   a line is a few KiB at most whatever the request carried.
@@ -29,8 +29,6 @@
 use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::SystemTime;
-
-use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// The target of lines whose request was forwarded as asked (`allow`, `redirect`, `socket`).
 pub const ALLOW_TARGET: &str = "invoke_guard::decision::allow";
@@ -140,11 +138,7 @@ pub fn emit(line: &DecisionLine<'_>) {
 pub fn format_line(out: &mut Vec<u8>, format: Format, line: &DecisionLine<'_>, now: SystemTime) {
     match format {
         Format::Text => text(out, line, now),
-        Format::Json => {
-            // Writing into a Vec cannot fail, and every value serializes.
-            let _ = serde_json::to_writer(&mut *out, &JsonLine { line, now });
-            out.push(b'\n');
-        }
+        Format::Json => json(out, line, now),
     }
 }
 
@@ -389,99 +383,106 @@ fn for_each_fact<'a>(facts: &'a [String], mut f: impl FnMut(Part<'a>)) {
 
 // === JSON ===
 
-struct JsonLine<'a, 'b> {
-    line: &'b DecisionLine<'a>,
-    now: SystemTime,
+/// `{"timestamp":…,"level":"INFO","target":…,"fields":{…}}`: the shape of tracing-subscriber's
+/// JSON lines, written field by field (the keys are fixed; every string value goes through
+/// [`json_escape`]).
+fn json(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
+    // Values the guard itself spells (a closed alphabet, as in the text format: an IP address,
+    // a rule id, a method, fixed labels) are written as they are; each constant piece closes
+    // the previous value and opens the next.
+    let word = |out: &mut Vec<u8>, piece: &[u8], value: &str| {
+        debug_assert!(bare(value.as_bytes()), "{value:?}");
+        out.extend_from_slice(piece);
+        out.extend_from_slice(value.as_bytes());
+    };
+    let field = |out: &mut Vec<u8>, piece: &[u8], value: &str| {
+        out.extend_from_slice(piece);
+        json_capped(out, value, MAX_VALUE_BYTES);
+    };
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, now);
+    word(out, b"\",\"level\":\"INFO\",\"target\":\"", l.target());
+    field(out, b"\",\"fields\":{\"request_id\":\"", l.request_id);
+    word(out, b"\",\"client\":\"", l.client);
+    word(out, b"\",\"rule_id\":\"", l.rule_id);
+    field(out, b"\",\"user_id\":\"", l.user_id.unwrap_or("-"));
+    field(out, b"\",\"email\":\"", l.email.unwrap_or("-"));
+    word(out, b"\",\"method\":\"", l.method);
+    field(out, b"\",\"path\":\"", l.path);
+    word(out, b"\",\"outcome\":\"", l.outcome);
+    word(out, b"\",\"reason\":\"", l.reason);
+    word(out, b"\",\"check\":\"", l.check);
+    out.extend_from_slice(b"\",\"facts\":\"");
+    for_each_fact(l.facts, |part| match part {
+        Part::Separator => out.extend_from_slice(b"; "),
+        Part::Fact(f) => json_capped(out, f, MAX_FACT_BYTES),
+        Part::More(n) => {
+            let _ = write!(out, "...[{n} more facts]");
+        }
+    });
+    field(out, b"\",\"detail\":\"", l.detail);
+    out.extend_from_slice(b"\",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
+    out.extend_from_slice(b",\"micros\":");
+    out.extend_from_slice(itoa::Buffer::new().format(l.micros).as_bytes());
+    out.extend_from_slice(b"}}\n");
 }
 
-/// A string value, capped and marked like the text format's.
-struct Capped<'a>(&'a str, usize);
-
-impl Serialize for Capped<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (value, cut) = cap(self.0, self.1);
-        if cut == 0 {
-            s.serialize_str(value)
-        } else {
-            s.collect_str(&format_args!("{value}...[truncated {cut} bytes]"))
-        }
+/// `value` (capped and marked like the text format's) escaped for the inside of a JSON string.
+fn json_capped(out: &mut Vec<u8>, value: &str, max: usize) {
+    let (value, cut) = cap(value, max);
+    json_escape(out, value);
+    if cut > 0 {
+        let _ = write!(out, "...[truncated {cut} bytes]");
     }
 }
 
-/// The facts, joined as in the text format, streamed into one JSON string.
-struct Facts<'a>(&'a [String]);
-
-impl std::fmt::Display for Facts<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut result = Ok(());
-        for_each_fact(self.0, |part| {
-            if result.is_err() {
-                return;
+/// The inside of a JSON string (RFC 8259 section 7): `"`, `\` and the C0 controls escaped, the
+/// rest (valid UTF-8, as `value` is a `str`) copied in runs. What `serde_json` writes.
+fn json_escape(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    loop {
+        i += json_run(&bytes[i..]);
+        let Some(&b) = bytes.get(i) else { break };
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
             }
-            result = match part {
-                Part::Separator => f.write_str("; "),
-                Part::Fact(fact) => {
-                    let (value, cut) = cap(fact, MAX_FACT_BYTES);
-                    f.write_str(value).and_then(|()| match cut {
-                        0 => Ok(()),
-                        n => write!(f, "...[truncated {n} bytes]"),
-                    })
-                }
-                Part::More(n) => write!(f, "...[{n} more facts]"),
-            };
-        });
-        result
-    }
-}
-
-impl Serialize for Facts<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_empty() {
-            s.serialize_str("")
-        } else {
-            s.collect_str(self)
         }
+        i += 1;
+        start = i;
     }
+    out.extend_from_slice(&bytes[start..]);
 }
 
-struct Fields<'a, 'b>(&'b DecisionLine<'a>);
-
-impl Serialize for Fields<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let l = self.0;
-        fn v(x: &str) -> Capped<'_> {
-            Capped(x, MAX_VALUE_BYTES)
+/// The length of the leading run of bytes a JSON string holds as they are: anything but `"`,
+/// `\` and the C0 controls. Eight bytes at a time.
+fn json_run(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if any_below(w, 0x20) || any_eq(w, b'"') || any_eq(w, b'\\') {
+            break;
         }
-        let mut m = s.serialize_map(Some(14))?;
-        m.serialize_entry("request_id", &v(l.request_id))?;
-        m.serialize_entry("client", &l.client)?;
-        m.serialize_entry("rule_id", &v(l.rule_id))?;
-        m.serialize_entry("user_id", &v(l.user_id.unwrap_or("-")))?;
-        m.serialize_entry("email", &v(l.email.unwrap_or("-")))?;
-        m.serialize_entry("method", &v(l.method))?;
-        m.serialize_entry("path", &v(l.path))?;
-        m.serialize_entry("outcome", &v(l.outcome))?;
-        m.serialize_entry("reason", &v(l.reason))?;
-        m.serialize_entry("check", &v(l.check))?;
-        m.serialize_entry("facts", &Facts(l.facts))?;
-        m.serialize_entry("detail", &v(l.detail))?;
-        m.serialize_entry("status", &l.status)?;
-        m.serialize_entry("micros", &l.micros)?;
-        m.end()
+        i += 8;
     }
-}
-
-impl Serialize for JsonLine<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(4))?;
-        let mut stamp = Vec::with_capacity(27);
-        timestamp(&mut stamp, self.now);
-        m.serialize_entry("timestamp", std::str::from_utf8(&stamp).unwrap_or_default())?;
-        m.serialize_entry("level", "INFO")?;
-        m.serialize_entry("target", self.line.target())?;
-        m.serialize_entry("fields", &Fields(self.line))?;
-        m.end()
+    while i < bytes.len() && bytes[i] >= 0x20 && !matches!(bytes[i], b'"' | b'\\') {
+        i += 1;
     }
+    i
 }
 
 #[cfg(test)]
@@ -669,6 +670,38 @@ mod fast_scan_tests {
                     assert_eq!(bare(&v), v.iter().all(|&x| bare_byte(x)), "{len} {pos} {b}");
                 }
             }
+        }
+    }
+
+    /// The JSON scan agrees with its byte rule, and escaped strings read back (with
+    /// `serde_json`) as the original, byte for byte.
+    #[test]
+    fn json_strings_read_back_as_written() {
+        let plain = |b: u8| b >= 0x20 && !matches!(b, b'"' | b'\\');
+        for len in [1usize, 7, 8, 9, 16, 17] {
+            for pos in 0..len {
+                for b in 0u8..=255 {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = b;
+                    let want_run = v.iter().position(|&x| !plain(x)).unwrap_or(len);
+                    assert_eq!(json_run(&v), want_run, "len {len} pos {pos} byte {b}");
+                }
+            }
+        }
+        let mut every_char: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        every_char.push_str("\u{202e}\u{10ffff}\"\\ end");
+        for value in [
+            every_char.as_str(),
+            "",
+            "\u{0}",
+            "a\"b\\c\n\r\t\u{8}\u{c}\u{1f}\u{7f}é",
+        ] {
+            let mut out = b"\"".to_vec();
+            json_escape(&mut out, value);
+            out.push(b'"');
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, value);
+            assert!(!out[1..out.len() - 1].iter().any(|&b| b < 0x20));
         }
     }
 

@@ -59,6 +59,8 @@ pub struct Principal {
     pub token: String,
     /// The presented token's claims (shared with the verified-token cache).
     pub claims: Arc<Map<String, Value>>,
+    /// The token's `is_admin` claim (read once when the token verified).
+    pub admin_claim: Option<bool>,
     /// Seconds since the epoch at which the token expires.
     pub exp: u64,
     /// Where the token came from.
@@ -159,8 +161,34 @@ struct Keys {
     verified: Mutex<HashMap<Box<str>, Verified, foldhash::fast::RandomState>>,
 }
 
-/// A token's claims and `exp`, as verified.
-type Verified = (Arc<Map<String, Value>>, u64);
+/// A token as verified: its claims, and the ones every request reads, decoded once.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Arc<Map<String, Value>>,
+    pub exp: u64,
+    /// `user_id` (a string: checked when the token verified).
+    pub user_id: Arc<str>,
+    /// `token_epoch`: absent counts as 0; `None` when it is not an integer.
+    pub token_epoch: Option<i64>,
+    /// `is_admin` (a boolean: checked when the token verified).
+    pub admin_claim: Option<bool>,
+}
+
+impl Verified {
+    fn new(claims: Map<String, Value>, exp: u64) -> Self {
+        Verified {
+            user_id: claims
+                .get("user_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            token_epoch: claims.get("token_epoch").map_or(Some(0), Value::as_i64),
+            admin_claim: claims.get("is_admin").and_then(Value::as_bool),
+            claims: Arc::new(claims),
+            exp,
+        }
+    }
+}
 
 static KEYS: ArcSwapOption<Keys> = ArcSwapOption::const_empty();
 
@@ -186,7 +214,7 @@ impl Keys {
 
 /// Verify a token's signature and expiry; returns its claims.
 pub fn verify(token: &str, secret: &str) -> Result<(Map<String, Value>, u64), IdentityError> {
-    verify_shared(token, secret).map(|(claims, exp)| (Arc::unwrap_or_clone(claims), exp))
+    verify_shared(token, secret).map(|v| (Arc::unwrap_or_clone(v.claims), v.exp))
 }
 
 /// [`verify`], answered from the secret's verified-token cache when the exact token verified
@@ -202,24 +230,24 @@ fn verify_with(token: &str, keys: &Keys) -> Result<Verified, IdentityError> {
         .expect("verified-token cache lock")
         .get(token)
         .cloned();
-    let (claims, exp) = match cached {
+    let verified = match cached {
         Some(hit) => hit,
         None => {
             let (claims, exp) = verify_uncached(token, keys)?;
-            let claims = Arc::new(claims);
+            let verified = Verified::new(claims, exp);
             let mut cache = keys.verified.lock().expect("verified-token cache lock");
             if cache.len() >= VERIFIED_MAX {
                 cache.clear();
             }
-            cache.insert(token.into(), (claims.clone(), exp));
-            (claims, exp)
+            cache.insert(token.into(), verified.clone());
+            verified
         }
     };
     // InvokeAI treats `now >= exp` as expired.
-    if now() >= exp {
+    if now() >= verified.exp {
         return Err(IdentityError::Invalid);
     }
-    Ok((claims, exp))
+    Ok(verified)
 }
 
 /// Signature, algorithm and claim types (everything but the clock).
@@ -271,35 +299,35 @@ pub async fn identify_with(
     ledger: &Ledger,
 ) -> Result<Principal, IdentityError> {
     let (token, via) = presented_token(headers, accept_cookie)?.ok_or(IdentityError::Missing)?;
-    let (claims, exp) = verify_shared(&token, secret)?;
-    let user_id = claims["user_id"].as_str().unwrap_or_default().to_owned();
+    let verified = verify_shared(&token, secret)?;
+    let user_id = &*verified.user_id;
     // The `system` account owns legacy content and must never act as a caller.
     if user_id == "system" || user_id.is_empty() {
         return Err(IdentityError::Invalid);
     }
-    let row = facts.user(&user_id).await?.ok_or(IdentityError::Inactive)?;
+    let row = facts.user(user_id).await?.ok_or(IdentityError::Inactive)?;
     if !row.is_active {
         return Err(IdentityError::Inactive);
     }
     // Revocation: a password change bumps the row's epoch and kills older tokens (main).
     if facts.schema().has_token_epoch {
-        let claimed = claims.get("token_epoch").map_or(Some(0), Value::as_i64);
-        if claimed != Some(row.token_epoch) {
+        if verified.token_epoch != Some(row.token_epoch) {
             return Err(IdentityError::Invalid);
         }
-    } else if let Some(revoked_before) = ledger.revoked_before(&user_id) {
+    } else if let Some(revoked_before) = ledger.revoked_before(user_id) {
         // No epochs upstream (6.12/6.13, hole 7): the guard's own revocation record.
-        if issued_at(&claims, exp) < revoked_before {
+        if issued_at(&verified.claims, verified.exp) < revoked_before {
             return Err(IdentityError::Invalid);
         }
     }
     Ok(Principal {
-        user_id,
+        user_id: user_id.to_owned(),
         email: row.email,
         is_admin: row.is_admin,
         token,
-        claims,
-        exp,
+        admin_claim: verified.admin_claim,
+        claims: verified.claims,
+        exp: verified.exp,
         via,
     })
 }
@@ -328,7 +356,7 @@ impl Principal {
     /// Whether the token's `is_admin` claim differs from the user row (6.12/6.13 trust the
     /// claim: the token sent upstream is then re-minted).
     pub fn is_admin_claim_stale(&self) -> bool {
-        self.claims.get("is_admin").and_then(Value::as_bool) != Some(self.is_admin)
+        self.admin_claim != Some(self.is_admin)
     }
 
     /// The token to send upstream: the presented one when its `is_admin` claim is current,
@@ -391,7 +419,7 @@ mod tests {
             .unwrap()
             .get_mut(token.as_str())
             .expect("cached after a success")
-            .1 = now();
+            .exp = now();
         assert!(matches!(
             verify_with(&token, &keys),
             Err(IdentityError::Invalid)

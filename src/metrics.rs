@@ -290,7 +290,8 @@ pub fn decision(
     seconds: f64,
 ) {
     DECISION_HANDLES.with_borrow_mut(|handles| {
-        let by_rule = handles.entry((decision, check, reason)).or_default();
+        let key = [label_key(decision), label_key(check), label_key(reason)];
+        let by_rule = handles.entry(key).or_default();
         if let Some(counter) = by_rule.get(rule_id) {
             counter.inc();
             return;
@@ -316,11 +317,21 @@ pub fn decision(
 /// a handle is counting in the family. Bounded like the labels: fixed label sets times the
 /// rule ids seen. Hashed with foldhash, not SipHash: the keys are the guard's own label
 /// strings and the route table's rule ids, never a client's bytes (no flooding to resist).
+///
+/// The label triple is keyed by the strings' addresses and lengths (no string hashing or
+/// comparison): the labels are `'static` constants, so a (address, length) pair names one text;
+/// two equal labels at different addresses only make two handles of the same family counter
+/// (`get_or_create` returns one counter per label set).
 type DecisionHandles = std::collections::HashMap<
-    (&'static str, &'static str, &'static str),
+    [(usize, usize); 3],
     std::collections::HashMap<String, Counter, foldhash::fast::RandomState>,
     foldhash::fast::RandomState,
 >;
+
+/// A `'static` label's key in [`DecisionHandles`]: its address and length.
+fn label_key(label: &'static str) -> (usize, usize) {
+    (label.as_ptr() as usize, label.len())
+}
 
 thread_local! {
     static DECISION_HANDLES: std::cell::RefCell<DecisionHandles> = Default::default();

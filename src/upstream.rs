@@ -76,7 +76,8 @@ struct Pool {
 }
 
 struct Conns {
-    /// Each with the time it became idle, or an earlier one (never a later one).
+    /// Each with the time it must not be handed out after: `idle_timeout` after it became idle,
+    /// or earlier (never later). A deadline, so a checkout is one comparison with the clock.
     idle: Vec<(http1::SendRequest<Body>, Instant)>,
     /// Each with the time it was handed its last request, and whether a sweep already found it
     /// still busy.
@@ -90,14 +91,15 @@ impl Conns {
     /// Their idle time is counted from the last sweep when that sweep found them busy, else from
     /// their last request: never less than they have really been idle, so a connection idle for
     /// `idle_timeout` is never handed out.
-    fn sweep(&mut self, now: Instant) {
+    fn sweep(&mut self, now: Instant, idle_timeout: Duration) {
         let mut i = 0;
         while i < self.busy.len() {
             let (tx, sent, seen_busy) = &mut self.busy[i];
             if tx.is_ready() {
                 let since = if *seen_busy { self.swept } else { *sent };
                 let (tx, _, _) = self.busy.swap_remove(i);
-                self.idle.push((tx, since));
+                self.idle
+                    .push((tx, since.checked_add(idle_timeout).unwrap_or(since)));
             } else if tx.is_closed() {
                 self.busy.swap_remove(i);
             } else {
@@ -114,8 +116,8 @@ impl Pool {
     fn checkout(&self, now: Instant) -> Option<http1::SendRequest<Body>> {
         let mut conns = self.conns.lock().expect("upstream pool lock");
         for pass in 0..2 {
-            while let Some((tx, since)) = conns.idle.pop() {
-                if tx.is_ready() && now.duration_since(since) < self.idle_timeout {
+            while let Some((tx, until)) = conns.idle.pop() {
+                if tx.is_ready() && now < until {
                     return Some(tx);
                 }
                 // Closed, or idle too long (the upstream may be closing it): dropped.
@@ -123,7 +125,7 @@ impl Pool {
             // Only when no idle one is left: look at the busy ones (amortized, each busy
             // connection is looked at once per use when the pool runs dry).
             if pass == 0 {
-                conns.sweep(now);
+                conns.sweep(now, self.idle_timeout);
             }
         }
         None
@@ -141,11 +143,10 @@ impl Pool {
     fn reap(&self) {
         let mut conns = self.conns.lock().expect("upstream pool lock");
         let now = Instant::now();
-        conns.sweep(now);
-        let timeout = self.idle_timeout;
+        conns.sweep(now, self.idle_timeout);
         conns
             .idle
-            .retain(|(tx, since)| !tx.is_closed() && now.duration_since(*since) < timeout);
+            .retain(|(tx, until)| !tx.is_closed() && now < *until);
     }
 
     /// Start the reaper (once, on the first request: it needs the runtime). It holds the pool

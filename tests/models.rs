@@ -1314,6 +1314,7 @@ async fn socket_events_about_a_restricted_model_do_not_reach_its_user() {
         is_admin: s.m["users"][who]["is_admin"].as_bool().unwrap(),
         token: String::new(),
         claims: Arc::default(),
+        admin_claim: None,
         exp: 0,
         via: invoke_guard::identity::TokenSource::Bearer,
     };

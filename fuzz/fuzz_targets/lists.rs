@@ -253,6 +253,7 @@ fuzz_target!(|data: &[u8]| {
         is_admin: *is_admin,
         token: String::new(),
         claims: std::sync::Arc::new(Map::new()),
+        admin_claim: None,
         exp: u64::MAX,
         via: TokenSource::Bearer,
     };

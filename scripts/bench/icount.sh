@@ -35,7 +35,8 @@
 #                          (captured, byte for byte, by a recording origin; not under valgrind)
 # Knobs: SMALL=300 LARGE=1500 WARM=50 TOP=25 ONLY="origin passthrough nginx allow deny"
 #   SKIP_BUILD=0 KEEP=0 (1: keep the work dir with the raw callgrind files) GUARD=path (another
-#   guard binary, e.g. one built from main, measured as allow/deny) GUARD_LOG=info OUT=dir
+#   guard binary, e.g. one built from main, measured as allow/deny) GUARD_LOG=info
+#   GUARD_LOG_FORMAT=text (or json) OUT=dir
 # Needs: cargo, curl, python3; installs valgrind and nginx-light with apt-get when missing (root).
 set -euo pipefail
 
@@ -47,6 +48,7 @@ ONLY=${ONLY:-origin passthrough nginx allow deny}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
 GUARD_LOG=${GUARD_LOG:-info}
+GUARD_LOG_FORMAT=${GUARD_LOG_FORMAT:-text}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -58,6 +60,7 @@ MANIFEST=$ROOT/tests/fixtures/$FIXTURE.json
 
 log() { printf '[icount] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+[[ $GUARD_LOG_FORMAT == text || $GUARD_LOG_FORMAT == json ]] || die "GUARD_LOG_FORMAT: text or json"
 ((LARGE > SMALL)) || die "LARGE ($LARGE) must be larger than SMALL ($SMALL)"
 
 # === processes: every one we start is recorded and stopped on every exit path ===
@@ -213,7 +216,7 @@ start_proxy() {
     PIDS+=("$PROXY_PID")
 }
 # The guard's defaults, except that SIGTERM need not wait the 5 s readiness delay.
-printf '[limits]\nshutdown_delay_ms = 0\n' >"$WORK/guard.toml"
+printf '[limits]\nshutdown_delay_ms = 0\n\n[log]\nformat = "%s"\n' "$GUARD_LOG_FORMAT" >"$WORK/guard.toml"
 
 declare -A WANT HDR
 WANT=([origin]=200 [passthrough]=200 [nginx]=200 [allow]=200 [deny]=403)

@@ -262,16 +262,17 @@ struct Shared {
     stop: AtomicBool,
     /// The generation, published for long-lived connections to select on (no polling loops).
     changes: tokio::sync::watch::Sender<u64>,
-    /// The JWT secret as last read: (generation, when, secret).
+    /// The JWT secret as last read: (generation, valid until (read + ttl), secret).
     secret: arc_swap::ArcSwapOption<(u64, std::time::Instant, Arc<str>)>,
-    /// User rows as last read: user id → (generation, when, row). SipHash (the default): an
+    /// User rows as last read: user id → (generation, valid until (read + ttl), row). SipHash (the default): an
     /// admin's request may name any user id.
     users: std::sync::Mutex<std::collections::HashMap<String, RowSlot>>,
     /// The cache's time to live (the secret slot's too).
     ttl: Duration,
 }
 
-/// A user row as last read: (generation, when, row).
+/// A user row as last read: (generation, valid until, row). A deadline, not the read time: the
+/// check per request is then one comparison with the clock (no subtraction).
 type RowSlot = (u64, std::time::Instant, Option<UserFact>);
 
 /// The fact source: cached, fresh, read-only.
@@ -416,8 +417,8 @@ impl Facts {
         let current = self.generation();
         if self.is_available() {
             if let Some(slot) = &*self.shared.secret.load() {
-                let (generation, at, secret) = &**slot;
-                if *generation == current && at.elapsed() < self.shared.ttl {
+                let (generation, until, secret) = &**slot;
+                if *generation == current && std::time::Instant::now() < *until {
                     return Ok(secret.clone());
                 }
             }
@@ -428,9 +429,16 @@ impl Facts {
         };
         // Tagged with the generation read before the fetch: a change racing it only makes the
         // slot look stale.
-        let slot = (current, std::time::Instant::now(), secret.clone());
+        let slot = (current, self.valid_until(), secret.clone());
         self.shared.secret.store(Some(Arc::new(slot)));
         Ok(secret)
+    }
+
+    /// Until when a value read now may be answered without reading it again (the generation
+    /// permitting).
+    fn valid_until(&self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        now.checked_add(self.shared.ttl).unwrap_or(now)
     }
 
     /// A user row.
@@ -439,8 +447,8 @@ impl Facts {
         let current = self.generation();
         if self.is_available() {
             let users = self.shared.users.lock().expect("user rows lock");
-            if let Some((generation, at, row)) = users.get(user_id) {
-                if *generation == current && at.elapsed() < self.shared.ttl {
+            if let Some((generation, until, row)) = users.get(user_id) {
+                if *generation == current && std::time::Instant::now() < *until {
                     return Ok(row.clone());
                 }
             }
@@ -454,7 +462,7 @@ impl Facts {
         // row look stale.
         users.insert(
             user_id.to_owned(),
-            (current, std::time::Instant::now(), row.clone()),
+            (current, self.valid_until(), row.clone()),
         );
         Ok(row)
     }

@@ -408,7 +408,7 @@ pub const QUERY_VALUE: &str = "(query value)";
 /// Whether an argument's value is kept out of traces and facts: query values and passwords.
 fn hides_value(arg: &Arg) -> bool {
     match arg {
-        Arg::Select(sel) => matches!(sel.source, Source::Query(_)) || sel.text.contains("password"),
+        Arg::Select(sel) => sel.hidden,
         Arg::Literal(_) | Arg::Capability(_) | Arg::Group { .. } => false,
     }
 }

@@ -104,6 +104,9 @@ pub struct Selector {
     pub steps: Vec<Step>,
     pub optional: bool,
     pub text: String,
+    /// Whether the value is kept out of traces and facts (a query value, or a field whose name
+    /// says password), decided once here rather than per request.
+    pub hidden: bool,
 }
 
 /// A check argument.
@@ -973,11 +976,13 @@ fn parse_arg(text: &str, params: &[String]) -> Result<Arg, String> {
     if matches!(source, Source::Path(_) | Source::Query(_)) && !steps.is_empty() {
         return Err(format!("'{text}': path and query values have no fields"));
     }
+    let hidden = matches!(source, Source::Query(_)) || text.contains("password");
     Ok(Arg::Select(Selector {
         source,
         steps,
         optional,
         text: text.to_owned(),
+        hidden,
     }))
 }
 

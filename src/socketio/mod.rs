@@ -312,13 +312,7 @@ async fn transport_identity(
     let secret = facts.jwt_secret().await?;
     Ok(crate::identity::verify_shared(&token, &secret)
         .ok()
-        .and_then(|(claims, _)| {
-            claims
-                .get("user_id")
-                .and_then(serde_json::Value::as_str)
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-        }))
+        .and_then(|v| (!v.user_id.is_empty()).then(|| v.user_id.to_string())))
 }
 
 /// The handshake's credentials, kept for the first CONNECT (nothing else of it is needed).
