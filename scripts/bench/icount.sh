@@ -55,6 +55,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 GUARD=${GUARD:-$BIN/invoke-guard}
 OUT=${OUT:-$TARGET_DIR/bench/icount}
+# Absolute: nginx resolves its paths against its own prefix, not the working directory.
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 FIXTURE=invokeai-6.14.2-rich
 MANIFEST=$ROOT/tests/fixtures/$FIXTURE.json
 
