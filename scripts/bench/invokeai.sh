@@ -7,14 +7,17 @@
 # Starts an unmodified InvokeAI (scripts/invokeai/start.sh; the venv is installed by
 # scripts/invokeai/install.sh when missing) on a free loopback port with a fresh root under
 # /tmp/invoke-guard-bench.*, makes an admin and alice, uploads one image as alice, starts the
-# release guard in front, then measures each request ROUNDS times in turn, direct and through the
-# guard alternating (which goes first alternates too), N requests in a row on one keep-alive
-# connection (examples/bench_load.rs `each`). Every response must be 200. Prints the median p50
-# of each and the ratio guard / direct per request kind, and writes target/bench/invokeai.md.
+# release guard in front (and beside it the plain hyper passthrough of run.sh, so that the cost
+# of any extra loopback hop in front of InvokeAI is told apart from the guard's own), then
+# measures each request ROUNDS times in turn, direct, through the plain hop and through the guard
+# (the order rotates each round), N requests in a row on one keep-alive connection
+# (examples/bench_load.rs `each`). Every response must be 200. Prints the median p50 of each, the
+# ratio guard / direct per request kind (the target) and the ratios hop / direct and
+# guard / hop, and writes target/bench/invokeai.md.
 # Stops InvokeAI and the guard on every exit path.
 #
 # Knobs: ROUNDS=5 N=100 WORKERS=1 SKIP_BUILD=0 KEEP=0 GUARD_BIN=target/release/invoke-guard
-#   LOAD_BIN=target/release/examples/bench_load
+#   LOAD_BIN=target/release/examples/bench_load HOP_BIN=target/release/examples/bench_passthrough
 set -euo pipefail
 
 VERSION=${1:-6.14.2}
@@ -35,19 +38,25 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 command -v python3 >/dev/null || die "python3 is required"
 if [[ $SKIP_BUILD != 1 ]]; then
-    (cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin invoke-guard --example bench_load)
+    (cd "$ROOT" && timeout 1800 cargo build --release --quiet --bin invoke-guard --example bench_load --example bench_passthrough)
 fi
 GUARD_BIN=${GUARD_BIN:-$BIN/invoke-guard}
 LOAD_BIN=${LOAD_BIN:-$BIN/examples/bench_load}
-[[ -x $GUARD_BIN && -x $LOAD_BIN ]] || die "missing $GUARD_BIN or $LOAD_BIN (run without SKIP_BUILD=1)"
+HOP_BIN=${HOP_BIN:-$BIN/examples/bench_passthrough}
+[[ -x $GUARD_BIN && -x $LOAD_BIN && -x $HOP_BIN ]] || die "missing $GUARD_BIN, $LOAD_BIN or $HOP_BIN (run without SKIP_BUILD=1)"
 "$ROOT/scripts/invokeai/install.sh" "$VERSION" >/dev/null
 
 WORK=$(mktemp -d /tmp/invoke-guard-bench.XXXXXX)
 IROOT=$WORK/invokeai-root
 GUARD_PID=""
+HOP_PID=""
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    if [[ -n $HOP_PID ]]; then
+        kill -TERM "$HOP_PID" 2>/dev/null || true
+        wait "$HOP_PID" 2>/dev/null || true
+    fi
     if [[ -n $GUARD_PID ]]; then
         kill -TERM "$GUARD_PID" 2>/dev/null || true
         wait "$GUARD_PID" 2>/dev/null || true
@@ -63,6 +72,7 @@ trap 'exit 143' TERM
 P_INVOKE=$(free_port)
 P_GUARD=$(free_port)
 P_ADMIN=$(free_port)
+P_HOP=$(free_port)
 log "starting InvokeAI $VERSION on 127.0.0.1:$P_INVOKE"
 "$ROOT/scripts/invokeai/start.sh" "$VERSION" "$P_INVOKE" "$IROOT" >/dev/null
 
@@ -93,8 +103,11 @@ TOKIO_WORKER_THREADS=$WORKERS "$GUARD_BIN" serve --config /dev/null \
     --upstream "http://127.0.0.1:$P_INVOKE" --db "$IROOT/databases/invokeai.db" \
     --routes "$ROOT/routes.toml" --ledger "$WORK/ledger.db" 2>"$WORK/guard.log" &
 GUARD_PID=$!
+TOKIO_WORKER_THREADS=$WORKERS "$HOP_BIN" "127.0.0.1:$P_HOP" "127.0.0.1:$P_INVOKE" 2>"$WORK/hop.log" &
+HOP_PID=$!
 for ((i = 0; i < 100; i++)); do
-    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$P_ADMIN/readyz" 2>/dev/null && break
+    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$P_ADMIN/readyz" 2>/dev/null &&
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$P_HOP/api/v1/app/version" 2>/dev/null && break
     kill -0 "$GUARD_PID" 2>/dev/null || die "the guard exited: $(cat "$WORK/guard.log")"
     sleep 0.1
 done
@@ -117,11 +130,11 @@ one() { # one ROUND KIND WHERE PORT
 }
 for ((r = 1; r <= ROUNDS; r++)); do
     for k in "${KINDS[@]}"; do
-        if ((r % 2)); then
-            one "$r" "$k" direct "$P_INVOKE"; one "$r" "$k" guard "$P_GUARD"
-        else
-            one "$r" "$k" guard "$P_GUARD"; one "$r" "$k" direct "$P_INVOKE"
-        fi
+        case $((r % 3)) in
+            1) one "$r" "$k" direct "$P_INVOKE"; one "$r" "$k" hop "$P_HOP"; one "$r" "$k" guard "$P_GUARD" ;;
+            2) one "$r" "$k" guard "$P_GUARD"; one "$r" "$k" direct "$P_INVOKE"; one "$r" "$k" hop "$P_HOP" ;;
+            *) one "$r" "$k" hop "$P_HOP"; one "$r" "$k" guard "$P_GUARD"; one "$r" "$k" direct "$P_INVOKE" ;;
+        esac
     done
     log "round $r done"
 done
@@ -131,11 +144,11 @@ REPORT=$OUT/invokeai.md
 {
     echo "# Real InvokeAI $VERSION behind the guard vs direct"
     echo
-    echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ); $ROUNDS rounds × $N sequential requests on one keep-alive connection, direct and guarded alternating; guard TOKIO_WORKER_THREADS=$WORKERS, log level info"
+    echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ); $ROUNDS rounds × $N sequential requests on one keep-alive connection, direct, plain hyper hop and guard in rotating order; guard and hop TOKIO_WORKER_THREADS=$WORKERS, guard log level info"
     echo "- machine: $(nproc) CPUs, load average at end $(cut -d' ' -f1-3 /proc/loadavg) (shared with other work)"
     echo
-    echo "| request | direct p50 (µs) | guard p50 (µs) | ratio guard / direct (per round, median [min–max]) | goal ≤ 1.05 |"
-    echo "|---|---|---|---|---|"
+    echo "| request | direct p50 (µs) | plain hop p50 (µs) | guard p50 (µs) | guard / direct (per round, median [min–max]) | goal ≤ 1.05 | hop / direct | guard / hop |"
+    echo "|---|---|---|---|---|---|---|---|"
     awk -F'\t' '
     function sortn(a, n,   i, j, t) { for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t } }
     function med(a, n) { sortn(a, n); return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
@@ -144,9 +157,12 @@ REPORT=$OUT/invokeai.md
         split("list thumbnail full queue_status", kinds, " ")
         for (i = 1; i <= 4; i++) {
             k = kinds[i]; n = 0
-            for (r = 1; r <= rounds; r++) { d[++n] = p50[k, "direct", r]; g[n] = p50[k, "guard", r]; q[n] = g[n] / d[n] }
-            dm = med(d, n); gm = med(g, n); qm = med(q, n)
-            printf "| %s | %.0f | %.0f | %.3f [%.3f–%.3f] | %s |\n", k, dm, gm, qm, q[1], q[n], (qm <= 1.05 ? "met" : "**missed**")
+            for (r = 1; r <= rounds; r++) {
+                d[++n] = p50[k, "direct", r]; h[n] = p50[k, "hop", r]; g[n] = p50[k, "guard", r]
+                q[n] = g[n] / d[n]; qh[n] = h[n] / d[n]; qg[n] = g[n] / h[n]
+            }
+            dm = med(d, n); hm = med(h, n); gm = med(g, n); qm = med(q, n); qhm = med(qh, n); qgm = med(qg, n)
+            printf "| %s | %.0f | %.0f | %.0f | %.3f [%.3f–%.3f] | %s | %.3f | %.3f |\n", k, dm, hm, gm, qm, q[1], q[n], (qm <= 1.05 ? "met" : "**missed**"), qhm, qgm
         }
     }' "$RESULTS"
 } >"$REPORT"
