@@ -307,8 +307,13 @@ fn cap(value: &str, max: usize) -> (&str, usize) {
 
 /// Escape `value` (capped) for the inside of a quoted text value.
 fn escape_capped(out: &mut Vec<u8>, value: &str, max: usize) {
+    write_capped(out, value, max, escape);
+}
+
+/// `value` cut at `max` bytes, written by `write`, then the mark of what was cut (if anything).
+fn write_capped(out: &mut Vec<u8>, value: &str, max: usize, write: fn(&mut Vec<u8>, &str)) {
     let (value, cut) = cap(value, max);
-    escape(out, value);
+    write(out, value);
     if cut > 0 {
         let _ = write!(out, "...[truncated {cut} bytes]");
     }
@@ -430,11 +435,7 @@ fn json(out: &mut Vec<u8>, l: &DecisionLine<'_>, now: SystemTime) {
 
 /// `value` (capped and marked like the text format's) escaped for the inside of a JSON string.
 fn json_capped(out: &mut Vec<u8>, value: &str, max: usize) {
-    let (value, cut) = cap(value, max);
-    json_escape(out, value);
-    if cut > 0 {
-        let _ = write!(out, "...[truncated {cut} bytes]");
-    }
+    write_capped(out, value, max, json_escape);
 }
 
 /// The inside of a JSON string (RFC 8259 section 7): `"`, `\` and the C0 controls escaped, the

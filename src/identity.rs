@@ -18,7 +18,9 @@
 //!   the secret's [`Keys`], so a rotated secret starts with an empty cache and a token signed with
 //!   the old one is verified again and refused), keyed by the exact token text, bounded
 //!   ([`VERIFIED_MAX`] entries; cleared whole when full), and holds successes only. `exp` is
-//!   checked against the clock on every hit. Nothing about the user is cached here: the user row
+//!   checked against the clock on every hit. What the request needs from the claims (user id,
+//!   `token_epoch`, the `is_admin` claim) is decoded once with them: it is the token's own bytes.
+//!   Nothing about the user is cached here: the user row
 //!   (active, admin, `token_epoch`) and the ledger's revocations are read for every request as
 //!   before, so a deactivated user, a demoted admin or a password change take effect exactly as
 //!   without the cache. Tests: `verified_cache_*` below, and `tests/identity.rs`.
