@@ -77,6 +77,10 @@ async fn termination_turns_readiness_first_then_drains_and_closes_sockets() {
         limits: RawLimits {
             // Far longer than the test: only the second request may end the delay.
             shutdown_delay_ms: Some(600_000),
+            // The socket below never authenticates (its CONNECTs are refused on purpose): on a
+            // loaded machine the default 5 s for an unauthenticated session could close it
+            // before the drain does, which is not what this test is about.
+            socket_connect_timeout_ms: Some(600_000),
             ..RawLimits::default()
         },
         ..RawConfig::default()
