@@ -18,7 +18,7 @@
 //!   bidirectional controls become `\n`, `\t`, `\u{…}`, quotes and backslashes are escaped, and
 //!   a value with anything but plain visible ASCII is quoted. A value can therefore never end the
 //!   line or start a `key=` of its own (log injection, CWE-117; Trojan Source, CVE-2021-42574).
-//!   The JSON format escapes `"`, `\` and every C0 control, as `serde_json` does.
+//!   The JSON format escapes the same characters (as `\uXXXX` where JSON has no shorter escape).
 //! - **Bounded.** Every value is cut at [`MAX_VALUE_BYTES`] (on a character boundary) and marked
 //!   `...[truncated N bytes]`; the facts at [`MAX_FACT_BYTES`] each and [`MAX_FACTS`] in all, so
 //!   a line is a few KiB at most whatever the request carried.
@@ -438,52 +438,50 @@ fn json_capped(out: &mut Vec<u8>, value: &str, max: usize) {
     write_capped(out, value, max, json_escape);
 }
 
-/// The inside of a JSON string (RFC 8259 section 7): `"`, `\` and the C0 controls escaped, the
-/// rest (valid UTF-8, as `value` is a `str`) copied in runs. What `serde_json` writes.
+/// The inside of a JSON string (RFC 8259 section 7): `"`, `\` and the C0 controls escaped as
+/// `serde_json` escapes them, and, like the text format, DEL, the C1 controls, the line and
+/// paragraph separators and the bidirectional controls as `\uXXXX` (all in the BMP), so that a
+/// JSON line read raw (a terminal, `grep`) cannot be reordered either. It parses back to the same
+/// string. The rest (valid UTF-8, as `value` is a `str`) is copied in runs.
 fn json_escape(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     let mut start = 0;
     let mut i = 0;
     loop {
-        i += json_run(&bytes[i..]);
+        // Log injection (CWE-117) and Trojan Source (CVE-2021-42574), as in the text format.
+        i += quoted_run(&bytes[i..]);
         let Some(&b) = bytes.get(i) else { break };
+        let (code, len) = if b < 0x80 {
+            (u32::from(b), 1)
+        } else {
+            let ch = value[i..].chars().next().unwrap_or('\u{fffd}');
+            if !needs_unicode_escape(ch) {
+                i += ch.len_utf8();
+                continue;
+            }
+            (ch as u32, ch.len_utf8())
+        };
         out.extend_from_slice(&bytes[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
+        match code {
+            0x22 => out.extend_from_slice(b"\\\""),
+            0x5c => out.extend_from_slice(b"\\\\"),
+            0x0a => out.extend_from_slice(b"\\n"),
+            0x0d => out.extend_from_slice(b"\\r"),
+            0x09 => out.extend_from_slice(b"\\t"),
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
+                out.extend_from_slice(b"\\u");
+                for shift in [12, 8, 4, 0] {
+                    out.push(HEX[((code >> shift) & 0xf) as usize]);
+                }
             }
         }
-        i += 1;
+        i += len;
         start = i;
     }
     out.extend_from_slice(&bytes[start..]);
-}
-
-/// The length of the leading run of bytes a JSON string holds as they are: anything but `"`,
-/// `\` and the C0 controls. Eight bytes at a time.
-fn json_run(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        if any_below(w, 0x20) || any_eq(w, b'"') || any_eq(w, b'\\') {
-            break;
-        }
-        i += 8;
-    }
-    while i < bytes.len() && bytes[i] >= 0x20 && !matches!(bytes[i], b'"' | b'\\') {
-        i += 1;
-    }
-    i
 }
 
 #[cfg(test)]
@@ -674,35 +672,25 @@ mod fast_scan_tests {
         }
     }
 
-    /// The JSON scan agrees with its byte rule, and escaped strings read back (with
-    /// `serde_json`) as the original, byte for byte.
+    /// Escaped JSON strings read back (with `serde_json`) as the original, byte for byte, and
+    /// hold nothing raw that the text format escapes.
     #[test]
     fn json_strings_read_back_as_written() {
-        let plain = |b: u8| b >= 0x20 && !matches!(b, b'"' | b'\\');
-        for len in [1usize, 7, 8, 9, 16, 17] {
-            for pos in 0..len {
-                for b in 0u8..=255 {
-                    let mut v = vec![b'a'; len];
-                    v[pos] = b;
-                    let want_run = v.iter().position(|&x| !plain(x)).unwrap_or(len);
-                    assert_eq!(json_run(&v), want_run, "len {len} pos {pos} byte {b}");
-                }
-            }
-        }
         let mut every_char: String = (0u32..0x3000).filter_map(char::from_u32).collect();
         every_char.push_str("\u{202e}\u{10ffff}\"\\ end");
         for value in [
             every_char.as_str(),
             "",
             "\u{0}",
-            "a\"b\\c\n\r\t\u{8}\u{c}\u{1f}\u{7f}é",
+            "a\"b\\c\n\r\t\u{8}\u{c}\u{1f}\u{7f}é\u{85}\u{2028}",
         ] {
             let mut out = b"\"".to_vec();
             json_escape(&mut out, value);
             out.push(b'"');
             let back: String = serde_json::from_slice(&out).unwrap();
             assert_eq!(back, value);
-            assert!(!out[1..out.len() - 1].iter().any(|&b| b < 0x20));
+            let raw = std::str::from_utf8(&out[1..out.len() - 1]).unwrap();
+            assert!(!raw.chars().any(needs_unicode_escape), "{raw:?}");
         }
     }
 
