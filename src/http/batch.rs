@@ -191,30 +191,6 @@ pub fn scan(bytes: &[u8], path: &[&str]) -> Result<Option<BatchScan>, String> {
     }))
 }
 
-/// Every scalar visit of a visitor answers `$empty` (scalars hold nothing it looks for).
-macro_rules! scalars_are {
-    ($empty:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($empty)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($empty)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($empty)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($empty)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($empty)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok($empty)
-        }
-    };
-}
-
 type Found = Option<BatchScan>;
 
 /// Navigate to the batch (the last duplicate decides the counts; every duplicate is scanned).
@@ -298,21 +274,7 @@ impl<'de> Visitor<'de> for MaybeString<'_> {
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
         Ok(Some(v))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    non_str_scalars_are!(None);
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         Generic { refs: self.refs }.visit_map(map).map(|()| None)
     }

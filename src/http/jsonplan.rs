@@ -248,35 +248,6 @@ impl<'de> Visitor<'de> for SelectedVisitor<'_, '_> {
     }
 }
 
-/// Scalars that hold no reference.
-macro_rules! none_for_scalars {
-    () => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    };
-}
-
-macro_rules! none_for_str {
-    () => {
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    };
-}
-
 /// Keeps `image_name` / `video_name` strings and `board` objects' `board_id`, at any depth,
 /// mirroring how `enqueue.allowed` walks a batch.
 struct RefsVisitor<'r> {
@@ -446,7 +417,7 @@ impl<'de> Visitor<'de> for RefOrNestedVisitor<'_> {
         count_ref(self.refs)?;
         Ok(Some(Value::String(v)))
     }
-    none_for_scalars!();
+    non_str_scalars_are!(None);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         RefsVisitor {
             refs: self.refs,
@@ -485,8 +456,7 @@ impl<'de> Visitor<'de> for BoardVisitor<'_> {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("JSON")
     }
-    none_for_scalars!();
-    none_for_str!();
+    scalars_are!(None);
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         RefsVisitor {
             refs: self.refs,
