@@ -163,6 +163,11 @@ impl Setup {
         token_for(&self.m, who)
     }
 
+    /// `who` enqueues `batch` through `g`.
+    async fn enqueue(&self, g: &Guard, who: &str, batch: Value) -> Reply {
+        send("POST", &g.url(ENQUEUE), Some(&self.token(who)), Some(batch)).await
+    }
+
     fn uid(&self, who: &str) -> String {
         self.m["users"][who]["user_id"].as_str().unwrap().to_owned()
     }
@@ -474,13 +479,7 @@ async fn web_ui_batches_are_refused_naming_the_model_or_forwarded_unchanged() {
     let g = s.guard(&up.url()).await;
     // Allowed for bob: the main model, the style LoRA and the VAE.
     let body = web_ui_batch("k-main-sd15", &["k-lora-style"], Some("k-vae-sd15"), 1);
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("bob")),
-        Some(body.clone()),
-    )
-    .await;
+    let r = s.enqueue(&g, "bob", body.clone()).await;
     assert_eq!(r.status, 200, "{}", r.detail());
     let seen = up.last().unwrap();
     assert_eq!(
@@ -496,13 +495,7 @@ async fn web_ui_batches_are_refused_naming_the_model_or_forwarded_unchanged() {
         Some("k-vae-sd15"),
         1,
     );
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("bob")),
-        Some(body.clone()),
-    )
-    .await;
+    let r = s.enqueue(&g, "bob", body.clone()).await;
     assert_eq!(r.status, 403);
     assert_eq!(
         r.detail(),
@@ -510,39 +503,18 @@ async fn web_ui_batches_are_refused_naming_the_model_or_forwarded_unchanged() {
     );
     assert_eq!(up.count(), n);
     // Alice may.
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("alice")), Some(body)).await;
+    let r = s.enqueue(&g, "alice", body).await;
     assert_eq!(r.status, 200);
     // A FLUX main model: alice (artists) yes, erin (everyone else) no.
     let flux = web_ui_batch("k-flux-dev", &[], None, 1);
-    assert_eq!(
-        send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("alice")),
-            Some(flux.clone())
-        )
-        .await
-        .status,
-        200
-    );
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("erin")),
-        Some(flux.clone()),
-    )
-    .await;
+    assert_eq!(s.enqueue(&g, "alice", flux.clone()).await.status, 200);
+    let r = s.enqueue(&g, "erin", flux.clone()).await;
     assert_eq!(
         (r.status.as_u16(), r.detail().contains("'FLUX dev'")),
         (403, true)
     );
     // Admins are exempt.
-    assert_eq!(
-        send("POST", &g.url(ENQUEUE), Some(&s.token("admin")), Some(flux))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "admin", flux).await.status, 200);
 }
 
 /// Put `reference` at `path` (the model-fields TSV's notation: `[]x` a list, `.x`/`x` a member,
@@ -588,13 +560,7 @@ async fn every_model_field_of_every_version_is_found() {
                     "id": "n1", "type": node, field: value_at(path, ident(key))}}, "edges": []}, "runs": 1}})
             };
             let n = up.count();
-            let r = send(
-                "POST",
-                &g.url(ENQUEUE),
-                Some(&s.token("bob")),
-                Some(batch("k-lora-detail")),
-            )
-            .await;
+            let r = s.enqueue(&g, "bob", batch("k-lora-detail")).await;
             assert_eq!(
                 (r.status.as_u16(), r.detail().contains("tiny-lora-detail")),
                 (403, true),
@@ -602,13 +568,7 @@ async fn every_model_field_of_every_version_is_found() {
                 r.detail()
             );
             assert_eq!(up.count(), n, "{version} {node}.{field}: forwarded");
-            let r = send(
-                "POST",
-                &g.url(ENQUEUE),
-                Some(&s.token("bob")),
-                Some(batch("k-lora-style")),
-            )
-            .await;
+            let r = s.enqueue(&g, "bob", batch("k-lora-style")).await;
             if invoke_guard::policy::models::RUNTIME_MODEL_NODES.contains(&node) {
                 // Its model is chosen at run time: refused to bob whatever it names.
                 assert_eq!(r.status, 403, "{version} {node}");
@@ -680,7 +640,7 @@ async fn references_hidden_anywhere_in_the_batch_are_found() {
     ];
     for (body, place) in cases {
         let n = up.count();
-        let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(body)).await;
+        let r = s.enqueue(&g, "bob", body).await;
         assert_eq!(r.status, 403, "{place}: {}", r.detail());
         assert!(
             r.detail().contains("'tiny-lora-detail'"),
@@ -707,7 +667,7 @@ async fn references_hidden_anywhere_in_the_batch_are_found() {
     let mut body = allowed.clone();
     body["batch"]["graph"]["nodes"]["lora_selector:0"]["lora"] =
         json!({"key": "k-new", "hash": "x", "name": "brand new", "base": "sd-1", "type": "lora"});
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("erin")), Some(body)).await;
+    let r = s.enqueue(&g, "erin", body).await;
     assert_eq!(r.status, 403);
     assert!(
         r.detail()
@@ -716,17 +676,7 @@ async fn references_hidden_anywhere_in_the_batch_are_found() {
         r.detail()
     );
     // The allowed batch itself passes.
-    assert_eq!(
-        send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("bob")),
-            Some(allowed)
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "bob", allowed).await.status, 200);
 }
 
 #[tokio::test]
@@ -762,23 +712,11 @@ async fn nodes_that_pick_models_at_run_time_are_refused_to_restricted_callers() 
         "the guard's list is what the versions' sources say"
     );
     for node in &listed {
-        let r = send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("bob")),
-            Some(batch(node)),
-        )
-        .await;
+        let r = s.enqueue(&g, "bob", batch(node)).await;
         assert_eq!(r.status, 403, "{node}");
         assert!(r.detail().contains(&format!("'{node}'")), "{}", r.detail());
     }
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("admin")),
-        Some(batch("metadata_to_model")),
-    )
-    .await;
+    let r = s.enqueue(&g, "admin", batch("metadata_to_model")).await;
     assert_eq!(r.status, 200, "admins are exempt: {}", r.detail());
 }
 
@@ -792,26 +730,10 @@ async fn queued_items_are_counted_as_invokeai_expands_the_batch() {
     let g = s.guard(&up.url()).await;
     // 3 queued + 2 (1 run × 2 prompts) = 5: fits max_queued 5.
     let two = web_ui_batch("k-main-sd15", &[], None, 2);
-    assert_eq!(
-        send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("bob")),
-            Some(two.clone())
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "bob", two.clone()).await.status, 200);
     add_queue_items(&s.db.path, &bob, "pending", 2, 0);
     let n = up.count();
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("bob")),
-        Some(two.clone()),
-    )
-    .await;
+    let r = s.enqueue(&g, "bob", two.clone()).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.headers["retry-after"], "17");
     assert_eq!(
@@ -826,13 +748,13 @@ async fn queued_items_are_counted_as_invokeai_expands_the_batch() {
     // runs × data: 2 runs × 3 prompts = 6 > 5 can never fit: 403, not 429.
     let mut six = web_ui_batch("k-main-sd15", &[], None, 3);
     six["batch"]["runs"] = json!(2);
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(six)).await;
+    let r = s.enqueue(&g, "bob", six).await;
     assert_eq!(r.status, 403);
     assert!(r.detail().starts_with("This request would create 6 generations; the limit for your group (interns) is 5 queued at once"), "{}", r.detail());
     // Saturating arithmetic: an absurd batch is refused, not wrapped around to a small count.
     let mut huge = web_ui_batch("k-main-sd15", &[], None, 2);
     huge["batch"]["runs"] = json!(u64::MAX);
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(huge)).await;
+    let r = s.enqueue(&g, "bob", huge).await;
     assert_eq!(r.status, 403);
     assert!(
         r.detail()
@@ -841,24 +763,9 @@ async fn queued_items_are_counted_as_invokeai_expands_the_batch() {
         r.detail()
     );
     // Alice has no quota rule; admins are exempt.
-    assert_eq!(
-        send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("alice")),
-            Some(two.clone())
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "alice", two.clone()).await.status, 200);
     add_queue_items(&s.db.path, &s.uid("admin"), "pending", 50, 0);
-    assert_eq!(
-        send("POST", &g.url(ENQUEUE), Some(&s.token("admin")), Some(two))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "admin", two).await.status, 200);
 }
 
 /// A mock InvokeAI that stores the items of every batch it accepts (as InvokeAI does before it
@@ -896,19 +803,9 @@ async fn a_rolling_window_counts_what_was_enqueued_within_it() {
     let up = mock(Some(storing_upstream(s.db.path.clone()))).await;
     let g = s.guard(&up.url()).await;
     let three = web_ui_batch("k-main-sd15", &[], None, 3);
-    assert_eq!(
-        send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("carol")),
-            Some(three)
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "carol", three).await.status, 200);
     let one = web_ui_batch("k-main-sd15", &[], None, 1);
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(one)).await;
+    let r = s.enqueue(&g, "carol", one).await;
     assert_eq!(r.status, 429, "{}", r.detail());
     assert!(
         r.detail().starts_with("You enqueued 8 generations in the last hour and this request would add 1; the limit for you is 8 per hour. Try again in "),
@@ -927,7 +824,7 @@ async fn a_rolling_window_counts_what_was_enqueued_within_it() {
         .execute("DELETE FROM session_queue WHERE user_id = ?1", [&carol])
         .unwrap();
     let six = web_ui_batch("k-main-sd15", &[], None, 6);
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(six)).await;
+    let r = s.enqueue(&g, "carol", six).await;
     assert_eq!(r.status, 429, "{}", r.detail());
     assert!(
         r.detail()
@@ -936,12 +833,7 @@ async fn a_rolling_window_counts_what_was_enqueued_within_it() {
         r.detail()
     );
     let five = web_ui_batch("k-main-sd15", &[], None, 5);
-    assert_eq!(
-        send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(five))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "carol", five).await.status, 200);
 }
 
 #[tokio::test]
@@ -960,13 +852,7 @@ async fn a_short_window_expires() {
     let up = mock(Some(Arc::new(enqueued_answer))).await;
     let g = s.guard(&up.url()).await;
     let one = web_ui_batch("k-main-sd15", &[], None, 1);
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("bob")),
-        Some(one.clone()),
-    )
-    .await;
+    let r = s.enqueue(&g, "bob", one.clone()).await;
     assert_eq!(
         r.status,
         429,
@@ -983,12 +869,7 @@ async fn a_short_window_expires() {
             [&bob],
         )
         .unwrap();
-    assert_eq!(
-        send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(one))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.enqueue(&g, "bob", one).await.status, 200);
 }
 
 #[tokio::test]
@@ -1017,7 +898,7 @@ async fn concurrent_enqueues_never_overshoot_the_limit() {
     assert_eq!(up.count(), 2, "only what fits was forwarded");
     assert_eq!(pending(&s.db.path, &bob), 4);
     // Another user is not held up by bob's reservations.
-    let carol = send("POST", &g.url(ENQUEUE), Some(&s.token("carol")), Some(two)).await;
+    let carol = s.enqueue(&g, "carol", two).await;
     assert_eq!(carol.status, 200);
 }
 
@@ -1047,13 +928,7 @@ async fn the_groups_file_is_reloaded_with_the_routes() {
     std::fs::write(s.groups.path(), &edited).unwrap();
     g.state.reload_routes().unwrap();
     assert_eq!(send_bob().await.status, 200);
-    let admin = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("admin")),
-        Some(detail.clone()),
-    )
-    .await;
+    let admin = s.enqueue(&g, "admin", detail.clone()).await;
     assert_eq!(
         admin.status,
         403,
@@ -1068,17 +943,7 @@ async fn the_groups_file_is_reloaded_with_the_routes() {
     .unwrap();
     assert!(g.state.reload_routes().is_err());
     assert_eq!(send_bob().await.status, 200);
-    assert_eq!(
-        send(
-            "POST",
-            &g.url(ENQUEUE),
-            Some(&s.token("admin")),
-            Some(detail.clone())
-        )
-        .await
-        .status,
-        403
-    );
+    assert_eq!(s.enqueue(&g, "admin", detail.clone()).await.status, 403);
     // The content watcher picks a change up by itself (serve runs it every 2 s). Its first read
     // happens whenever its task first runs, so each round writes a new revision of the file.
     g.state
@@ -1175,21 +1040,17 @@ async fn refusals_are_counted_by_reason() {
             .unwrap_or(0.0)
     };
     let (denied, queued) = (count("model_denied"), count("quota_queued"));
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("bob")),
-        Some(web_ui_batch("k-main-sd15", &["k-lora-detail"], None, 1)),
-    )
-    .await;
+    let r = s
+        .enqueue(
+            &g,
+            "bob",
+            web_ui_batch("k-main-sd15", &["k-lora-detail"], None, 1),
+        )
+        .await;
     assert_eq!(r.status, 403);
-    let r = send(
-        "POST",
-        &g.url(ENQUEUE),
-        Some(&s.token("bob")),
-        Some(web_ui_batch("k-main-sd15", &[], None, 1)),
-    )
-    .await;
+    let r = s
+        .enqueue(&g, "bob", web_ui_batch("k-main-sd15", &[], None, 1))
+        .await;
     assert_eq!(r.status, 429);
     // Other tests of this binary count too: at least one more of each.
     assert!(count("model_denied") > denied);
@@ -1729,7 +1590,7 @@ async fn a_candidate_table_never_waits_on_the_enforced_quota_reservation() {
     .expect("the enqueue was answered (no deadlock between the two tables' quota checks)");
     assert_eq!(answered.status, 200);
     add_queue_items(&s.db.path, &bob, "pending", 2, 0);
-    let r = send("POST", &g.url(ENQUEUE), Some(&s.token("bob")), Some(two)).await;
+    let r = s.enqueue(&g, "bob", two).await;
     assert_eq!(r.status, 429, "the enforced quota still refuses");
     let metrics = invoke_guard::metrics::render();
     assert!(
