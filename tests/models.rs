@@ -168,6 +168,11 @@ impl Setup {
         send("POST", &g.url(ENQUEUE), Some(&self.token(who)), Some(batch)).await
     }
 
+    /// `who` GETs `path` through `g`.
+    async fn get(&self, g: &Guard, path: &str, who: &str) -> Reply {
+        send("GET", &g.url(path), Some(&self.token(who)), None).await
+    }
+
     fn uid(&self, who: &str) -> String {
         self.m["users"][who]["user_id"].as_str().unwrap().to_owned()
     }
@@ -342,14 +347,14 @@ async fn model_lists_show_each_user_only_what_she_may_use() {
         v
     };
     for list in ["/api/v2/models/", "/api/v2/models/missing"] {
-        let bob = send("GET", &g.url(list), Some(&s.token("bob")), None).await;
+        let bob = s.get(&g, list, "bob").await;
         assert_eq!(bob.status, 200);
         assert_eq!(
             names(&bob.json()),
             ["tiny-lora-style", "tiny-main-sd15", "tiny-vae-sd15"],
             "bob: no FLUX (everyone but artists), no detail LoRA (interns)"
         );
-        let alice = send("GET", &g.url(list), Some(&s.token("alice")), None).await;
+        let alice = s.get(&g, list, "alice").await;
         assert_eq!(
             names(&alice.json()),
             [
@@ -360,7 +365,7 @@ async fn model_lists_show_each_user_only_what_she_may_use() {
                 "tiny-vae-sd15"
             ]
         );
-        let erin = send("GET", &g.url(list), Some(&s.token("erin")), None).await;
+        let erin = s.get(&g, list, "erin").await;
         assert_eq!(
             names(&erin.json()),
             [
@@ -370,52 +375,40 @@ async fn model_lists_show_each_user_only_what_she_may_use() {
                 "tiny-vae-sd15"
             ]
         );
-        let admin = send("GET", &g.url(list), Some(&s.token("admin")), None).await;
+        let admin = s.get(&g, list, "admin").await;
         assert_eq!(names(&admin.json()), all, "admins are exempt");
     }
     // One record by attributes or hash: one she may not use is InvokeAI's own 404.
     let q = "/api/v2/models/get_by_attrs?name=tiny-lora-detail&type=lora&base=sd-1";
-    let bob = send("GET", &g.url(q), Some(&s.token("bob")), None).await;
+    let bob = s.get(&g, q, "bob").await;
     assert_eq!(
         (bob.status.as_u16(), bob.detail().as_str()),
         (404, "No model found with these attributes")
     );
-    let alice = send("GET", &g.url(q), Some(&s.token("alice")), None).await;
+    let alice = s.get(&g, q, "alice").await;
     assert_eq!(
         (alice.status.as_u16(), alice.json()["key"].as_str()),
         (200, Some("k-lora-detail"))
     );
-    let bob = send(
-        "GET",
-        &g.url("/api/v2/models/get_by_hash?hash=blake3:k-lora-detail"),
-        Some(&s.token("bob")),
-        None,
-    )
-    .await;
+    let bob = s
+        .get(
+            &g,
+            "/api/v2/models/get_by_hash?hash=blake3:k-lora-detail",
+            "bob",
+        )
+        .await;
     assert_eq!(
         (bob.status.as_u16(), bob.detail().as_str()),
         (404, "No model found with this hash")
     );
     // By key: refused before InvokeAI sees it, exactly like an unknown key.
     let before = up.count();
-    let bob = send(
-        "GET",
-        &g.url("/api/v2/models/i/k-flux-dev"),
-        Some(&s.token("bob")),
-        None,
-    )
-    .await;
+    let bob = s.get(&g, "/api/v2/models/i/k-flux-dev", "bob").await;
     assert_eq!(
         (bob.status.as_u16(), bob.detail().as_str()),
         (404, "model not found")
     );
-    let unknown = send(
-        "GET",
-        &g.url("/api/v2/models/i/k-nothing"),
-        Some(&s.token("bob")),
-        None,
-    )
-    .await;
+    let unknown = s.get(&g, "/api/v2/models/i/k-nothing", "bob").await;
     assert_eq!(
         (unknown.status.as_u16(), unknown.body.clone()),
         (404, bob.body.clone())
@@ -435,14 +428,9 @@ async fn model_lists_show_each_user_only_what_she_may_use() {
         "alice's cover loads with her session cookie"
     );
     assert_eq!(
-        send(
-            "GET",
-            &g.url("/api/v2/models/i/k-main-sd15"),
-            Some(&s.token("bob")),
-            None
-        )
-        .await
-        .status,
+        s.get(&g, "/api/v2/models/i/k-main-sd15", "bob")
+            .await
+            .status,
         200
     );
     // Related models: only keys of models she may use (an unknown key is dropped too).
@@ -454,21 +442,13 @@ async fn model_lists_show_each_user_only_what_she_may_use() {
     )
     .await;
     assert_eq!(rel.json(), json!(["k-lora-style"]));
-    let rel = send(
-        "GET",
-        &g.url("/api/v1/model_relationships/i/k-main-sd15"),
-        Some(&s.token("bob")),
-        None,
-    )
-    .await;
+    let rel = s
+        .get(&g, "/api/v1/model_relationships/i/k-main-sd15", "bob")
+        .await;
     assert_eq!(rel.json(), json!(["k-vae-sd15"]));
-    let rel = send(
-        "GET",
-        &g.url("/api/v1/model_relationships/i/k-lora-detail"),
-        Some(&s.token("bob")),
-        None,
-    )
-    .await;
+    let rel = s
+        .get(&g, "/api/v1/model_relationships/i/k-lora-detail", "bob")
+        .await;
     assert_eq!(rel.status, 404);
 }
 
