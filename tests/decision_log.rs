@@ -200,7 +200,7 @@ async fn an_operator_keeps_denials_and_drops_allows() {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
     std::fs::write(&routes, ROUTES).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
+    let mut child = guard_command()
         .args([
             "serve",
             "--config",

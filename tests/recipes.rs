@@ -17,11 +17,8 @@ fn repo(p: &str) -> PathBuf {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("INVOKE_GUARD_CONFIG")
-        .env_remove("INVOKE_GUARD_GROUPS")
-        .env("INVOKE_GUARD_LOG", "warn");
+    let mut c = common::guard_command();
+    c.env_remove("INVOKE_GUARD_GROUPS");
     c
 }
 

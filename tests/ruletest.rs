@@ -13,11 +13,7 @@ use invoke_guard::server::evaluate as trial;
 use serde_json::Value;
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_invoke-guard"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("INVOKE_GUARD_CONFIG")
-        .env("INVOKE_GUARD_LOG", "warn");
-    c
+    guard_command()
 }
 
 fn repo(p: &str) -> PathBuf {

@@ -440,9 +440,7 @@ async fn a_candidate_table_is_compared_never_enforced() {
     let good = dir.path().join("good.toml");
     let explain = || {
         let target = format!("/api/v1/images/i/{image}");
-        std::process::Command::new(env!("CARGO_BIN_EXE_invoke-guard"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("INVOKE_GUARD_LOG", "warn")
+        guard_command()
             .args([
                 "explain",
                 "GET",
