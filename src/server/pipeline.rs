@@ -83,8 +83,8 @@ pub async fn handle(
         }
         Step::Socket(req) => {
             ctx.outcome = Outcome::Socket;
-            let target = ctx.target.clone().expect("a routed request has a target");
-            crate::socketio::handle(*req, &target, &state.sockets, conn.client.peer).await
+            let target = ctx.target.as_ref().expect("a routed request has a target");
+            crate::socketio::handle(*req, target, &state.sockets, conn.client.peer).await
         }
     };
     logging(&ctx, response.status());
