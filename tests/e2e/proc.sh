@@ -32,4 +32,20 @@ stop_processes() {
   GUARD_PID=""
 }
 
+# Wait (READY_TIMEOUT seconds) until the guard GUARD_PID answers 200 on its admin /readyz at
+# ADMIN_PORT; if it exits or stays unready, show the tail of LOG and die naming WHAT. Uses the
+# caller's http_status and die.
+wait_guard_ready() {  # WHAT ADMIN_PORT LOG
+  local what=$1 port=$2 logf=$3
+  local deadline=$(( $(date +%s) + READY_TIMEOUT ))
+  until [[ "$(http_status "http://127.0.0.1:$port/readyz")" == 200 ]]; do
+    if ! kill -0 "$GUARD_PID" 2>/dev/null; then
+      tail -30 "$logf" >&2 || true
+      die "$what exited during startup (log: $logf)"
+    fi
+    (( $(date +%s) <= deadline )) || { tail -30 "$logf" >&2; die "$what not ready after ${READY_TIMEOUT}s"; }
+    sleep 0.2
+  done
+}
+
 secs() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }

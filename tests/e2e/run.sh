@@ -152,15 +152,7 @@ for V in "${VERSIONS[@]}"; do
       --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/guard/ledger.db" \
       --admin-listen "127.0.0.1:$APORT" > "$RUNDIR/guard.log" 2>&1 < /dev/null ) &
     GUARD_PID=$!
-    deadline=$(( $(date +%s) + READY_TIMEOUT ))
-    until [[ "$(http_status "http://127.0.0.1:$APORT/readyz")" == 200 ]]; do
-      if ! kill -0 "$GUARD_PID" 2>/dev/null; then
-        tail -30 "$RUNDIR/guard.log" >&2 || true
-        die "the guard exited during startup (log: $RUNDIR/guard.log)"
-      fi
-      (( $(date +%s) <= deadline )) || { tail -30 "$RUNDIR/guard.log" >&2; die "guard not ready after ${READY_TIMEOUT}s"; }
-      sleep 0.2
-    done
+    wait_guard_ready "the guard" "$APORT" "$RUNDIR/guard.log"
     t_guard=$(secs "$t")
     log "guard pid=$GUARD_PID listening on 127.0.0.1:$GPORT (admin 127.0.0.1:$APORT), ready in ${t_guard}s"
     BASE="http://127.0.0.1:$GPORT"
@@ -203,12 +195,7 @@ for V in "${VERSIONS[@]}"; do
       --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/models-guard/ledger.db" \
       --groups "$E2E/models-groups.toml" --admin-listen "127.0.0.1:$MAPORT" > "$RUNDIR/models-guard.log" 2>&1 < /dev/null ) &
     GUARD_PID=$!
-    deadline=$(( $(date +%s) + READY_TIMEOUT ))
-    until [[ "$(http_status "http://127.0.0.1:$MAPORT/readyz")" == 200 ]]; do
-      kill -0 "$GUARD_PID" 2>/dev/null || { tail -30 "$RUNDIR/models-guard.log" >&2; die "the models guard exited"; }
-      (( $(date +%s) <= deadline )) || die "models guard not ready after ${READY_TIMEOUT}s"
-      sleep 0.2
-    done
+    wait_guard_ready "the models guard" "$MAPORT" "$RUNDIR/models-guard.log"
     t=$(date +%s.%N)
     rc=0
     run_child "$PY" "$E2E/models.py" --base "http://127.0.0.1:$MPORT" --upstream "http://127.0.0.1:$UPORT" \

@@ -161,15 +161,7 @@ t=$(date +%s.%N)
     --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/guard/ledger.db" \
     --admin-listen "127.0.0.1:$APORT" > "$RUNDIR/guard.log" 2>&1 < /dev/null ) &
 GUARD_PID=$!
-deadline=$(( $(date +%s) + READY_TIMEOUT ))
-until [[ "$(http_status "http://127.0.0.1:$APORT/readyz")" == 200 ]]; do
-  if ! kill -0 "$GUARD_PID" 2>/dev/null; then
-    tail -30 "$RUNDIR/guard.log" >&2 || true
-    die "the guard exited during startup (log: $RUNDIR/guard.log)"
-  fi
-  (( $(date +%s) <= deadline )) || { tail -30 "$RUNDIR/guard.log" >&2; die "guard not ready after ${READY_TIMEOUT}s"; }
-  sleep 0.2
-done
+wait_guard_ready "the guard" "$APORT" "$RUNDIR/guard.log"
 t_guard=$(secs "$t")
 GUARD="http://127.0.0.1:$GPORT"
 log "guard pid=$GUARD_PID on $GUARD (admin 127.0.0.1:$APORT) in front of $UPSTREAM, ready in ${t_guard}s; routes $ROUTES"
@@ -232,12 +224,7 @@ if [[ "${MODELS:-1}" == 1 ]]; then
       --db "$ROOT/databases/invokeai.db" --routes "$ROUTES" --ledger "$RUNDIR/models-guard/ledger.db" \
       --groups "$HERE/models-groups.toml" --admin-listen "127.0.0.1:$MAPORT" > "$RUNDIR/models-guard.log" 2>&1 < /dev/null ) &
   GUARD_PID=$!
-  deadline=$(( $(date +%s) + READY_TIMEOUT ))
-  until [[ "$(http_status "http://127.0.0.1:$MAPORT/readyz")" == 200 ]]; do
-    kill -0 "$GUARD_PID" 2>/dev/null || { tail -30 "$RUNDIR/models-guard.log" >&2; die "the models guard exited"; }
-    (( $(date +%s) <= deadline )) || die "models guard not ready after ${READY_TIMEOUT}s"
-    sleep 0.2
-  done
+  wait_guard_ready "the models guard" "$MAPORT" "$RUNDIR/models-guard.log"
   rc_models=0
   run_child node "$HERE/models.mjs" --base "http://127.0.0.1:$MPORT" --setup "$RUNDIR/models-setup.json" --version "$V" \
     --out "$RUNDIR/models-report.json" --shots "$RUNDIR/shots" --log "$RUNDIR/models-flow.out" \
